@@ -1,0 +1,49 @@
+# nexthop — every entry point. Network targets (demo, e2e, test, bench) need root.
+SHELL := /bin/bash
+GO    ?= go
+BIN   := $(CURDIR)/bin
+export NEXTHOP_BIN := $(BIN)
+
+.PHONY: all build deps test unit e2e demo bench bench-routes bench-cni vet fmt clean
+
+all: build
+
+## build: the node daemon, the CNI plugin and the stock gobgp CLI into bin/
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/nexthopd ./cmd/nexthopd
+	@if [ -d cmd/nexthop ]; then $(GO) build -o $(BIN)/nexthop ./cmd/nexthop; fi
+	$(GO) build -o $(BIN)/gobgp github.com/osrg/gobgp/v3/cmd/gobgp
+
+## deps: system packages the e2e suite and the demo use (idempotent)
+deps:
+	@bash hack/deps.sh
+
+## test: unit tests, then the e2e suite (root)
+test: deps build vet
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)
+	$(MAKE) e2e
+
+unit:
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)
+
+e2e: build
+	$(GO) test -count=1 -v -timeout 15m ./e2e/...
+
+## demo: a 3-node cluster with an FRR ToR in network namespaces (DEMO_CHECK=1: non-interactive)
+demo: deps build
+	$(GO) run ./e2e/demo
+
+bench: deps build bench-routes
+
+bench-routes: build
+	$(GO) test -run '^$$' -bench . -benchtime 3x -count 1 ./routes/ ./e2e/...
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf $(BIN)

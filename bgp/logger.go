@@ -1,0 +1,47 @@
+package bgp
+
+import (
+	"context"
+	"log/slog"
+	"os"
+
+	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
+)
+
+// gobgpLogger sends GoBGP's logs through slog so the daemon has one log
+// stream. GoBGP's Info is chatty per-peer detail, so it lands at Debug;
+// warnings and errors keep their level.
+type gobgpLogger struct {
+	l *slog.Logger
+}
+
+func attrs(f gobgplog.Fields) []any {
+	out := make([]any, 0, 2*len(f))
+	for k, v := range f {
+		out = append(out, k, v)
+	}
+	return out
+}
+
+func (g *gobgpLogger) Panic(msg string, f gobgplog.Fields) {
+	g.l.Error(msg, attrs(f)...)
+	panic(msg)
+}
+
+// Fatal is how GoBGP reports errors it cannot continue from.
+func (g *gobgpLogger) Fatal(msg string, f gobgplog.Fields) {
+	g.l.Error("fatal: "+msg, attrs(f)...)
+	os.Exit(1)
+}
+
+func (g *gobgpLogger) Error(msg string, f gobgplog.Fields) { g.l.Error(msg, attrs(f)...) }
+func (g *gobgpLogger) Warn(msg string, f gobgplog.Fields)  { g.l.Warn(msg, attrs(f)...) }
+func (g *gobgpLogger) Info(msg string, f gobgplog.Fields)  { g.l.Debug(msg, attrs(f)...) }
+func (g *gobgpLogger) Debug(msg string, f gobgplog.Fields) { g.l.Debug(msg, attrs(f)...) }
+func (g *gobgpLogger) SetLevel(gobgplog.LogLevel) {}
+func (g *gobgpLogger) GetLevel() gobgplog.LogLevel {
+	if g.l.Enabled(context.Background(), slog.LevelDebug) {
+		return gobgplog.DebugLevel
+	}
+	return gobgplog.WarnLevel
+}

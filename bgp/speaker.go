@@ -1,0 +1,428 @@
+// Package bgp runs the node's embedded GoBGP speaker: it announces the
+// node's pod block, keeps sessions with the configured peers, serves GoBGP's
+// own gRPC API for the stock `gobgp` CLI, and reports best-path changes.
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/apiutil"
+	"github.com/osrg/gobgp/v3/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v3/pkg/server"
+
+	"github.com/nexthop-net/nexthop/config"
+)
+
+var familyIPv4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+
+// connectRetry is how long GoBGP waits between connection attempts. Its
+// default of 120 s would leave a restarted node unreachable for minutes.
+const connectRetry = 1
+
+const (
+	externalSet    = "nexthop-external-peers"
+	exportPolicy   = "nexthop-export"
+	policyAssignTo = "global"
+)
+
+// Speaker is the node's BGP speaker.
+type Speaker struct {
+	log *slog.Logger
+	srv *server.BgpServer
+
+	mu        sync.Mutex
+	cfg       *config.Config
+	peers     map[netip.Addr]config.Peer
+	announced netip.Prefix
+	external  []string // addresses in the export-guard neighbour set
+}
+
+// New makes a speaker for cfg; Start brings it up.
+func New(cfg *config.Config, log *slog.Logger) *Speaker {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Speaker{
+		log:   log.With("component", "bgp"),
+		cfg:   cfg,
+		peers: map[netip.Addr]config.Peer{},
+	}
+}
+
+// Start starts the speaker, its gRPC API, the peers and the announcement.
+func (s *Speaker) Start(ctx context.Context) error {
+	opts := []server.ServerOption{server.LoggerOption(&gobgpLogger{l: s.log.With("source", "gobgp")})}
+	if s.cfg.GRPCListen != "none" {
+		// GoBGP exits the process if it cannot listen; find out first and
+		// say so plainly.
+		l, err := net.Listen("tcp", s.cfg.GRPCListen)
+		if err != nil {
+			return fmt.Errorf("gRPC API address %s: %w", s.cfg.GRPCListen, err)
+		}
+		l.Close()
+		opts = append(opts, server.GrpcListenAddress(s.cfg.GRPCListen))
+	}
+	s.srv = server.NewBgpServer(opts...)
+	go s.srv.Serve()
+
+	err := s.srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
+		Asn:              s.cfg.LocalAS,
+		RouterId:         s.cfg.RouterID.String(),
+		ListenPort:       s.cfg.BGPPort,
+		UseMultiplePaths: true,
+	}})
+	if err != nil {
+		return fmt.Errorf("start BGP (AS %d, router ID %s, port %d): %w", s.cfg.LocalAS, s.cfg.RouterID, s.cfg.BGPPort, err)
+	}
+	s.log.Info("BGP speaker started", "as", s.cfg.LocalAS, "routerID", s.cfg.RouterID,
+		"port", s.cfg.BGPPort, "grpc", s.cfg.GRPCListen)
+	if err := s.SetPeers(ctx, s.cfg.Peers); err != nil {
+		return err
+	}
+	return s.Announce(ctx, s.cfg.PodCIDR)
+}
+
+// Stop shuts the speaker down administratively: peers get a Cease and drop
+// our routes. The daemon does not call it on SIGTERM — it just exits, so
+// peers see a restart (and, with graceful restart, keep our routes).
+func (s *Speaker) Stop() {
+	if s.srv == nil {
+		return
+	}
+	s.srv.Stop()
+	s.log.Info("BGP speaker stopped")
+}
+
+// Announce originates block with this node's address as next hop, replacing
+// any block announced before.
+func (s *Speaker) Announce(ctx context.Context, block netip.Prefix) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.announced == block {
+		return nil
+	}
+	p, err := s.localPath(block, false)
+	if err != nil {
+		return err
+	}
+	if _, err := s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: p}); err != nil {
+		return fmt.Errorf("announce %s: %w", block, err)
+	}
+	if old := s.announced; old.IsValid() {
+		w, err := s.localPath(old, true)
+		if err != nil {
+			return err
+		}
+		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4, Path: w}); err != nil {
+			return fmt.Errorf("withdraw %s: %w", old, err)
+		}
+	}
+	s.announced = block
+	s.log.Info("announcing pod block", "prefix", block, "nextHop", s.cfg.Address)
+	return nil
+}
+
+func (s *Speaker) localPath(block netip.Prefix, withdraw bool) (*api.Path, error) {
+	nlri := bgp.NewIPAddrPrefix(uint8(block.Bits()), block.Addr().String())
+	attrs := []bgp.PathAttributeInterface{
+		bgp.NewPathAttributeOrigin(bgp.BGP_ORIGIN_ATTR_TYPE_IGP),
+		bgp.NewPathAttributeNextHop(s.cfg.Address.String()),
+	}
+	p, err := apiutil.NewPath(nlri, withdraw, attrs, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("build path for %s: %w", block, err)
+	}
+	return p, nil
+}
+
+// SetPeers makes the speaker's neighbours exactly peers: new ones are
+// added, missing ones deleted, changed ones re-created.
+func (s *Speaker) SetPeers(ctx context.Context, peers []config.Peer) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	want := map[netip.Addr]config.Peer{}
+	for _, p := range peers {
+		want[p.Address] = p
+	}
+	var errs []error
+	for addr, old := range s.peers {
+		if p, ok := want[addr]; ok && samePeer(p, old) {
+			continue
+		}
+		if err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+			errs = append(errs, fmt.Errorf("delete peer %s: %w", addr, err))
+			continue
+		}
+		delete(s.peers, addr)
+		s.log.Info("peer removed", "peer", addr)
+	}
+	for addr, p := range want {
+		if _, ok := s.peers[addr]; ok {
+			continue
+		}
+		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(p)}); err != nil {
+			errs = append(errs, fmt.Errorf("add peer %s (AS %d): %w", addr, p.AS, err))
+			continue
+		}
+		s.peers[addr] = p
+		s.log.Info("peer added", "peer", addr, "as", p.AS, "holdTime", p.HoldTime,
+			"passive", p.IsPassive(s.cfg.Address, s.cfg.LocalAS), "md5", p.Password != "")
+	}
+	if err := s.syncExportPolicyLocked(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func samePeer(a, b config.Peer) bool {
+	return a.Address == b.Address && a.AS == b.AS && a.Password == b.Password &&
+		a.HoldTime == b.HoldTime && a.Keepalive == b.Keepalive && a.Port == b.Port &&
+		a.Description == b.Description && (a.Passive == nil) == (b.Passive == nil) &&
+		(a.Passive == nil || *a.Passive == *b.Passive)
+}
+
+func (s *Speaker) apiPeer(p config.Peer) *api.Peer {
+	return &api.Peer{
+		Conf: &api.PeerConf{
+			NeighborAddress: p.Address.String(),
+			PeerAsn:         p.AS,
+			AuthPassword:    p.Password,
+			Description:     p.Description,
+		},
+		Timers: &api.Timers{Config: &api.TimersConfig{
+			HoldTime:          uint64(p.HoldTime.Seconds()),
+			KeepaliveInterval: uint64(p.Keepalive.Seconds()),
+			ConnectRetry:      connectRetry,
+		}},
+		Transport: &api.Transport{
+			LocalAddress: s.cfg.Address.String(),
+			RemotePort:   uint32(p.Port),
+			PassiveMode:  p.IsPassive(s.cfg.Address, s.cfg.LocalAS),
+		},
+		AfiSafis: []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: familyIPv4, Enabled: true}}},
+	}
+}
+
+// syncExportPolicyLocked keeps external (eBGP) peers to the routes this node
+// originates: by default GoBGP would pass on every node's block learned over
+// iBGP, with third-party next hops. Per-neighbour policies only apply in
+// route-server mode, so this is a global export policy matching a neighbour
+// set; the set is never left empty, since an empty set under ANY matches all.
+func (s *Speaker) syncExportPolicyLocked(ctx context.Context) error {
+	var ext []string
+	for addr, p := range s.peers {
+		if p.AS != s.cfg.LocalAS {
+			ext = append(ext, addr.String()+"/32")
+		}
+	}
+	slices.Sort(ext)
+	if slices.Equal(ext, s.external) {
+		return nil
+	}
+	if len(s.external) > 0 && len(ext) == 0 {
+		if err := s.srv.DeletePolicyAssignment(ctx, &api.DeletePolicyAssignmentRequest{
+			Assignment: &api.PolicyAssignment{Name: policyAssignTo, Direction: api.PolicyDirection_EXPORT,
+				Policies: []*api.Policy{{Name: exportPolicy}}},
+		}); err != nil {
+			return fmt.Errorf("remove export policy: %w", err)
+		}
+		if err := s.srv.DeletePolicy(ctx, &api.DeletePolicyRequest{Policy: &api.Policy{Name: exportPolicy}, All: true, PreserveStatements: false}); err != nil {
+			return fmt.Errorf("delete export policy: %w", err)
+		}
+		if err := s.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{
+			DefinedSet: &api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: externalSet}, All: true}); err != nil {
+			return fmt.Errorf("delete neighbour set: %w", err)
+		}
+		s.external = nil
+		return nil
+	}
+	if err := s.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{
+		DefinedSet: &api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: externalSet, List: ext},
+		Replace:    true,
+	}); err != nil {
+		return fmt.Errorf("set external neighbour set %v: %w", ext, err)
+	}
+	if len(s.external) == 0 {
+		reject := func(name string, rt api.Conditions_RouteType) *api.Statement {
+			return &api.Statement{
+				Name: name,
+				Conditions: &api.Conditions{
+					NeighborSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: externalSet},
+					RouteType:   rt,
+				},
+				Actions: &api.Actions{RouteAction: api.RouteAction_REJECT},
+			}
+		}
+		pol := &api.Policy{Name: exportPolicy, Statements: []*api.Statement{
+			reject(exportPolicy+"-internal", api.Conditions_ROUTE_TYPE_INTERNAL),
+			reject(exportPolicy+"-external", api.Conditions_ROUTE_TYPE_EXTERNAL),
+		}}
+		if err := s.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: pol, ReferExistingStatements: false}); err != nil {
+			return fmt.Errorf("add export policy: %w", err)
+		}
+		if err := s.srv.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+			Name: policyAssignTo, Direction: api.PolicyDirection_EXPORT,
+			Policies: []*api.Policy{{Name: exportPolicy}}, DefaultAction: api.RouteAction_ACCEPT,
+		}}); err != nil {
+			return fmt.Errorf("assign export policy: %w", err)
+		}
+	}
+	s.external = ext
+	return nil
+}
+
+// BestPaths returns the next hops of the best paths (all of them where
+// several are equal, for ECMP) learned from peers, per prefix. With no
+// prefixes it returns the whole table; otherwise only those prefixes, and a
+// prefix with no path left is absent from the result.
+func (s *Speaker) BestPaths(ctx context.Context, prefixes []netip.Prefix) (map[netip.Prefix][]netip.Addr, error) {
+	req := &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4}
+	for _, p := range prefixes {
+		req.Prefixes = append(req.Prefixes, &api.TableLookupPrefix{Prefix: p.String(), Type: api.TableLookupPrefix_EXACT})
+	}
+	out := map[netip.Prefix][]netip.Addr{}
+	var perr error
+	err := s.srv.ListPath(ctx, req, func(d *api.Destination) {
+		pfx, err := netip.ParsePrefix(d.Prefix)
+		if err != nil {
+			perr = fmt.Errorf("parse prefix %q from RIB: %w", d.Prefix, err)
+			return
+		}
+		for _, p := range d.Paths {
+			if !p.Best || p.IsWithdraw || isLocal(p) {
+				continue
+			}
+			nh, err := nextHop(p)
+			if err != nil {
+				perr = fmt.Errorf("path for %s: %w", pfx, err)
+				continue
+			}
+			out[pfx] = append(out[pfx], nh)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list RIB paths: %w", err)
+	}
+	return out, perr
+}
+
+// isLocal reports a path this node originated (it has no neighbour).
+func isLocal(p *api.Path) bool {
+	a, err := netip.ParseAddr(p.NeighborIp)
+	return err != nil || a.IsUnspecified()
+}
+
+func nextHop(p *api.Path) (netip.Addr, error) {
+	attrs, err := apiutil.GetNativePathAttributes(p)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("decode attributes: %w", err)
+	}
+	for _, a := range attrs {
+		var ip net.IP
+		switch a := a.(type) {
+		case *bgp.PathAttributeNextHop:
+			ip = a.Value
+		case *bgp.PathAttributeMpReachNLRI:
+			ip = a.Nexthop
+		default:
+			continue
+		}
+		if nh, ok := netip.AddrFromSlice(ip.To4()); ok {
+			return nh, nil
+		}
+	}
+	return netip.Addr{}, errors.New("no IPv4 next hop")
+}
+
+// WatchBest calls fn with the prefixes whose best paths changed, until ctx
+// ends. fn runs on GoBGP's event goroutine: it must not block.
+func (s *Speaker) WatchBest(ctx context.Context, fn func([]netip.Prefix)) error {
+	req := &api.WatchEventRequest{Table: &api.WatchEventRequest_Table{
+		Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST}},
+	}}
+	return s.srv.WatchEvent(ctx, req, func(r *api.WatchEventResponse) {
+		t := r.GetTable()
+		if t == nil {
+			return
+		}
+		var changed []netip.Prefix
+		for _, p := range t.Paths {
+			nlri, err := apiutil.GetNativeNlri(p)
+			if err != nil {
+				s.log.Warn("undecodable path in best-path event", "err", err)
+				continue
+			}
+			pfx, err := netip.ParsePrefix(nlri.String())
+			if err != nil || !pfx.Addr().Is4() {
+				continue
+			}
+			changed = append(changed, pfx)
+		}
+		if len(changed) > 0 {
+			fn(changed)
+		}
+	})
+}
+
+// PeerState is one neighbour's session as the speaker sees it.
+type PeerState struct {
+	Address     netip.Addr
+	AS          uint32
+	State       string // "established", "active", ...
+	Established bool
+	Uptime      time.Duration
+	Received    uint64
+	Accepted    uint64
+}
+
+// Peers lists every configured neighbour's state.
+func (s *Speaker) Peers(ctx context.Context) ([]PeerState, error) {
+	var out []PeerState
+	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: false}, func(p *api.Peer) {
+		st := PeerState{AS: p.GetConf().GetPeerAsn()}
+		st.Address, _ = netip.ParseAddr(p.GetConf().GetNeighborAddress())
+		ss := p.GetState().GetSessionState()
+		st.State = sessionStateName(ss)
+		st.Established = ss == api.PeerState_ESTABLISHED
+		if up := p.GetTimers().GetState().GetUptime(); st.Established && up != nil {
+			st.Uptime = time.Since(up.AsTime()).Truncate(time.Second)
+		}
+		for _, a := range p.GetAfiSafis() {
+			st.Received += a.GetState().GetReceived()
+			st.Accepted += a.GetState().GetAccepted()
+		}
+		out = append(out, st)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list peers: %w", err)
+	}
+	slices.SortFunc(out, func(a, b PeerState) int { return a.Address.Compare(b.Address) })
+	return out, nil
+}
+
+func sessionStateName(s api.PeerState_SessionState) string {
+	switch s {
+	case api.PeerState_IDLE:
+		return "idle"
+	case api.PeerState_CONNECT:
+		return "connect"
+	case api.PeerState_ACTIVE:
+		return "active"
+	case api.PeerState_OPENSENT:
+		return "opensent"
+	case api.PeerState_OPENCONFIRM:
+		return "openconfirm"
+	case api.PeerState_ESTABLISHED:
+		return "established"
+	}
+	return "unknown"
+}

@@ -1,0 +1,46 @@
+// Command nexthopd is the nexthop node daemon: an embedded BGP speaker that
+// announces the node's pod block and programs learned routes into the kernel.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/nexthop-net/nexthop/config"
+	"github.com/nexthop-net/nexthop/daemon"
+)
+
+func main() {
+	cfgPath := flag.String("config", "/etc/nexthop/node.yaml", "standalone config file (YAML)")
+	flag.Parse()
+
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nexthopd: %v\n", err)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level(cfg.LogLevel)}))
+	log = log.With("node", cfg.NodeName)
+	log.Info("starting", "config", *cfgPath, "address", cfg.Address, "as", cfg.LocalAS, "podCIDR", cfg.PodCIDR, "peers", len(cfg.Peers))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := daemon.Run(ctx, cfg, log); err != nil {
+		log.Error("nexthopd failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func level(s string) slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(strings.ToUpper(s))); err != nil {
+		return slog.LevelInfo
+	}
+	return l
+}

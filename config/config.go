@@ -1,0 +1,254 @@
+// Package config holds the node daemon's settings. One type serves both the
+// standalone YAML file and (later) the Kubernetes API, so every consumer sees
+// the same validated shape whatever the source.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Defaults applied by Load/Normalize when a field is left empty.
+const (
+	DefaultGRPCListen     = "127.0.0.1:50051"
+	DefaultBGPPort        = 179
+	DefaultHoldTime       = 9 * time.Second
+	DefaultInitialSync    = 30 * time.Second
+	DefaultResyncInterval = 60 * time.Second
+	DefaultIPAMSocket     = "/run/nexthop/nexthop.sock"
+	DefaultStateDir       = "/var/lib/nexthop"
+	MinHoldTime           = 3 * time.Second
+)
+
+// Duration is a time.Duration that reads and writes as "9s" in YAML/JSON.
+type Duration struct{ time.Duration }
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		// Accept a bare number as seconds, as BGP people write hold times.
+		var n float64
+		if err2 := json.Unmarshal(b, &n); err2 != nil {
+			return fmt.Errorf("duration: want a string like \"9s\" or seconds, got %s", b)
+		}
+		d.Duration = time.Duration(n * float64(time.Second))
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", s, err)
+	}
+	d.Duration = v
+	return nil
+}
+
+// Peer is one BGP neighbour.
+type Peer struct {
+	Address netip.Addr `json:"address"`
+	AS      uint32     `json:"as"`
+	// Password enables TCP MD5 (RFC 2385). Never logged.
+	Password string `json:"password,omitempty"`
+	// HoldTime of 0 means the node default.
+	HoldTime Duration `json:"holdTime,omitempty"`
+	// Keepalive of 0 means a third of the hold time.
+	Keepalive Duration `json:"keepalive,omitempty"`
+	// Port to connect to; 0 means 179.
+	Port uint16 `json:"port,omitempty"`
+	// Description is free text shown in logs.
+	Description string `json:"description,omitempty"`
+	// Passive makes this node wait for the peer to connect. Unset means
+	// automatic: for iBGP peers (other nodes) the node with the higher
+	// address is passive, because two GoBGP speakers that both connect can
+	// keep rejecting each other in their fixed 5 s idle-hold windows
+	// (osrg/gobgp#2336); external peers are always connected to.
+	Passive *bool `json:"passive,omitempty"`
+}
+
+// IsPassive resolves Passive for this node's address and AS.
+func (p Peer) IsPassive(local netip.Addr, localAS uint32) bool {
+	if p.Passive != nil {
+		return *p.Passive
+	}
+	return p.AS == localAS && local.Compare(p.Address) > 0
+}
+
+// Config is everything one node daemon needs.
+type Config struct {
+	NodeName string `json:"nodeName"`
+	// Address is the node's underlay address: BGP next hop and session source.
+	Address netip.Addr `json:"address"`
+	// RouterID defaults to Address.
+	RouterID netip.Addr `json:"routerID,omitempty"`
+	LocalAS  uint32     `json:"localAS"`
+	// PodCIDR is the node's block, announced to peers and blackholed locally.
+	PodCIDR netip.Prefix `json:"podCIDR"`
+	// BGPPort the speaker listens on; 0 means 179, -1 disables listening.
+	BGPPort  int32    `json:"bgpPort,omitempty"`
+	HoldTime Duration `json:"holdTime,omitempty"`
+	Peers    []Peer   `json:"peers,omitempty"`
+	// GRPCListen is where GoBGP's own gRPC API is served (for the gobgp CLI).
+	// Loopback by default; "none" disables it.
+	GRPCListen string `json:"grpcListen,omitempty"`
+	// InitialSync bounds how long the route reconciler waits for peers after
+	// start before it deletes its own stale kernel routes.
+	InitialSync Duration `json:"initialSync,omitempty"`
+	// ResyncInterval is how often kernel routes are re-checked against the
+	// desired set (routes vanish on link flaps and network-manager restarts).
+	ResyncInterval Duration `json:"resyncInterval,omitempty"`
+	IPAMSocket     string   `json:"ipamSocket,omitempty"`
+	StateDir       string   `json:"stateDir,omitempty"`
+	LogLevel       string   `json:"logLevel,omitempty"`
+}
+
+// Load reads, defaults and validates a standalone YAML config file.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes YAML (or JSON), rejecting unknown fields, then defaults and
+// validates the result.
+func Parse(b []byte) (*Config, error) {
+	var c Config
+	if err := yaml.UnmarshalStrict(b, &c); err != nil {
+		return nil, fmt.Errorf("parse: %w", err)
+	}
+	c.Normalize()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Normalize fills defaults in place.
+func (c *Config) Normalize() {
+	if !c.RouterID.IsValid() {
+		c.RouterID = c.Address
+	}
+	if c.BGPPort == 0 {
+		c.BGPPort = DefaultBGPPort
+	}
+	if c.HoldTime.Duration == 0 {
+		c.HoldTime.Duration = DefaultHoldTime
+	}
+	if c.GRPCListen == "" {
+		c.GRPCListen = DefaultGRPCListen
+	}
+	if c.InitialSync.Duration == 0 {
+		c.InitialSync.Duration = DefaultInitialSync
+	}
+	if c.ResyncInterval.Duration == 0 {
+		c.ResyncInterval.Duration = DefaultResyncInterval
+	}
+	if c.IPAMSocket == "" {
+		c.IPAMSocket = DefaultIPAMSocket
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	c.PodCIDR = c.PodCIDR.Masked()
+	for i := range c.Peers {
+		p := &c.Peers[i]
+		if p.HoldTime.Duration == 0 {
+			p.HoldTime = c.HoldTime
+		}
+		if p.Keepalive.Duration == 0 {
+			p.Keepalive.Duration = p.HoldTime.Duration / 3
+		}
+		if p.Port == 0 {
+			p.Port = DefaultBGPPort
+		}
+	}
+}
+
+// Validate reports every problem at once, each naming its field.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, a...)))
+	}
+	if c.NodeName == "" {
+		bad("nodeName", "required")
+	}
+	if !c.Address.IsValid() {
+		bad("address", "required (the node's underlay IPv4 address)")
+	} else if !c.Address.Is4() {
+		bad("address", "%s is not IPv4 (IPv6 is not supported yet)", c.Address)
+	}
+	if !c.RouterID.Is4() {
+		bad("routerID", "must be an IPv4 address")
+	}
+	if c.LocalAS == 0 || c.LocalAS == 23456 || c.LocalAS == 65535 || c.LocalAS == 4294967295 {
+		bad("localAS", "%d is not a usable AS number", c.LocalAS)
+	}
+	if !c.PodCIDR.IsValid() {
+		bad("podCIDR", "required (the node's pod block, e.g. 10.244.1.0/24)")
+	} else if !c.PodCIDR.Addr().Is4() {
+		bad("podCIDR", "%s is not IPv4", c.PodCIDR)
+	} else if c.PodCIDR.Bits() > 30 || c.PodCIDR.Bits() < 8 {
+		bad("podCIDR", "%s: prefix length must be between /8 and /30", c.PodCIDR)
+	} else if c.Address.IsValid() && c.PodCIDR.Contains(c.Address) {
+		bad("podCIDR", "%s contains the node address %s", c.PodCIDR, c.Address)
+	}
+	if c.BGPPort < -1 || c.BGPPort > 65535 {
+		bad("bgpPort", "%d out of range (-1 disables listening)", c.BGPPort)
+	}
+	if c.HoldTime.Duration < MinHoldTime {
+		bad("holdTime", "%s is below the minimum %s", c.HoldTime, MinHoldTime)
+	}
+	if c.GRPCListen != "none" && !strings.Contains(c.GRPCListen, ":") {
+		bad("grpcListen", "%q is not host:port (or \"none\")", c.GRPCListen)
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("logLevel", "%q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	seen := map[netip.Addr]bool{}
+	for i, p := range c.Peers {
+		f := fmt.Sprintf("peers[%d]", i)
+		switch {
+		case !p.Address.IsValid():
+			bad(f+".address", "required")
+		case !p.Address.Is4():
+			bad(f+".address", "%s is not IPv4", p.Address)
+		case p.Address == c.Address:
+			bad(f+".address", "%s is this node's own address", p.Address)
+		case seen[p.Address]:
+			bad(f+".address", "%s listed twice", p.Address)
+		}
+		seen[p.Address] = true
+		if p.AS == 0 {
+			bad(f+".as", "required")
+		}
+		if p.HoldTime.Duration < MinHoldTime {
+			bad(f+".holdTime", "%s is below the minimum %s", p.HoldTime, MinHoldTime)
+		}
+		if p.Keepalive.Duration <= 0 || p.Keepalive.Duration > p.HoldTime.Duration/3 {
+			bad(f+".keepalive", "%s must be positive and at most a third of the hold time %s", p.Keepalive, p.HoldTime)
+		}
+		if len(p.Password) > 80 {
+			bad(f+".password", "longer than 80 bytes (TCP MD5 key limit)")
+		}
+	}
+	return errors.Join(errs...)
+}

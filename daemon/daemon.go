@@ -1,0 +1,223 @@
+// Package daemon runs one node: the BGP speaker and the route reconciler,
+// wired so that every best-path change reaches the kernel.
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/nexthop-net/nexthop/bgp"
+	"github.com/nexthop-net/nexthop/config"
+	"github.com/nexthop-net/nexthop/routes"
+)
+
+// quietPeriod is how long best paths must stay unchanged, with every peer
+// up, before the first start-up sync may delete stale routes. Without
+// graceful restart no End-of-RIB marks the end of a peer's initial update.
+const quietPeriod = time.Second
+
+// fullRefreshAbove is the batch size past which one full RIB read is cheaper
+// than per-prefix lookups.
+const fullRefreshAbove = 512
+
+// Run runs the node until ctx ends. On return, kernel routes are left in
+// place and BGP sessions are not shut down administratively: the next start
+// reconciles, and peers see a restart rather than a decommission.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	rec, err := routes.New(routes.Options{Log: log})
+	if err != nil {
+		return err
+	}
+	defer rec.Close()
+	if err := rec.SetLocalBlocks(ctx, []netip.Prefix{cfg.PodCIDR}); err != nil {
+		return fmt.Errorf("install blackhole for pod block %s: %w", cfg.PodCIDR, err)
+	}
+
+	sp := bgp.New(cfg, log)
+	if err := sp.Start(ctx); err != nil {
+		return err
+	}
+	changes := newPending()
+	if err := sp.WatchBest(ctx, changes.add); err != nil {
+		return fmt.Errorf("watch best paths: %w", err)
+	}
+	// Paths learned before the watch was registered.
+	changes.addAll()
+
+	n := &node{cfg: cfg, log: log, sp: sp, rec: rec, changes: changes, started: time.Now()}
+	return n.loop(ctx)
+}
+
+type node struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	sp      *bgp.Speaker
+	rec     *routes.Reconciler
+	changes *pending
+	started time.Time
+	synced  bool
+}
+
+// loop is the only writer of kernel routes, so updates apply in order.
+func (n *node) loop(ctx context.Context) error {
+	resync := time.NewTicker(n.cfg.ResyncInterval.Duration)
+	defer resync.Stop()
+	check := time.NewTicker(250 * time.Millisecond)
+	defer check.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			n.log.Info("stopping; kernel routes left in place for the next start")
+			return nil
+		case <-n.changes.ready:
+			n.applyChanges(ctx)
+		case <-check.C:
+			if !n.synced {
+				n.maybeInitialSync(ctx)
+			}
+		case <-resync.C:
+			n.fullSync(ctx)
+		}
+	}
+}
+
+func (n *node) applyChanges(ctx context.Context) {
+	prefixes, all := n.changes.take()
+	if all || len(prefixes) > fullRefreshAbove {
+		best, err := n.sp.BestPaths(ctx, nil)
+		if err != nil {
+			n.log.Error("read best paths", "err", err)
+			n.changes.addAll() // try again
+			return
+		}
+		upd := best
+		for _, p := range prefixes {
+			if _, ok := upd[p]; !ok {
+				upd[p] = nil
+			}
+		}
+		n.apply(ctx, upd)
+		return
+	}
+	best, err := n.sp.BestPaths(ctx, prefixes)
+	if err != nil {
+		n.log.Error("read best paths", "prefixes", len(prefixes), "err", err)
+		n.changes.add(prefixes)
+		return
+	}
+	upd := make(map[netip.Prefix][]netip.Addr, len(prefixes))
+	for _, p := range prefixes {
+		upd[p] = best[p] // nil when withdrawn
+	}
+	n.apply(ctx, upd)
+}
+
+func (n *node) apply(ctx context.Context, upd map[netip.Prefix][]netip.Addr) {
+	if err := n.rec.Apply(ctx, upd); err != nil {
+		n.log.Error("program routes", "err", err)
+	}
+}
+
+// maybeInitialSync runs the first full sync, which deletes our stale routes,
+// once every peer is up and best paths have been quiet, or after the
+// configured bound when some peer never comes up.
+func (n *node) maybeInitialSync(ctx context.Context) {
+	peers, err := n.sp.Peers(ctx)
+	if err != nil {
+		n.log.Error("initial sync: list peers", "err", err)
+		return
+	}
+	var down []string
+	for _, p := range peers {
+		if !p.Established {
+			down = append(down, p.Address.String())
+		}
+	}
+	waited := time.Since(n.started)
+	switch {
+	case len(down) == 0 && n.changes.quietFor() >= quietPeriod:
+		n.log.Info("initial sync: all peers up and routes settled", "peers", len(peers), "after", waited.Round(time.Millisecond))
+	case waited >= n.cfg.InitialSync.Duration:
+		n.log.Warn("initial sync: giving up waiting for peers", "down", down, "after", waited.Round(time.Millisecond))
+	default:
+		return
+	}
+	n.synced = true
+	n.fullSync(ctx)
+	if err := n.rec.EnablePrune(ctx); err != nil {
+		n.log.Error("initial sync: prune stale routes", "err", err)
+	}
+}
+
+// fullSync reconciles the whole kernel state with the whole RIB.
+func (n *node) fullSync(ctx context.Context) {
+	best, err := n.sp.BestPaths(ctx, nil)
+	if err != nil {
+		n.log.Error("resync: read best paths", "err", err)
+		return
+	}
+	if err := n.rec.Replace(ctx, best); err != nil {
+		n.log.Error("resync: program routes", "err", err)
+	}
+}
+
+// pending collects changed prefixes from GoBGP's event goroutine without
+// blocking it, and wakes the loop.
+type pending struct {
+	mu    sync.Mutex
+	set   map[netip.Prefix]struct{}
+	all   bool
+	last  time.Time
+	ready chan struct{}
+}
+
+func newPending() *pending {
+	return &pending{set: map[netip.Prefix]struct{}{}, ready: make(chan struct{}, 1), last: time.Now()}
+}
+
+func (p *pending) add(ps []netip.Prefix) {
+	p.mu.Lock()
+	for _, x := range ps {
+		p.set[x] = struct{}{}
+	}
+	p.last = time.Now()
+	p.mu.Unlock()
+	p.wake()
+}
+
+func (p *pending) addAll() {
+	p.mu.Lock()
+	p.all = true
+	p.mu.Unlock()
+	p.wake()
+}
+
+func (p *pending) wake() {
+	select {
+	case p.ready <- struct{}{}:
+	default:
+	}
+}
+
+func (p *pending) take() ([]netip.Prefix, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]netip.Prefix, 0, len(p.set))
+	for x := range p.set {
+		out = append(out, x)
+	}
+	all := p.all
+	p.set = map[netip.Prefix]struct{}{}
+	p.all = false
+	return out, all
+}
+
+func (p *pending) quietFor() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return time.Since(p.last)
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the e2e suite and demo need, only when missing.
+set -euo pipefail
+pkgs=(frr iproute2 iputils-ping tcpdump)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "deps: all present (${pkgs[*]})"
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "deps: missing ${missing[*]}; run as root to install them" >&2
+  exit 1
+fi
+echo "deps: installing ${missing[*]} with apt-get"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The package starts FRR's own service; the tests run their own bgpd per namespace.
+systemctl disable --now frr >/dev/null 2>&1 || service frr stop >/dev/null 2>&1 || true
+echo "deps: installed ${missing[*]}"
