@@ -38,7 +38,7 @@ func (g *gobgpLogger) Error(msg string, f gobgplog.Fields) { g.l.Error(msg, attr
 func (g *gobgpLogger) Warn(msg string, f gobgplog.Fields)  { g.l.Warn(msg, attrs(f)...) }
 func (g *gobgpLogger) Info(msg string, f gobgplog.Fields)  { g.l.Debug(msg, attrs(f)...) }
 func (g *gobgpLogger) Debug(msg string, f gobgplog.Fields) { g.l.Debug(msg, attrs(f)...) }
-func (g *gobgpLogger) SetLevel(gobgplog.LogLevel) {}
+func (g *gobgpLogger) SetLevel(gobgplog.LogLevel)          {}
 func (g *gobgpLogger) GetLevel() gobgplog.LogLevel {
 	if g.l.Enabled(context.Background(), slog.LevelDebug) {
 		return gobgplog.DebugLevel

@@ -283,64 +283,120 @@ func (s *Speaker) syncExportPolicyLocked(ctx context.Context) error {
 // BestPaths returns the next hops of the best paths (all of them where
 // several are equal, for ECMP) learned from peers, per prefix. With no
 // prefixes it returns the whole table; otherwise only those prefixes, and a
-// prefix with no path left is absent from the result.
+// prefix with no path left, or whose best path is our own, is absent.
 func (s *Speaker) BestPaths(ctx context.Context, prefixes []netip.Prefix) (map[netip.Prefix][]netip.Addr, error) {
 	req := &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4}
 	for _, p := range prefixes {
 		req.Prefixes = append(req.Prefixes, &api.TableLookupPrefix{Prefix: p.String(), Type: api.TableLookupPrefix_EXACT})
 	}
 	out := map[netip.Prefix][]netip.Addr{}
-	var perr error
+	var errs []error
 	err := s.srv.ListPath(ctx, req, func(d *api.Destination) {
 		pfx, err := netip.ParsePrefix(d.Prefix)
 		if err != nil {
-			perr = fmt.Errorf("parse prefix %q from RIB: %w", d.Prefix, err)
+			errs = append(errs, fmt.Errorf("parse prefix %q from RIB: %w", d.Prefix, err))
 			return
 		}
-		for _, p := range d.Paths {
-			if !p.Best || p.IsWithdraw || isLocal(p) {
-				continue
-			}
-			nh, err := nextHop(p)
-			if err != nil {
-				perr = fmt.Errorf("path for %s: %w", pfx, err)
-				continue
-			}
-			out[pfx] = append(out[pfx], nh)
+		nhs, err := s.multipath(d.Paths)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("paths for %s: %w", pfx, err))
+		}
+		if len(nhs) > 0 {
+			out[pfx] = nhs
 		}
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list RIB paths: %w", err)
 	}
-	return out, perr
+	return out, errors.Join(errs...)
+}
+
+// multipath returns the next hops of the best path and of every path that
+// ties with it, by the same criteria GoBGP's own multipath uses
+// (table.Path.Compare). ListPath's Best flag cannot be used for this: it
+// marks only paths identical to the best, source included, so two peers'
+// equal paths are never both flagged.
+func (s *Speaker) multipath(paths []*api.Path) ([]netip.Addr, error) {
+	var best *rank
+	var nhs []netip.Addr
+	for _, p := range paths {
+		if p.IsWithdraw || p.IsNexthopInvalid {
+			continue
+		}
+		if isLocal(p) {
+			if best == nil {
+				return nil, nil // our own announcement is best: not a route to install
+			}
+			continue
+		}
+		r, err := s.rankOf(p)
+		if err != nil {
+			return nhs, err
+		}
+		switch {
+		case best == nil:
+			if !p.Best {
+				return nil, nil
+			}
+			best = &r
+		case r.key != best.key:
+			continue
+		}
+		nhs = append(nhs, r.nextHop)
+	}
+	return slices.Compact(nhs), nil
+}
+
+type rank struct {
+	key     [5]uint32 // ibgp, local pref, AS path length, origin, MED
+	nextHop netip.Addr
+}
+
+func (s *Speaker) rankOf(p *api.Path) (rank, error) {
+	attrs, err := apiutil.GetNativePathAttributes(p)
+	if err != nil {
+		return rank{}, fmt.Errorf("decode attributes: %w", err)
+	}
+	var r rank
+	if p.SourceAsn == s.cfg.LocalAS {
+		r.key[0] = 1
+	}
+	r.key[1] = 100 // GoBGP's default local preference
+	for _, a := range attrs {
+		switch a := a.(type) {
+		case *bgp.PathAttributeLocalPref:
+			r.key[1] = a.Value
+		case *bgp.PathAttributeAsPath:
+			for _, seg := range a.Value {
+				switch seg.GetType() {
+				case bgp.BGP_ASPATH_ATTR_TYPE_SEQ:
+					r.key[2] += uint32(len(seg.GetAS()))
+				case bgp.BGP_ASPATH_ATTR_TYPE_SET:
+					r.key[2]++
+				}
+			}
+		case *bgp.PathAttributeOrigin:
+			r.key[3] = uint32(a.Value)
+		case *bgp.PathAttributeMultiExitDisc:
+			r.key[4] = a.Value
+		case *bgp.PathAttributeNextHop:
+			r.nextHop, _ = netip.AddrFromSlice(a.Value.To4())
+		case *bgp.PathAttributeMpReachNLRI:
+			if !r.nextHop.IsValid() {
+				r.nextHop, _ = netip.AddrFromSlice(a.Nexthop.To4())
+			}
+		}
+	}
+	if !r.nextHop.IsValid() {
+		return r, errors.New("no IPv4 next hop")
+	}
+	return r, nil
 }
 
 // isLocal reports a path this node originated (it has no neighbour).
 func isLocal(p *api.Path) bool {
 	a, err := netip.ParseAddr(p.NeighborIp)
 	return err != nil || a.IsUnspecified()
-}
-
-func nextHop(p *api.Path) (netip.Addr, error) {
-	attrs, err := apiutil.GetNativePathAttributes(p)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("decode attributes: %w", err)
-	}
-	for _, a := range attrs {
-		var ip net.IP
-		switch a := a.(type) {
-		case *bgp.PathAttributeNextHop:
-			ip = a.Value
-		case *bgp.PathAttributeMpReachNLRI:
-			ip = a.Nexthop
-		default:
-			continue
-		}
-		if nh, ok := netip.AddrFromSlice(ip.To4()); ok {
-			return nh, nil
-		}
-	}
-	return netip.Addr{}, errors.New("no IPv4 next hop")
 }
 
 // WatchBest calls fn with the prefixes whose best paths changed, until ctx

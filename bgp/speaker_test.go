@@ -1,0 +1,217 @@
+package bgp
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+
+	"github.com/nexthop-net/nexthop/config"
+)
+
+// freePort finds a TCP port free on all of loopback.
+func freePort(t *testing.T) int32 {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return int32(l.Addr().(*net.TCPAddr).Port)
+}
+
+type node struct {
+	cfg *config.Config
+	sp  *Speaker
+}
+
+// speakers starts one in-process speaker per spec on 127.0.0.x, peered as
+// links says (index pairs), each with its own BGP port and no gRPC.
+func speakers(t *testing.T, specs []struct {
+	as    uint32
+	block string
+}, links [][2]int) []*node {
+	t.Helper()
+	nodes := make([]*node, len(specs))
+	for i, s := range specs {
+		nodes[i] = &node{cfg: &config.Config{
+			NodeName:   fmt.Sprintf("n%d", i),
+			Address:    netip.AddrFrom4([4]byte{127, 0, 0, byte(i + 1)}),
+			LocalAS:    s.as,
+			PodCIDR:    netip.MustParsePrefix(s.block),
+			BGPPort:    freePort(t),
+			GRPCListen: "none",
+			HoldTime:   config.Duration{Duration: 3 * time.Second},
+		}}
+	}
+	for _, l := range links {
+		a, b := nodes[l[0]], nodes[l[1]]
+		a.cfg.Peers = append(a.cfg.Peers, config.Peer{Address: b.cfg.Address, AS: b.cfg.LocalAS, Port: uint16(b.cfg.BGPPort)})
+		b.cfg.Peers = append(b.cfg.Peers, config.Peer{Address: a.cfg.Address, AS: a.cfg.LocalAS, Port: uint16(a.cfg.BGPPort)})
+	}
+	for _, n := range nodes {
+		n.cfg.Normalize()
+		if err := n.cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		n.sp = New(n.cfg, nil)
+		if err := n.sp.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(n.sp.Stop)
+	}
+	return nodes
+}
+
+func waitFor(t *testing.T, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func addrs(s ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range s {
+		out = append(out, netip.MustParseAddr(a))
+	}
+	return out
+}
+
+func TestMeshECMPAndExternalExport(t *testing.T) {
+	ctx := context.Background()
+	// n0 and n3 announce the same block (anycast) to n1: ECMP at n1.
+	// n2 is an external router (another AS) peered with n0 and n1.
+	nodes := speakers(t, []struct {
+		as    uint32
+		block string
+	}{
+		{64512, "10.244.1.0/24"},
+		{64512, "10.244.2.0/24"},
+		{65000, "10.99.0.0/24"},
+		{64512, "10.244.1.0/24"},
+	}, [][2]int{{0, 1}, {1, 2}, {0, 2}, {1, 3}})
+	n1 := nodes[1]
+
+	var mu sync.Mutex
+	seen := map[netip.Prefix]bool{}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if err := n1.sp.WatchBest(wctx, func(ps []netip.Prefix) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, p := range ps {
+			seen[p] = true
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	want := map[netip.Prefix][]netip.Addr{
+		netip.MustParsePrefix("10.244.1.0/24"): addrs("127.0.0.1", "127.0.0.4"),
+		netip.MustParsePrefix("10.99.0.0/24"):  addrs("127.0.0.3"),
+	}
+	waitFor(t, "n1's best paths", func() error {
+		got, err := n1.sp.BestPaths(ctx, nil)
+		if err != nil {
+			return err
+		}
+		for _, gws := range got {
+			slices.SortFunc(gws, netip.Addr.Compare)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			return fmt.Errorf("got %v, want %v (own block must not appear)", got, want)
+		}
+		return nil
+	})
+	mu.Lock()
+	if !seen[netip.MustParsePrefix("10.244.1.0/24")] || !seen[netip.MustParsePrefix("10.99.0.0/24")] {
+		t.Errorf("WatchBest did not report the learned prefixes: %v", seen)
+	}
+	mu.Unlock()
+
+	// The external router hears each node's own block from that node only,
+	// never one node's block passed on by another.
+	ext := nodes[2]
+	waitFor(t, "external router's view", func() error {
+		got := map[string][]string{}
+		err := ext.sp.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4}, func(d *api.Destination) {
+			for _, p := range d.Paths {
+				if !isLocal(p) {
+					got[d.Prefix] = append(got[d.Prefix], p.NeighborIp)
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		w := map[string][]string{"10.244.1.0/24": {"127.0.0.1"}, "10.244.2.0/24": {"127.0.0.2"}}
+		if fmt.Sprint(got) != fmt.Sprint(w) {
+			return fmt.Errorf("external router has %v, want %v", got, w)
+		}
+		return nil
+	})
+
+	// Dropping a peer withdraws its path: ECMP shrinks to one next hop.
+	var keep []config.Peer
+	for _, p := range n1.cfg.Peers {
+		if p.Address != nodes[3].cfg.Address {
+			keep = append(keep, p)
+		}
+	}
+	if err := n1.sp.SetPeers(ctx, keep); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "ECMP after removing a peer", func() error {
+		got, err := n1.sp.BestPaths(ctx, []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")})
+		if err != nil {
+			return err
+		}
+		if fmt.Sprint(got) != "map[10.244.1.0/24:[127.0.0.1]]" {
+			return fmt.Errorf("got %v", got)
+		}
+		return nil
+	})
+}
+
+func TestAnnounceMovesBlock(t *testing.T) {
+	ctx := context.Background()
+	nodes := speakers(t, []struct {
+		as    uint32
+		block string
+	}{{64512, "10.244.1.0/24"}, {64512, "10.244.2.0/24"}}, [][2]int{{0, 1}})
+	if err := nodes[0].sp.Announce(ctx, netip.MustParsePrefix("10.244.5.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "moved block at the peer", func() error {
+		got, err := nodes[1].sp.BestPaths(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if fmt.Sprint(got) != "map[10.244.5.0/24:[127.0.0.1]]" {
+			return fmt.Errorf("got %v, want only the new block", got)
+		}
+		return nil
+	})
+	peers, err := nodes[1].sp.Peers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(peers) != 1 || !peers[0].Established || peers[0].Accepted != 1 {
+		t.Errorf("peer state: %+v", peers)
+	}
+}

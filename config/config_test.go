@@ -1,0 +1,79 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+const good = `
+nodeName: node1
+address: 192.0.2.11
+localAS: 64512
+podCIDR: 10.244.1.7/24
+peers:
+- address: 192.0.2.12
+  as: 64512
+- address: 192.0.2.254
+  as: 65000
+  holdTime: 30s
+  keepalive: 10
+  password: s3cret
+`
+
+func TestParseDefaults(t *testing.T) {
+	c, err := Parse([]byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PodCIDR.String() != "10.244.1.0/24" {
+		t.Errorf("podCIDR not masked: %s", c.PodCIDR)
+	}
+	if c.RouterID != c.Address || c.GRPCListen != DefaultGRPCListen || c.BGPPort != 179 {
+		t.Errorf("defaults not applied: routerID %s grpc %q port %d", c.RouterID, c.GRPCListen, c.BGPPort)
+	}
+	p0, p1 := c.Peers[0], c.Peers[1]
+	if p0.HoldTime.Duration != DefaultHoldTime || p0.Keepalive.Duration != 3*time.Second {
+		t.Errorf("peer 0 timers: hold %s keepalive %s", p0.HoldTime, p0.Keepalive)
+	}
+	if p1.HoldTime.Duration != 30*time.Second || p1.Keepalive.Duration != 10*time.Second {
+		t.Errorf("peer 1 timers: hold %s keepalive %s", p1.HoldTime, p1.Keepalive)
+	}
+	// iBGP pair: the higher address waits; external peers are always dialled.
+	if p0.IsPassive(c.Address, c.LocalAS) || p1.IsPassive(c.Address, c.LocalAS) {
+		t.Error("node1 (.11) must actively connect to .12 and to the ToR")
+	}
+	if !(Peer{Address: c.Address, AS: 64512}).IsPassive(p0.Address, 64512) {
+		t.Error("node .12 must be passive towards .11")
+	}
+}
+
+func TestValidationNamesFields(t *testing.T) {
+	cases := map[string]string{
+		"nodeName":          strings.Replace(good, "nodeName: node1", "", 1),
+		"address":           strings.Replace(good, "address: 192.0.2.11", "address: 2001:db8::1", 1),
+		"podCIDR":           strings.Replace(good, "10.244.1.7/24", "192.0.2.0/24", 1),
+		"localAS":           strings.Replace(good, "localAS: 64512", "localAS: 0", 1),
+		"peers[1].holdTime": strings.Replace(good, "holdTime: 30s", "holdTime: 1s", 1),
+		"peers[0].address":  strings.Replace(good, "address: 192.0.2.12", "address: 192.0.2.11", 1),
+		"unknown field":     good + "\nbogus: 1\n",
+		"logLevel":          good + "\nlogLevel: loud\n",
+	}
+	for want, doc := range cases {
+		_, err := Parse([]byte(doc))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want an error naming %q, got %v", want, err)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(good))
+	f.Add([]byte("peers: [{address: 1.2.3.4, holdTime: -1}]"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse(b)
+		if err == nil && c.Validate() != nil {
+			t.Fatal("Parse accepted a config that does not validate")
+		}
+	})
+}
