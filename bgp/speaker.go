@@ -85,6 +85,9 @@ func (s *Speaker) Start(ctx context.Context) error {
 	}
 	s.log.Info("BGP speaker started", "as", s.cfg.LocalAS, "routerID", s.cfg.RouterID,
 		"port", s.cfg.BGPPort, "grpc", s.cfg.GRPCListen)
+	if err := s.logPeerChanges(ctx); err != nil {
+		return err
+	}
 	if err := s.SetPeers(ctx, s.cfg.Peers); err != nil {
 		return err
 	}
@@ -427,6 +430,36 @@ func (s *Speaker) WatchBest(ctx context.Context, fn func([]netip.Prefix)) error 
 			fn(changed)
 		}
 	})
+}
+
+// logPeerChanges logs each session coming up or going down, once.
+func (s *Speaker) logPeerChanges(ctx context.Context) error {
+	var mu sync.Mutex
+	up := map[string]bool{}
+	err := s.srv.WatchEvent(ctx, &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}, func(r *api.WatchEventResponse) {
+		ev := r.GetPeer()
+		if ev == nil || ev.GetType() != api.WatchEventResponse_PeerEvent_STATE {
+			return
+		}
+		st := ev.GetPeer().GetState()
+		addr := st.GetNeighborAddress()
+		est := st.GetSessionState() == api.PeerState_ESTABLISHED
+		mu.Lock()
+		defer mu.Unlock()
+		if up[addr] == est {
+			return
+		}
+		up[addr] = est
+		if est {
+			s.log.Info("peer session established", "peer", addr, "as", st.GetPeerAsn(), "routerID", st.GetRouterId())
+		} else {
+			s.log.Warn("peer session down", "peer", addr, "as", st.GetPeerAsn(), "state", sessionStateName(st.GetSessionState()))
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("watch peer state: %w", err)
+	}
+	return nil
 }
 
 // PeerState is one neighbour's session as the speaker sees it.

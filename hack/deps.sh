@@ -6,6 +6,15 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# So that `ip route` shows our routes as "proto nexthop".
+install_proto_name() {
+  local src dst=/etc/iproute2/rt_protos.d/nexthop.conf
+  src="$(dirname "$0")/../deploy/iproute2/rt_protos.d/nexthop.conf"
+  if [ "$(id -u)" = 0 ] && ! cmp -s "$src" "$dst"; then
+    mkdir -p /etc/iproute2/rt_protos.d && cp "$src" "$dst" && echo "deps: installed $dst"
+  fi
+}
+install_proto_name
 if [ ${#missing[@]} -eq 0 ]; then
   echo "deps: all present (${pkgs[*]})"
   exit 0
