@@ -4,7 +4,7 @@ GO    ?= go
 BIN   := $(CURDIR)/bin
 export NEXTHOP_BIN := $(BIN)
 
-.PHONY: all build deps test unit e2e demo bench bench-routes bench-cni vet fmt clean
+.PHONY: all build deps generate test unit e2e demo bench bench-routes bench-cni vet fmt clean
 
 all: build
 
@@ -34,10 +34,19 @@ e2e: build
 demo: deps build
 	$(GO) run ./e2e/demo
 
-bench: deps build bench-routes
+## bench: every benchmark (root); figures go into docs/benchmarks.md by hand
+bench: deps build bench-routes bench-cni
 
 bench-routes: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x -count 1 ./routes/ ./e2e/...
+
+## bench-cni: ADD/DEL latency of nexthop vs the reference ptp + host-local, same run
+bench-cni: build
+	$(GO) test -run '^$$' -bench AddDel -benchtime 100x -count 1 ./cni-plugin/
+
+## generate: the IPAM gRPC code (needs protobuf-compiler)
+generate:
+	bash ipam/ipampb/generate.sh
 
 vet:
 	$(GO) vet ./...

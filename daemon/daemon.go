@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/nexthop-net/nexthop/bgp"
 	"github.com/nexthop-net/nexthop/config"
+	"github.com/nexthop-net/nexthop/ipam"
 	"github.com/nexthop-net/nexthop/routes"
 )
 
@@ -27,7 +30,28 @@ const fullRefreshAbove = 512
 // Run runs the node until ctx ends. On return, kernel routes are left in
 // place and BGP sessions are not shut down administratively: the next start
 // reconciles, and peers see a restart rather than a decommission.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) {
+	// Pods on other nodes reach ours through this node: it must route.
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("enable net.ipv4.ip_forward: %w", err)
+	}
+
+	alloc, err := ipam.Open(ctx, filepath.Join(cfg.StateDir, "ipam.db"), cfg.PodCIDR, log)
+	if err != nil {
+		return fmt.Errorf("open IPAM store in %s: %w", cfg.StateDir, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- ipam.Serve(ctx, alloc, cfg.IPAMSocket, log) }()
+	defer func() {
+		// The store closes only after the server has stopped using it.
+		cancel()
+		if serr := <-served; serr != nil && err == nil {
+			err = fmt.Errorf("IPAM server on %s: %w", cfg.IPAMSocket, serr)
+		}
+		alloc.Close()
+	}()
+
 	rec, err := routes.New(routes.Options{Log: log})
 	if err != nil {
 		return err
@@ -48,7 +72,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	// Paths learned before the watch was registered.
 	changes.addAll()
 
-	n := &node{cfg: cfg, log: log, sp: sp, rec: rec, changes: changes, started: time.Now()}
+	n := &node{cfg: cfg, log: log, sp: sp, rec: rec, changes: changes, started: time.Now(), ipamDone: served}
 	return n.loop(ctx)
 }
 
@@ -60,6 +84,8 @@ type node struct {
 	changes *pending
 	started time.Time
 	synced  bool
+	// ipamDone delivers the IPAM server's end; it must not end first.
+	ipamDone chan error
 }
 
 // loop is the only writer of kernel routes, so updates apply in order.
@@ -73,6 +99,9 @@ func (n *node) loop(ctx context.Context) error {
 		case <-ctx.Done():
 			n.log.Info("stopping; kernel routes left in place for the next start")
 			return nil
+		case err := <-n.ipamDone:
+			n.ipamDone <- err // for Run's deferred wait
+			return fmt.Errorf("IPAM server on %s stopped: %w", n.cfg.IPAMSocket, err)
 		case <-n.changes.ready:
 			n.applyChanges(ctx)
 		case <-check.C:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the e2e suite and demo need, only when missing.
 set -euo pipefail
-pkgs=(frr iproute2 iputils-ping tcpdump)
+# iptables: the reference portmap plugin chained in our conflist needs it.
+pkgs=(frr iproute2 iputils-ping tcpdump iptables)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

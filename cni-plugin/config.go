@@ -1,0 +1,114 @@
+package cniplugin
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+)
+
+// Defaults for fields left out of the network config.
+const (
+	DefaultMTU        = 1500
+	DefaultIPAMSocket = "/run/nexthop/nexthop.sock"
+)
+
+// Plugin-specific CNI error codes (the spec leaves 100+ to plugins).
+const (
+	// ErrBlockExhausted: the node block has no free address.
+	ErrBlockExhausted uint = 100
+	// ErrStaleAllocation: the attachment holds an address from a previous
+	// node block; it must be deleted (CNI DEL) before it can be re-added.
+	ErrStaleAllocation uint = 101
+	// ErrCheckFailed: CHECK found the attachment differs from what ADD made.
+	ErrCheckFailed uint = 102
+)
+
+// NetConf is the plugin's network configuration.
+type NetConf struct {
+	types.PluginConf
+	// MTU of both veth ends; 0 means DefaultMTU.
+	MTU int `json:"mtu,omitempty"`
+	// IPAMSocket is the node daemon's IPAM socket.
+	IPAMSocket string `json:"ipamSocket,omitempty"`
+	// LogLevel for the plugin's stderr: debug, info, warn (default), error.
+	LogLevel string `json:"logLevel,omitempty"`
+}
+
+// k8sArgs are the CNI_ARGS kubelet passes; all optional.
+type k8sArgs struct {
+	types.CommonArgs
+	K8S_POD_NAMESPACE          types.UnmarshallableString //nolint:revive // CNI_ARGS key
+	K8S_POD_NAME               types.UnmarshallableString //nolint:revive
+	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString //nolint:revive
+	K8S_POD_UID                types.UnmarshallableString //nolint:revive
+}
+
+// parseConfig decodes, defaults and validates stdin; every error is a CNI
+// error whose message names the offending field.
+func parseConfig(stdin []byte) (*NetConf, *types.Error) {
+	conf := &NetConf{}
+	if err := json.Unmarshal(stdin, conf); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("decode network config: %v", err), "")
+	}
+	if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: %v", err), "")
+	}
+	bad := func(field, format string, a ...any) *types.Error {
+		return types.NewError(types.ErrInvalidNetworkConfig, field+": "+fmt.Sprintf(format, a...), "")
+	}
+	if conf.IPAM.Type != "" {
+		return nil, bad("ipam", "nexthop allocates addresses from its node daemon; remove the ipam section (type %q)", conf.IPAM.Type)
+	}
+	switch {
+	case conf.MTU == 0:
+		conf.MTU = DefaultMTU
+	case conf.MTU < 68 || conf.MTU > 65535:
+		return nil, bad("mtu", "%d is out of range 68-65535", conf.MTU)
+	}
+	if conf.IPAMSocket == "" {
+		conf.IPAMSocket = DefaultIPAMSocket
+	}
+	if !filepath.IsAbs(conf.IPAMSocket) {
+		return nil, bad("ipamSocket", "%q is not an absolute path", conf.IPAMSocket)
+	}
+	if _, err := parseLevel(conf.LogLevel); err != nil {
+		return nil, bad("logLevel", "%v", err)
+	}
+	return conf, nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "", "warn":
+		return slog.LevelWarn, nil
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("%q is not one of debug, info, warn, error", s)
+}
+
+// logger writes to stderr, which runtimes keep in their own logs; stdout
+// belongs to the CNI result.
+func (c *NetConf) logger() *slog.Logger {
+	lvl, _ := parseLevel(c.LogLevel)
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("plugin", "nexthop", "network", c.Name)
+}
+
+func parseArgs(s string) (*k8sArgs, *types.Error) {
+	a := &k8sArgs{}
+	a.IgnoreUnknown = true // runtimes pass keys for other plugins too
+	if err := types.LoadArgs(s, a); err != nil {
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS: %v", err), "")
+	}
+	return a, nil
+}

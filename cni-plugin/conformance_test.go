@@ -1,0 +1,292 @@
+package cniplugin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/nexthop-net/nexthop/ipam"
+)
+
+// Binaries built once per test run: our plugin through its real main, and
+// the reference tools it is tested against.
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+func buildPlugins(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "nexthop-cni-bin-")
+		if buildErr != nil {
+			return
+		}
+		_, here, _, _ := runtime.Caller(0)
+		root := filepath.Dir(filepath.Dir(here))
+		for name, pkg := range map[string]string{
+			"nexthop":    "./cmd/nexthop",
+			"portmap":    "github.com/containernetworking/plugins/plugins/meta/portmap",
+			"ptp":        "github.com/containernetworking/plugins/plugins/main/ptp",
+			"host-local": "github.com/containernetworking/plugins/plugins/ipam/host-local",
+			"cnitool":    "github.com/containernetworking/cni/cnitool",
+		} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg)
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+func requireIptables(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("iptables"); err != nil {
+		t.Skip("portmap needs iptables in the host netns: apt-get install iptables")
+	}
+}
+
+// shippedConfList is cni-plugin/10-nexthop.conflist pointed at sock.
+func shippedConfList(t testing.TB, sock string) []byte {
+	t.Helper()
+	b, err := os.ReadFile("10-nexthop.conflist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("10-nexthop.conflist: %v", err)
+	}
+	if m["cniVersion"] != "1.1.0" {
+		t.Fatalf("10-nexthop.conflist: cniVersion %v, want 1.1.0", m["cniVersion"])
+	}
+	plugins := m["plugins"].([]any)
+	plugins[0].(map[string]any)["ipamSocket"] = sock
+	if plugins[1].(map[string]any)["type"] != "portmap" {
+		t.Fatal("10-nexthop.conflist: second plugin is not portmap")
+	}
+	out, _ := json.Marshal(m)
+	return out
+}
+
+func iptablesNAT(t *testing.T, n ns.NetNS) string {
+	t.Helper()
+	out, err := in(t, n, func() ([]byte, error) { return exec.Command("iptables", "-w", "-t", "nat", "-S").CombinedOutput() })
+	if err != nil {
+		t.Fatalf("iptables -t nat -S: %v: %s", err, out)
+	}
+	return string(out)
+}
+
+func TestConformanceLibcni(t *testing.T) {
+	requireRoot(t)
+	requireIptables(t)
+	bin := buildPlugins(t)
+	host := newTestHost(t, "10.81.0.0/24")
+	pod := newNetNS(t, "pod")
+	ctx := context.Background()
+
+	list, err := libcni.ConfListFromBytes(shippedConfList(t, host.sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cni := libcni.NewCNIConfigWithCacheDir([]string{bin}, t.TempDir(), nil)
+	info, err := cni.GetVersionInfo(ctx, "nexthop")
+	if err != nil || !slices.Contains(info.SupportedVersions(), "1.1.0") {
+		t.Fatalf("VERSION: %v %v", info, err)
+	}
+	if _, err := cni.ValidateNetworkList(ctx, list); err != nil {
+		t.Fatalf("validate conflist: %v", err)
+	}
+	rt := &libcni.RuntimeConf{
+		ContainerID: "nhc-ctr-" + randSuffix(),
+		NetNS:       pod.Path(),
+		IfName:      "eth0",
+		Args:        [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", "web"}},
+		CapabilityArgs: map[string]any{"portMappings": []map[string]any{
+			{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"},
+		}},
+	}
+
+	// Plugins run with the calling thread's netns: the host namespace.
+	r, err := in(t, host.ns, func() (types.Result, error) { return cni.AddNetworkList(ctx, list, rt) })
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	res, err := current.NewResultFromResult(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.CNIVersion != "1.1.0" || len(res.IPs) != 1 || res.IPs[0].Address.String() != "10.81.0.2/32" {
+		t.Fatalf("ADD result %s %+v", res.CNIVersion, res.IPs)
+	}
+	if nat := iptablesNAT(t, host.ns); !strings.Contains(nat, "--dport 18080") || !strings.Contains(nat, "10.81.0.2:80") {
+		t.Fatalf("portmap rules missing from the host netns:\n%s", nat)
+	}
+	// The port mapping works: node address :18080 → pod :80.
+	assertTCP(t, pod, host.ns, "10.81.0.2:80")
+	assertTCPVia(t, pod, ":80", host.ns, net.JoinHostPort(host.addr.String(), "18080"))
+
+	if _, err := in(t, host.ns, func() (any, error) { return nil, cni.CheckNetworkList(ctx, list, rt) }); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if err := cni.GetStatusNetworkList(ctx, list); err != nil {
+		t.Fatalf("STATUS: %v", err)
+	}
+	gcKeep := &libcni.GCArgs{ValidAttachments: []types.GCAttachment{{ContainerID: rt.ContainerID, IfName: "eth0"}}}
+	if _, err := in(t, host.ns, func() (any, error) { return nil, cni.GCNetworkList(ctx, list, gcKeep) }); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if _, ok := host.alloc.Get(rt.ContainerID, "eth0"); !ok {
+		t.Fatal("GC released a valid attachment")
+	}
+
+	// Break the pod's gateway route: CHECK through the binary names it.
+	err = pod.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		routes, err := netlink.RouteList(l, netlink.FAMILY_V4)
+		if err != nil {
+			return err
+		}
+		for _, r := range routes {
+			if r.Scope == netlink.SCOPE_LINK && r.Dst != nil && r.Dst.String() == "169.254.1.1/32" {
+				return netlink.RouteDel(&r)
+			}
+		}
+		return fmt.Errorf("no gateway route in %v", routes)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = in(t, host.ns, func() (any, error) { return nil, cni.CheckNetworkList(ctx, list, rt) })
+	if err == nil || !strings.Contains(err.Error(), "169.254.1.1 dev eth0 scope link missing") {
+		t.Fatalf("CHECK after deleting the gateway route: %v", err)
+	}
+
+	for i := range 2 { // DEL is idempotent
+		if _, err := in(t, host.ns, func() (any, error) { return nil, cni.DelNetworkList(ctx, list, rt) }); err != nil {
+			t.Fatalf("DEL #%d: %v", i+1, err)
+		}
+	}
+	if nat := iptablesNAT(t, host.ns); strings.Contains(nat, "--dport 18080") {
+		t.Fatalf("portmap rules left after DEL:\n%s", nat)
+	}
+	if host.alloc.Used() != 0 {
+		t.Fatalf("DEL left %d allocations", host.alloc.Used())
+	}
+	if _, err := in(t, host.ns, func() (any, error) { return nil, cni.GCNetworkList(ctx, list, &libcni.GCArgs{}) }); err != nil {
+		t.Fatalf("GC of nothing: %v", err)
+	}
+}
+
+// assertTCPVia listens on lAddr in srvNS and connects to dAddr from cliNS
+// (the two differ when NAT sits between them).
+func assertTCPVia(t *testing.T, srvNS ns.NetNS, lAddr string, cliNS ns.NetNS, dAddr string) {
+	t.Helper()
+	l, err := in(t, srvNS, func() (net.Listener, error) { return net.Listen("tcp4", lAddr) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		if c, err := l.Accept(); err == nil {
+			c.Write([]byte("hi"))
+			c.Close()
+		}
+	}()
+	c, err := in(t, cliNS, func() (net.Conn, error) { return net.Dial("tcp4", dAddr) })
+	if err != nil {
+		t.Fatalf("connect to %s (mapped to %s): %v", dAddr, lAddr, err)
+	}
+	defer c.Close()
+	buf := make([]byte, 2)
+	if _, err := c.Read(buf); err != nil || string(buf) != "hi" {
+		t.Fatalf("read via %s: %q %v", dAddr, buf, err)
+	}
+}
+
+func TestConformanceCnitool(t *testing.T) {
+	requireRoot(t)
+	requireIptables(t)
+	bin := buildPlugins(t)
+	host := newTestHost(t, "10.82.0.0/24")
+	pod := newNetNS(t, "pod")
+	confDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(confDir, "10-nexthop.conflist"), shippedConfList(t, host.sock), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cnitool := func(args ...string) (string, error) {
+		return in(t, host.ns, func() (string, error) {
+			cmd := exec.Command(filepath.Join(bin, "cnitool"), args...)
+			cmd.Env = append(os.Environ(), "CNI_PATH="+bin, "NETCONFPATH="+confDir,
+				`CAP_ARGS={"portMappings":[{"hostPort":18081,"containerPort":80,"protocol":"tcp"}]}`)
+			out, err := cmd.CombinedOutput()
+			return string(out), err
+		})
+	}
+	out, err := cnitool("add", "nexthop", pod.Path())
+	if err != nil {
+		t.Fatalf("cnitool add: %v\n%s", err, out)
+	}
+	res := &current.Result{}
+	if err := json.Unmarshal([]byte(out), res); err != nil || len(res.IPs) != 1 || res.IPs[0].Address.String() != "10.82.0.2/32" {
+		t.Fatalf("cnitool add printed %s (%v)", out, err)
+	}
+	t.Cleanup(func() { cnitool("del", "nexthop", pod.Path()) })
+	for _, verb := range []string{"check", "status"} {
+		if out, err := cnitool(verb, "nexthop", pod.Path()); err != nil {
+			t.Fatalf("cnitool %s: %v\n%s", verb, err, out)
+		}
+	}
+	for range 2 {
+		if out, err := cnitool("del", "nexthop", pod.Path()); err != nil {
+			t.Fatalf("cnitool del: %v\n%s", err, out)
+		}
+	}
+	if host.alloc.Used() != 0 {
+		t.Fatalf("cnitool del left %d allocations", host.alloc.Used())
+	}
+	// cnitool's gc passes no valid attachments: everything goes.
+	if _, err := host.alloc.Allocate(context.Background(), ipam.Request{ContainerID: "leaked", IfName: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := cnitool("gc", "nexthop", pod.Path()); err != nil {
+		t.Fatalf("cnitool gc: %v\n%s", err, out)
+	}
+	if host.alloc.Used() != 0 {
+		t.Fatalf("cnitool gc left %d allocations", host.alloc.Used())
+	}
+}

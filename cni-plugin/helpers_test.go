@@ -1,0 +1,158 @@
+package cniplugin
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/nexthop-net/nexthop/ipam"
+)
+
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces, veths and routes")
+	}
+}
+
+func randSuffix() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// newNetNS creates a named namespace "nhc-<role>-<random>" and removes it
+// when the test ends. Tests only ever touch namespaces made here.
+func newNetNS(t testing.TB, role string) ns.NetNS {
+	t.Helper()
+	name := "nhc-" + role + "-" + randSuffix()
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", name, err, out)
+		}
+	})
+	n, err := ns.GetNS("/run/netns/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// testHost is a "node": a host netns with an uplink (a link with the node
+// address and the default route, so proxy ARP has somewhere to answer for)
+// and a real IPAM daemon on a temp socket.
+type testHost struct {
+	ns    ns.NetNS
+	addr  netip.Addr // node address on the uplink
+	sock  string
+	alloc *ipam.Allocator
+}
+
+func newTestHost(t testing.TB, block string) *testHost {
+	t.Helper()
+	h := &testHost{ns: newNetNS(t, "host"), addr: netip.MustParseAddr("10.99.0.1")}
+	err := h.ns.Do(func(ns.NetNS) error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return err
+		}
+		// This kernel has no dummy driver: a veth pair with both ends here
+		// stands in for the node's uplink.
+		up := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink0"}, PeerName: "uplink0p"}
+		if err := netlink.LinkAdd(up); err != nil {
+			return err
+		}
+		for _, n := range []string{"uplink0", "uplink0p"} {
+			l, err := netlink.LinkByName(n)
+			if err != nil {
+				return err
+			}
+			if err := netlink.LinkSetUp(l); err != nil {
+				return err
+			}
+		}
+		if err := netlink.AddrAdd(up, &netlink.Addr{IPNet: hostPrefix(h.addr)}); err != nil {
+			return err
+		}
+		_, def, _ := net.ParseCIDR("0.0.0.0/0")
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: up.Attrs().Index, Dst: def, Scope: netlink.SCOPE_LINK})
+	})
+	if err != nil {
+		t.Fatalf("set up host netns: %v", err)
+	}
+	dir := t.TempDir()
+	h.alloc, err = ipam.Open(context.Background(), filepath.Join(dir, "ipam.db"), netip.MustParsePrefix(block), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sock = filepath.Join(dir, "run", "nexthop.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ipam.Serve(ctx, h.alloc, h.sock, nil) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		h.alloc.Close()
+	})
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(h.sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ipam socket %s never appeared", h.sock)
+		}
+	}
+	return h
+}
+
+// netConf renders a plugin config; extra keys override the defaults.
+func netConf(t testing.TB, sock string, extra map[string]any) []byte {
+	t.Helper()
+	m := map[string]any{"cniVersion": "1.1.0", "name": "nexthop-test", "type": "nexthop", "ipamSocket": sock}
+	for k, v := range extra {
+		if v == nil {
+			delete(m, k)
+		} else {
+			m[k] = v
+		}
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// sysctlIn reads a sysctl as seen from inside netns n.
+func sysctlIn(t testing.TB, n ns.NetNS, key string) string {
+	t.Helper()
+	var v string
+	err := n.Do(func(ns.NetNS) error {
+		b, err := os.ReadFile("/proc/sys/" + key)
+		v = strings.TrimSpace(string(b))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("read %s: %v", key, err)
+	}
+	return v
+}

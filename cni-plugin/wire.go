@@ -1,0 +1,284 @@
+package cniplugin
+
+import (
+	"crypto/sha1"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/containernetworking/plugins/pkg/ip"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/utils/sysctl"
+	"github.com/vishvananda/netlink"
+)
+
+// Gateway is the pod's next hop. Nothing owns it: the host veth answers ARP
+// for it with proxy_arp, so every pod can use the same link-local gateway
+// whatever its address (Calico's trick).
+var Gateway = netip.MustParseAddr("169.254.1.1")
+
+// HostVethName is the host end's name: "nh" + 11 hex chars of
+// sha1(containerID), stable across retries and within IFNAMSIZ. Interfaces
+// other than eth0 hash "containerID/ifName" so a multi-interface pod's ends
+// don't collide.
+func HostVethName(containerID, ifName string) string {
+	key := containerID
+	if ifName != "eth0" {
+		key += "/" + ifName
+	}
+	sum := sha1.Sum([]byte(key))
+	return "nh" + hex.EncodeToString(sum[:])[:11]
+}
+
+func hostPrefix(a netip.Addr) *net.IPNet {
+	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)}
+}
+
+// wiring describes one pod attachment.
+type wiring struct {
+	hostNS   ns.NetNS // where the host end lives (the current netns)
+	podNS    ns.NetNS
+	ifName   string // pod end, normally eth0
+	hostVeth string
+	mtu      int
+	podIP    netip.Addr
+}
+
+// setup creates the veth pair and configures both ends. On error it leaves
+// nothing behind.
+func (w *wiring) setup() (hostIf, podIf net.Interface, err error) {
+	// A leftover from an earlier, interrupted ADD for this container: its name
+	// is derived from this container's ID, so it is ours to remove.
+	if err := ip.DelLinkByName(w.hostVeth); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
+		return hostIf, podIf, fmt.Errorf("remove stale host veth %s: %w", w.hostVeth, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = ip.DelLinkByName(w.hostVeth) // takes the pod end with it
+		}
+	}()
+	err = w.podNS.Do(func(ns.NetNS) error {
+		if _, err := netlinksafe.LinkByName(w.ifName); err == nil {
+			return fmt.Errorf("interface %s already exists in %s", w.ifName, w.podNS.Path())
+		}
+		hostIf, podIf, err = ip.SetupVethWithName(w.ifName, w.hostVeth, w.mtu, "", w.hostNS)
+		if err != nil {
+			return fmt.Errorf("create veth pair %s/%s: %w", w.ifName, w.hostVeth, err)
+		}
+		return w.configurePod()
+	})
+	if err != nil {
+		return hostIf, podIf, err
+	}
+	return hostIf, podIf, w.configureHost()
+}
+
+// configurePod runs in the pod netns: the address as a /32, a link-scope
+// route to the gateway, and the default route through it.
+func (w *wiring) configurePod() error {
+	link, err := netlinksafe.LinkByName(w.ifName)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", w.ifName, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set %s up: %w", w.ifName, err)
+	}
+	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: hostPrefix(w.podIP)}); err != nil {
+		return fmt.Errorf("add address %s/32 to %s: %w", w.podIP, w.ifName, err)
+	}
+	gw := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: hostPrefix(Gateway), Scope: netlink.SCOPE_LINK}
+	if err := netlink.RouteAdd(gw); err != nil {
+		return fmt.Errorf("add route %s dev %s: %w", Gateway, w.ifName, err)
+	}
+	def := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, Gw: Gateway.AsSlice()}
+	if err := netlink.RouteAdd(def); err != nil {
+		return fmt.Errorf("add default route via %s: %w", Gateway, err)
+	}
+	return nil
+}
+
+// configureHost runs in the host netns: proxy ARP so the host end answers
+// for the gateway, and the /32 route that brings the pod's traffic home.
+func (w *wiring) configureHost() error {
+	// Only on our own interface: never touch the node's other sysctls.
+	for _, s := range hostSysctls(w.hostVeth) {
+		if _, err := sysctl.Sysctl(s.key, s.val); err != nil {
+			return fmt.Errorf("set sysctl %s=%s: %w", s.key, s.val, err)
+		}
+	}
+	link, err := netlinksafe.LinkByName(w.hostVeth)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", w.hostVeth, err)
+	}
+	r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: hostPrefix(w.podIP), Scope: netlink.SCOPE_LINK}
+	if err := netlink.RouteReplace(r); err != nil {
+		return fmt.Errorf("add route %s/32 dev %s: %w", w.podIP, w.hostVeth, err)
+	}
+	return nil
+}
+
+type sysctlSetting struct{ key, val string }
+
+// hostSysctls are set on the host veth only. proxy_arp makes it answer ARP
+// for the gateway, proxy_delay=0 without the default random delay of up to
+// 0.8 s. forwarding=1 on this interface is needed too: the kernel proxies ARP
+// only for targets it could forward to from the asking interface, and it
+// forwards the pod's traffic (Calico sets the same three).
+func hostSysctls(hostVeth string) []sysctlSetting {
+	return []sysctlSetting{
+		{"net/ipv4/conf/" + hostVeth + "/forwarding", "1"},
+		{"net/ipv4/conf/" + hostVeth + "/proxy_arp", "1"},
+		{"net/ipv4/neigh/" + hostVeth + "/proxy_delay", "0"},
+	}
+}
+
+// teardown removes both ends; whatever is already gone is not an error.
+func teardown(netnsPath, ifName, hostVeth string) error {
+	if netnsPath != "" {
+		err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
+			if err := ip.DelLinkByName(ifName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
+				return fmt.Errorf("delete %s: %w", ifName, err)
+			}
+			return nil
+		})
+		var gone ns.NSPathNotExistErr
+		if err != nil && !errors.As(err, &gone) {
+			return fmt.Errorf("in netns %s: %w", netnsPath, err)
+		}
+	}
+	// Usually gone with its peer; not if the pod end was moved or the netns
+	// is unknown to us.
+	if err := ip.DelLinkByName(hostVeth); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
+		return fmt.Errorf("delete host veth: %w", err)
+	}
+	return nil
+}
+
+// check compares the attachment with what setup makes and returns every
+// difference, each a short sentence naming the interface and the object.
+func (w *wiring) check() []string {
+	var problems []string
+	bad := func(format string, a ...any) { problems = append(problems, fmt.Sprintf(format, a...)) }
+	peerIndex := -1
+	err := w.podNS.Do(func(ns.NetNS) error {
+		link, err := netlinksafe.LinkByName(w.ifName)
+		if err != nil {
+			bad("pod interface %s: %v", w.ifName, err)
+			return nil
+		}
+		if _, ok := link.(*netlink.Veth); !ok {
+			bad("pod interface %s is a %s, not a veth", w.ifName, link.Type())
+			return nil
+		}
+		peerIndex = link.Attrs().ParentIndex
+		checkLink(bad, "pod", link, w.mtu)
+		addrs, err := netlinksafe.AddrList(link, netlink.FAMILY_V4)
+		if err != nil {
+			bad("pod interface %s: list addresses: %v", w.ifName, err)
+		} else {
+			found := false
+			for _, a := range addrs {
+				p, _ := netip.AddrFromSlice(a.IP)
+				ones, _ := a.Mask.Size()
+				if p.Unmap() == w.podIP && ones == 32 {
+					found = true
+				} else {
+					bad("pod interface %s: unexpected address %s", w.ifName, a.IPNet)
+				}
+			}
+			if !found {
+				bad("pod interface %s: address %s/32 missing", w.ifName, w.podIP)
+			}
+		}
+		routes, err := netlinksafe.RouteList(link, netlink.FAMILY_V4)
+		if err != nil {
+			bad("pod interface %s: list routes: %v", w.ifName, err)
+			return nil
+		}
+		var haveGW, haveDefault bool
+		for _, r := range routes {
+			switch {
+			case isDefault(r.Dst) && Gateway.Compare(addrOf(r.Gw)) == 0:
+				haveDefault = true
+			case r.Dst != nil && r.Dst.String() == Gateway.String()+"/32" && r.Scope == netlink.SCOPE_LINK && r.Gw == nil:
+				haveGW = true
+			}
+		}
+		if !haveGW {
+			bad("pod route %s dev %s scope link missing", Gateway, w.ifName)
+		}
+		if !haveDefault {
+			bad("pod route default via %s dev %s missing", Gateway, w.ifName)
+		}
+		return nil
+	})
+	if err != nil {
+		bad("enter pod netns %s: %v", w.podNS.Path(), err)
+	}
+
+	link, err := netlinksafe.LinkByName(w.hostVeth)
+	if err != nil {
+		bad("host veth %s: %v", w.hostVeth, err)
+		return problems
+	}
+	if _, ok := link.(*netlink.Veth); !ok {
+		bad("host interface %s is a %s, not a veth", w.hostVeth, link.Type())
+		return problems
+	}
+	if peerIndex > 0 && link.Attrs().Index != peerIndex {
+		bad("host veth %s (index %d) is not the peer of pod %s (peer index %d)", w.hostVeth, link.Attrs().Index, w.ifName, peerIndex)
+	}
+	checkLink(bad, "host", link, w.mtu)
+	if addrs, err := netlinksafe.AddrList(link, netlink.FAMILY_V4); err == nil && len(addrs) > 0 {
+		bad("host veth %s: unexpected address %s", w.hostVeth, addrs[0].IPNet)
+	}
+	for _, s := range hostSysctls(w.hostVeth) {
+		if got, err := sysctl.Sysctl(s.key); err != nil {
+			bad("sysctl %s: %v", s.key, err)
+		} else if strings.TrimSpace(got) != s.val {
+			bad("sysctl %s is %s, want %s", s.key, strings.TrimSpace(got), s.val)
+		}
+	}
+	routes, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: hostPrefix(w.podIP)}, netlink.RT_FILTER_DST)
+	if err != nil {
+		bad("host: list routes to %s: %v", w.podIP, err)
+		return problems
+	}
+	ok := false
+	for _, r := range routes {
+		if r.LinkIndex == link.Attrs().Index && r.Scope == netlink.SCOPE_LINK && r.Gw == nil {
+			ok = true
+		}
+	}
+	if !ok {
+		bad("host route %s/32 dev %s scope link missing", w.podIP, w.hostVeth)
+	}
+	return problems
+}
+
+func checkLink(bad func(string, ...any), side string, l netlink.Link, mtu int) {
+	a := l.Attrs()
+	if a.Flags&net.FlagUp == 0 {
+		bad("%s interface %s is down", side, a.Name)
+	}
+	if a.MTU != mtu {
+		bad("%s interface %s has MTU %d, want %d", side, a.Name, a.MTU, mtu)
+	}
+}
+
+func isDefault(dst *net.IPNet) bool {
+	if dst == nil {
+		return true
+	}
+	ones, _ := dst.Mask.Size()
+	return ones == 0
+}
+
+func addrOf(b net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(b)
+	return a.Unmap()
+}

@@ -1,0 +1,416 @@
+// Package ipam hands out pod addresses from the node's block. The node daemon
+// owns the Allocator and serves it to the CNI plugin over a unix socket; every
+// change is committed (fsync'ed) to a bbolt file before anyone is told about
+// it, so a daemon killed at any moment neither forgets an address nor hands
+// one out twice.
+package ipam
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Attachment names one pod interface: CNI's (container ID, interface name).
+type Attachment struct {
+	ContainerID string
+	IfName      string
+}
+
+func (k Attachment) String() string { return k.ContainerID + "/" + k.IfName }
+
+// Allocation is one address held by one attachment.
+type Allocation struct {
+	ContainerID  string     `json:"containerID"`
+	IfName       string     `json:"ifName"`
+	IP           netip.Addr `json:"ip"`
+	PodNamespace string     `json:"podNamespace,omitempty"`
+	PodName      string     `json:"podName,omitempty"`
+	Allocated    time.Time  `json:"allocated"`
+	// OutOfBlock is set (never stored) when the node's block changed and IP
+	// is no longer allocatable in it. It stays held until released.
+	OutOfBlock bool `json:"-"`
+}
+
+// Attachment returns the allocation's key.
+func (a Allocation) Attachment() Attachment { return Attachment{a.ContainerID, a.IfName} }
+
+// Request asks for an address. Pod names are recorded for humans and for the
+// future pods informer; they are optional.
+type Request struct {
+	ContainerID  string
+	IfName       string
+	PodNamespace string
+	PodName      string
+}
+
+// ExhaustedError means every allocatable address of the block is held.
+type ExhaustedError struct {
+	Block netip.Prefix
+	Size  int
+}
+
+func (e *ExhaustedError) Error() string {
+	return fmt.Sprintf("block %s exhausted: all %d allocatable addresses are in use", e.Block, e.Size)
+}
+
+// OutOfBlockError means the attachment holds an address from a previous
+// node block. Handing it out again would route nowhere; handing out a new one
+// would leak the old. The caller must release it first.
+type OutOfBlockError struct {
+	Allocation Allocation
+	Block      netip.Prefix
+}
+
+func (e *OutOfBlockError) Error() string {
+	return fmt.Sprintf("%s holds %s, outside the node block %s (the block changed); release it first",
+		e.Allocation.Attachment(), e.Allocation.IP, e.Block)
+}
+
+// ErrInvalidArgument marks a request missing a required field.
+var ErrInvalidArgument = errors.New("invalid argument")
+
+var (
+	bucketAllocs = []byte("allocations") // IP (4 bytes) → JSON Allocation
+	bucketMeta   = []byte("meta")
+	keyBlock     = []byte("block")
+	keyLast      = []byte("last") // last address handed out, for round robin
+	keySchema    = []byte("schema")
+)
+
+const schemaVersion = "1"
+
+// Allocator is the durable allocator for one node block. It is safe for
+// concurrent use.
+type Allocator struct {
+	db    *bolt.DB
+	block netip.Prefix
+	first netip.Addr // first allocatable address
+	last  netip.Addr // last allocatable address
+	size  int
+	log   *slog.Logger
+
+	mu    sync.Mutex
+	byKey map[Attachment]*Allocation
+	byIP  map[netip.Addr]*Allocation
+	next  netip.Addr // where the next search starts
+}
+
+// Open opens (creating if needed) the durable allocator for block at path.
+// The network address, the broadcast address and the first usable address
+// (kept for the node's own gateway/tunnel use) are never handed out. If the
+// stored block differs from block, allocations no longer inside it are logged
+// and reported by OutOfBlock, and are never reused.
+func Open(ctx context.Context, path string, block netip.Prefix, log *slog.Logger) (*Allocator, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if !block.IsValid() || !block.Addr().Is4() {
+		return nil, fmt.Errorf("ipam: block %v: want an IPv4 prefix", block)
+	}
+	if block.Bits() > 30 {
+		return nil, fmt.Errorf("ipam: block %s: prefix length must be /30 or shorter", block)
+	}
+	block = block.Masked()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("ipam: create state dir: %w", err)
+	}
+	// A second daemon on the same file would break every guarantee: bbolt's
+	// flock makes it wait, the timeout makes it fail instead of hang.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 10 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("ipam: open %s: %w", path, err)
+	}
+	a := &Allocator{
+		db:    db,
+		block: block,
+		size:  1<<(32-block.Bits()) - 3,
+		log:   log.With("block", block.String()),
+		byKey: map[Attachment]*Allocation{},
+		byIP:  map[netip.Addr]*Allocation{},
+	}
+	a.first = block.Addr().Next().Next()
+	a.last = lastAddr(block).Prev()
+	a.next = a.first
+	if err := a.load(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("ipam: load %s: %w", path, err)
+	}
+	return a, nil
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().As4()
+	v := binary.BigEndian.Uint32(b[:]) | (1<<(32-p.Bits()) - 1)
+	binary.BigEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+func (a *Allocator) allocatable(ip netip.Addr) bool {
+	return ip.Is4() && a.first.Compare(ip) <= 0 && ip.Compare(a.last) <= 0
+}
+
+func (a *Allocator) load() error {
+	return a.db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		allocs, err := tx.CreateBucketIfNotExists(bucketAllocs)
+		if err != nil {
+			return err
+		}
+		if v := meta.Get(keySchema); v != nil && string(v) != schemaVersion {
+			return fmt.Errorf("schema version %q, this build reads %q", v, schemaVersion)
+		}
+		if err := meta.Put(keySchema, []byte(schemaVersion)); err != nil {
+			return err
+		}
+		if v := meta.Get(keyBlock); v != nil && string(v) != a.block.String() {
+			a.log.Warn("node block changed since last run; allocations outside the new block stay held until released",
+				"previous", string(v))
+		}
+		if err := meta.Put(keyBlock, []byte(a.block.String())); err != nil {
+			return err
+		}
+		if v := meta.Get(keyLast); len(v) == 4 {
+			if ip := netip.AddrFrom4([4]byte(v)); a.allocatable(ip) {
+				a.next = a.after(ip)
+			}
+		}
+		return allocs.ForEach(func(k, v []byte) error {
+			var al Allocation
+			if err := json.Unmarshal(v, &al); err != nil {
+				return fmt.Errorf("record %x: %w", k, err)
+			}
+			if len(k) != 4 || netip.AddrFrom4([4]byte(k)) != al.IP {
+				return fmt.Errorf("record %x holds %s under the wrong key", k, al.IP)
+			}
+			al.OutOfBlock = !a.allocatable(al.IP)
+			if al.OutOfBlock {
+				a.log.Warn("allocation outside the node block", "ip", al.IP, "container", al.ContainerID,
+					"ifName", al.IfName, "pod", al.PodNamespace+"/"+al.PodName)
+			}
+			p := &al
+			a.byIP[al.IP] = p
+			if prev, dup := a.byKey[al.Attachment()]; dup {
+				// Cannot happen through this package; keep both held and say so.
+				a.log.Error("attachment holds two addresses", "attachment", al.Attachment(), "ip", al.IP, "other", prev.IP)
+				return nil
+			}
+			a.byKey[al.Attachment()] = p
+			return nil
+		})
+	})
+}
+
+// after returns the allocatable address following ip, wrapping around.
+func (a *Allocator) after(ip netip.Addr) netip.Addr {
+	if n := ip.Next(); a.allocatable(n) {
+		return n
+	}
+	return a.first
+}
+
+// Close closes the store.
+func (a *Allocator) Close() error { return a.db.Close() }
+
+// Block is the node block addresses come from.
+func (a *Allocator) Block() netip.Prefix { return a.block }
+
+// Reserved is the first usable address of the block, never handed to pods:
+// it is kept for the node's own gateway or tunnel address.
+func (a *Allocator) Reserved() netip.Addr { return a.block.Addr().Next() }
+
+// Size is how many addresses the block can hand out.
+func (a *Allocator) Size() int { return a.size }
+
+func ipKey(ip netip.Addr) []byte { b := ip.As4(); return b[:] }
+
+// Allocate returns the address held by (ContainerID, IfName), allocating and
+// durably recording a new one if there is none. Addresses are handed out
+// round robin so a just-released address is not reused at once (stale
+// conntrack entries and ARP caches elsewhere still point at it).
+func (a *Allocator) Allocate(ctx context.Context, r Request) (Allocation, error) {
+	if r.ContainerID == "" || r.IfName == "" {
+		return Allocation{}, fmt.Errorf("%w: container ID and interface name are required", ErrInvalidArgument)
+	}
+	if err := ctx.Err(); err != nil {
+		return Allocation{}, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	key := Attachment{r.ContainerID, r.IfName}
+	if al, ok := a.byKey[key]; ok {
+		if al.OutOfBlock {
+			return Allocation{}, &OutOfBlockError{Allocation: *al, Block: a.block}
+		}
+		return *al, nil
+	}
+	ip, ok := a.findFree()
+	if !ok {
+		return Allocation{}, &ExhaustedError{Block: a.block, Size: a.size}
+	}
+	al := Allocation{
+		ContainerID:  r.ContainerID,
+		IfName:       r.IfName,
+		IP:           ip,
+		PodNamespace: r.PodNamespace,
+		PodName:      r.PodName,
+		Allocated:    time.Now().UTC().Truncate(time.Second),
+	}
+	v, err := json.Marshal(al)
+	if err != nil {
+		return Allocation{}, fmt.Errorf("encode allocation: %w", err)
+	}
+	// bbolt fsyncs on commit: once Update returns nil the record survives a
+	// crash, and only then does anyone learn the address.
+	err = a.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAllocs)
+		if b.Get(ipKey(ip)) != nil {
+			return fmt.Errorf("store already holds %s", ip) // memory and disk disagree: refuse
+		}
+		if err := b.Put(ipKey(ip), v); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keyLast, ipKey(ip))
+	})
+	if err != nil {
+		return Allocation{}, fmt.Errorf("record allocation of %s to %s: %w", ip, key, err)
+	}
+	p := &al
+	a.byKey[key] = p
+	a.byIP[ip] = p
+	a.next = a.after(ip)
+	return al, nil
+}
+
+func (a *Allocator) findFree() (netip.Addr, bool) {
+	ip := a.next
+	for range a.size {
+		if _, used := a.byIP[ip]; !used {
+			return ip, true
+		}
+		ip = a.after(ip)
+	}
+	return netip.Addr{}, false
+}
+
+// Get returns the allocation held by the attachment, if any.
+func (a *Allocator) Get(containerID, ifName string) (Allocation, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	al, ok := a.byKey[Attachment{containerID, ifName}]
+	if !ok {
+		return Allocation{}, false
+	}
+	return *al, true
+}
+
+// Release frees the address held by the attachment. Releasing an attachment
+// that holds nothing is not an error: found is false.
+func (a *Allocator) Release(ctx context.Context, containerID, ifName string) (al Allocation, found bool, err error) {
+	if containerID == "" || ifName == "" {
+		return Allocation{}, false, fmt.Errorf("%w: container ID and interface name are required", ErrInvalidArgument)
+	}
+	released, err := a.Reclaim(ctx, func(al Allocation) bool {
+		return al.ContainerID != containerID || al.IfName != ifName
+	})
+	if err != nil || len(released) == 0 {
+		return Allocation{}, false, err
+	}
+	return released[0], true, nil
+}
+
+// GC releases every allocation whose attachment is not in valid (CNI GC).
+func (a *Allocator) GC(ctx context.Context, valid []Attachment) ([]Allocation, error) {
+	keep := make(map[Attachment]bool, len(valid))
+	for _, v := range valid {
+		keep[v] = true
+	}
+	return a.Reclaim(ctx, func(al Allocation) bool { return keep[al.Attachment()] })
+}
+
+// Reclaim releases, in one durable transaction, every allocation for which
+// keep returns false, and returns them. keep is called with the allocator
+// locked: it must not call back into the allocator.
+func (a *Allocator) Reclaim(ctx context.Context, keep func(Allocation) bool) ([]Allocation, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var drop []*Allocation
+	for _, al := range a.byIP {
+		if !keep(*al) {
+			drop = append(drop, al)
+		}
+	}
+	if len(drop) == 0 {
+		return nil, nil
+	}
+	err := a.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAllocs)
+		for _, al := range drop {
+			if err := b.Delete(ipKey(al.IP)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("record release of %d allocations: %w", len(drop), err)
+	}
+	out := make([]Allocation, 0, len(drop))
+	for _, al := range drop {
+		delete(a.byIP, al.IP)
+		if cur := a.byKey[al.Attachment()]; cur == al {
+			delete(a.byKey, al.Attachment())
+		}
+		out = append(out, *al)
+	}
+	sortByIP(out)
+	return out, nil
+}
+
+// List returns every allocation, ordered by address.
+func (a *Allocator) List() []Allocation {
+	a.mu.Lock()
+	out := make([]Allocation, 0, len(a.byIP))
+	for _, al := range a.byIP {
+		out = append(out, *al)
+	}
+	a.mu.Unlock()
+	sortByIP(out)
+	return out
+}
+
+// OutOfBlock returns the allocations left outside the block by a block change.
+func (a *Allocator) OutOfBlock() []Allocation {
+	return slices.DeleteFunc(a.List(), func(al Allocation) bool { return !al.OutOfBlock })
+}
+
+// Used is how many addresses are held, including any out of the block.
+func (a *Allocator) Used() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.byIP)
+}
+
+func sortByIP(s []Allocation) {
+	slices.SortFunc(s, func(x, y Allocation) int { return x.IP.Compare(y.IP) })
+}

@@ -1,0 +1,204 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Environment that turns the test binary into a bare IPAM daemon, so the
+// crash test can SIGKILL a real Open+Serve at any moment.
+const (
+	envServe = "NHC_IPAM_SERVE_DB"
+	envSock  = "NHC_IPAM_SERVE_SOCK"
+	envBlock = "NHC_IPAM_SERVE_BLOCK"
+)
+
+func TestMain(m *testing.M) {
+	if db := os.Getenv(envServe); db != "" {
+		os.Exit(serveHelper(db, os.Getenv(envSock), os.Getenv(envBlock)))
+	}
+	os.Exit(m.Run())
+}
+
+func serveHelper(db, sock, block string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	a, err := Open(ctx, db, netip.MustParsePrefix(block), nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer a.Close()
+	if err := Serve(ctx, a, sock, nil); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// crashingDaemon runs the helper daemon and SIGKILLs and restarts it at
+// random moments until stopped.
+type crashingDaemon struct {
+	t              *testing.T
+	db, sock       string
+	block          string
+	kills          atomic.Int64
+	stop, finished chan struct{}
+	stopOnce       sync.Once
+}
+
+func startCrashingDaemon(t *testing.T, db, sock, block string) *crashingDaemon {
+	d := &crashingDaemon{t: t, db: db, sock: sock, block: block, stop: make(chan struct{}), finished: make(chan struct{})}
+	go d.loop()
+	t.Cleanup(d.Stop)
+	return d
+}
+
+func (d *crashingDaemon) start() *exec.Cmd {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), envServe+"="+d.db, envSock+"="+d.sock, envBlock+"="+d.block)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		d.t.Errorf("start daemon: %v", err)
+		return nil
+	}
+	return cmd
+}
+
+func (d *crashingDaemon) loop() {
+	defer close(d.finished)
+	for {
+		cmd := d.start()
+		if cmd == nil {
+			return
+		}
+		// One kill in five lands during startup (mid-Open, mid-recovery);
+		// the rest land while serving, timed from when the daemon answers so
+		// a slow (e.g. -race) build still makes progress between kills.
+		var lifetime time.Duration
+		if rand.IntN(5) == 0 {
+			lifetime = time.Duration(rand.IntN(5000)) * time.Microsecond
+		} else {
+			d.waitServing()
+			lifetime = time.Duration(rand.IntN(25000)) * time.Microsecond
+		}
+		select {
+		case <-d.stop:
+			cmd.Process.Kill()
+			cmd.Wait()
+			return
+		case <-time.After(lifetime):
+		}
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait() // the kernel drops bbolt's flock only once the process is gone
+		d.kills.Add(1)
+	}
+}
+
+// waitServing returns once the socket accepts connections (or after 5 s).
+func (d *crashingDaemon) waitServing() {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if c, err := net.Dial("unix", d.sock); err == nil {
+			c.Close()
+			return
+		}
+	}
+}
+
+// Stop kills the daemon for good; it may be called more than once.
+func (d *crashingDaemon) Stop() {
+	d.stopOnce.Do(func() { close(d.stop) })
+	<-d.finished
+}
+
+// retry calls op with a fresh client, as a CNI runtime re-running ADD or DEL
+// would, until it succeeds.
+func retry[T any](sock string, op func(context.Context, *Client) (T, error)) (T, error) {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		c, err := NewClient(sock)
+		if err != nil {
+			var zero T
+			return zero, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		v, err := op(ctx, c)
+		cancel()
+		c.Close()
+		if err == nil {
+			return v, nil
+		}
+		if IsExhausted(err) || errors.Is(err, ErrInvalidArgument) || time.Now().After(deadline) {
+			return v, err
+		}
+		time.Sleep(time.Duration(rand.IntN(10)+1) * time.Millisecond)
+	}
+}
+
+func TestCrashSafety(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash test skipped in -short mode")
+	}
+	dir := t.TempDir()
+	db, sock, block := filepath.Join(dir, "ipam.db"), filepath.Join(dir, "run", "ipam.sock"), "10.9.0.0/24"
+
+	d := startCrashingDaemon(t, db, sock, block)
+
+	got := concurrently(t, 200, 50, func(i int) (netip.Addr, error) {
+		return retry(sock, func(ctx context.Context, c *Client) (netip.Addr, error) {
+			ip, _, err := c.Allocate(ctx, Request{ContainerID: fmt.Sprint("ctr-", i), IfName: "eth0"})
+			return ip, err
+		})
+	})
+	killsAlloc := d.kills.Load()
+	assertDistinct(t, got, netip.MustParsePrefix(block))
+
+	// What every client was told must be exactly what is on disk: nothing
+	// forgotten, nothing extra, nothing held twice.
+	d.Stop()
+	a := openT(t, db, block)
+	list := a.List()
+	if len(list) != 200 {
+		t.Fatalf("store holds %d allocations after crashes, want 200", len(list))
+	}
+	byKey := map[string]netip.Addr{}
+	for _, al := range list {
+		byKey[al.ContainerID+"/"+al.IfName] = al.IP
+	}
+	for i, ip := range got {
+		if stored := byKey[fmt.Sprint("ctr-", i, "/eth0")]; stored != ip {
+			t.Fatalf("ctr-%d was told %s but the store holds %s", i, ip, stored)
+		}
+	}
+	a.Close()
+
+	// Release everything under the same crashes: the block ends up empty.
+	d = startCrashingDaemon(t, db, sock, block)
+	concurrently(t, 200, 50, func(i int) (netip.Addr, error) {
+		return retry(sock, func(ctx context.Context, c *Client) (netip.Addr, error) {
+			return c.Release(ctx, fmt.Sprint("ctr-", i), "eth0")
+		})
+	})
+	d.Stop()
+	b := openT(t, db, block)
+	if left := b.List(); len(left) != 0 {
+		t.Fatalf("after releasing all, %d allocations remain: %v", len(left), left)
+	}
+	t.Logf("daemon SIGKILLed %d times while allocating, %d while releasing", killsAlloc, d.kills.Load())
+	if killsAlloc < 5 {
+		t.Errorf("only %d kills during allocation: the test did not exercise crashes", killsAlloc)
+	}
+}

@@ -1,0 +1,199 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/nexthop-net/nexthop/ipam/ipampb"
+)
+
+// Serve serves the IPAM gRPC API on a root-only unix socket until ctx is done.
+// The socket's directory is created 0700 and the socket chmod'ed 0600: only
+// root (the container runtime running the plugin) may allocate addresses.
+func Serve(ctx context.Context, a *Allocator, socketPath string, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	l, err := listen(socketPath)
+	if err != nil {
+		return err
+	}
+	s := grpc.NewServer()
+	ipampb.RegisterIPAMServer(s, &server{a: a, log: log})
+	log.Info("ipam: serving", "socket", socketPath, "block", a.Block().String(), "used", a.Used(), "size", a.Size())
+
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(l) }()
+	select {
+	case err := <-done:
+		os.Remove(socketPath)
+		return fmt.Errorf("ipam: serve %s: %w", socketPath, err)
+	case <-ctx.Done():
+	}
+	// Let in-flight requests finish (an answered Allocate is already durable;
+	// this only spares the plugin a retry), but don't hang shutdown on them.
+	stopped := make(chan struct{})
+	go func() { s.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		s.Stop()
+	}
+	<-done
+	os.Remove(socketPath)
+	return nil
+}
+
+func listen(socketPath string) (net.Listener, error) {
+	dir := filepath.Dir(socketPath)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("ipam: create socket dir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("ipam: restrict socket dir: %w", err)
+	}
+	if fi, err := os.Lstat(socketPath); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("ipam: %s exists and is not a socket", socketPath)
+		}
+		// A live socket means another daemon is serving: two allocators on one
+		// node would hand out the same addresses.
+		if c, err := net.DialTimeout("unix", socketPath, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("ipam: %s is already being served by another process", socketPath)
+		}
+		if err := os.Remove(socketPath); err != nil {
+			return nil, fmt.Errorf("ipam: remove stale socket: %w", err)
+		}
+	}
+	l, err := net.Listen("unix", socketPath)
+	if err != nil {
+		return nil, fmt.Errorf("ipam: listen on %s: %w", socketPath, err)
+	}
+	if err := os.Chmod(socketPath, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("ipam: restrict socket: %w", err)
+	}
+	return l, nil
+}
+
+type server struct {
+	ipampb.UnimplementedIPAMServer
+	a   *Allocator
+	log *slog.Logger
+}
+
+// grpcErr maps allocator errors to status codes the client maps back.
+func grpcErr(err error) error {
+	var ex *ExhaustedError
+	var ob *OutOfBlockError
+	switch {
+	case errors.As(err, &ex):
+		return status.Error(codes.ResourceExhausted, err.Error())
+	case errors.As(err, &ob):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, ErrInvalidArgument):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
+	default:
+		return status.Error(codes.Internal, err.Error())
+	}
+}
+
+func toPB(al Allocation) *ipampb.Allocation {
+	return &ipampb.Allocation{
+		ContainerId:   al.ContainerID,
+		IfName:        al.IfName,
+		Ip:            al.IP.String(),
+		PodNamespace:  al.PodNamespace,
+		PodName:       al.PodName,
+		AllocatedUnix: al.Allocated.Unix(),
+		OutOfBlock:    al.OutOfBlock,
+	}
+}
+
+func (s *server) Allocate(ctx context.Context, r *ipampb.AllocateRequest) (*ipampb.AllocateResponse, error) {
+	al, err := s.a.Allocate(ctx, Request{
+		ContainerID:  r.GetContainerId(),
+		IfName:       r.GetIfName(),
+		PodNamespace: r.GetPodNamespace(),
+		PodName:      r.GetPodName(),
+	})
+	if err != nil {
+		s.log.Warn("ipam: allocate failed", "container", r.GetContainerId(), "ifName", r.GetIfName(), "err", err)
+		return nil, grpcErr(err)
+	}
+	s.log.Debug("ipam: allocated", "ip", al.IP, "container", al.ContainerID, "ifName", al.IfName)
+	return &ipampb.AllocateResponse{Ip: al.IP.String(), Block: s.a.Block().String()}, nil
+}
+
+func (s *server) Release(ctx context.Context, r *ipampb.ReleaseRequest) (*ipampb.ReleaseResponse, error) {
+	al, found, err := s.a.Release(ctx, r.GetContainerId(), r.GetIfName())
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	if !found {
+		return &ipampb.ReleaseResponse{}, nil
+	}
+	s.log.Debug("ipam: released", "ip", al.IP, "container", al.ContainerID, "ifName", al.IfName)
+	return &ipampb.ReleaseResponse{Ip: al.IP.String()}, nil
+}
+
+func (s *server) Get(_ context.Context, r *ipampb.GetRequest) (*ipampb.GetResponse, error) {
+	if r.GetContainerId() == "" || r.GetIfName() == "" {
+		return nil, status.Error(codes.InvalidArgument, "container ID and interface name are required")
+	}
+	al, ok := s.a.Get(r.GetContainerId(), r.GetIfName())
+	if !ok {
+		return &ipampb.GetResponse{}, nil
+	}
+	return &ipampb.GetResponse{Allocation: toPB(al)}, nil
+}
+
+func (s *server) GC(ctx context.Context, r *ipampb.GCRequest) (*ipampb.GCResponse, error) {
+	valid := make([]Attachment, 0, len(r.GetValid()))
+	for _, v := range r.GetValid() {
+		valid = append(valid, Attachment{ContainerID: v.GetContainerId(), IfName: v.GetIfName()})
+	}
+	released, err := s.a.GC(ctx, valid)
+	if err != nil {
+		return nil, grpcErr(err)
+	}
+	resp := &ipampb.GCResponse{}
+	for _, al := range released {
+		s.log.Info("ipam: garbage-collected", "ip", al.IP, "container", al.ContainerID, "ifName", al.IfName)
+		resp.Released = append(resp.Released, toPB(al))
+	}
+	return resp, nil
+}
+
+func (s *server) List(context.Context, *ipampb.ListRequest) (*ipampb.ListResponse, error) {
+	resp := &ipampb.ListResponse{Block: s.a.Block().String()}
+	for _, al := range s.a.List() {
+		resp.Allocations = append(resp.Allocations, toPB(al))
+	}
+	return resp, nil
+}
+
+func (s *server) Status(context.Context, *ipampb.StatusRequest) (*ipampb.StatusResponse, error) {
+	resp := &ipampb.StatusResponse{Block: s.a.Block().String(), Size: uint32(s.a.Size())}
+	for _, al := range s.a.List() {
+		if al.OutOfBlock {
+			resp.OutOfBlock++
+		} else {
+			resp.Used++
+		}
+	}
+	return resp, nil
+}
