@@ -12,7 +12,7 @@ all: build
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/nexthopd ./cmd/nexthopd
-	@if [ -d cmd/nexthop ]; then $(GO) build -o $(BIN)/nexthop ./cmd/nexthop; fi
+	$(GO) build -o $(BIN)/nexthop ./cmd/nexthop
 	$(GO) build -o $(BIN)/gobgp github.com/osrg/gobgp/v3/cmd/gobgp
 
 ## deps: system packages the e2e suite and the demo use (idempotent)
@@ -27,12 +27,13 @@ test: deps build vet
 unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)
 
-e2e: build
+e2e: deps build
 	$(GO) test -count=1 -v -timeout 15m ./e2e/...
 
 ## demo: a 3-node cluster with an FRR ToR in network namespaces (DEMO_CHECK=1: non-interactive)
 demo: deps build
-	$(GO) run ./e2e/demo
+	$(GO) build -o $(BIN)/demo ./e2e/demo
+	$(BIN)/demo
 
 ## bench: every benchmark (root); figures go into docs/benchmarks.md by hand
 bench: deps build bench-routes bench-cni

@@ -35,7 +35,18 @@ func (g *gobgpLogger) Fatal(msg string, f gobgplog.Fields) {
 }
 
 func (g *gobgpLogger) Error(msg string, f gobgplog.Fields) { g.l.Error(msg, attrs(f)...) }
-func (g *gobgpLogger) Warn(msg string, f gobgplog.Fields)  { g.l.Warn(msg, attrs(f)...) }
+
+// Warn demotes two GoBGP warnings that carry no news for us: every listener
+// on a kernel without IP_MINTTL on [::] says it, and a withdraw of a path
+// our import rejected (AS loop) finds nothing to withdraw.
+func (g *gobgpLogger) Warn(msg string, f gobgplog.Fields) {
+	switch msg {
+	case "cannot set TTL (255) for TCPListener", "No matching path for withdraw found":
+		g.l.Debug(msg, attrs(f)...)
+	default:
+		g.l.Warn(msg, attrs(f)...)
+	}
+}
 func (g *gobgpLogger) Info(msg string, f gobgplog.Fields)  { g.l.Debug(msg, attrs(f)...) }
 func (g *gobgpLogger) Debug(msg string, f gobgplog.Fields) { g.l.Debug(msg, attrs(f)...) }
 func (g *gobgpLogger) SetLevel(gobgplog.LogLevel)          {}

@@ -25,6 +25,11 @@ const (
 	DefaultIPAMSocket     = "/run/nexthop/nexthop.sock"
 	DefaultStateDir       = "/var/lib/nexthop"
 	MinHoldTime           = 3 * time.Second
+	// MinInitialSync keeps the start-up prune behind session re-establishment:
+	// GoBGP holds a dropped peer idle for 5 s and refuses it meanwhile, so a
+	// restarted node's iBGP sessions take 6-9 s to return. Pruning earlier
+	// deletes good routes only to re-add them.
+	MinInitialSync = 10 * time.Second
 )
 
 // Duration is a time.Duration that reads and writes as "9s" in YAML/JSON.
@@ -214,6 +219,12 @@ func (c *Config) Validate() error {
 	}
 	if c.HoldTime.Duration < MinHoldTime {
 		bad("holdTime", "%s is below the minimum %s", c.HoldTime, MinHoldTime)
+	}
+	if c.InitialSync.Duration < MinInitialSync {
+		bad("initialSync", "%s is below the minimum %s (sessions take that long to return after a restart)", c.InitialSync, MinInitialSync)
+	}
+	if c.ResyncInterval.Duration < time.Second {
+		bad("resyncInterval", "%s is below the minimum 1s", c.ResyncInterval)
 	}
 	if c.GRPCListen != "none" && !strings.Contains(c.GRPCListen, ":") {
 		bad("grpcListen", "%q is not host:port (or \"none\")", c.GRPCListen)

@@ -58,6 +58,7 @@ func TestValidationNamesFields(t *testing.T) {
 		"peers[0].address":  strings.Replace(good, "address: 192.0.2.12", "address: 192.0.2.11", 1),
 		"unknown field":     good + "\nbogus: 1\n",
 		"logLevel":          good + "\nlogLevel: loud\n",
+		"initialSync":       good + "\ninitialSync: 5s\n",
 	}
 	for want, doc := range cases {
 		_, err := Parse([]byte(doc))

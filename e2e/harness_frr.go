@@ -1,0 +1,223 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/template"
+	"time"
+)
+
+const bgpdPath = "/usr/lib/frr/bgpd"
+
+// ToR is FRR's bgpd in its own namespace: the top-of-rack router every
+// node peers with over eBGP.
+type ToR struct {
+	NS      string
+	Address netip.Addr
+	// Dir holds bgpd.conf, the pid file, the log and the vty socket dir.
+	Dir     string
+	LogPath string
+	proc    *proc
+}
+
+// A hold time of 3 s (keepalive 1 s) makes lost sessions show quickly;
+// connect retry 1 s brings a restarted node back without a long wait.
+var torConfig = template.Must(template.New("bgpd.conf").Parse(`frr defaults datacenter
+hostname tor
+log stdout informational
+router bgp {{.AS}}
+ bgp router-id {{.RouterID}}
+ no bgp ebgp-requires-policy
+ neighbor NODES peer-group
+ neighbor NODES remote-as {{.NodeAS}}
+ neighbor NODES timers 1 3
+ neighbor NODES timers connect 1
+{{- range .Nodes}}
+ neighbor {{.}} peer-group NODES
+{{- end}}
+ address-family ipv4 unicast
+  neighbor NODES activate
+ exit-address-family
+`))
+
+// startToR creates the ToR namespace and runs bgpd there without zebra
+// (-Z: it installs nothing into the ToR's kernel; it only speaks BGP), as
+// root (-S) with every path under the cluster dir, in the foreground so
+// the harness owns the process.
+func (c *Cluster) startToR() error {
+	t := &ToR{NS: c.Prefix + "tor", Address: ToRAddress, Dir: filepath.Join(c.Dir, "tor")}
+	t.LogPath = filepath.Join(t.Dir, "bgpd.log")
+	if err := os.MkdirAll(filepath.Join(t.Dir, "vty"), 0o755); err != nil {
+		return fmt.Errorf("create tor dir: %w", err)
+	}
+	if err := c.addNS(t.NS); err != nil {
+		return err
+	}
+	if err := c.plugUnderlay(t.NS, "tor", t.Address); err != nil {
+		return err
+	}
+	// The ToR only speaks BGP here. Were it to forward, a node missing a
+	// route would still reach pods through the ToR via its default route
+	// and a broken daemon would pass the ping tests.
+	if err := setSysctls(t.NS, "net.ipv4.ip_forward", "0"); err != nil {
+		return err
+	}
+	var nodes []string
+	for _, n := range c.Nodes {
+		nodes = append(nodes, n.Address.String())
+	}
+	conf := filepath.Join(t.Dir, "bgpd.conf")
+	f, err := os.Create(conf)
+	if err != nil {
+		return fmt.Errorf("write bgpd.conf: %w", err)
+	}
+	err = torConfig.Execute(f, map[string]any{"AS": ToRAS, "RouterID": t.Address, "NodeAS": NodeAS, "Nodes": nodes})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write bgpd.conf: %w", err)
+	}
+	p, err := startProc("bgpd", t.LogPath, "ip", "netns", "exec", t.NS, bgpdPath,
+		"-Z", "-S", "-f", conf, "-i", filepath.Join(t.Dir, "bgpd.pid"),
+		"--vty_socket", filepath.Join(t.Dir, "vty"), "-A", "127.0.0.1", "-P", "0", "--log", "stdout")
+	if err != nil {
+		return err
+	}
+	c.track(p)
+	t.proc = p
+	c.ToR = t
+	// Ready when vtysh gets an answer through the socket.
+	err = WaitFor(15*time.Second, 100*time.Millisecond, func() error {
+		if done, exitErr := p.exited(); done {
+			return Permanent(fmt.Errorf("bgpd exited (%s); log:\n%s", exitString(exitErr), tail(t.LogPath, 20, bgpdNoise)))
+		}
+		_, err := t.Vtysh("show bgp summary json")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("start bgpd in %s: %w", t.NS, err)
+	}
+	return nil
+}
+
+// Vtysh runs one vtysh command against this ToR's bgpd. vtysh talks over
+// the unix socket, so it needs no namespace.
+func (t *ToR) Vtysh(command string) (string, error) {
+	return run("vtysh", "--vty_socket", filepath.Join(t.Dir, "vty"), "-c", command)
+}
+
+// RIBPath is one path for a prefix, as FRR or GoBGP shows it.
+type RIBPath struct {
+	Prefix  netip.Prefix
+	NextHop netip.Addr
+	Best    bool
+	// From is the peer the path was learned from (invalid for local ones).
+	From netip.Addr
+	// ASPath is the AS path as a string, e.g. "64512".
+	ASPath string
+}
+
+func (p RIBPath) String() string {
+	best := ""
+	if p.Best {
+		best = " best"
+	}
+	return fmt.Sprintf("%s via %s from %s path [%s]%s", p.Prefix, p.NextHop, p.From, p.ASPath, best)
+}
+
+// frrRIB is the part of `show ip bgp json` we read.
+type frrRIB struct {
+	Routes map[string][]struct {
+		Valid    bool   `json:"valid"`
+		Bestpath bool   `json:"bestpath"`
+		PeerID   string `json:"peerId"`
+		Path     string `json:"path"`
+		Nexthops []struct {
+			IP string `json:"ip"`
+		} `json:"nexthops"`
+	} `json:"routes"`
+}
+
+// RIB returns FRR's IPv4 unicast table (`show ip bgp json`), sorted.
+func (t *ToR) RIB() ([]RIBPath, error) {
+	out, err := t.Vtysh("show ip bgp json")
+	if err != nil {
+		return nil, err
+	}
+	var rib frrRIB
+	if err := json.Unmarshal([]byte(out), &rib); err != nil {
+		return nil, fmt.Errorf("parse FRR show ip bgp json: %w: %.200s", err, out)
+	}
+	var paths []RIBPath
+	for pfx, ps := range rib.Routes {
+		prefix, err := netip.ParsePrefix(pfx)
+		if err != nil {
+			return nil, fmt.Errorf("parse FRR prefix %q: %w", pfx, err)
+		}
+		for _, p := range ps {
+			rp := RIBPath{Prefix: prefix, Best: p.Bestpath, ASPath: p.Path}
+			rp.From, _ = netip.ParseAddr(p.PeerID)
+			if len(p.Nexthops) > 0 {
+				rp.NextHop, _ = netip.ParseAddr(p.Nexthops[0].IP)
+			}
+			paths = append(paths, rp)
+		}
+	}
+	sortPaths(paths)
+	return paths, nil
+}
+
+// Established lists the peers FRR has an established session with.
+func (t *ToR) Established() ([]netip.Addr, error) {
+	out, err := t.Vtysh("show bgp ipv4 unicast summary json")
+	if err != nil {
+		return nil, err
+	}
+	var sum struct {
+		Peers map[string]struct {
+			State string `json:"state"`
+		} `json:"peers"`
+	}
+	if err := json.Unmarshal([]byte(out), &sum); err != nil {
+		return nil, fmt.Errorf("parse FRR summary json: %w: %.200s", err, out)
+	}
+	var up []netip.Addr
+	for a, p := range sum.Peers {
+		if ip, err := netip.ParseAddr(a); err == nil && p.State == "Established" {
+			up = append(up, ip)
+		}
+	}
+	sort.Slice(up, func(i, j int) bool { return up[i].Less(up[j]) })
+	return up, nil
+}
+
+func sortPaths(paths []RIBPath) {
+	sort.Slice(paths, func(i, j int) bool {
+		a, b := paths[i], paths[j]
+		if a.Prefix != b.Prefix {
+			if a.Prefix.Addr() != b.Prefix.Addr() {
+				return a.Prefix.Addr().Less(b.Prefix.Addr())
+			}
+			return a.Prefix.Bits() < b.Prefix.Bits()
+		}
+		return a.From.Less(b.From)
+	})
+}
+
+// FormatPaths renders paths one per line, for logs and the demo.
+func FormatPaths(paths []RIBPath) string {
+	var b strings.Builder
+	for _, p := range paths {
+		b.WriteString("  " + p.String() + "\n")
+	}
+	if len(paths) == 0 {
+		b.WriteString("  (empty)\n")
+	}
+	return b.String()
+}

@@ -1,0 +1,185 @@
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+var lookPath = exec.LookPath
+
+const (
+	bridgeName   = "br0" // the underlay switch, in the underlay namespace
+	underlayLink = "ul0" // each node's (and the ToR's) underlay interface
+	podGateway   = "169.254.1.1"
+)
+
+// Exec runs a command inside namespace ns and returns its stdout.
+func Exec(ns string, argv ...string) (string, error) {
+	return run(append([]string{"ip", "netns", "exec", ns}, argv...)...)
+}
+
+// ipn runs `ip -n ns args...`, wrapping failures with what was being done.
+func ipn(ns, what string, args ...string) error {
+	if _, err := run(append([]string{"ip", "-n", ns}, args...)...); err != nil {
+		return fmt.Errorf("%s in %s: %w", what, ns, err)
+	}
+	return nil
+}
+
+// setSysctls writes key=value pairs (dotted keys) inside ns with one shell,
+// since /proc/sys/net shows the namespace of the process that opens it.
+func setSysctls(ns string, kv ...string) error {
+	var script strings.Builder
+	script.WriteString("set -e\n")
+	for i := 0; i+1 < len(kv); i += 2 {
+		fmt.Fprintf(&script, "echo %s > /proc/sys/%s\n", kv[i+1], strings.ReplaceAll(kv[i], ".", "/"))
+	}
+	if _, err := Exec(ns, "sh", "-c", script.String()); err != nil {
+		return fmt.Errorf("sysctls in %s: %w", ns, err)
+	}
+	return nil
+}
+
+// buildUnderlay creates the namespace holding the L2 switch all nodes and
+// the ToR plug into.
+func (c *Cluster) buildUnderlay() error {
+	if err := c.addNS(c.Underlay); err != nil {
+		return err
+	}
+	// STP off and no forward delay: ports forward as soon as they are up.
+	if err := ipn(c.Underlay, "add bridge", "link", "add", bridgeName, "type", "bridge", "stp_state", "0", "forward_delay", "0"); err != nil {
+		return err
+	}
+	return ipn(c.Underlay, "bridge up", "link", "set", bridgeName, "up")
+}
+
+// plugUnderlay connects namespace ns to the underlay bridge with a veth
+// (ns side ul0, bridge side named port) and gives it addr/24.
+func (c *Cluster) plugUnderlay(ns, port string, addr netip.Addr) error {
+	if err := ipn(ns, "add veth "+underlayLink, "link", "add", underlayLink, "type", "veth", "peer", "name", port, "netns", c.Underlay); err != nil {
+		return err
+	}
+	if err := ipn(c.Underlay, "attach "+port, "link", "set", port, "master", bridgeName, "up"); err != nil {
+		return err
+	}
+	pfx := netip.PrefixFrom(addr, UnderlayPrefix.Bits()).String()
+	if err := ipn(ns, "address "+pfx, "addr", "add", pfx, "dev", underlayLink); err != nil {
+		return err
+	}
+	if err := setSysctls(ns, "net.ipv4.conf."+underlayLink+".rp_filter", "0"); err != nil {
+		return err
+	}
+	return ipn(ns, "link up "+underlayLink, "link", "set", underlayLink, "up")
+}
+
+// addNode creates node i: namespace, forwarding on, rp_filter off (routes
+// come and go under test; strict reverse-path checks would hide that), an
+// underlay address, a default route to the ToR like a real node has (it
+// also gives proxy ARP for the pods' 169.254.1.1 gateway a route to answer
+// from), and the daemon config it will be started with.
+func (c *Cluster) addNode(i int) (*Node, error) {
+	n := &Node{
+		Index:   i,
+		Name:    fmt.Sprintf("node%d", i),
+		Address: NodeAddress(i),
+	}
+	n.NS = c.Prefix + n.Name
+	n.dir = filepath.Join(c.Dir, n.Name)
+	if err := os.MkdirAll(filepath.Join(n.dir, "state"), 0o755); err != nil {
+		return nil, fmt.Errorf("create %s dir: %w", n.Name, err)
+	}
+	if err := c.addNS(n.NS); err != nil {
+		return nil, err
+	}
+	if err := setSysctls(n.NS,
+		"net.ipv4.ip_forward", "1",
+		"net.ipv4.conf.all.rp_filter", "0",
+		"net.ipv4.conf.default.rp_filter", "0",
+	); err != nil {
+		return nil, err
+	}
+	if err := c.plugUnderlay(n.NS, n.Name, n.Address); err != nil {
+		return nil, err
+	}
+	if err := ipn(n.NS, "default route", "route", "add", "default", "via", ToRAddress.String(), "dev", underlayLink); err != nil {
+		return nil, err
+	}
+	n.Config = c.defaultConfig(n, i)
+	c.Nodes = append(c.Nodes, n)
+	return n, nil
+}
+
+// addPod creates node n's pod namespace and wires it with attach.
+func (c *Cluster) addPod(n *Node, attach PodAttacher) error {
+	p := &Pod{
+		Name: fmt.Sprintf("pod%d", n.Index),
+		IP:   n.Config.PodCIDR.Addr().Next().Next(), // 10.244.i.2
+	}
+	p.NS = c.Prefix + p.Name
+	if err := c.addNS(p.NS); err != nil {
+		return err
+	}
+	if err := attach(c, n, p); err != nil {
+		return fmt.Errorf("attach %s to %s: %w", p.Name, n.Name, err)
+	}
+	n.Pod = p
+	return nil
+}
+
+// VethPod is the stand-in for the CNI plugin, wired the way Calico does
+// it: a veth whose pod end is eth0 with the pod IP /32 and a default route
+// via the link-local 169.254.1.1, answered by proxy ARP on the node end;
+// the node routes the pod IP /32 to its end of the veth.
+func VethPod(c *Cluster, n *Node, p *Pod) error {
+	p.HostVeth = "veth" + p.Name
+	if err := ipn(n.NS, "add veth "+p.HostVeth, "link", "add", p.HostVeth, "type", "veth", "peer", "name", "eth0", "netns", p.NS); err != nil {
+		return err
+	}
+	if err := setSysctls(n.NS,
+		"net.ipv4.conf."+p.HostVeth+".proxy_arp", "1",
+		"net.ipv4.neigh."+p.HostVeth+".proxy_delay", "0",
+		"net.ipv4.conf."+p.HostVeth+".rp_filter", "0",
+	); err != nil {
+		return err
+	}
+	if err := ipn(n.NS, "link up "+p.HostVeth, "link", "set", p.HostVeth, "up"); err != nil {
+		return err
+	}
+	ip := p.IP.String()
+	if err := ipn(n.NS, "route to "+ip, "route", "add", ip+"/32", "dev", p.HostVeth, "scope", "link"); err != nil {
+		return err
+	}
+	steps := [][]string{
+		{"addr", "add", ip + "/32", "dev", "eth0"},
+		{"link", "set", "eth0", "up"},
+		{"route", "add", podGateway, "dev", "eth0", "scope", "link"},
+		{"route", "add", "default", "via", podGateway, "dev", "eth0"},
+	}
+	for _, s := range steps {
+		if err := ipn(p.NS, strings.Join(s, " "), s...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AddStaticRoute adds a plain kernel route in node n (not proto 201), for
+// harness self-tests that route between pods without any daemon.
+func (n *Node) AddStaticRoute(dst netip.Prefix, via netip.Addr) error {
+	return ipn(n.NS, "static route "+dst.String(), "route", "add", dst.String(), "via", via.String(), "dev", underlayLink)
+}
+
+// SetUnderlayPort takes node n's port on the underlay bridge down or up:
+// a pulled cable. Unlike a killed process, nothing closes the BGP
+// sessions, so only hold timers notice.
+func (c *Cluster) SetUnderlayPort(n *Node, up bool) error {
+	state := "down"
+	if up {
+		state = "up"
+	}
+	return ipn(c.Underlay, "set port "+n.Name+" "+state, "link", "set", n.Name, state)
+}

@@ -1,0 +1,339 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nexthop-net/nexthop/config"
+)
+
+// Deadlines for polling. They bound how long a test waits for a correct
+// state, they do not measure speed: a healthy run gets there in seconds.
+const (
+	convergeTimeout = 45 * time.Second
+	// A killed peer must be gone within its hold time; the slack covers
+	// scheduling on a busy 2-core CI machine.
+	withdrawTimeout = HoldTime + 10*time.Second
+	// A restarted daemon deletes its stale routes after InitialSync.
+	restartTimeout = InitialSync + 40*time.Second
+)
+
+// startRoutingCluster builds 3 nodes in an iBGP full mesh plus the FRR
+// ToR, starts every daemon and waits until routes have converged.
+func startRoutingCluster(t *testing.T) *Cluster {
+	t.Helper()
+	requireHarness(t)
+	requireBinaries(t)
+	c := newCluster(t, Options{Nodes: 3, ToR: true})
+	if err := c.StartDaemons(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, convergeTimeout, "initial convergence", func() error { return converged(c, c.Nodes) })
+	return c
+}
+
+// wantKernel is the exact set of proto 201 routes node n must have when
+// the daemons of live are running: a blackhole for its own block and, for
+// every other live node, its block via that node's underlay address.
+func wantKernel(n *Node, live []*Node) []string {
+	want := []string{"blackhole " + n.PodCIDR().String()}
+	for _, m := range live {
+		if m != n {
+			want = append(want, fmt.Sprintf("%s via %s dev %s", m.PodCIDR(), m.Address, underlayLink))
+		}
+	}
+	slices.Sort(want)
+	return want
+}
+
+// checkKernel compares n's proto 201 routes with the exact expected set:
+// a missing route is a black hole, an extra one is stale or duplicate.
+func checkKernel(c *Cluster, n *Node, live []*Node) error {
+	routes, err := c.NexthopRoutes(n)
+	if err != nil {
+		return err
+	}
+	var got []string
+	for _, r := range routes {
+		got = append(got, r.String())
+	}
+	slices.Sort(got)
+	want := wantKernel(n, live)
+	if !slices.Equal(got, want) {
+		return fmt.Errorf("%s kernel routes (proto %d):\n  got  %q\n  want %q", n.Name, RouteProtocol, got, want)
+	}
+	return nil
+}
+
+// checkFRR checks the ToR holds exactly the live nodes' blocks, each as a
+// single path learned from its owner with the owner as next hop: no stale
+// block, no copy re-advertised by another node, no hairpin next hop.
+func checkFRR(c *Cluster, live []*Node) error {
+	rib, err := c.ToR.RIB()
+	if err != nil {
+		return err
+	}
+	if err := checkPaths(rib, live, nil); err != nil {
+		return fmt.Errorf("FRR show ip bgp:\n%s%w", FormatPaths(rib), err)
+	}
+	return nil
+}
+
+// checkPaths checks a RIB holds one best path per live node's block and
+// nothing else. self, if set, is the node whose RIB this is: its own block
+// is a local path with no peer.
+func checkPaths(rib []RIBPath, live []*Node, self *Node) error {
+	owner := map[netip.Prefix]*Node{}
+	for _, m := range live {
+		owner[m.PodCIDR()] = m
+	}
+	count := map[netip.Prefix]int{}
+	var errs []error
+	for _, p := range rib {
+		m, ok := owner[p.Prefix]
+		count[p.Prefix]++
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("stale or unexpected path: %s", p))
+		case m == self:
+			if p.From.IsValid() {
+				errs = append(errs, fmt.Errorf("own block learned from a peer: %s", p))
+			}
+		case p.NextHop != m.Address || p.From != m.Address:
+			errs = append(errs, fmt.Errorf("%s: want a path from %s (%s) with it as next hop", p, m.Address, m.Name))
+		case !p.Best:
+			errs = append(errs, fmt.Errorf("%s: not the best path", p))
+		}
+	}
+	for pfx, m := range owner {
+		switch n := count[pfx]; {
+		case n == 0:
+			errs = append(errs, fmt.Errorf("no path for %s (%s)", pfx, m.Name))
+		case n > 1:
+			errs = append(errs, fmt.Errorf("%d paths for %s (%s), want one", n, pfx, m.Name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkGobgp checks n's GoBGP RIB, as `gobgp global rib` shows it, holds
+// exactly the live nodes' blocks: its own as a local path, the others
+// learned from and pointing at their owner.
+func checkGobgp(c *Cluster, n *Node, live []*Node) error {
+	rib, err := c.GobgpRIB(n)
+	if err != nil {
+		return err
+	}
+	if err := checkPaths(rib, live, n); err != nil {
+		return fmt.Errorf("%s gobgp global rib:\n%s%w", n.Name, FormatPaths(rib), err)
+	}
+	return nil
+}
+
+// converged checks every live node's kernel and GoBGP RIB and, if there
+// is one, the ToR.
+func converged(c *Cluster, live []*Node) error {
+	var errs []error
+	for _, n := range live {
+		errs = append(errs, checkKernel(c, n, live), checkGobgp(c, n, live))
+	}
+	if c.ToR != nil {
+		errs = append(errs, checkFRR(c, live))
+	}
+	return errors.Join(errs...)
+}
+
+func without(nodes []*Node, drop *Node) []*Node {
+	var out []*Node
+	for _, n := range nodes {
+		if n != drop {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// TestRoutesConverge: with 3 nodes in an iBGP full mesh and eBGP to the
+// ToR, every kernel, FRR and each node's GoBGP show all three blocks.
+func TestRoutesConverge(t *testing.T) {
+	c := startRoutingCluster(t)
+	for _, n := range c.Nodes {
+		if err := checkGobgp(c, n, c.Nodes); err != nil {
+			t.Error(err)
+		}
+		// What a user types: the plain table lists every block.
+		out, err := c.Gobgp(n, "global", "rib")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range c.Nodes {
+			if !strings.Contains(out, m.PodCIDR().String()) {
+				t.Errorf("%s `gobgp global rib` lacks %s:\n%s", n.Name, m.PodCIDR(), out)
+			}
+		}
+	}
+	out, err := c.ToR.Vtysh("show ip bgp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range c.Nodes {
+		if !strings.Contains(out, m.PodCIDR().String()) {
+			t.Errorf("FRR `show ip bgp` lacks %s:\n%s", m.PodCIDR(), out)
+		}
+	}
+	t.Logf("FRR show ip bgp:\n%s", out)
+}
+
+// TestPodToPodNoEncap: pods on different nodes ping each other, and the
+// underlay carries the packets with the pods' own addresses: no tunnel
+// header, no NAT.
+func TestPodToPodNoEncap(t *testing.T) {
+	c := startRoutingCluster(t)
+	// Everything but BGP and ARP: an encapsulated or NATed copy of the
+	// ping would show here too.
+	capture, err := c.StartCapture("pods", "not tcp port 179 and not arp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, from := range c.Nodes {
+		to := c.Nodes[(i+1)%len(c.Nodes)]
+		if err := Ping(from.Pod, to.Pod.IP, 3); err != nil {
+			t.Errorf("%s → %s: %v", from.Name, to.Name, err)
+		}
+	}
+	lines, err := capture.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, from := range c.Nodes {
+		to := c.Nodes[(i+1)%len(c.Nodes)]
+		for _, want := range []string{
+			fmt.Sprintf("IP %s > %s: ICMP echo request", from.Pod.IP, to.Pod.IP),
+			fmt.Sprintf("IP %s > %s: ICMP echo reply", to.Pod.IP, from.Pod.IP),
+		} {
+			if !containsLine(lines, want) {
+				t.Errorf("underlay capture lacks %q", want)
+			}
+		}
+	}
+	for _, l := range lines {
+		// A tunnel shows node addresses around pod addresses; SNAT shows a
+		// node address talking ICMP to a pod.
+		if strings.Contains(l, "192.0.2.") && strings.Contains(l, "10.244.") {
+			t.Errorf("encapsulated or NATed pod traffic on the underlay: %s", l)
+		}
+	}
+	if t.Failed() {
+		t.Logf("capture:\n%s", strings.Join(lines, "\n"))
+	}
+}
+
+// TestDaemonKillAndRestart: a SIGKILLed daemon's block is withdrawn from
+// every other node and the ToR within the hold time; once restarted it is
+// back and no node holds a stale or duplicate route.
+func TestDaemonKillAndRestart(t *testing.T) {
+	c := startRoutingCluster(t)
+	victim := c.Nodes[1]
+	if err := c.KillDaemon(victim); err != nil {
+		t.Fatal(err)
+	}
+	rest := without(c.Nodes, victim)
+	waitFor(t, withdrawTimeout, victim.Name+"'s block withdrawn after SIGKILL", func() error {
+		return converged(c, rest)
+	})
+
+	if err := c.StartDaemon(victim); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, restartTimeout, victim.Name+"'s block back after restart", func() error {
+		return converged(c, c.Nodes)
+	})
+	// Converged once is not enough: the restarted daemon's stale-route
+	// sweep runs at its initial sync and must not remove anything good.
+	waitFor(t, InitialSync+5*time.Second, victim.Name+"'s initial sync", func() error {
+		return victim.LogContains("initial sync: all peers up")
+	})
+	stays(t, 2*time.Second, "routes after the restarted daemon's initial sync", func() error {
+		return converged(c, c.Nodes)
+	})
+	for i, from := range c.Nodes {
+		to := c.Nodes[(i+1)%len(c.Nodes)]
+		if err := Ping(from.Pod, to.Pod.IP, 2); err != nil {
+			t.Errorf("%s → %s after restart: %v", from.Name, to.Name, err)
+		}
+	}
+}
+
+// TestNodeUnreachable: a node whose underlay cable is pulled sends no
+// TCP close, so only the hold time can tell; its block must leave every
+// other node and the ToR within it, and return when the cable is back.
+func TestNodeUnreachable(t *testing.T) {
+	c := startRoutingCluster(t)
+	lost := c.Nodes[0]
+	if err := c.SetUnderlayPort(lost, false); err != nil {
+		t.Fatal(err)
+	}
+	rest := without(c.Nodes, lost)
+	waitFor(t, withdrawTimeout, lost.Name+"'s block withdrawn after its cable was pulled", func() error {
+		return converged(c, rest)
+	})
+	if err := c.SetUnderlayPort(lost, true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, restartTimeout, lost.Name+"'s block back with the cable", func() error {
+		return converged(c, c.Nodes)
+	})
+	if err := Ping(c.Nodes[1].Pod, lost.Pod.IP, 2); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestPodCIDRChange: a node restarted with a new pod block: the old block
+// leaves every kernel and the ToR (including the node's own blackhole), the
+// new one arrives. SIGTERM itself must leave the kernel routes in place.
+func TestPodCIDRChange(t *testing.T) {
+	c := startRoutingCluster(t)
+	n := c.Nodes[2]
+	old := n.PodCIDR()
+
+	if err := c.StopDaemon(n); err != nil {
+		t.Fatal(err)
+	}
+	// Graceful stop: the stopped node keeps forwarding to its peers.
+	if err := checkKernel(c, n, c.Nodes); err != nil {
+		t.Errorf("after SIGTERM the routes should stay in place: %v", err)
+	}
+
+	newCIDR := netip.MustParsePrefix("10.244.33.0/24")
+	if err := c.RestartDaemon(n, func(cfg *config.Config) { cfg.PodCIDR = newCIDR }); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, restartTimeout, fmt.Sprintf("%s moved from %s to %s", n.Name, old, newCIDR), func() error {
+		return converged(c, c.Nodes)
+	})
+	for _, m := range c.Nodes {
+		routes, err := c.NexthopRoutes(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range routes {
+			if r.Dst == old {
+				t.Errorf("%s still has %s", m.Name, r)
+			}
+		}
+	}
+	rib, err := c.ToR.RIB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range rib {
+		if p.Prefix == old {
+			t.Errorf("FRR still has %s", p)
+		}
+	}
+}
