@@ -4,7 +4,7 @@ GO    ?= go
 BIN   := $(CURDIR)/bin
 export NEXTHOP_BIN := $(BIN)
 
-.PHONY: all build deps generate test unit e2e demo bench bench-routes bench-cni vet fmt clean
+.PHONY: all build deps generate test unit e2e demo bench bench-routes bench-convergence bench-cni vet fmt clean
 
 all: build
 
@@ -35,11 +35,16 @@ demo: deps build
 	$(GO) build -o $(BIN)/demo ./e2e/demo
 	$(BIN)/demo
 
-## bench: every benchmark (root); figures go into docs/benchmarks.md by hand
-bench: deps build bench-routes bench-cni
+## bench: every benchmark (root); docs/benchmarks.md records the figures
+bench: deps build bench-routes bench-convergence bench-cni
 
+## bench-routes: 10,000 routes through routes/ vs a bare netlink loop, same run
 bench-routes: build
-	$(GO) test -run '^$$' -bench . -benchtime 3x -count 1 ./routes/ ./e2e/...
+	$(GO) test -run '^$$' -bench Program10k -benchtime 5x -count 1 ./routes/
+
+## bench-convergence: a node joins; session established -> its block in a peer's kernel
+bench-convergence: build
+	$(GO) test -run '^$$' -bench Convergence -benchtime 20x -count 1 -timeout 20m ./e2e/
 
 ## bench-cni: ADD/DEL latency of nexthop vs the reference ptp + host-local, same run
 bench-cni: build

@@ -123,7 +123,7 @@ func (n *node) applyChanges(ctx context.Context) {
 			n.changes.addAll() // try again
 			return
 		}
-		upd := best
+		upd := n.hops(best)
 		for _, p := range prefixes {
 			if _, ok := upd[p]; !ok {
 				upd[p] = nil
@@ -138,14 +138,25 @@ func (n *node) applyChanges(ctx context.Context) {
 		n.changes.add(prefixes)
 		return
 	}
-	upd := make(map[netip.Prefix][]netip.Addr, len(prefixes))
+	upd := n.hops(best)
 	for _, p := range prefixes {
-		upd[p] = best[p] // nil when withdrawn
+		if _, ok := upd[p]; !ok {
+			upd[p] = nil // withdrawn
+		}
 	}
 	n.apply(ctx, upd)
 }
 
-func (n *node) apply(ctx context.Context, upd map[netip.Prefix][]netip.Addr) {
+// hops turns best-path next hops into kernel next hops.
+func (n *node) hops(best map[netip.Prefix][]netip.Addr) map[netip.Prefix][]routes.Hop {
+	out := make(map[netip.Prefix][]routes.Hop, len(best))
+	for p, gws := range best {
+		out[p] = routes.Gateways(gws...)
+	}
+	return out
+}
+
+func (n *node) apply(ctx context.Context, upd map[netip.Prefix][]routes.Hop) {
 	if err := n.rec.Apply(ctx, upd); err != nil {
 		n.log.Error("program routes", "err", err)
 	}
@@ -189,7 +200,7 @@ func (n *node) fullSync(ctx context.Context) {
 		n.log.Error("resync: read best paths", "err", err)
 		return
 	}
-	if err := n.rec.Replace(ctx, best); err != nil {
+	if err := n.rec.Replace(ctx, n.hops(best)); err != nil {
 		n.log.Error("resync: program routes", "err", err)
 	}
 }

@@ -150,7 +150,7 @@ func (c *Cluster) StartDaemon(n *Node) error {
 		return fmt.Errorf("start nexthopd on %s: %w\n%s", n.Name, err, tail(n.LogPath(), 30))
 	}
 	c.log.Logf("%s: nexthopd running (pid %d, podCIDR %s)", n.Name, p.Pid(), n.Config.PodCIDR)
-	return nil
+	return c.attachPendingPod(n)
 }
 
 // StartDaemons starts nexthopd on every node.
@@ -323,8 +323,31 @@ func (c *Cluster) GobgpRIB(n *Node) ([]RIBPath, error) {
 }
 
 // GobgpEstablished lists the peers n's daemon has an established session
-// with (`gobgp neighbor -j`, session_state 6 = ESTABLISHED).
+// with.
 func (c *Cluster) GobgpEstablished(n *Node) ([]netip.Addr, error) {
+	states, err := c.GobgpSessionStates(n)
+	if err != nil {
+		return nil, err
+	}
+	var up []netip.Addr
+	for a, st := range states {
+		if st == SessionEstablished {
+			up = append(up, a)
+		}
+	}
+	slices.SortFunc(up, netip.Addr.Compare)
+	return up, nil
+}
+
+// GoBGP's session_state numbers in `gobgp neighbor -j`.
+const (
+	SessionIdle        = 1
+	SessionActive      = 3
+	SessionEstablished = 6
+)
+
+// GobgpSessionStates maps each of n's peers to its session state.
+func (c *Cluster) GobgpSessionStates(n *Node) (map[netip.Addr]int, error) {
 	out, err := c.Gobgp(n, "neighbor", "-j")
 	if err != nil {
 		return nil, err
@@ -338,11 +361,11 @@ func (c *Cluster) GobgpEstablished(n *Node) ([]netip.Addr, error) {
 	if err := json.Unmarshal([]byte(out), &peers); err != nil {
 		return nil, fmt.Errorf("parse gobgp neighbor -j on %s: %w: %.200s", n.Name, err, out)
 	}
-	var up []netip.Addr
+	states := map[netip.Addr]int{}
 	for _, p := range peers {
-		if a, err := netip.ParseAddr(p.State.NeighborAddress); err == nil && p.State.SessionState == 6 {
-			up = append(up, a)
+		if a, err := netip.ParseAddr(p.State.NeighborAddress); err == nil {
+			states[a] = p.State.SessionState
 		}
 	}
-	return up, nil
+	return states, nil
 }

@@ -14,11 +14,11 @@ import (
 const benchRoutes = 10000
 
 // benchSet is benchRoutes /24s via two gateways on the connected underlay.
-func benchSet() map[netip.Prefix][]netip.Addr {
-	set := make(map[netip.Prefix][]netip.Addr, benchRoutes)
+func benchSet() map[netip.Prefix][]Hop {
+	set := make(map[netip.Prefix][]Hop, benchRoutes)
 	for i := 0; i < benchRoutes; i++ {
 		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(100 + i/256), byte(i % 256), 0}), 24)
-		set[p] = []netip.Addr{netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i%2)})}
+		set[p] = Gateways(netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i%2)}))
 	}
 	return set
 }
@@ -66,7 +66,7 @@ func BenchmarkProgram10k(b *testing.B) {
 		for p, gws := range set {
 			kr := &netlink.Route{
 				Dst:      &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(24, 32)},
-				Gw:       gws[0].AsSlice(),
+				Gw:       gws[0].Gateway.AsSlice(),
 				Protocol: Protocol,
 				Table:    unix.RT_TABLE_MAIN,
 			}

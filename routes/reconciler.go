@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -30,22 +31,88 @@ const (
 	ProtocolName                       = "nexthop"
 )
 
-// entry is one desired kernel route: a blackhole, or via one or more gateways
-// (ECMP when more than one), kept sorted so equal sets compare equal.
-type entry struct {
-	blackhole bool
-	gws       []netip.Addr
+// Hop is one next hop of a learned route.
+type Hop struct {
+	Gateway netip.Addr
+	// Device, when set, sends the route through that link (a tunnel) with
+	// the gateway taken as on-link; empty lets the kernel resolve the
+	// gateway over a connected subnet (native routing).
+	Device string
 }
 
-func (e entry) equal(o entry) bool {
-	return e.blackhole == o.blackhole && slices.Equal(e.gws, o.gws)
+func (h Hop) String() string {
+	if h.Device == "" {
+		return h.Gateway.String()
+	}
+	return h.Gateway.String() + " dev " + h.Device + " onlink"
+}
+
+func compareHops(a, b Hop) int {
+	if c := a.Gateway.Compare(b.Gateway); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Device, b.Device)
+}
+
+// Gateways is a convenience for native routes: one Hop per address.
+func Gateways(addrs ...netip.Addr) []Hop {
+	hops := make([]Hop, len(addrs))
+	for i, a := range addrs {
+		hops[i] = Hop{Gateway: a}
+	}
+	return hops
+}
+
+// hop is a Hop as the kernel holds it: the device by index.
+type hop struct {
+	gw     netip.Addr
+	dev    int // 0: any (native, the kernel picks)
+	onlink bool
+}
+
+// entry is one kernel route: a blackhole, or via one or more hops (ECMP
+// when more than one), kept sorted so equal sets compare equal.
+type entry struct {
+	blackhole bool
+	hops      []hop
+}
+
+// satisfies reports whether the kernel's route cur is what e asks for. A
+// native hop accepts whatever device the kernel resolved.
+func (e entry) satisfies(cur entry) bool {
+	if e.blackhole != cur.blackhole || len(e.hops) != len(cur.hops) {
+		return false
+	}
+	for i, h := range e.hops {
+		c := cur.hops[i]
+		if h.gw != c.gw || h.onlink != c.onlink || (h.dev != 0 && h.dev != c.dev) {
+			return false
+		}
+	}
+	return true
 }
 
 func (e entry) String() string {
 	if e.blackhole {
 		return "blackhole"
 	}
-	return fmt.Sprint(e.gws)
+	parts := make([]string, len(e.hops))
+	for i, h := range e.hops {
+		parts[i] = h.gw.String()
+		if h.onlink {
+			parts[i] += fmt.Sprintf(" dev#%d onlink", h.dev)
+		}
+	}
+	return "[" + strings.Join(parts, " ") + "]"
+}
+
+func sortHops(hs []hop) {
+	slices.SortFunc(hs, func(a, b hop) int {
+		if c := a.gw.Compare(b.gw); c != 0 {
+			return c
+		}
+		return a.dev - b.dev
+	})
 }
 
 // Reconciler keeps the kernel's main table in line with a desired set of
@@ -58,7 +125,7 @@ type Reconciler struct {
 	// local are the node's own pod blocks: blackholed here, never taken from a peer.
 	local []netip.Prefix
 	// learned is what the speaker wants installed, before filtering.
-	learned map[netip.Prefix][]netip.Addr
+	learned map[netip.Prefix][]Hop
 	// installed is what we believe the kernel holds of ours.
 	installed map[netip.Prefix]entry
 	// refused remembers why a prefix was not installed, to log each reason once.
@@ -94,7 +161,7 @@ func New(opts Options) (*Reconciler, error) {
 	return &Reconciler{
 		h:         h,
 		log:       log.With("component", "routes"),
-		learned:   map[netip.Prefix][]netip.Addr{},
+		learned:   map[netip.Prefix][]Hop{},
 		installed: map[netip.Prefix]entry{},
 		refused:   map[netip.Prefix]string{},
 	}, nil
@@ -119,17 +186,17 @@ func (r *Reconciler) SetLocalBlocks(ctx context.Context, blocks []netip.Prefix) 
 }
 
 // Apply updates the desired state for the given prefixes: a prefix mapped to
-// no gateways is withdrawn. Only these prefixes are touched in the kernel.
-func (r *Reconciler) Apply(ctx context.Context, update map[netip.Prefix][]netip.Addr) error {
+// no hops is withdrawn. Only these prefixes are touched in the kernel.
+func (r *Reconciler) Apply(ctx context.Context, update map[netip.Prefix][]Hop) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	touched := make([]netip.Prefix, 0, len(update))
-	for p, gws := range update {
+	for p, hops := range update {
 		p = p.Masked()
-		if len(gws) == 0 {
+		if len(hops) == 0 {
 			delete(r.learned, p)
 		} else {
-			r.learned[p] = gws
+			r.learned[p] = hops
 		}
 		touched = append(touched, p)
 	}
@@ -138,12 +205,12 @@ func (r *Reconciler) Apply(ctx context.Context, update map[netip.Prefix][]netip.
 
 // Replace sets the whole learned set at once and reconciles the kernel
 // against it (used for the periodic full resync).
-func (r *Reconciler) Replace(ctx context.Context, all map[netip.Prefix][]netip.Addr) error {
+func (r *Reconciler) Replace(ctx context.Context, all map[netip.Prefix][]Hop) error {
 	r.mu.Lock()
-	r.learned = make(map[netip.Prefix][]netip.Addr, len(all))
-	for p, gws := range all {
-		if len(gws) > 0 {
-			r.learned[p.Masked()] = gws
+	r.learned = make(map[netip.Prefix][]Hop, len(all))
+	for p, hops := range all {
+		if len(hops) > 0 {
+			r.learned[p.Masked()] = hops
 		}
 	}
 	r.mu.Unlock()
@@ -200,7 +267,7 @@ func (r *Reconciler) Sync(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if cur, ok := actual[p]; ok && cur.equal(e) {
+		if cur, ok := actual[p]; ok && e.satisfies(cur) {
 			continue
 		}
 		if err := r.installLocked(p, e); err != nil {
@@ -236,7 +303,7 @@ func (r *Reconciler) applyLocked(ctx context.Context, touched []netip.Prefix) er
 		e, wanted := want[p]
 		cur, have := r.installed[p]
 		switch {
-		case wanted && have && cur.equal(e):
+		case wanted && have && e.satisfies(cur):
 		case wanted:
 			if err := r.installLocked(p, e); err != nil {
 				errs = append(errs, err)
@@ -263,29 +330,54 @@ func (r *Reconciler) desiredLocked() (map[netip.Prefix]entry, error) {
 	for _, b := range r.local {
 		want[b.Masked()] = entry{blackhole: true}
 	}
-	for p, gws := range r.learned {
-		if reason := r.refuse(p, gws, connected, localAddrs); reason != "" {
+	for p, hops := range r.learned {
+		if reason := r.refuse(p, hops, connected, localAddrs); reason != "" {
 			if r.refused[p] != reason {
 				r.refused[p] = reason
-				r.log.Warn("refusing learned route", "dst", p, "gateways", gws, "reason", reason)
+				r.log.Warn("refusing learned route", "dst", p, "hops", hops, "reason", reason)
+			}
+			continue
+		}
+		e, err := r.resolve(hops, localAddrs)
+		if err != nil {
+			reason := err.Error()
+			if r.refused[p] != reason {
+				r.refused[p] = reason
+				r.log.Warn("cannot install learned route", "dst", p, "hops", hops, "reason", reason)
 			}
 			continue
 		}
 		delete(r.refused, p)
-		var ok []netip.Addr
-		for _, gw := range gws {
-			if !localAddrs[gw] {
-				ok = append(ok, gw)
-			}
-		}
-		slices.SortFunc(ok, func(a, b netip.Addr) int { return a.Compare(b) })
-		want[p] = entry{gws: slices.Compact(ok)}
+		want[p] = e
 	}
 	return want, nil
 }
 
+// resolve turns hops into kernel terms: devices by index, our own
+// addresses dropped, sorted and deduplicated.
+func (r *Reconciler) resolve(hops []Hop, localAddrs map[netip.Addr]bool) (entry, error) {
+	var e entry
+	for _, h := range hops {
+		if localAddrs[h.Gateway] {
+			continue
+		}
+		kh := hop{gw: h.Gateway}
+		if h.Device != "" {
+			l, err := r.h.LinkByName(h.Device)
+			if err != nil {
+				return entry{}, fmt.Errorf("device %s for next hop %s: %w", h.Device, h.Gateway, err)
+			}
+			kh.dev, kh.onlink = l.Attrs().Index, true
+		}
+		e.hops = append(e.hops, kh)
+	}
+	sortHops(e.hops)
+	e.hops = slices.Compact(e.hops)
+	return e, nil
+}
+
 // refuse says why a learned route must not be installed, or "" if it may.
-func (r *Reconciler) refuse(p netip.Prefix, gws []netip.Addr, connected []netip.Prefix, localAddrs map[netip.Addr]bool) string {
+func (r *Reconciler) refuse(p netip.Prefix, hops []Hop, connected []netip.Prefix, localAddrs map[netip.Addr]bool) string {
 	if !p.Addr().Is4() {
 		return "not IPv4"
 	}
@@ -299,8 +391,8 @@ func (r *Reconciler) refuse(p netip.Prefix, gws []netip.Addr, connected []netip.
 			return fmt.Sprintf("inside connected subnet %s", c)
 		}
 	}
-	for _, gw := range gws {
-		if !localAddrs[gw] {
+	for _, h := range hops {
+		if !localAddrs[h.Gateway] {
 			return ""
 		}
 	}
@@ -361,19 +453,17 @@ func entryOf(kr netlink.Route) entry {
 	if kr.Type == unix.RTN_BLACKHOLE {
 		return entry{blackhole: true}
 	}
-	var gws []netip.Addr
-	if kr.Gw != nil {
-		if a, ok := netip.AddrFromSlice(kr.Gw.To4()); ok {
-			gws = append(gws, a)
-		}
+	var e entry
+	if a, ok := netip.AddrFromSlice(kr.Gw.To4()); ok && kr.Gw != nil {
+		e.hops = append(e.hops, hop{gw: a, dev: kr.LinkIndex, onlink: kr.Flags&unix.RTNH_F_ONLINK != 0})
 	}
 	for _, nh := range kr.MultiPath {
 		if a, ok := netip.AddrFromSlice(nh.Gw.To4()); ok {
-			gws = append(gws, a)
+			e.hops = append(e.hops, hop{gw: a, dev: nh.LinkIndex, onlink: nh.Flags&unix.RTNH_F_ONLINK != 0})
 		}
 	}
-	slices.SortFunc(gws, func(a, b netip.Addr) int { return a.Compare(b) })
-	return entry{gws: gws}
+	sortHops(e.hops)
+	return e
 }
 
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
@@ -392,14 +482,21 @@ func kernelRoute(p netip.Prefix, e entry) *netlink.Route {
 		Table:    unix.RT_TABLE_MAIN,
 		Family:   netlink.FAMILY_V4,
 	}
+	flags := func(h hop) int {
+		if h.onlink {
+			return unix.RTNH_F_ONLINK
+		}
+		return 0
+	}
 	switch {
 	case e.blackhole:
 		kr.Type = unix.RTN_BLACKHOLE
-	case len(e.gws) == 1:
-		kr.Gw = e.gws[0].AsSlice()
+	case len(e.hops) == 1:
+		h := e.hops[0]
+		kr.Gw, kr.LinkIndex, kr.Flags = h.gw.AsSlice(), h.dev, flags(h)
 	default:
-		for _, gw := range e.gws {
-			kr.MultiPath = append(kr.MultiPath, &netlink.NexthopInfo{Gw: gw.AsSlice()})
+		for _, h := range e.hops {
+			kr.MultiPath = append(kr.MultiPath, &netlink.NexthopInfo{Gw: h.gw.AsSlice(), LinkIndex: h.dev, Flags: flags(h)})
 		}
 	}
 	return kr

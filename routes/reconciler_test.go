@@ -97,7 +97,7 @@ func TestInstallWithdrawECMP(t *testing.T) {
 	if err := r.SetLocalBlocks(ctx, []netip.Prefix{own}); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Apply(ctx, map[netip.Prefix][]netip.Addr{pfx2: {gw2}, pfx3: {gw3, gw2}}); err != nil {
+	if err := r.Apply(ctx, map[netip.Prefix][]Hop{pfx2: Gateways(gw2), pfx3: Gateways(gw3, gw2)}); err != nil {
 		t.Fatal(err)
 	}
 	got := kernel(t, ns)
@@ -112,14 +112,14 @@ func TestInstallWithdrawECMP(t *testing.T) {
 	}
 
 	// A withdraw removes the route at once, pruning or not.
-	if err := r.Apply(ctx, map[netip.Prefix][]netip.Addr{pfx2: nil}); err != nil {
+	if err := r.Apply(ctx, map[netip.Prefix][]Hop{pfx2: nil}); err != nil {
 		t.Fatal(err)
 	}
 	if got := kernel(t, ns); has(got, "10.244.2.0/24") {
 		t.Errorf("withdrawn route still in kernel: %q", got)
 	}
 	// Shrinking ECMP to one path rewrites the route.
-	if err := r.Apply(ctx, map[netip.Prefix][]netip.Addr{pfx3: {gw3}}); err != nil {
+	if err := r.Apply(ctx, map[netip.Prefix][]Hop{pfx3: Gateways(gw3)}); err != nil {
 		t.Fatal(err)
 	}
 	if got := kernel(t, ns); !has(got, "10.244.3.0/24 via 192.0.2.13 dev ul0") {
@@ -136,13 +136,13 @@ func TestRefusesUnsafeRoutes(t *testing.T) {
 	}
 	// A route someone else made must survive a peer announcing the same prefix.
 	run(t, "ip", "-n", ns, "route", "add", "10.244.9.0/24", "via", "192.0.2.99", "proto", "static")
-	err := r.Apply(ctx, map[netip.Prefix][]netip.Addr{
-		own:                                      {gw2},                              // our own block from a peer
-		netip.MustParsePrefix("10.244.1.128/25"): {gw2},                              // a hijack of part of it
-		netip.MustParsePrefix("192.0.2.0/25"):    {gw2},                              // inside the connected underlay
-		netip.MustParsePrefix("10.244.9.0/24"):   {gw2},                              // someone else's route
-		netip.MustParsePrefix("10.244.8.0/24"):   {netip.MustParseAddr("192.0.2.1")}, // next hop is us
-		pfx2:                                     {gw2},                              // the only good one
+	err := r.Apply(ctx, map[netip.Prefix][]Hop{
+		own:                                      Gateways(gw2),                              // our own block from a peer
+		netip.MustParsePrefix("10.244.1.128/25"): Gateways(gw2),                              // a hijack of part of it
+		netip.MustParsePrefix("192.0.2.0/25"):    Gateways(gw2),                              // inside the connected underlay
+		netip.MustParsePrefix("10.244.9.0/24"):   Gateways(gw2),                              // someone else's route
+		netip.MustParsePrefix("10.244.8.0/24"):   Gateways(netip.MustParseAddr("192.0.2.1")), // next hop is us
+		pfx2:                                     Gateways(gw2),                              // the only good one
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +164,7 @@ func TestRestartKeepsRoutesUntilPruneAndRepairs(t *testing.T) {
 	if err := old.SetLocalBlocks(ctx, []netip.Prefix{own}); err != nil {
 		t.Fatal(err)
 	}
-	if err := old.Apply(ctx, map[netip.Prefix][]netip.Addr{pfx2: {gw2}, pfx3: {gw3}}); err != nil {
+	if err := old.Apply(ctx, map[netip.Prefix][]Hop{pfx2: Gateways(gw2), pfx3: Gateways(gw3)}); err != nil {
 		t.Fatal(err)
 	}
 	run(t, "ip", "-n", ns, "route", "add", "10.244.9.0/24", "via", "192.0.2.99", "proto", "static")
@@ -175,7 +175,7 @@ func TestRestartKeepsRoutesUntilPruneAndRepairs(t *testing.T) {
 	if err := r.SetLocalBlocks(ctx, []netip.Prefix{newOwn}); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Replace(ctx, map[netip.Prefix][]netip.Addr{pfx2: {gw2}}); err != nil {
+	if err := r.Replace(ctx, map[netip.Prefix][]Hop{pfx2: Gateways(gw2)}); err != nil {
 		t.Fatal(err)
 	}
 	got := kernel(t, ns)
@@ -201,5 +201,41 @@ func TestRestartKeepsRoutesUntilPruneAndRepairs(t *testing.T) {
 	}
 	if got := kernel(t, ns); !has(got, "10.244.2.0/24 via 192.0.2.12") {
 		t.Errorf("Sync did not repair the deleted route: %q", got)
+	}
+}
+
+func TestTunnelHopsOnlink(t *testing.T) {
+	ns, h := testNS(t)
+	ctx := context.Background()
+	r := newRec(t, h)
+	far := netip.MustParseAddr("198.51.100.7") // not on any connected subnet
+	if err := r.Apply(ctx, map[netip.Prefix][]Hop{pfx2: {{Gateway: far, Device: "ul0"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := kernel(t, ns); !has(got, "10.244.2.0/24 via 198.51.100.7 dev ul0 onlink") {
+		t.Fatalf("want an onlink route through ul0, got %q", got)
+	}
+	// Read back from the kernel, the route must count as already right.
+	before := run(t, "ip", "-n", ns, "-s", "route", "show", "10.244.2.0/24")
+	if err := r.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if after := run(t, "ip", "-n", ns, "-s", "route", "show", "10.244.2.0/24"); after != before {
+		t.Errorf("Sync rewrote an unchanged tunnel route: %q → %q", before, after)
+	}
+	// Same prefix switched to native routing over the connected underlay.
+	if err := r.Apply(ctx, map[netip.Prefix][]Hop{pfx2: Gateways(gw2)}); err != nil {
+		t.Fatal(err)
+	}
+	got := kernel(t, ns)
+	if !has(got, "10.244.2.0/24 via 192.0.2.12 dev ul0") || strings.Contains(strings.Join(got, "\n"), "onlink") {
+		t.Errorf("want a native route without onlink, got %q", got)
+	}
+	// A hop through a device that does not exist is refused, not a crash.
+	if err := r.Apply(ctx, map[netip.Prefix][]Hop{pfx3: {{Gateway: far, Device: "nosuch0"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := kernel(t, ns); has(got, "10.244.3.0/24") {
+		t.Errorf("route through a missing device was installed: %q", got)
 	}
 }

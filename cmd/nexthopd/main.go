@@ -25,7 +25,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "nexthopd: %v\n", err)
 		os.Exit(2)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level(cfg.LogLevel)}))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level(cfg.LogLevel), ReplaceAttr: microseconds}))
 	log = log.With("node", cfg.NodeName)
 	log.Info("starting", "config", *cfgPath, "address", cfg.Address, "as", cfg.LocalAS, "podCIDR", cfg.PodCIDR, "peers", len(cfg.Peers))
 
@@ -35,6 +35,15 @@ func main() {
 		log.Error("nexthopd failed", "err", err)
 		os.Exit(1)
 	}
+}
+
+// microseconds stamps log lines to the µs: convergence is measured in
+// milliseconds, and the default millisecond stamps hide it.
+func microseconds(groups []string, a slog.Attr) slog.Attr {
+	if a.Key == slog.TimeKey && len(groups) == 0 {
+		a.Value = slog.StringValue(a.Value.Time().UTC().Format("2006-01-02T15:04:05.000000Z07:00"))
+	}
+	return a
 }
 
 func level(s string) slog.Level {
