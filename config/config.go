@@ -24,6 +24,9 @@ const (
 	DefaultResyncInterval = 60 * time.Second
 	DefaultIPAMSocket     = "/run/nexthop/nexthop.sock"
 	DefaultStateDir       = "/var/lib/nexthop"
+	DefaultVXLANVNI       = 4096
+	DefaultVXLANPort      = 4789
+	DefaultVXLANDevice    = "vxlan.nexthop"
 	MinHoldTime           = 3 * time.Second
 	// MinInitialSync keeps the start-up prune behind session re-establishment:
 	// GoBGP holds a dropped peer idle for 5 s and refuses it meanwhile, so a
@@ -54,6 +57,27 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	}
 	d.Duration = v
 	return nil
+}
+
+// EncapMode says when traffic to a remote pod block is encapsulated, as
+// Calico's ipipMode and vxlanMode do.
+type EncapMode string
+
+const (
+	// Never routes natively: the underlay must carry pod addresses.
+	Never EncapMode = "Never"
+	// CrossSubnet encapsulates only towards next hops outside the node's
+	// directly connected subnets.
+	CrossSubnet EncapMode = "CrossSubnet"
+	// Always encapsulates everything towards remote pod blocks.
+	Always EncapMode = "Always"
+)
+
+// VXLANSettings configure the VXLAN device used when vxlanMode is not Never.
+type VXLANSettings struct {
+	VNI    int    `json:"vni,omitempty"`
+	Port   int    `json:"port,omitempty"`
+	Device string `json:"device,omitempty"`
 }
 
 // Peer is one BGP neighbour.
@@ -109,9 +133,21 @@ type Config struct {
 	// ResyncInterval is how often kernel routes are re-checked against the
 	// desired set (routes vanish on link flaps and network-manager restarts).
 	ResyncInterval Duration `json:"resyncInterval,omitempty"`
-	IPAMSocket     string   `json:"ipamSocket,omitempty"`
-	StateDir       string   `json:"stateDir,omitempty"`
-	LogLevel       string   `json:"logLevel,omitempty"`
+	// IPIPMode and VXLANMode choose encapsulation; at most one may be
+	// other than Never. IP-in-IP needs the kernel's ipip module and an
+	// underlay that passes IP protocol 4; VXLAN suits clouds that drop it.
+	IPIPMode  EncapMode     `json:"ipipMode,omitempty"`
+	VXLANMode EncapMode     `json:"vxlanMode,omitempty"`
+	VXLAN     VXLANSettings `json:"vxlan,omitempty"`
+	// MTU for pods; 0 means the underlay's MTU less the encapsulation
+	// overhead of the mode in force (20 for IP-in-IP, 50 for VXLAN).
+	MTU int `json:"mtu,omitempty"`
+	// UnderlayInterface names the interface holding Address; found by
+	// address when empty.
+	UnderlayInterface string `json:"underlayInterface,omitempty"`
+	IPAMSocket        string `json:"ipamSocket,omitempty"`
+	StateDir          string `json:"stateDir,omitempty"`
+	LogLevel          string `json:"logLevel,omitempty"`
 }
 
 // Load reads, defaults and validates a standalone YAML config file.
@@ -170,6 +206,21 @@ func (c *Config) Normalize() {
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
+	if c.IPIPMode == "" {
+		c.IPIPMode = Never
+	}
+	if c.VXLANMode == "" {
+		c.VXLANMode = Never
+	}
+	if c.VXLAN.VNI == 0 {
+		c.VXLAN.VNI = DefaultVXLANVNI
+	}
+	if c.VXLAN.Port == 0 {
+		c.VXLAN.Port = DefaultVXLANPort
+	}
+	if c.VXLAN.Device == "" {
+		c.VXLAN.Device = DefaultVXLANDevice
+	}
 	c.PodCIDR = c.PodCIDR.Masked()
 	for i := range c.Peers {
 		p := &c.Peers[i]
@@ -183,6 +234,18 @@ func (c *Config) Normalize() {
 			p.Port = DefaultBGPPort
 		}
 	}
+}
+
+// Encap returns the encapsulation in force and its mode: "" and Never when
+// routing is native only.
+func (c *Config) Encap() (string, EncapMode) {
+	switch {
+	case c.IPIPMode != Never:
+		return "ipip", c.IPIPMode
+	case c.VXLANMode != Never:
+		return "vxlan", c.VXLANMode
+	}
+	return "", Never
 }
 
 // Validate reports every problem at once, each naming its field.
@@ -219,6 +282,31 @@ func (c *Config) Validate() error {
 	}
 	if c.HoldTime.Duration < MinHoldTime {
 		bad("holdTime", "%s is below the minimum %s", c.HoldTime, MinHoldTime)
+	}
+	for _, m := range []struct {
+		field string
+		mode  EncapMode
+	}{{"ipipMode", c.IPIPMode}, {"vxlanMode", c.VXLANMode}} {
+		switch m.mode {
+		case Never, CrossSubnet, Always:
+		default:
+			bad(m.field, "%q is not one of Never, CrossSubnet, Always", m.mode)
+		}
+	}
+	if c.IPIPMode != Never && c.VXLANMode != Never {
+		bad("vxlanMode", "%s together with ipipMode %s: choose one encapsulation", c.VXLANMode, c.IPIPMode)
+	}
+	if c.VXLAN.VNI < 1 || c.VXLAN.VNI > 1<<24-1 {
+		bad("vxlan.vni", "%d out of range 1-16777215", c.VXLAN.VNI)
+	}
+	if c.VXLAN.Port < 1 || c.VXLAN.Port > 65535 {
+		bad("vxlan.port", "%d out of range 1-65535", c.VXLAN.Port)
+	}
+	if len(c.VXLAN.Device) > 15 || strings.ContainsAny(c.VXLAN.Device, " /") {
+		bad("vxlan.device", "%q is not a valid interface name (at most 15 characters, no spaces or slashes)", c.VXLAN.Device)
+	}
+	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535) {
+		bad("mtu", "%d out of range 576-65535 (0 detects it)", c.MTU)
 	}
 	if c.InitialSync.Duration < MinInitialSync {
 		bad("initialSync", "%s is below the minimum %s (sessions take that long to return after a restart)", c.InitialSync, MinInitialSync)

@@ -59,6 +59,10 @@ func TestValidationNamesFields(t *testing.T) {
 		"unknown field":     good + "\nbogus: 1\n",
 		"logLevel":          good + "\nlogLevel: loud\n",
 		"initialSync":       good + "\ninitialSync: 5s\n",
+		"ipipMode":          good + "\nipipMode: Sometimes\n",
+		"choose one":        good + "\nipipMode: Always\nvxlanMode: CrossSubnet\n",
+		"vxlan.vni":         good + "\nvxlan: {vni: 16777216}\n",
+		"mtu":               good + "\nmtu: 100\n",
 	}
 	for want, doc := range cases {
 		_, err := Parse([]byte(doc))

@@ -36,6 +36,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		return fmt.Errorf("enable net.ipv4.ip_forward: %w", err)
 	}
 
+	enc, err := newEncap(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer enc.close()
+
 	alloc, err := ipam.Open(ctx, filepath.Join(cfg.StateDir, "ipam.db"), cfg.PodCIDR, log)
 	if err != nil {
 		return fmt.Errorf("open IPAM store in %s: %w", cfg.StateDir, err)
@@ -72,7 +78,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	// Paths learned before the watch was registered.
 	changes.addAll()
 
-	n := &node{cfg: cfg, log: log, sp: sp, rec: rec, changes: changes, started: time.Now(), ipamDone: served}
+	n := &node{cfg: cfg, log: log, sp: sp, rec: rec, enc: enc, changes: changes, started: time.Now(),
+		ipamDone: served, best: map[netip.Prefix][]netip.Addr{}}
 	return n.loop(ctx)
 }
 
@@ -81,7 +88,10 @@ type node struct {
 	log     *slog.Logger
 	sp      *bgp.Speaker
 	rec     *routes.Reconciler
+	enc     *encap
 	changes *pending
+	// best is every learned prefix's best-path next hops, as last read.
+	best    map[netip.Prefix][]netip.Addr
 	started time.Time
 	synced  bool
 	// ipamDone delivers the IPAM server's end; it must not end first.
@@ -116,48 +126,58 @@ func (n *node) loop(ctx context.Context) error {
 
 func (n *node) applyChanges(ctx context.Context) {
 	prefixes, all := n.changes.take()
+	var best map[netip.Prefix][]netip.Addr
+	var err error
 	if all || len(prefixes) > fullRefreshAbove {
-		best, err := n.sp.BestPaths(ctx, nil)
-		if err != nil {
-			n.log.Error("read best paths", "err", err)
-			n.changes.addAll() // try again
-			return
-		}
-		upd := n.hops(best)
-		for _, p := range prefixes {
-			if _, ok := upd[p]; !ok {
-				upd[p] = nil
-			}
-		}
-		n.apply(ctx, upd)
-		return
+		best, err = n.sp.BestPaths(ctx, nil)
+	} else {
+		best, err = n.sp.BestPaths(ctx, prefixes)
 	}
-	best, err := n.sp.BestPaths(ctx, prefixes)
 	if err != nil {
 		n.log.Error("read best paths", "prefixes", len(prefixes), "err", err)
-		n.changes.add(prefixes)
+		if all {
+			n.changes.addAll()
+		}
+		n.changes.add(prefixes) // try again
 		return
 	}
-	upd := n.hops(best)
-	for _, p := range prefixes {
-		if _, ok := upd[p]; !ok {
-			upd[p] = nil // withdrawn
+	if all || len(prefixes) > fullRefreshAbove {
+		for p := range n.best {
+			if _, ok := best[p]; !ok {
+				prefixes = append(prefixes, p)
+			}
 		}
 	}
-	n.apply(ctx, upd)
-}
-
-// hops turns best-path next hops into kernel next hops.
-func (n *node) hops(best map[netip.Prefix][]netip.Addr) map[netip.Prefix][]routes.Hop {
-	out := make(map[netip.Prefix][]routes.Hop, len(best))
 	for p, gws := range best {
-		out[p] = routes.Gateways(gws...)
+		n.best[p] = gws
 	}
-	return out
+	for _, p := range prefixes {
+		if _, ok := best[p]; !ok {
+			delete(n.best, p)
+			best[p] = nil // withdrawn
+		}
+	}
+	n.program(ctx, best, func(upd map[netip.Prefix][]routes.Hop) error { return n.rec.Apply(ctx, upd) })
 }
 
-func (n *node) apply(ctx context.Context, upd map[netip.Prefix][]routes.Hop) {
-	if err := n.rec.Apply(ctx, upd); err != nil {
+// program turns best paths into kernel next hops, brings the tunnel's
+// forwarding entries up to date first, then writes the routes with write.
+func (n *node) program(ctx context.Context, best map[netip.Prefix][]netip.Addr, write func(map[netip.Prefix][]routes.Hop) error) {
+	upd, err := n.enc.hops(best)
+	if err != nil {
+		n.log.Error("decide encapsulation", "err", err)
+		return
+	}
+	if n.enc.kind == "vxlan" {
+		all, err := n.enc.hops(n.best)
+		if err == nil {
+			err = n.enc.syncVXLANPeers(all, n.best)
+		}
+		if err != nil {
+			n.log.Error("VXLAN forwarding entries", "err", err)
+		}
+	}
+	if err := write(upd); err != nil {
 		n.log.Error("program routes", "err", err)
 	}
 }
@@ -200,9 +220,8 @@ func (n *node) fullSync(ctx context.Context) {
 		n.log.Error("resync: read best paths", "err", err)
 		return
 	}
-	if err := n.rec.Replace(ctx, n.hops(best)); err != nil {
-		n.log.Error("resync: program routes", "err", err)
-	}
+	n.best = best
+	n.program(ctx, best, func(all map[netip.Prefix][]routes.Hop) error { return n.rec.Replace(ctx, all) })
 }
 
 // pending collects changed prefixes from GoBGP's event goroutine without

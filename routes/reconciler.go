@@ -391,12 +391,29 @@ func (r *Reconciler) refuse(p netip.Prefix, hops []Hop, connected []netip.Prefix
 			return fmt.Sprintf("inside connected subnet %s", c)
 		}
 	}
+	remote := 0
 	for _, h := range hops {
-		if !localAddrs[h.Gateway] {
-			return ""
+		if localAddrs[h.Gateway] {
+			continue
+		}
+		remote++
+		if h.Device == "" && !inAny(connected, h.Gateway) {
+			return fmt.Sprintf("next hop %s is not on a connected subnet and no encapsulation is configured for it (ipipMode or vxlanMode CrossSubnet)", h.Gateway)
 		}
 	}
-	return "every next hop is an address of this node"
+	if remote == 0 {
+		return "every next hop is an address of this node"
+	}
+	return ""
+}
+
+func inAny(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // interfaces returns the node's connected IPv4 subnets and local addresses.

@@ -137,12 +137,13 @@ func TestRefusesUnsafeRoutes(t *testing.T) {
 	// A route someone else made must survive a peer announcing the same prefix.
 	run(t, "ip", "-n", ns, "route", "add", "10.244.9.0/24", "via", "192.0.2.99", "proto", "static")
 	err := r.Apply(ctx, map[netip.Prefix][]Hop{
-		own:                                      Gateways(gw2),                              // our own block from a peer
-		netip.MustParsePrefix("10.244.1.128/25"): Gateways(gw2),                              // a hijack of part of it
-		netip.MustParsePrefix("192.0.2.0/25"):    Gateways(gw2),                              // inside the connected underlay
-		netip.MustParsePrefix("10.244.9.0/24"):   Gateways(gw2),                              // someone else's route
-		netip.MustParsePrefix("10.244.8.0/24"):   Gateways(netip.MustParseAddr("192.0.2.1")), // next hop is us
-		pfx2:                                     Gateways(gw2),                              // the only good one
+		own:                                      Gateways(gw2),                                 // our own block from a peer
+		netip.MustParsePrefix("10.244.1.128/25"): Gateways(gw2),                                 // a hijack of part of it
+		netip.MustParsePrefix("192.0.2.0/25"):    Gateways(gw2),                                 // inside the connected underlay
+		netip.MustParsePrefix("10.244.9.0/24"):   Gateways(gw2),                                 // someone else's route
+		netip.MustParsePrefix("10.244.8.0/24"):   Gateways(netip.MustParseAddr("192.0.2.1")),    // next hop is us
+		pfx2:                                     Gateways(gw2),                                 // the only good one
+		netip.MustParsePrefix("10.244.7.0/24"):   Gateways(netip.MustParseAddr("198.51.100.7")), // not connected, no tunnel
 	})
 	if err != nil {
 		t.Fatal(err)

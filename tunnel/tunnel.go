@@ -1,0 +1,205 @@
+// Package tunnel owns the node's encapsulation devices: the kernel's
+// IP-in-IP fallback device tunl0 and a VXLAN device with static forwarding
+// entries for remote nodes. It also finds the underlay interface, whose
+// subnets decide CrossSubnet and whose MTU sizes the pods'.
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Encapsulation overheads, as Calico counts them.
+const (
+	IPIPOverhead  = 20
+	VXLANOverhead = 50
+)
+
+// IPIPDevice is the kernel's IP-in-IP fallback device: it exists in every
+// network namespace once the ipip module is loaded, and receives every
+// IP-in-IP packet; we look it up, never create a second one.
+const IPIPDevice = "tunl0"
+
+// ErrNoIPIP means the kernel cannot do IP-in-IP.
+var ErrNoIPIP = errors.New("the kernel has no IP-in-IP support (no tunl0 device, and creating an ipip link did not load the ipip module); load it on the node (modprobe ipip) or set ipipMode: Never")
+
+// Manager makes kernel changes for tunnels in one network namespace.
+type Manager struct {
+	h   netlinksafe.Handle
+	log *slog.Logger
+}
+
+// New opens a netlink handle in ns (the caller's namespace when ns <= 0).
+func New(ns netns.NsHandle, log *slog.Logger) (*Manager, error) {
+	var h netlinksafe.Handle
+	var err error
+	if ns > 0 {
+		h, err = netlinksafe.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	} else {
+		h, err = netlinksafe.NewHandle(unix.NETLINK_ROUTE)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open netlink handle: %w", err)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Manager{h: h, log: log.With("component", "tunnel")}, nil
+}
+
+// Close releases the handle; devices stay.
+func (m *Manager) Close() { m.h.Close() }
+
+// Underlay is the interface carrying node-to-node traffic.
+type Underlay struct {
+	Name   string
+	Index  int
+	Prefix netip.Prefix // the node address with its subnet mask
+	MTU    int
+}
+
+// FindUnderlay returns the interface holding addr, or the one named name
+// when name is set (it must hold addr too).
+func (m *Manager) FindUnderlay(addr netip.Addr, name string) (Underlay, error) {
+	links, err := m.h.LinkList()
+	if err != nil {
+		return Underlay{}, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		if name != "" && l.Attrs().Name != name {
+			continue
+		}
+		addrs, err := m.h.AddrList(l, netlink.FAMILY_V4)
+		if err != nil {
+			return Underlay{}, fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
+		}
+		for _, a := range addrs {
+			ip, ok := netip.AddrFromSlice(a.IP.To4())
+			if !ok || ip != addr {
+				continue
+			}
+			ones, _ := a.Mask.Size()
+			return Underlay{Name: l.Attrs().Name, Index: l.Attrs().Index, Prefix: netip.PrefixFrom(ip, ones), MTU: l.Attrs().MTU}, nil
+		}
+	}
+	if name != "" {
+		return Underlay{}, fmt.Errorf("underlay interface %s does not hold the node address %s", name, addr)
+	}
+	return Underlay{}, fmt.Errorf("no interface holds the node address %s", addr)
+}
+
+// ConnectedSubnets lists the IPv4 subnets directly connected to the node,
+// leaving out loopback, /32s and the tunnel devices themselves: a next hop
+// inside one of these is reachable without encapsulation.
+func (m *Manager) ConnectedSubnets(skip ...string) ([]netip.Prefix, error) {
+	links, err := m.h.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var out []netip.Prefix
+	for _, l := range links {
+		name := l.Attrs().Name
+		if name == IPIPDevice || contains(skip, name) || l.Attrs().Flags&net.FlagUp == 0 {
+			continue
+		}
+		addrs, err := m.h.AddrList(l, netlink.FAMILY_V4)
+		if err != nil {
+			return nil, fmt.Errorf("list addresses of %s: %w", name, err)
+		}
+		for _, a := range addrs {
+			ip, ok := netip.AddrFromSlice(a.IP.To4())
+			ones, _ := a.Mask.Size()
+			if ok && ones < 32 && !ip.IsLoopback() {
+				out = append(out, netip.PrefixFrom(ip, ones).Masked())
+			}
+		}
+	}
+	return out, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// EnsureIPIP brings tunl0 up with addr (so the node itself can send into
+// remote pods through it) and mtu. Where tunl0 is missing it tries to have
+// the kernel load ipip by creating (and removing) an ipip link, which works
+// from a container too: the kernel runs modprobe on the host.
+func (m *Manager) EnsureIPIP(addr netip.Addr, mtu int) error {
+	l, err := m.h.LinkByName(IPIPDevice)
+	if err != nil {
+		probe := &netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: "nhipipprobe"}}
+		if perr := m.h.LinkAdd(probe); perr != nil {
+			return fmt.Errorf("%w (creating an ipip link: %v)", ErrNoIPIP, perr)
+		}
+		m.h.LinkDel(probe)
+		if l, err = m.h.LinkByName(IPIPDevice); err != nil {
+			return fmt.Errorf("%w (%v)", ErrNoIPIP, err)
+		}
+	}
+	if err := m.setup(l, addr, mtu); err != nil {
+		return fmt.Errorf("set up %s: %w", IPIPDevice, err)
+	}
+	return nil
+}
+
+// setup gives l mtu and the single /32 addr, and brings it up.
+func (m *Manager) setup(l netlink.Link, addr netip.Addr, mtu int) error {
+	if l.Attrs().MTU != mtu {
+		if err := m.h.LinkSetMTU(l, mtu); err != nil {
+			return fmt.Errorf("set MTU %d: %w", mtu, err)
+		}
+	}
+	want := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(32, 32)}}
+	addrs, err := m.h.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if !a.IPNet.IP.Equal(want.IP) {
+			// An address of a former block: ours to remove.
+			if err := m.h.AddrDel(l, &a); err != nil {
+				return fmt.Errorf("remove old address %s: %w", a.IPNet, err)
+			}
+		}
+	}
+	if err := m.h.AddrReplace(l, want); err != nil {
+		return fmt.Errorf("add address %s: %w", addr, err)
+	}
+	if err := m.h.LinkSetUp(l); err != nil {
+		return fmt.Errorf("bring up: %w", err)
+	}
+	return nil
+}
+
+// RemoveIPIPAddress takes our address off tunl0 and brings it down when
+// IP-in-IP is no longer in use. The device itself belongs to the kernel.
+func (m *Manager) RemoveIPIPAddress() error {
+	l, err := m.h.LinkByName(IPIPDevice)
+	if err != nil {
+		return nil // no ipip: nothing of ours there
+	}
+	addrs, err := m.h.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", IPIPDevice, err)
+	}
+	for _, a := range addrs {
+		if err := m.h.AddrDel(l, &a); err != nil {
+			return fmt.Errorf("remove %s from %s: %w", a.IPNet, IPIPDevice, err)
+		}
+	}
+	return m.h.LinkSetDown(l)
+}

@@ -1,0 +1,163 @@
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// VXLAN describes the node's VXLAN device.
+//
+// Remote VTEPs need no extra BGP attribute: a node's VTEP address is the
+// first usable address of its pod block (IPAM keeps it for the node) and its
+// VTEP MAC is derived from its underlay address, so both follow from a BGP
+// path's prefix and next hop.
+type VXLAN struct {
+	Name     string
+	VNI      int
+	Port     int
+	Local    netip.Addr // underlay address: outer source, and MAC seed
+	Underlay int        // underlay link index
+	MTU      int
+	Addr     netip.Addr // VTEP address, VTEPAddr(own block)
+}
+
+// VTEPAddr is the VTEP address of the node owning block.
+func VTEPAddr(block netip.Prefix) netip.Addr { return block.Masked().Addr().Next() }
+
+// VTEPMAC is the VTEP MAC of the node with underlay address a: locally
+// administered, unicast, unique per address.
+func VTEPMAC(a netip.Addr) net.HardwareAddr {
+	b := a.As4()
+	return net.HardwareAddr{0x0e, 0x68, b[0], b[1], b[2], b[3]}
+}
+
+// EnsureVXLAN creates or repairs the device. One with the same name but
+// other parameters is ours from a former configuration: it is recreated.
+func (m *Manager) EnsureVXLAN(v VXLAN) error {
+	mac := VTEPMAC(v.Local)
+	l, err := m.h.LinkByName(v.Name)
+	if err == nil {
+		cur, ok := l.(*netlink.Vxlan)
+		if !ok || cur.VxlanId != v.VNI || cur.Port != v.Port || !cur.SrcAddr.Equal(v.Local.AsSlice()) || cur.VtepDevIndex != v.Underlay {
+			m.log.Info("recreating VXLAN device with new parameters", "device", v.Name, "vni", v.VNI, "port", v.Port)
+			if err := m.h.LinkDel(l); err != nil {
+				return fmt.Errorf("delete old VXLAN device %s: %w", v.Name, err)
+			}
+			l = nil
+		}
+	}
+	if l == nil || err != nil {
+		dev := &netlink.Vxlan{
+			LinkAttrs:    netlink.LinkAttrs{Name: v.Name, MTU: v.MTU, HardwareAddr: mac},
+			VxlanId:      v.VNI,
+			VtepDevIndex: v.Underlay,
+			SrcAddr:      v.Local.AsSlice(),
+			Port:         v.Port,
+			// Forwarding is static: no learning, no flooding to unknowns.
+			Learning: false,
+		}
+		if err := m.h.LinkAdd(dev); err != nil {
+			return fmt.Errorf("create VXLAN device %s (VNI %d, port %d): %w", v.Name, v.VNI, v.Port, err)
+		}
+		if l, err = m.h.LinkByName(v.Name); err != nil {
+			return fmt.Errorf("look up new VXLAN device %s: %w", v.Name, err)
+		}
+	}
+	if l.Attrs().HardwareAddr.String() != mac.String() {
+		if err := m.h.LinkSetHardwareAddr(l, mac); err != nil {
+			return fmt.Errorf("set MAC of %s: %w", v.Name, err)
+		}
+	}
+	if err := m.setup(l, v.Addr, v.MTU); err != nil {
+		return fmt.Errorf("set up %s: %w", v.Name, err)
+	}
+	return nil
+}
+
+// RemoveVXLAN deletes the device, and with it its routes and entries.
+func (m *Manager) RemoveVXLAN(name string) error {
+	l, err := m.h.LinkByName(name)
+	if err != nil {
+		return nil
+	}
+	if err := m.h.LinkDel(l); err != nil {
+		return fmt.Errorf("delete VXLAN device %s: %w", name, err)
+	}
+	return nil
+}
+
+// SetVXLANPeers makes the device's static neighbour (VTEP address → MAC)
+// and forwarding (MAC → underlay address) entries exactly peers, a map of
+// remote VTEP address to remote underlay address. The device is ours, so
+// every permanent entry on it is too.
+func (m *Manager) SetVXLANPeers(name string, peers map[netip.Addr]netip.Addr) error {
+	l, err := m.h.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("look up VXLAN device %s: %w", name, err)
+	}
+	idx := l.Attrs().Index
+	wantNeigh := map[string]string{} // VTEP IP → MAC
+	wantFDB := map[string]string{}   // MAC → underlay IP
+	for vtep, under := range peers {
+		mac := VTEPMAC(under).String()
+		wantNeigh[vtep.String()] = mac
+		wantFDB[mac] = under.String()
+	}
+	var errs []error
+
+	neighs, err := m.h.NeighList(idx, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list neighbours on %s: %w", name, err)
+	}
+	for _, n := range neighs {
+		if n.State&netlink.NUD_PERMANENT == 0 {
+			continue
+		}
+		if mac, ok := wantNeigh[n.IP.String()]; ok && mac == n.HardwareAddr.String() {
+			delete(wantNeigh, n.IP.String())
+			continue
+		}
+		if err := m.h.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("remove neighbour %s on %s: %w", n.IP, name, err))
+		}
+	}
+	for ip, mac := range wantNeigh {
+		hw, _ := net.ParseMAC(mac)
+		n := &netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+			IP: net.ParseIP(ip), HardwareAddr: hw}
+		if err := m.h.NeighSet(n); err != nil {
+			errs = append(errs, fmt.Errorf("add neighbour %s lladdr %s on %s: %w", ip, mac, name, err))
+		}
+	}
+
+	fdb, err := m.h.NeighList(idx, unix.AF_BRIDGE)
+	if err != nil {
+		return fmt.Errorf("list forwarding entries on %s: %w", name, err)
+	}
+	for _, n := range fdb {
+		if n.State&netlink.NUD_PERMANENT == 0 || n.IP == nil {
+			continue
+		}
+		if dst, ok := wantFDB[n.HardwareAddr.String()]; ok && dst == n.IP.String() {
+			delete(wantFDB, n.HardwareAddr.String())
+			continue
+		}
+		if err := m.h.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("remove forwarding entry %s on %s: %w", n.HardwareAddr, name, err))
+		}
+	}
+	for mac, dst := range wantFDB {
+		hw, _ := net.ParseMAC(mac)
+		n := &netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, State: netlink.NUD_PERMANENT,
+			Flags: netlink.NTF_SELF, IP: net.ParseIP(dst), HardwareAddr: hw}
+		if err := m.h.NeighSet(n); err != nil {
+			errs = append(errs, fmt.Errorf("add forwarding entry %s dst %s on %s: %w", mac, dst, name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
