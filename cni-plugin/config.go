@@ -10,10 +10,14 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/nexthop-net/nexthop/ipam"
 )
 
 // Defaults for fields left out of the network config.
 const (
+	// DefaultMTU is the pod MTU when neither the network config nor the
+	// daemon sets one.
 	DefaultMTU        = 1500
 	DefaultIPAMSocket = "/run/nexthop/nexthop.sock"
 )
@@ -32,7 +36,9 @@ const (
 // NetConf is the plugin's network configuration.
 type NetConf struct {
 	types.PluginConf
-	// MTU of both veth ends; 0 means DefaultMTU.
+	// MTU of both veth ends. 0 (left out) means the daemon's pod MTU, which
+	// it derives from the underlay and the encapsulation in force, or
+	// DefaultMTU when the daemon does not report one; see podMTU.
 	MTU int `json:"mtu,omitempty"`
 	// IPAMSocket is the node daemon's IPAM socket.
 	IPAMSocket string `json:"ipamSocket,omitempty"`
@@ -65,11 +71,8 @@ func parseConfig(stdin []byte) (*NetConf, *types.Error) {
 	if conf.IPAM.Type != "" {
 		return nil, bad("ipam", "nexthop allocates addresses from its node daemon; remove the ipam section (type %q)", conf.IPAM.Type)
 	}
-	switch {
-	case conf.MTU == 0:
-		conf.MTU = DefaultMTU
-	case conf.MTU < 68 || conf.MTU > 65535:
-		return nil, bad("mtu", "%d is out of range 68-65535", conf.MTU)
+	if conf.MTU != 0 && (conf.MTU < ipam.MinMTU || conf.MTU > ipam.MaxMTU) {
+		return nil, bad("mtu", "%d is out of range %d-%d", conf.MTU, ipam.MinMTU, ipam.MaxMTU)
 	}
 	if conf.IPAMSocket == "" {
 		conf.IPAMSocket = DefaultIPAMSocket
@@ -81,6 +84,19 @@ func parseConfig(stdin []byte) (*NetConf, *types.Error) {
 		return nil, bad("logLevel", "%v", err)
 	}
 	return conf, nil
+}
+
+// podMTU is the MTU for a new attachment given the daemon's pod MTU (0 when
+// it does not say), and where it came from: an explicit mtu in the network
+// config wins, then the daemon, then DefaultMTU.
+func (c *NetConf) podMTU(daemonMTU int) (mtu int, source string) {
+	switch {
+	case c.MTU != 0:
+		return c.MTU, "network config"
+	case daemonMTU != 0:
+		return daemonMTU, "daemon"
+	}
+	return DefaultMTU, "default"
 }
 
 func parseLevel(s string) (slog.Level, error) {

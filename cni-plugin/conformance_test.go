@@ -91,6 +91,9 @@ func shippedConfList(t testing.TB, sock string) []byte {
 		t.Fatalf("10-nexthop.conflist: cniVersion %v, want 1.1.0", m["cniVersion"])
 	}
 	plugins := m["plugins"].([]any)
+	if mtu, ok := plugins[0].(map[string]any)["mtu"]; ok {
+		t.Fatalf("10-nexthop.conflist: sets mtu %v; it must leave it to the daemon", mtu)
+	}
 	plugins[0].(map[string]any)["ipamSocket"] = sock
 	if plugins[1].(map[string]any)["type"] != "portmap" {
 		t.Fatal("10-nexthop.conflist: second plugin is not portmap")
@@ -112,7 +115,8 @@ func TestConformanceLibcni(t *testing.T) {
 	requireRoot(t)
 	requireIptables(t)
 	bin := buildPlugins(t)
-	host := newTestHost(t, "10.81.0.0/24")
+	// The daemon knows the pod MTU (say IP-in-IP on a 1450 underlay).
+	host := newTestHost(t, "10.81.0.0/24", ipam.WithMTU(func() int { return 1430 }))
 	pod := newNetNS(t, "pod")
 	ctx := context.Background()
 
@@ -150,6 +154,14 @@ func TestConformanceLibcni(t *testing.T) {
 	if res.CNIVersion != "1.1.0" || len(res.IPs) != 1 || res.IPs[0].Address.String() != "10.81.0.2/32" {
 		t.Fatalf("ADD result %s %+v", res.CNIVersion, res.IPs)
 	}
+	// The shipped conflist has no mtu: the daemon's reaches both ends.
+	hostVeth := HostVethName(rt.ContainerID, "eth0")
+	if p, h := linkMTU(t, pod, "eth0"), linkMTU(t, host.ns, hostVeth); p != 1430 || h != 1430 {
+		t.Fatalf("MTU: pod eth0 %d, host %s %d, want the daemon's 1430", p, hostVeth, h)
+	}
+	if i := res.Interfaces[1]; i.Name != "eth0" || i.Mtu != 1430 {
+		t.Fatalf("ADD result pod interface %+v, want mtu 1430", i)
+	}
 	if nat := iptablesNAT(t, host.ns); !strings.Contains(nat, "--dport 18080") || !strings.Contains(nat, "10.81.0.2:80") {
 		t.Fatalf("portmap rules missing from the host netns:\n%s", nat)
 	}
@@ -160,6 +172,13 @@ func TestConformanceLibcni(t *testing.T) {
 	if _, err := in(t, host.ns, func() (any, error) { return nil, cni.CheckNetworkList(ctx, list, rt) }); err != nil {
 		t.Fatalf("CHECK: %v", err)
 	}
+	// A changed MTU fails CHECK through the binary.
+	setLinkMTU(t, pod, "eth0", 1500)
+	_, err = in(t, host.ns, func() (any, error) { return nil, cni.CheckNetworkList(ctx, list, rt) })
+	if err == nil || !strings.Contains(err.Error(), "pod interface eth0 has MTU 1500, want 1430") {
+		t.Fatalf("CHECK after changing the pod MTU: %v", err)
+	}
+	setLinkMTU(t, pod, "eth0", 1430)
 	if err := cni.GetStatusNetworkList(ctx, list); err != nil {
 		t.Fatalf("STATUS: %v", err)
 	}
@@ -264,6 +283,10 @@ func TestConformanceCnitool(t *testing.T) {
 	res := &current.Result{}
 	if err := json.Unmarshal([]byte(out), res); err != nil || len(res.IPs) != 1 || res.IPs[0].Address.String() != "10.82.0.2/32" {
 		t.Fatalf("cnitool add printed %s (%v)", out, err)
+	}
+	// Neither the conflist nor this daemon (no WithMTU) says: 1500.
+	if got := linkMTU(t, pod, "eth0"); got != DefaultMTU || len(res.Interfaces) != 2 || res.Interfaces[1].Mtu != DefaultMTU {
+		t.Fatalf("pod eth0 MTU %d, result %s: want %d", got, out, DefaultMTU)
 	}
 	t.Cleanup(func() { cnitool("del", "nexthop", pod.Path()) })
 	for _, verb := range []string{"check", "status"} {

@@ -56,7 +56,7 @@ func newNetNS(t testing.TB, role string) ns.NetNS {
 
 // testHost is a "node": a host netns with an uplink (a link with the node
 // address and the default route, so proxy ARP has somewhere to answer for)
-// and a real IPAM daemon on a temp socket.
+// and a real IPAM daemon on a temp socket, served with opts.
 type testHost struct {
 	ns    ns.NetNS
 	addr  netip.Addr // node address on the uplink
@@ -64,7 +64,7 @@ type testHost struct {
 	alloc *ipam.Allocator
 }
 
-func newTestHost(t testing.TB, block string) *testHost {
+func newTestHost(t testing.TB, block string, opts ...ipam.ServeOption) *testHost {
 	t.Helper()
 	h := &testHost{ns: newNetNS(t, "host"), addr: netip.MustParseAddr("10.99.0.1")}
 	err := h.ns.Do(func(ns.NetNS) error {
@@ -107,7 +107,7 @@ func newTestHost(t testing.TB, block string) *testHost {
 	h.sock = filepath.Join(dir, "run", "nexthop.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- ipam.Serve(ctx, h.alloc, h.sock, nil) }()
+	go func() { done <- ipam.Serve(ctx, h.alloc, h.sock, nil, opts...) }()
 	t.Cleanup(func() {
 		cancel()
 		<-done
@@ -155,4 +155,59 @@ func sysctlIn(t testing.TB, n ns.NetNS, key string) string {
 		t.Fatalf("read %s: %v", key, err)
 	}
 	return v
+}
+
+// linkMTU is the MTU of interface name in netns n.
+func linkMTU(t testing.TB, n ns.NetNS, name string) int {
+	t.Helper()
+	mtu := 0
+	err := n.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(name)
+		if err == nil {
+			mtu = l.Attrs().MTU
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("look up %s: %v", name, err)
+	}
+	return mtu
+}
+
+// setLinkMTU sets the MTU of interface name in netns n.
+func setLinkMTU(t testing.TB, n ns.NetNS, name string, mtu int) {
+	t.Helper()
+	err := n.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetMTU(l, mtu)
+	})
+	if err != nil {
+		t.Fatalf("set %s mtu %d: %v", name, mtu, err)
+	}
+}
+
+// withPrevResult is conf with res as its prevResult, as a runtime sends it
+// to CHECK.
+func withPrevResult(t testing.TB, conf []byte, res any) []byte {
+	t.Helper()
+	var m, prev map[string]any
+	b, err := json.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &prev); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(conf, &m); err != nil {
+		t.Fatal(err)
+	}
+	m["prevResult"] = prev
+	out, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -114,7 +114,7 @@ func add(ctx context.Context, conf *NetConf, args *skel.CmdArgs) (_ *current.Res
 		return nil, types.NewError(types.ErrInternal, err.Error(), "")
 	}
 	defer client.Close()
-	podIP, block, err := client.Allocate(ctx, ipam.Request{
+	podIP, block, daemonMTU, err := client.Allocate(ctx, ipam.Request{
 		ContainerID:  args.ContainerID,
 		IfName:       args.IfName,
 		PodNamespace: string(kargs.K8S_POD_NAMESPACE),
@@ -123,7 +123,8 @@ func add(ctx context.Context, conf *NetConf, args *skel.CmdArgs) (_ *current.Res
 	if err != nil {
 		return nil, ipamError(err)
 	}
-	log = log.With("ip", podIP)
+	mtu, mtuSource := conf.podMTU(daemonMTU)
+	log = log.With("ip", podIP, "mtu", mtu, "mtuFrom", mtuSource)
 	defer func() {
 		if retErr == nil {
 			return
@@ -141,7 +142,7 @@ func add(ctx context.Context, conf *NetConf, args *skel.CmdArgs) (_ *current.Res
 		podNS:    podNS,
 		ifName:   args.IfName,
 		hostVeth: HostVethName(args.ContainerID, args.IfName),
-		mtu:      conf.MTU,
+		mtu:      mtu,
 		podIP:    podIP,
 	}
 	hostIf, podIf, err := w.setup()
@@ -153,7 +154,7 @@ func add(ctx context.Context, conf *NetConf, args *skel.CmdArgs) (_ *current.Res
 	result := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		Interfaces: []*current.Interface{
-			{Name: hostIf.Name, Mac: hostIf.HardwareAddr.String()},
+			{Name: hostIf.Name, Mac: hostIf.HardwareAddr.String(), Mtu: hostIf.MTU},
 			{Name: podIf.Name, Mac: podIf.HardwareAddr.String(), Sandbox: args.Netns, Mtu: podIf.MTU},
 		},
 		IPs: []*current.IPConfig{{
@@ -218,10 +219,18 @@ func Check(ctx context.Context, args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInternal, err.Error(), "")
 	}
 	defer client.Close()
-	al, found, err := client.Get(ctx, args.ContainerID, args.IfName)
+	al, found, daemonMTU, err := client.Get(ctx, args.ContainerID, args.IfName)
 	if err != nil {
 		return ipamError(err)
 	}
+	// Compare with the MTU the attachment was created with, not the one ADD
+	// would choose now: the daemon's MTU can change at runtime (an
+	// encapsulation switch) and the conflist can be edited, and neither
+	// rewires existing pods or makes them broken. ADD's result records that
+	// MTU on the pod interface, so prevResult's wins (below); only without it
+	// (no prevResult, or a result from before CNI 1.0, which has no mtu) is
+	// the choice ADD would make now the best guess.
+	mtu, _ := conf.podMTU(daemonMTU)
 	var problems []string
 	podIP := al.IP
 	switch {
@@ -241,10 +250,13 @@ func Check(ctx context.Context, args *skel.CmdArgs) error {
 			}
 			podIP = prevIP
 		}
+		if m, ok := resultMTU(prev, args.Netns, args.IfName); ok {
+			mtu = m
+		}
 	}
 	if podIP.IsValid() {
 		w := &wiring{hostNS: hostNS, podNS: podNS, ifName: args.IfName,
-			hostVeth: HostVethName(args.ContainerID, args.IfName), mtu: conf.MTU, podIP: podIP}
+			hostVeth: HostVethName(args.ContainerID, args.IfName), mtu: mtu, podIP: podIP}
 		problems = append(problems, w.check()...)
 	}
 	if len(problems) > 0 {
@@ -264,6 +276,17 @@ func resultIP(r *current.Result, netnsPath string) (netip.Addr, bool) {
 		}
 	}
 	return netip.Addr{}, false
+}
+
+// resultMTU finds the MTU a result reports for the sandbox interface ifName.
+// Results of CNI versions before 1.0 carry no MTU.
+func resultMTU(r *current.Result, netnsPath, ifName string) (int, bool) {
+	for _, i := range r.Interfaces {
+		if i.Name == ifName && i.Sandbox == netnsPath && i.Mtu >= ipam.MinMTU && i.Mtu <= ipam.MaxMTU {
+			return i.Mtu, true
+		}
+	}
+	return 0, false
 }
 
 // GC releases every allocation the runtime no longer lists as valid. The

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -313,5 +314,151 @@ func TestIPAMErrorsBecomeCNICodes(t *testing.T) {
 	}
 	if err := Status(context.Background(), args); err != nil {
 		t.Fatalf("STATUS with free addresses: %v", err)
+	}
+}
+
+func TestPodMTU(t *testing.T) {
+	for _, tc := range []struct {
+		conf, daemon, want int
+		source             string
+	}{
+		{0, 1430, 1430, "daemon"},
+		{0, 0, DefaultMTU, "default"},
+		{1400, 1430, 1400, "network config"},
+		{1400, 0, 1400, "network config"},
+		{9000, 1450, 9000, "network config"},
+	} {
+		c := &NetConf{MTU: tc.conf}
+		if got, src := c.podMTU(tc.daemon); got != tc.want || src != tc.source {
+			t.Errorf("conf mtu %d, daemon %d: got %d from %s, want %d from %s", tc.conf, tc.daemon, got, src, tc.want, tc.source)
+		}
+	}
+}
+
+func TestResultMTU(t *testing.T) {
+	r := &current.Result{Interfaces: []*current.Interface{
+		{Name: "nh0123456789a", Mtu: 9000}, // host side: not it
+		{Name: "eth1", Sandbox: "/run/netns/p", Mtu: 1300},
+		{Name: "eth0", Sandbox: "/run/netns/other", Mtu: 1200},
+		{Name: "eth0", Sandbox: "/run/netns/p", Mtu: 1430},
+	}}
+	if m, ok := resultMTU(r, "/run/netns/p", "eth0"); !ok || m != 1430 {
+		t.Fatalf("resultMTU = %d %v, want 1430", m, ok)
+	}
+	// A pre-1.0 result converted to 1.x has no mtu: no answer.
+	r.Interfaces[3].Mtu = 0
+	if m, ok := resultMTU(r, "/run/netns/p", "eth0"); ok {
+		t.Fatalf("resultMTU without mtu = %d, want none", m)
+	}
+}
+
+// TestMTUInNetns: the daemon's MTU reaches both veth ends when the network
+// config has none, an explicit one wins, and CHECK holds the attachment to
+// the MTU it was created with, across a daemon MTU change.
+func TestMTUInNetns(t *testing.T) {
+	requireRoot(t)
+	var daemonMTU atomic.Int64
+	host := newTestHost(t, "10.85.0.0/24", ipam.WithMTU(func() int { return int(daemonMTU.Load()) }))
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name    string
+		daemon  int
+		confMTU any // nil: left out
+		want    int
+	}{
+		{"daemon's", 1430, nil, 1430},
+		{"explicit wins", 1430, 1400, 1400},
+		{"explicit 1500 wins", 1430, 1500, 1500},
+		{"daemon does not say", 0, nil, DefaultMTU},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			daemonMTU.Store(int64(tc.daemon))
+			pod := newNetNS(t, "pod")
+			conf := netConf(t, host.sock, map[string]any{"mtu": tc.confMTU})
+			args := &skel.CmdArgs{ContainerID: "nhc-ctr-" + randSuffix(), Netns: pod.Path(), IfName: "eth0", StdinData: conf}
+			hostVeth := HostVethName(args.ContainerID, "eth0")
+			t.Cleanup(func() { in(t, host.ns, func() (any, error) { return nil, Del(ctx, args) }) })
+
+			pc, cerr := parseConfig(conf)
+			if cerr != nil {
+				t.Fatal(cerr)
+			}
+			res, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, pc, args) })
+			if err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			if got := linkMTU(t, pod, "eth0"); got != tc.want {
+				t.Errorf("pod eth0 MTU %d, want %d", got, tc.want)
+			}
+			if got := linkMTU(t, host.ns, hostVeth); got != tc.want {
+				t.Errorf("host %s MTU %d, want %d", hostVeth, got, tc.want)
+			}
+			if res.Interfaces[0].Mtu != tc.want || res.Interfaces[1].Mtu != tc.want {
+				t.Errorf("ADD result MTUs: host %d, pod %d, want %d", res.Interfaces[0].Mtu, res.Interfaces[1].Mtu, tc.want)
+			}
+
+			check := func(stdin []byte) error {
+				a := *args
+				a.StdinData = stdin
+				_, err := in(t, host.ns, func() (any, error) { return nil, Check(ctx, &a) })
+				return err
+			}
+			withPrev := withPrevResult(t, conf, res)
+			if err := check(withPrev); err != nil {
+				t.Fatalf("CHECK with prevResult: %v", err)
+			}
+			if err := check(conf); err != nil {
+				t.Fatalf("CHECK without prevResult: %v", err)
+			}
+
+			// The daemon's MTU changes (an encapsulation switch). Existing pods
+			// keep theirs and are not broken; new pods get the new one unless
+			// the config says otherwise.
+			daemonMTU.Store(1450)
+			if err := check(withPrev); err != nil {
+				t.Fatalf("CHECK with prevResult after the daemon's MTU changed: %v", err)
+			}
+			// A since-edited conflist mtu does not break them either.
+			if err := check(withPrevResult(t, netConf(t, host.sock, map[string]any{"mtu": 9000}), res)); err != nil {
+				t.Fatalf("CHECK with prevResult and another conflist mtu: %v", err)
+			}
+			// Without prevResult, CHECK can only compare with what ADD would
+			// choose now: it flags the pod if that moved.
+			nowWant, _ := pc.podMTU(1450)
+			if err := check(conf); nowWant == tc.want && err != nil {
+				t.Fatalf("CHECK without prevResult: %v", err)
+			} else if nowWant != tc.want && (err == nil || !strings.Contains(err.Error(), fmt.Sprintf("has MTU %d, want %d", tc.want, nowWant))) {
+				t.Fatalf("CHECK without prevResult after the MTU moved to %d: %v", nowWant, err)
+			}
+			pod2 := newNetNS(t, "pod")
+			args2 := &skel.CmdArgs{ContainerID: "nhc-ctr-" + randSuffix(), Netns: pod2.Path(), IfName: "eth0", StdinData: conf}
+			t.Cleanup(func() { in(t, host.ns, func() (any, error) { return nil, Del(ctx, args2) }) })
+			if _, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, pc, args2) }); err != nil {
+				t.Fatalf("second ADD: %v", err)
+			}
+			if got := linkMTU(t, pod2, "eth0"); got != nowWant {
+				t.Errorf("pod added after the switch: eth0 MTU %d, want %d", got, nowWant)
+			}
+
+			// A changed MTU on either end fails CHECK and is named.
+			for _, side := range []struct {
+				n          ns.NetNS
+				name, what string
+			}{{pod, "eth0", "pod interface eth0"}, {host.ns, hostVeth, "host interface " + hostVeth}} {
+				setLinkMTU(t, side.n, side.name, tc.want-100)
+				err := check(withPrev)
+				want := fmt.Sprintf("%s has MTU %d, want %d", side.what, tc.want-100, tc.want)
+				if err == nil {
+					t.Fatalf("CHECK passed with %s MTU changed", side.what)
+				}
+				if te := cniCode(t, err); te.Code != ErrCheckFailed || !strings.Contains(te.Msg, want) {
+					t.Fatalf("CHECK error %d %q should say %q", te.Code, te.Msg, want)
+				}
+				setLinkMTU(t, side.n, side.name, tc.want)
+			}
+			if err := check(withPrev); err != nil {
+				t.Fatalf("CHECK after restoring the MTUs: %v", err)
+			}
+		})
 	}
 }

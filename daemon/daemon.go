@@ -48,7 +48,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	served := make(chan error, 1)
-	go func() { served <- ipam.Serve(ctx, alloc, cfg.IPAMSocket, log) }()
+	// The pod MTU is fixed for this run (a mode change is a restart), so
+	// reading it from the IPAM goroutines needs no lock.
+	podMTU := enc.podMTU
+	go func() {
+		served <- ipam.Serve(ctx, alloc, cfg.IPAMSocket, log, ipam.WithMTU(func() int { return podMTU }))
+	}()
 	defer func() {
 		// The store closes only after the server has stopped using it.
 		cancel()

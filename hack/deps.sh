@@ -2,7 +2,8 @@
 # Installs the Debian packages the e2e suite and demo need, only when missing.
 set -euo pipefail
 # iptables: the reference portmap plugin chained in our conflist needs it.
-pkgs=(frr iproute2 iputils-ping tcpdump iptables)
+# iperf3: the throughput benchmark.
+pkgs=(frr iproute2 iputils-ping tcpdump iptables iperf3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -41,23 +41,36 @@ func IsUnavailable(err error) bool { return status.Code(err) == codes.Unavailabl
 // IsExhausted reports whether err means the block has no free address.
 func IsExhausted(err error) bool { return status.Code(err) == codes.ResourceExhausted }
 
-// Allocate returns the address for the attachment and the block it came from.
-func (c *Client) Allocate(ctx context.Context, r Request) (netip.Addr, netip.Prefix, error) {
+// Allocate returns the address for the attachment, the block it came from
+// and the pod MTU the daemon reports (0 when it does not know).
+func (c *Client) Allocate(ctx context.Context, r Request) (ip netip.Addr, block netip.Prefix, mtu int, err error) {
 	resp, err := c.api.Allocate(ctx, &ipampb.AllocateRequest{
 		ContainerId: r.ContainerID, IfName: r.IfName, PodNamespace: r.PodNamespace, PodName: r.PodName,
 	})
 	if err != nil {
-		return netip.Addr{}, netip.Prefix{}, c.wrap("allocate", err)
+		return netip.Addr{}, netip.Prefix{}, 0, c.wrap("allocate", err)
 	}
-	ip, err := netip.ParseAddr(resp.GetIp())
+	ip, err = netip.ParseAddr(resp.GetIp())
 	if err != nil {
-		return netip.Addr{}, netip.Prefix{}, fmt.Errorf("ipam allocate: daemon sent bad address %q: %w", resp.GetIp(), err)
+		return netip.Addr{}, netip.Prefix{}, 0, fmt.Errorf("ipam allocate: daemon sent bad address %q: %w", resp.GetIp(), err)
 	}
-	block, err := netip.ParsePrefix(resp.GetBlock())
+	block, err = netip.ParsePrefix(resp.GetBlock())
 	if err != nil {
-		return netip.Addr{}, netip.Prefix{}, fmt.Errorf("ipam allocate: daemon sent bad block %q: %w", resp.GetBlock(), err)
+		return netip.Addr{}, netip.Prefix{}, 0, fmt.Errorf("ipam allocate: daemon sent bad block %q: %w", resp.GetBlock(), err)
 	}
-	return ip, block, nil
+	mtu, err = checkMTU("allocate", resp.GetMtu())
+	if err != nil {
+		return netip.Addr{}, netip.Prefix{}, 0, err
+	}
+	return ip, block, mtu, nil
+}
+
+// checkMTU vets a pod MTU from the daemon: 0 (unknown) or MinMTU-MaxMTU.
+func checkMTU(op string, v uint32) (int, error) {
+	if v != 0 && (v < MinMTU || v > MaxMTU) {
+		return 0, fmt.Errorf("ipam %s: daemon sent pod MTU %d, outside %d-%d", op, v, MinMTU, MaxMTU)
+	}
+	return int(v), nil
 }
 
 // Release frees the attachment's address; ip is invalid if none was held.
@@ -70,16 +83,22 @@ func (c *Client) Release(ctx context.Context, containerID, ifName string) (netip
 	return ip, nil
 }
 
-// Get returns the attachment's allocation; found is false if it holds none.
-func (c *Client) Get(ctx context.Context, containerID, ifName string) (al Allocation, found bool, err error) {
+// Get returns the attachment's allocation (found is false if it holds none)
+// and the daemon's pod MTU now (0 when it does not know), which is not
+// necessarily the MTU the attachment was created with.
+func (c *Client) Get(ctx context.Context, containerID, ifName string) (al Allocation, found bool, mtu int, err error) {
 	resp, err := c.api.Get(ctx, &ipampb.GetRequest{ContainerId: containerID, IfName: ifName})
 	if err != nil {
-		return Allocation{}, false, c.wrap("get", err)
+		return Allocation{}, false, 0, c.wrap("get", err)
+	}
+	mtu, err = checkMTU("get", resp.GetMtu())
+	if err != nil {
+		return Allocation{}, false, 0, err
 	}
 	if resp.GetAllocation() == nil {
-		return Allocation{}, false, nil
+		return Allocation{}, false, mtu, nil
 	}
-	return fromPB([]*ipampb.Allocation{resp.GetAllocation()})[0], true, nil
+	return fromPB([]*ipampb.Allocation{resp.GetAllocation()})[0], true, mtu, nil
 }
 
 // GC releases every allocation not in valid and returns what it released.
@@ -105,7 +124,8 @@ func (c *Client) List(ctx context.Context) (netip.Prefix, []Allocation, error) {
 	return block, fromPB(resp.GetAllocations()), nil
 }
 
-// Status returns the daemon's view of the block.
+// Status returns the daemon's view of the block and its pod MTU (GetMtu, 0
+// when it does not know).
 func (c *Client) Status(ctx context.Context) (*ipampb.StatusResponse, error) {
 	resp, err := c.api.Status(ctx, &ipampb.StatusRequest{})
 	if err != nil {

@@ -159,7 +159,7 @@ func TestCrashSafety(t *testing.T) {
 
 	got := concurrently(t, 200, 50, func(i int) (netip.Addr, error) {
 		return retry(sock, func(ctx context.Context, c *Client) (netip.Addr, error) {
-			ip, _, err := c.Allocate(ctx, Request{ContainerID: fmt.Sprint("ctr-", i), IfName: "eth0"})
+			ip, _, _, err := c.Allocate(ctx, Request{ContainerID: fmt.Sprint("ctr-", i), IfName: "eth0"})
 			return ip, err
 		})
 	})

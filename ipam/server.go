@@ -17,20 +17,44 @@ import (
 	"github.com/nexthop-net/nexthop/ipam/ipampb"
 )
 
+// ServeOption configures Serve.
+type ServeOption func(*server)
+
+// Bounds of a pod MTU the server reports: the IPv4 minimum and the largest
+// value an interface MTU field holds.
+const (
+	MinMTU = 68
+	MaxMTU = 65535
+)
+
+// WithMTU makes the server report mtu() as the pod MTU in its Allocate, Get
+// and Status responses; without it, or when mtu() returns 0, it reports 0
+// ("unknown": the plugin uses its own default). mtu is called on every such
+// request, so it may follow runtime changes (an encapsulation switch), and
+// must be safe for concurrent use. A value outside MinMTU-MaxMTU is a bug in
+// the caller: it is logged and reported as 0.
+func WithMTU(mtu func() int) ServeOption {
+	return func(s *server) { s.mtuFunc = mtu }
+}
+
 // Serve serves the IPAM gRPC API on a root-only unix socket until ctx is done.
 // The socket's directory is created 0700 and the socket chmod'ed 0600: only
 // root (the container runtime running the plugin) may allocate addresses.
-func Serve(ctx context.Context, a *Allocator, socketPath string, log *slog.Logger) error {
+func Serve(ctx context.Context, a *Allocator, socketPath string, log *slog.Logger, opts ...ServeOption) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	srv := &server{a: a, log: log}
+	for _, o := range opts {
+		o(srv)
 	}
 	l, err := listen(socketPath)
 	if err != nil {
 		return err
 	}
 	s := grpc.NewServer()
-	ipampb.RegisterIPAMServer(s, &server{a: a, log: log})
-	log.Info("ipam: serving", "socket", socketPath, "block", a.Block().String(), "used", a.Used(), "size", a.Size())
+	ipampb.RegisterIPAMServer(s, srv)
+	log.Info("ipam: serving", "socket", socketPath, "block", a.Block().String(), "used", a.Used(), "size", a.Size(), "mtu", srv.mtu())
 
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(l) }()
@@ -89,8 +113,25 @@ func listen(socketPath string) (net.Listener, error) {
 
 type server struct {
 	ipampb.UnimplementedIPAMServer
-	a   *Allocator
-	log *slog.Logger
+	a       *Allocator
+	log     *slog.Logger
+	mtuFunc func() int // nil: unknown
+}
+
+// mtu is the pod MTU to report now; 0 when unknown.
+func (s *server) mtu() uint32 {
+	if s.mtuFunc == nil {
+		return 0
+	}
+	v := s.mtuFunc()
+	if v == 0 {
+		return 0
+	}
+	if v < MinMTU || v > MaxMTU {
+		s.log.Error("ipam: pod MTU out of range, reporting it as unknown", "mtu", v, "min", MinMTU, "max", MaxMTU)
+		return 0
+	}
+	return uint32(v)
 }
 
 // grpcErr maps allocator errors to status codes the client maps back.
@@ -135,7 +176,7 @@ func (s *server) Allocate(ctx context.Context, r *ipampb.AllocateRequest) (*ipam
 		return nil, grpcErr(err)
 	}
 	s.log.Debug("ipam: allocated", "ip", al.IP, "container", al.ContainerID, "ifName", al.IfName)
-	return &ipampb.AllocateResponse{Ip: al.IP.String(), Block: s.a.Block().String()}, nil
+	return &ipampb.AllocateResponse{Ip: al.IP.String(), Block: s.a.Block().String(), Mtu: s.mtu()}, nil
 }
 
 func (s *server) Release(ctx context.Context, r *ipampb.ReleaseRequest) (*ipampb.ReleaseResponse, error) {
@@ -154,11 +195,11 @@ func (s *server) Get(_ context.Context, r *ipampb.GetRequest) (*ipampb.GetRespon
 	if r.GetContainerId() == "" || r.GetIfName() == "" {
 		return nil, status.Error(codes.InvalidArgument, "container ID and interface name are required")
 	}
-	al, ok := s.a.Get(r.GetContainerId(), r.GetIfName())
-	if !ok {
-		return &ipampb.GetResponse{}, nil
+	resp := &ipampb.GetResponse{Mtu: s.mtu()}
+	if al, ok := s.a.Get(r.GetContainerId(), r.GetIfName()); ok {
+		resp.Allocation = toPB(al)
 	}
-	return &ipampb.GetResponse{Allocation: toPB(al)}, nil
+	return resp, nil
 }
 
 func (s *server) GC(ctx context.Context, r *ipampb.GCRequest) (*ipampb.GCResponse, error) {
@@ -187,7 +228,7 @@ func (s *server) List(context.Context, *ipampb.ListRequest) (*ipampb.ListRespons
 }
 
 func (s *server) Status(context.Context, *ipampb.StatusRequest) (*ipampb.StatusResponse, error) {
-	resp := &ipampb.StatusResponse{Block: s.a.Block().String(), Size: uint32(s.a.Size())}
+	resp := &ipampb.StatusResponse{Block: s.a.Block().String(), Size: uint32(s.a.Size()), Mtu: s.mtu()}
 	for _, al := range s.a.List() {
 		if al.OutOfBlock {
 			resp.OutOfBlock++

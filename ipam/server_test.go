@@ -3,23 +3,29 @@ package ipam
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/nexthop-net/nexthop/ipam/ipampb"
 )
 
 // serveT serves a fresh allocator on a socket in a temp dir.
-func serveT(t *testing.T, block string) (*Allocator, string) {
+func serveT(t *testing.T, block string, opts ...ServeOption) (*Allocator, string) {
 	t.Helper()
 	dir := t.TempDir()
 	a := openT(t, filepath.Join(dir, "ipam.db"), block)
 	sock := filepath.Join(dir, "run", "nexthop.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, a, sock, nil) }()
+	go func() { done <- Serve(ctx, a, sock, nil, opts...) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -78,24 +84,25 @@ func TestGRPCRoundTrip(t *testing.T) {
 	_, sock := serveT(t, "10.7.0.0/30")
 	c := clientT(t, sock)
 	ctx := context.Background()
-	ip, block, err := c.Allocate(ctx, Request{ContainerID: "c1", IfName: "eth0", PodNamespace: "default", PodName: "web"})
+	ip, block, mtu, err := c.Allocate(ctx, Request{ContainerID: "c1", IfName: "eth0", PodNamespace: "default", PodName: "web"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ip != netip.MustParseAddr("10.7.0.2") || block != netip.MustParsePrefix("10.7.0.0/30") {
-		t.Fatalf("Allocate = %s %s", ip, block)
+	// Served without WithMTU: the daemon does not know the MTU.
+	if ip != netip.MustParseAddr("10.7.0.2") || block != netip.MustParsePrefix("10.7.0.0/30") || mtu != 0 {
+		t.Fatalf("Allocate = %s %s mtu %d", ip, block, mtu)
 	}
-	if again, _, err := c.Allocate(ctx, Request{ContainerID: "c1", IfName: "eth0"}); err != nil || again != ip {
+	if again, _, _, err := c.Allocate(ctx, Request{ContainerID: "c1", IfName: "eth0"}); err != nil || again != ip {
 		t.Fatalf("retry = %s %v", again, err)
 	}
-	_, _, err = c.Allocate(ctx, Request{ContainerID: "c2", IfName: "eth0"})
+	_, _, _, err = c.Allocate(ctx, Request{ContainerID: "c2", IfName: "eth0"})
 	if !IsExhausted(err) || !strings.Contains(err.Error(), "10.7.0.0/30") {
 		t.Fatalf("exhausted: %v", err)
 	}
-	if al, found, err := c.Get(ctx, "c1", "eth0"); err != nil || !found || al.IP != ip || al.PodName != "web" {
-		t.Fatalf("Get = %v %v %v", al, found, err)
+	if al, found, mtu, err := c.Get(ctx, "c1", "eth0"); err != nil || !found || al.IP != ip || al.PodName != "web" || mtu != 0 {
+		t.Fatalf("Get = %v %v mtu %d %v", al, found, mtu, err)
 	}
-	if _, found, err := c.Get(ctx, "c1", "eth9"); err != nil || found {
+	if _, found, _, err := c.Get(ctx, "c1", "eth9"); err != nil || found {
 		t.Fatalf("Get of nothing = %v %v", found, err)
 	}
 	_, list, err := c.List(ctx)
@@ -103,7 +110,7 @@ func TestGRPCRoundTrip(t *testing.T) {
 		t.Fatalf("List = %v %v", list, err)
 	}
 	st, err := c.Status(ctx)
-	if err != nil || st.GetUsed() != 1 || st.GetSize() != 1 {
+	if err != nil || st.GetUsed() != 1 || st.GetSize() != 1 || st.GetMtu() != 0 {
 		t.Fatalf("Status = %v %v", st, err)
 	}
 	if rel, err := c.Release(ctx, "c1", "eth0"); err != nil || rel != ip {
@@ -127,7 +134,7 @@ func TestGRPCConcurrentAllocate(t *testing.T) {
 			return netip.Addr{}, err
 		}
 		defer c.Close()
-		ip, _, err := c.Allocate(context.Background(), Request{ContainerID: fmt.Sprint("c", i), IfName: "eth0"})
+		ip, _, _, err := c.Allocate(context.Background(), Request{ContainerID: fmt.Sprint("c", i), IfName: "eth0"})
 		return ip, err
 	})
 	assertDistinct(t, ips, a.Block())
@@ -141,8 +148,89 @@ func TestClientDaemonUnreachable(t *testing.T) {
 	c := clientT(t, sock)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, _, err := c.Allocate(ctx, Request{ContainerID: "c", IfName: "eth0"})
+	_, _, _, err := c.Allocate(ctx, Request{ContainerID: "c", IfName: "eth0"})
 	if !IsUnavailable(err) || !strings.Contains(err.Error(), sock) {
 		t.Fatalf("want Unavailable naming %s, got %v", sock, err)
+	}
+}
+
+func TestGRPCReportsMTU(t *testing.T) {
+	// The daemon's MTU can change while it runs (an encapsulation switch):
+	// every response reports the value of the moment.
+	var cur atomic.Int64
+	cur.Store(1430)
+	_, sock := serveT(t, "10.10.0.0/24", WithMTU(func() int { return int(cur.Load()) }))
+	c := clientT(t, sock)
+	ctx := context.Background()
+
+	ip, _, mtu, err := c.Allocate(ctx, Request{ContainerID: "c1", IfName: "eth0"})
+	if err != nil || mtu != 1430 {
+		t.Fatalf("Allocate = %s mtu %d %v, want mtu 1430", ip, mtu, err)
+	}
+	if _, found, mtu, err := c.Get(ctx, "c1", "eth0"); err != nil || !found || mtu != 1430 {
+		t.Fatalf("Get = %v mtu %d %v, want mtu 1430", found, mtu, err)
+	}
+	if st, err := c.Status(ctx); err != nil || st.GetMtu() != 1430 {
+		t.Fatalf("Status = %v %v, want mtu 1430", st, err)
+	}
+
+	cur.Store(1450) // IP-in-IP → VXLAN on a 1500 underlay
+	if _, _, mtu, err := c.Allocate(ctx, Request{ContainerID: "c2", IfName: "eth0"}); err != nil || mtu != 1450 {
+		t.Fatalf("Allocate after the switch: mtu %d %v, want 1450", mtu, err)
+	}
+	// Get says the MTU now, even for an attachment made before the switch and
+	// for one that holds nothing.
+	if _, found, mtu, err := c.Get(ctx, "c1", "eth0"); err != nil || !found || mtu != 1450 {
+		t.Fatalf("Get after the switch = %v mtu %d %v, want 1450", found, mtu, err)
+	}
+	if _, found, mtu, err := c.Get(ctx, "nobody", "eth0"); err != nil || found || mtu != 1450 {
+		t.Fatalf("Get of nothing = %v mtu %d %v, want 1450", found, mtu, err)
+	}
+
+	// Unknown again, and nonsense from the daemon's side, are both reported
+	// as 0: the plugin falls back to its default rather than using them.
+	for _, v := range []int64{0, 10, 70000, -1} {
+		cur.Store(v)
+		if _, _, mtu, err := c.Allocate(ctx, Request{ContainerID: "c1", IfName: "eth0"}); err != nil || mtu != 0 {
+			t.Fatalf("mtu() = %d: Allocate reported %d %v, want 0", v, mtu, err)
+		}
+	}
+}
+
+func TestWithMTUNilIsUnknown(t *testing.T) {
+	_, sock := serveT(t, "10.11.0.0/24", WithMTU(nil))
+	if st, err := clientT(t, sock).Status(context.Background()); err != nil || st.GetMtu() != 0 {
+		t.Fatalf("Status = %v %v, want mtu 0", st, err)
+	}
+}
+
+// badMTUServer answers like a daemon with a broken MTU source that skipped
+// the server's range check (another version, say).
+type badMTUServer struct{ ipampb.UnimplementedIPAMServer }
+
+func (badMTUServer) Allocate(context.Context, *ipampb.AllocateRequest) (*ipampb.AllocateResponse, error) {
+	return &ipampb.AllocateResponse{Ip: "10.12.0.2", Block: "10.12.0.0/24", Mtu: 70000}, nil
+}
+
+func (badMTUServer) Get(context.Context, *ipampb.GetRequest) (*ipampb.GetResponse, error) {
+	return &ipampb.GetResponse{Mtu: 20}, nil
+}
+
+func TestClientRejectsBadMTU(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "bad.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	ipampb.RegisterIPAMServer(s, badMTUServer{})
+	go s.Serve(l)
+	t.Cleanup(s.Stop)
+	c := clientT(t, sock)
+	if _, _, _, err := c.Allocate(context.Background(), Request{ContainerID: "c", IfName: "eth0"}); err == nil || !strings.Contains(err.Error(), "MTU 70000") {
+		t.Fatalf("Allocate with MTU 70000: %v", err)
+	}
+	if _, _, _, err := c.Get(context.Background(), "c", "eth0"); err == nil || !strings.Contains(err.Error(), "MTU 20") {
+		t.Fatalf("Get with MTU 20: %v", err)
 	}
 }

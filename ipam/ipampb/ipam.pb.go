@@ -239,9 +239,13 @@ func (x *AllocateRequest) GetPodName() string {
 }
 
 type AllocateResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ip            string                 `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`       // the pod's address
-	Block         string                 `protobuf:"bytes,2,opt,name=block,proto3" json:"block,omitempty"` // the node's block it came from, e.g. "10.244.1.0/24"
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Ip    string                 `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`       // the pod's address
+	Block string                 `protobuf:"bytes,2,opt,name=block,proto3" json:"block,omitempty"` // the node's block it came from, e.g. "10.244.1.0/24"
+	// mtu is the pod MTU the daemon wants: the underlay's minus the overhead of
+	// the encapsulation in force. 0 when the daemon does not know (the plugin
+	// then falls back to its own default). It can change while the daemon runs.
+	Mtu           uint32 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -288,6 +292,13 @@ func (x *AllocateResponse) GetBlock() string {
 		return x.Block
 	}
 	return ""
+}
+
+func (x *AllocateResponse) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
 }
 
 type ReleaseRequest struct {
@@ -439,8 +450,11 @@ func (x *GetRequest) GetIfName() string {
 }
 
 type GetResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Allocation    *Allocation            `protobuf:"bytes,1,opt,name=allocation,proto3" json:"allocation,omitempty"` // unset when nothing is held
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Allocation *Allocation            `protobuf:"bytes,1,opt,name=allocation,proto3" json:"allocation,omitempty"` // unset when nothing is held
+	// mtu is the daemon's pod MTU now, as in AllocateResponse (0 = unknown).
+	// It is not necessarily the MTU this attachment was created with.
+	Mtu           uint32 `protobuf:"varint,2,opt,name=mtu,proto3" json:"mtu,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -480,6 +494,13 @@ func (x *GetResponse) GetAllocation() *Allocation {
 		return x.Allocation
 	}
 	return nil
+}
+
+func (x *GetResponse) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
 }
 
 type GCRequest struct {
@@ -700,6 +721,7 @@ type StatusResponse struct {
 	Size          uint32                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"` // allocatable addresses in the block
 	Used          uint32                 `protobuf:"varint,3,opt,name=used,proto3" json:"used,omitempty"`
 	OutOfBlock    uint32                 `protobuf:"varint,4,opt,name=out_of_block,json=outOfBlock,proto3" json:"out_of_block,omitempty"`
+	Mtu           uint32                 `protobuf:"varint,5,opt,name=mtu,proto3" json:"mtu,omitempty"` // the daemon's pod MTU now, as in AllocateResponse (0 = unknown)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -762,6 +784,13 @@ func (x *StatusResponse) GetOutOfBlock() uint32 {
 	return 0
 }
 
+func (x *StatusResponse) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
 var File_ipam_proto protoreflect.FileDescriptor
 
 const file_ipam_proto_rawDesc = "" +
@@ -786,10 +815,11 @@ const file_ipam_proto_rawDesc = "" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aif_name\x18\x02 \x01(\tR\x06ifName\x12#\n" +
 	"\rpod_namespace\x18\x03 \x01(\tR\fpodNamespace\x12\x19\n" +
-	"\bpod_name\x18\x04 \x01(\tR\apodName\"8\n" +
+	"\bpod_name\x18\x04 \x01(\tR\apodName\"J\n" +
 	"\x10AllocateResponse\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x14\n" +
-	"\x05block\x18\x02 \x01(\tR\x05block\"L\n" +
+	"\x05block\x18\x02 \x01(\tR\x05block\x12\x10\n" +
+	"\x03mtu\x18\x03 \x01(\rR\x03mtu\"L\n" +
 	"\x0eReleaseRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aif_name\x18\x02 \x01(\tR\x06ifName\"!\n" +
@@ -798,11 +828,12 @@ const file_ipam_proto_rawDesc = "" +
 	"\n" +
 	"GetRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
-	"\aif_name\x18\x02 \x01(\tR\x06ifName\"J\n" +
+	"\aif_name\x18\x02 \x01(\tR\x06ifName\"\\\n" +
 	"\vGetResponse\x12;\n" +
 	"\n" +
 	"allocation\x18\x01 \x01(\v2\x1b.nexthop.ipam.v1.AllocationR\n" +
-	"allocation\">\n" +
+	"allocation\x12\x10\n" +
+	"\x03mtu\x18\x02 \x01(\rR\x03mtu\">\n" +
 	"\tGCRequest\x121\n" +
 	"\x05valid\x18\x01 \x03(\v2\x1b.nexthop.ipam.v1.AttachmentR\x05valid\"E\n" +
 	"\n" +
@@ -812,13 +843,14 @@ const file_ipam_proto_rawDesc = "" +
 	"\fListResponse\x12\x14\n" +
 	"\x05block\x18\x01 \x01(\tR\x05block\x12=\n" +
 	"\vallocations\x18\x02 \x03(\v2\x1b.nexthop.ipam.v1.AllocationR\vallocations\"\x0f\n" +
-	"\rStatusRequest\"p\n" +
+	"\rStatusRequest\"\x82\x01\n" +
 	"\x0eStatusResponse\x12\x14\n" +
 	"\x05block\x18\x01 \x01(\tR\x05block\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\rR\x04size\x12\x12\n" +
 	"\x04used\x18\x03 \x01(\rR\x04used\x12 \n" +
 	"\fout_of_block\x18\x04 \x01(\rR\n" +
-	"outOfBlock2\xb6\x03\n" +
+	"outOfBlock\x12\x10\n" +
+	"\x03mtu\x18\x05 \x01(\rR\x03mtu2\xb6\x03\n" +
 	"\x04IPAM\x12O\n" +
 	"\bAllocate\x12 .nexthop.ipam.v1.AllocateRequest\x1a!.nexthop.ipam.v1.AllocateResponse\x12L\n" +
 	"\aRelease\x12\x1f.nexthop.ipam.v1.ReleaseRequest\x1a .nexthop.ipam.v1.ReleaseResponse\x12@\n" +
