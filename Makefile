@@ -13,6 +13,7 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/nexthopd ./cmd/nexthopd
 	$(GO) build -o $(BIN)/nexthop ./cmd/nexthop
+	$(GO) build -o $(BIN)/portmap github.com/containernetworking/plugins/plugins/meta/portmap
 	$(GO) build -o $(BIN)/gobgp github.com/osrg/gobgp/v3/cmd/gobgp
 
 ## deps: system packages the e2e suite and the demo use (idempotent)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,43 +18,11 @@ import (
 //
 //	go test -run '^$' -bench AddDel -benchtime 100x ./cni-plugin/
 func BenchmarkAddDel(b *testing.B) {
-	requireRoot(b)
-	bin := buildPlugins(b)
-	host := newTestHost(b, "10.84.0.0/22")
+	e := newBenchEnv(b)
 	pod := newNetNS(b, "pod")
-	ctx := context.Background()
-	cni := libcni.NewCNIConfigWithCacheDir([]string{bin}, b.TempDir(), nil)
-
-	nexthop, err := libcni.ConfListFromBytes(fmt.Appendf(nil,
-		`{"cniVersion":"1.1.0","name":"nexthop-bench","plugins":[{"type":"nexthop","ipamSocket":%q}]}`, host.sock))
-	if err != nil {
-		b.Fatal(err)
-	}
-	ptp, err := libcni.ConfListFromBytes(fmt.Appendf(nil,
-		`{"cniVersion":"1.1.0","name":"ptp-bench","plugins":[{"type":"ptp","ipam":{"type":"host-local","subnet":"10.88.0.0/22","dataDir":%q}}]}`, b.TempDir()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	type sample struct{ add, del []time.Duration }
-	runs := map[string]*sample{"nexthop": {}, "ptp+host-local": {}}
-	lists := map[string]*libcni.NetworkConfigList{"nexthop": nexthop, "ptp+host-local": ptp}
-
 	once := func(name string, i int) {
 		rt := &libcni.RuntimeConf{ContainerID: fmt.Sprintf("nhc-bench-%d", i), NetNS: pod.Path(), IfName: "eth0"}
-		err := host.ns.Do(func(ns.NetNS) error {
-			t0 := time.Now()
-			if _, err := cni.AddNetworkList(ctx, lists[name], rt); err != nil {
-				return fmt.Errorf("%s ADD: %w", name, err)
-			}
-			t1 := time.Now()
-			if err := cni.DelNetworkList(ctx, lists[name], rt); err != nil {
-				return fmt.Errorf("%s DEL: %w", name, err)
-			}
-			runs[name].add = append(runs[name].add, t1.Sub(t0))
-			runs[name].del = append(runs[name].del, time.Since(t1))
-			return nil
-		})
-		if err != nil {
+		if err := e.addDel(name, rt, nil); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -69,8 +38,121 @@ func BenchmarkAddDel(b *testing.B) {
 		}
 	}
 	b.StopTimer()
+	e.report(b)
+}
 
-	nh, ref := runs["nexthop"], runs["ptp+host-local"]
+// BenchmarkAddDelParallel50 adds 50 pods at once, then deletes them at once,
+// for each plugin in turn, every iteration: latency under concurrency, where
+// nexthop's IPAM serialises durable writes and host-local takes a file lock.
+func BenchmarkAddDelParallel50(b *testing.B) {
+	const pods = 50
+	e := newBenchEnv(b)
+	netnss := make([]ns.NetNS, pods)
+	for i := range netnss {
+		netnss[i] = newNetNS(b, fmt.Sprintf("p%d", i))
+	}
+	round := func(name string, iter int) {
+		var wg sync.WaitGroup
+		errs := make(chan error, pods)
+		start := make(chan struct{})
+		for i := range pods {
+			rt := &libcni.RuntimeConf{ContainerID: fmt.Sprintf("nhc-par-%d-%d", iter, i), NetNS: netnss[i].Path(), IfName: "eth0"}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := e.addDel(name, rt, start); err != nil {
+					errs <- err
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		if i%2 == 0 {
+			round("nexthop", i)
+			round("ptp+host-local", i)
+		} else {
+			round("ptp+host-local", i)
+			round("nexthop", i)
+		}
+	}
+	b.StopTimer()
+	e.report(b)
+}
+
+// benchEnv is both plugin chains over one host namespace, with the latency
+// samples taken so far.
+type benchEnv struct {
+	ctx   context.Context
+	cni   *libcni.CNIConfig
+	host  *testHost
+	lists map[string]*libcni.NetworkConfigList
+	mu    sync.Mutex
+	runs  map[string]*samples
+}
+
+type samples struct{ add, del []time.Duration }
+
+func newBenchEnv(b *testing.B) *benchEnv {
+	requireRoot(b)
+	bin := buildPlugins(b)
+	host := newTestHost(b, "10.84.0.0/22")
+	nexthop, err := libcni.ConfListFromBytes(fmt.Appendf(nil,
+		`{"cniVersion":"1.1.0","name":"nexthop-bench","plugins":[{"type":"nexthop","ipamSocket":%q}]}`, host.sock))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ptp, err := libcni.ConfListFromBytes(fmt.Appendf(nil,
+		`{"cniVersion":"1.1.0","name":"ptp-bench","plugins":[{"type":"ptp","ipam":{"type":"host-local","subnet":"10.88.0.0/22","dataDir":%q}}]}`, b.TempDir()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &benchEnv{
+		ctx:   context.Background(),
+		cni:   libcni.NewCNIConfigWithCacheDir([]string{bin}, b.TempDir(), nil),
+		host:  host,
+		lists: map[string]*libcni.NetworkConfigList{"nexthop": nexthop, "ptp+host-local": ptp},
+		runs:  map[string]*samples{"nexthop": {}, "ptp+host-local": {}},
+	}
+}
+
+// addDel times one ADD then one DEL of rt through chain name, run from the
+// host namespace; with start set, the ADD waits for it to close.
+func (e *benchEnv) addDel(name string, rt *libcni.RuntimeConf, start chan struct{}) error {
+	var add, del time.Duration
+	err := e.host.ns.Do(func(ns.NetNS) error {
+		if start != nil {
+			<-start
+		}
+		t0 := time.Now()
+		if _, err := e.cni.AddNetworkList(e.ctx, e.lists[name], rt); err != nil {
+			return fmt.Errorf("%s ADD: %w", name, err)
+		}
+		t1 := time.Now()
+		if err := e.cni.DelNetworkList(e.ctx, e.lists[name], rt); err != nil {
+			return fmt.Errorf("%s DEL: %w", name, err)
+		}
+		add, del = t1.Sub(t0), time.Since(t1)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.runs[name].add = append(e.runs[name].add, add)
+	e.runs[name].del = append(e.runs[name].del, del)
+	return nil
+}
+
+func (e *benchEnv) report(b *testing.B) {
+	nh, ref := e.runs["nexthop"], e.runs["ptp+host-local"]
 	for _, m := range []struct {
 		op     string
 		nh, pt []time.Duration

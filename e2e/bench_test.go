@@ -2,9 +2,14 @@ package e2e
 
 import (
 	"bufio"
+	"context"
+	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +17,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/nexthop-net/nexthop/config"
 )
 
 // BenchmarkConvergence measures, per run, a node joining: node2's daemon
@@ -155,3 +162,90 @@ func percentile(d []time.Duration, p int) time.Duration {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// BenchmarkThroughput measures TCP throughput pod↔pod across two nodes on
+// one subnet, natively and through VXLAN, each as a ratio to node↔node
+// (underlay to underlay) measured in the same run. iperf3, 3 s per figure.
+func BenchmarkThroughput(b *testing.B) {
+	if err := CheckTools(); err != nil {
+		b.Skipf("needs root and system tools: %v", err)
+	}
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Skip("needs iperf3 (make deps installs it)")
+	}
+	for _, mode := range []config.EncapMode{config.Never, config.Always} {
+		name := map[config.EncapMode]string{config.Never: "native", config.Always: "vxlan"}[mode]
+		b.Run(name, func(b *testing.B) {
+			c, err := New(Options{Nodes: 2})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			n1, n2 := c.Nodes[0], c.Nodes[1]
+			for _, n := range c.Nodes {
+				n.Config.VXLANMode = mode
+				if err := c.StartDaemon(n); err != nil {
+					b.Fatal(err)
+				}
+			}
+			podMTU := 1500
+			if mode == config.Always {
+				podMTU = 1500 - 50
+				for _, n := range c.Nodes {
+					if out, err := Exec(n.Pod.NS, "ip", "link", "set", "eth0", "mtu", strconv.Itoa(podMTU)); err != nil {
+						b.Fatalf("%v: %s", err, out)
+					}
+				}
+			}
+			if err := WaitFor(30*time.Second, 100*time.Millisecond, func() error { return Ping(n1.Pod, n2.Pod.IP, 1) }); err != nil {
+				b.Fatal(err)
+			}
+			var pod, node float64
+			for i := 0; i < b.N; i++ {
+				node += iperf(b, n2.NS, n1.NS, n2.Address)
+				pod += iperf(b, n2.Pod.NS, n1.Pod.NS, n2.Pod.IP)
+			}
+			n := float64(b.N)
+			b.ReportMetric(pod/n/1e9, "pod-Gbit/s")
+			b.ReportMetric(node/n/1e9, "node-Gbit/s")
+			b.ReportMetric(pod/node, "ratio")
+		})
+	}
+}
+
+// iperf runs an iperf3 server in serverNS for one test and a 3 s client in
+// clientNS, and returns the received bits per second.
+func iperf(b *testing.B, serverNS, clientNS string, server netip.Addr) float64 {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv := exec.CommandContext(ctx, "ip", "netns", "exec", serverNS, "iperf3", "-s", "-1", "-p", "5201")
+	if err := srv.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Wait()
+	var out []byte
+	err := WaitFor(10*time.Second, 200*time.Millisecond, func() error {
+		var err error
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		out, err = exec.CommandContext(ctx, "ip", "netns", "exec", clientNS,
+			"iperf3", "-c", server.String(), "-p", "5201", "-t", "3", "--connect-timeout", "1000", "-J").Output()
+		return err
+	})
+	if err != nil {
+		srv.Process.Kill()
+		b.Fatalf("iperf3 to %s: %v\n%s", server, err, out)
+	}
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		b.Fatalf("parse iperf3 output: %v", err)
+	}
+	return res.End.SumReceived.BitsPerSecond
+}

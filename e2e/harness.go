@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -63,8 +64,12 @@ type Options struct {
 	// ToR adds a namespace running FRR bgpd that peers with every node.
 	ToR bool
 	// AttachPod wires a pod namespace to its node. Nil means VethPod, the
-	// harness's Calico-style stand-in for the CNI plugin.
+	// harness's Calico-style stand-in for the CNI plugin; CNIPod runs the
+	// real plugin, once the node's daemon is up (see StartDaemon).
 	AttachPod PodAttacher
+	// NoPods leaves out the one pod per node, for tests that create their
+	// own pods (Cluster.AddPodNS, Cluster.CNI).
+	NoPods bool
 	// Log receives progress messages. Nil discards them.
 	Log Logger
 	// Bin is where nexthopd and gobgp live. Empty means $NEXTHOP_BIN, then
@@ -73,7 +78,9 @@ type Options struct {
 }
 
 // PodAttacher creates pod p's namespace plumbing on node n. It must give
-// the pod p.IP and a route to the rest of the world through the node.
+// the pod p.IP and a route to the rest of the world through the node. An
+// attacher that needs the node's daemon returns ErrAttachAfterStart while
+// it is not running; StartDaemon then attaches the pod.
 type PodAttacher func(c *Cluster, n *Node, p *Pod) error
 
 // Cluster is one built topology. All of it is removed by Close.
@@ -89,10 +96,13 @@ type Cluster struct {
 	Bin      string
 
 	log Logger
+	// cniBin finds (or builds) the reference portmap plugin once.
+	cniBin cniBinaries
 
 	mu         sync.Mutex
 	namespaces []string
 	procs      []*proc
+	closers    []io.Closer
 	closed     bool
 }
 
@@ -109,6 +119,10 @@ type Node struct {
 
 	dir    string
 	daemon *proc
+	// attachPending is the attacher StartDaemon must still run for Pod.
+	attachPending PodAttacher
+	// cni is the node's default CNI runtime (Cluster.CNI).
+	cni *CNI
 	// logStart is the log's size when the current daemon run started.
 	logStart int64
 }
@@ -123,6 +137,8 @@ type Pod struct {
 	IP   netip.Addr
 	// HostVeth is the node-side interface (set by the attacher).
 	HostVeth string
+	// ContainerID is the CNI container ID (CNIPod only).
+	ContainerID string
 }
 
 var nsPattern = regexp.MustCompile(`^nh-[0-9a-f]{4}-`)
@@ -178,6 +194,9 @@ func New(o Options) (c *Cluster, err error) {
 		n, err := c.addNode(i)
 		if err != nil {
 			return c, err
+		}
+		if o.NoPods {
+			continue
 		}
 		if err := c.addPod(n, o.AttachPod); err != nil {
 			return c, err
@@ -302,6 +321,13 @@ func (c *Cluster) addNS(name string) error {
 	return nil
 }
 
+// closeLater remembers a file (a log) for Close to close.
+func (c *Cluster) closeLater(f io.Closer) {
+	c.mu.Lock()
+	c.closers = append(c.closers, f)
+	c.mu.Unlock()
+}
+
 // track remembers a child so Close kills it.
 func (c *Cluster) track(p *proc) {
 	c.mu.Lock()
@@ -318,11 +344,14 @@ func (c *Cluster) Close() {
 		return
 	}
 	c.closed = true
-	procs := c.procs
+	procs, closers := c.procs, c.closers
 	c.mu.Unlock()
 
 	for _, p := range procs {
 		p.kill()
+	}
+	for _, f := range closers {
+		f.Close()
 	}
 	if err := removeNamespaces(nsWithPrefix(c.Prefix)); err != nil {
 		c.log.Logf("cleanup %s: %v", c.Prefix, err)

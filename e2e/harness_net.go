@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -123,10 +124,32 @@ func (c *Cluster) addPod(n *Node, attach PodAttacher) error {
 	if err := c.addNS(p.NS); err != nil {
 		return err
 	}
-	if err := attach(c, n, p); err != nil {
+	err := attach(c, n, p)
+	if errors.Is(err, ErrAttachAfterStart) {
+		// No address until the daemon hands one out.
+		p.IP = netip.Addr{}
+		n.attachPending = attach
+		err = nil
+	}
+	if err != nil {
 		return fmt.Errorf("attach %s to %s: %w", p.Name, n.Name, err)
 	}
 	n.Pod = p
+	return nil
+}
+
+// attachPendingPod runs the attacher New deferred for n's pod because it
+// needs n's daemon, which has just started.
+func (c *Cluster) attachPendingPod(n *Node) error {
+	attach := n.attachPending
+	if attach == nil || n.Pod == nil {
+		return nil
+	}
+	if err := attach(c, n, n.Pod); err != nil {
+		return fmt.Errorf("attach %s to %s: %w", n.Pod.Name, n.Name, err)
+	}
+	n.attachPending = nil
+	c.log.Logf("%s: %s attached, %s", n.Name, n.Pod.Name, n.Pod.IP)
 	return nil
 }
 

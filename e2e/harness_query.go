@@ -125,12 +125,18 @@ type Capture struct {
 // returns once it is listening. tcpdump puts br0 in promiscuous mode, so
 // it also sees unicast frames the bridge forwards between node ports.
 func (c *Cluster) StartCapture(name, filter string) (*Capture, error) {
+	return c.StartCaptureIn(c.Underlay, bridgeName, name, filter)
+}
+
+// StartCaptureIn runs tcpdump on interface iface of namespace ns (a pod's
+// eth0, say: what the receiver itself sees) and returns once it listens.
+func (c *Cluster) StartCaptureIn(ns, iface, name, filter string) (*Capture, error) {
 	file := filepath.Join(c.Dir, name+".pcap")
 	logPath := filepath.Join(c.Dir, name+".tcpdump.log")
 	// -Z root: tcpdump would otherwise drop to its own user and could not
 	// write into the root-owned cluster dir. -U and --immediate-mode: hand
 	// each packet to the file at once, so Stop right after a ping loses none.
-	argv := []string{"ip", "netns", "exec", c.Underlay, "tcpdump", "-i", bridgeName, "-n", "-U", "--immediate-mode", "-Z", "root", "-w", file}
+	argv := []string{"ip", "netns", "exec", ns, "tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-Z", "root", "-w", file}
 	if filter != "" {
 		argv = append(argv, filter)
 	}
@@ -151,7 +157,7 @@ func (c *Cluster) StartCapture(name, filter string) (*Capture, error) {
 	})
 	if err != nil {
 		p.kill()
-		return nil, fmt.Errorf("start capture on %s/%s: %w", c.Underlay, bridgeName, err)
+		return nil, fmt.Errorf("start capture on %s/%s: %w", ns, iface, err)
 	}
 	return &Capture{file: file, proc: p}, nil
 }

@@ -29,7 +29,7 @@ func startRoutingCluster(t *testing.T) *Cluster {
 	t.Helper()
 	requireHarness(t)
 	requireBinaries(t)
-	c := newCluster(t, Options{Nodes: 3, ToR: true})
+	c := newCluster(t, Options{Nodes: 3, ToR: true, AttachPod: envPodAttacher()})
 	if err := c.StartDaemons(); err != nil {
 		t.Fatal(err)
 	}

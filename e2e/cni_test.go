@@ -1,0 +1,746 @@
+package e2e
+
+// Issue 3 end to end: the real CNI plugin chain (bin/nexthop, then the
+// reference portmap, as cni-plugin/10-nexthop.conflist ships them) driven
+// through libcni against real node daemons and their durable IPAM.
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+
+	cniplugin "github.com/nexthop-net/nexthop/cni-plugin"
+	"github.com/nexthop-net/nexthop/ipam"
+)
+
+// cniParallel is how many CNI calls run at once: a node starting a burst
+// of pods.
+const cniParallel = 50
+
+// requireCNI is requireHarness plus the plugin binary.
+func requireCNI(t *testing.T) {
+	t.Helper()
+	requireHarness(t)
+	requireBinaries(t)
+	if _, err := os.Stat(filepath.Join(BinDir(), "nexthop")); err != nil {
+		t.Fatalf("nexthop (the CNI plugin) not found in %s: run `make build` first (or set NEXTHOP_BIN)", BinDir())
+	}
+}
+
+// startCNINode builds one node without harness pods, starts its daemon and
+// returns its CNI runtime. A failing test prints the plugins' log.
+func startCNINode(t *testing.T) (*Cluster, *Node, *CNI) {
+	t.Helper()
+	requireCNI(t)
+	c := newCluster(t, Options{Nodes: 1, NoPods: true})
+	n := c.Nodes[0]
+	if err := c.StartDaemon(n); err != nil {
+		t.Fatal(err)
+	}
+	k := cniRuntime(t, c, n)
+	return c, n, k
+}
+
+// cniRuntime returns n's CNI runtime; the plugins' log is printed if the
+// test fails.
+func cniRuntime(t *testing.T, c *Cluster, n *Node) *CNI {
+	t.Helper()
+	k, err := c.CNI(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("CNI plugin log of %s (%s), last 40 lines:\n%s", n.Name, k.LogPath, tail(k.LogPath, 40))
+		}
+	})
+	return k
+}
+
+// cniPod is one pod sandbox as the runtime knows it.
+type cniPod struct {
+	ns string
+	rt *libcni.RuntimeConf
+	// From the successful ADD.
+	ip       netip.Addr
+	hostVeth string
+	// retries counts ADDs that failed with code 11 before one succeeded.
+	retries int
+}
+
+// containerID looks like a runtime's: 64 hex digits.
+func containerID() string {
+	b := make([]byte, 32)
+	crand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// newCNIPods creates count pod namespaces (named tag000, tag001, …) in
+// parallel; nothing is wired yet.
+func newCNIPods(c *Cluster, k *CNI, tag string, count int) ([]*cniPod, error) {
+	pods := make([]*cniPod, count)
+	err := parallel(count, 8, func(i int) error {
+		name := fmt.Sprintf("%s%03d", tag, i)
+		ns, err := c.AddPodNS(name)
+		if err != nil {
+			return err
+		}
+		pods[i] = &cniPod{ns: ns, rt: k.Runtime(containerID(), ns, name)}
+		return nil
+	})
+	return pods, err
+}
+
+// deleteCNIPods removes the pods' namespaces, as the runtime does after DEL.
+func deleteCNIPods(c *Cluster, pods []*cniPod) error {
+	return parallel(len(pods), 8, func(i int) error { return c.DelNS(pods[i].ns) })
+}
+
+// add runs ADD until it succeeds. With retry, a failure with CNI code 11
+// (try again later: the daemon is not reachable) is retried the way a
+// kubelet retries a sandbox, with the same container ID; any other error
+// ends it.
+func (p *cniPod) add(ctx context.Context, k *CNI, retry bool) error {
+	for {
+		res, err := k.Add(ctx, p.rt)
+		if err == nil {
+			p.ip, p.hostVeth, err = ResultPod(res)
+			return err
+		}
+		if code, _ := CNIErrorCode(err); !retry || code != types.ErrTryAgainLater {
+			return err
+		}
+		p.retries++
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (gave up after %d failures with code 11)", err, p.retries)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// parallel runs fn(0) … fn(n-1) on at most workers goroutines and returns
+// the errors, the first few spelled out.
+func parallel(n, workers int, fn func(i int) error) error {
+	errs := make([]error, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(workers, n) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				errs[i] = fn(i)
+			}
+		})
+	}
+	wg.Wait()
+	return joinFirst(errs, 5)
+}
+
+// joinFirst joins the first max non-nil errors and counts the rest.
+func joinFirst(errs []error, max int) error {
+	var some []error
+	failed := 0
+	for _, err := range errs {
+		if err != nil {
+			failed++
+			if len(some) < max {
+				some = append(some, err)
+			}
+		}
+	}
+	if failed > len(some) {
+		some = append(some, fmt.Errorf("… and %d more failures", failed-len(some)))
+	}
+	return errors.Join(some...)
+}
+
+// ipamList asks n's daemon for its block and every allocation, over the
+// same socket the plugin uses.
+func ipamList(n *Node) (netip.Prefix, []ipam.Allocation, error) {
+	cl, err := ipam.NewClient(n.Config.IPAMSocket)
+	if err != nil {
+		return netip.Prefix{}, nil, err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return cl.List(ctx)
+}
+
+// allocatable reports whether ip may be handed out from block: inside it,
+// and neither its network address, the node's reserved first address, nor
+// its broadcast address.
+func allocatable(block netip.Prefix, ip netip.Addr) bool {
+	if !block.Contains(ip) || ip == block.Addr() || ip == block.Addr().Next() {
+		return false
+	}
+	return block.Contains(ip.Next())
+}
+
+// checkPods checks the three records of who holds which address agree and
+// hold no address twice: the ADD results, each pod's eth0, and the
+// daemon's IPAM store; and that the node routes each address to its pod's
+// veth only.
+func checkPods(n *Node, pods []*cniPod) error {
+	var errs []error
+	block := n.PodCIDR()
+	byIP := map[netip.Addr]*cniPod{}
+	for _, p := range pods {
+		if !allocatable(block, p.ip) {
+			errs = append(errs, fmt.Errorf("ADD gave %s %s, not an allocatable address of %s", short(p.rt.ContainerID), p.ip, block))
+		}
+		if q, dup := byIP[p.ip]; dup {
+			errs = append(errs, fmt.Errorf("ADD gave %s to two pods: %s and %s", p.ip, short(q.rt.ContainerID), short(p.rt.ContainerID)))
+		}
+		byIP[p.ip] = p
+	}
+
+	// What `ip -n <pod> addr show eth0` shows.
+	if err := parallel(len(pods), 8, func(i int) error {
+		p := pods[i]
+		addrs, err := IfAddrs(p.ns, "eth0")
+		if err != nil {
+			return err
+		}
+		if want := []netip.Prefix{netip.PrefixFrom(p.ip, 32)}; !slices.Equal(addrs, want) {
+			return fmt.Errorf("pod %s eth0 has %v, its ADD result says %v", p.ns, addrs, want)
+		}
+		return nil
+	}); err != nil {
+		errs = append(errs, err)
+	}
+
+	// What the daemon's store holds: exactly these pods, nothing leaked by
+	// an ADD that failed half-way.
+	gotBlock, allocs, err := ipamList(n)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	if gotBlock != block {
+		errs = append(errs, fmt.Errorf("IPAM block %s, want %s", gotBlock, block))
+	}
+	byID := map[string]*cniPod{}
+	for _, p := range pods {
+		byID[p.rt.ContainerID] = p
+	}
+	seen := map[string]bool{}
+	for _, al := range allocs {
+		p, ok := byID[al.ContainerID]
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("IPAM holds %s for %s/%s, which is no live pod (leaked)", al.IP, al.ContainerID, al.IfName))
+		case seen[al.ContainerID]:
+			errs = append(errs, fmt.Errorf("IPAM holds two addresses for %s", short(al.ContainerID)))
+		case al.IP != p.ip || al.IfName != "eth0":
+			errs = append(errs, fmt.Errorf("IPAM holds %s for %s/%s, its ADD result says %s/eth0", al.IP, short(al.ContainerID), al.IfName, p.ip))
+		}
+		seen[al.ContainerID] = true
+	}
+	for _, p := range pods {
+		if !seen[p.rt.ContainerID] {
+			errs = append(errs, fmt.Errorf("IPAM has no allocation for %s (%s)", short(p.rt.ContainerID), p.ip))
+		}
+	}
+
+	// What `ip -n <node> route` shows: one /32 per pod, to its own veth.
+	routes, err := HostRoutes(n.NS)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for ip, devs := range routes {
+		p, ok := byIP[ip]
+		switch {
+		case ok && !slices.Equal(devs, []string{p.hostVeth}):
+			errs = append(errs, fmt.Errorf("node routes %s to %v, want only %s", ip, devs, p.hostVeth))
+		case !ok && block.Contains(ip):
+			errs = append(errs, fmt.Errorf("node routes %s (dev %v), which no pod holds", ip, devs))
+		}
+	}
+	for _, p := range pods {
+		if _, ok := routes[p.ip]; !ok {
+			errs = append(errs, fmt.Errorf("node has no route %s/32 dev %s", p.ip, p.hostVeth))
+		}
+	}
+	return joinFirst(errs, 10)
+}
+
+// checkBlockEmpty checks the daemon holds no allocation and the node no
+// pod route.
+func checkBlockEmpty(n *Node) error {
+	_, allocs, err := ipamList(n)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, al := range allocs {
+		errs = append(errs, fmt.Errorf("IPAM still holds %s for %s/%s", al.IP, al.ContainerID, al.IfName))
+	}
+	routes, err := HostRoutes(n.NS)
+	if err != nil {
+		return err
+	}
+	for ip, devs := range routes {
+		if n.PodCIDR().Contains(ip) {
+			errs = append(errs, fmt.Errorf("node still routes %s to %v", ip, devs))
+		}
+	}
+	return joinFirst(errs, 10)
+}
+
+// TestCNIPodsAcrossNodes: on 3 nodes with daemons and the FRR ToR, every
+// pod is wired by the real plugin. Each pod's address is from its node's
+// block; pods reach each other and the other nodes' underlay addresses,
+// and whoever receives sees the sending pod's own address.
+func TestCNIPodsAcrossNodes(t *testing.T) {
+	requireCNI(t)
+	c := newCluster(t, Options{Nodes: 3, ToR: true, AttachPod: CNIPod})
+	for _, n := range c.Nodes {
+		cniRuntime(t, c, n) // for its log on failure
+	}
+	if err := c.StartDaemons(); err != nil { // attaches the pods
+		t.Fatal(err)
+	}
+	waitFor(t, convergeTimeout, "routes converged", func() error { return converged(c, c.Nodes) })
+
+	for _, n := range c.Nodes {
+		p := n.Pod
+		if !allocatable(n.PodCIDR(), p.IP) {
+			t.Errorf("%s got %s from the plugin, not an address of %s's block %s", p.Name, p.IP, n.Name, n.PodCIDR())
+		}
+		if addrs, err := IfAddrs(p.NS, "eth0"); err != nil || !slices.Equal(addrs, []netip.Prefix{netip.PrefixFrom(p.IP, 32)}) {
+			t.Errorf("%s eth0 addresses %v (%v), want %s/32", p.Name, addrs, err, p.IP)
+		}
+		routes, err := HostRoutes(n.NS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(routes[p.IP], []string{p.HostVeth}) {
+			t.Errorf("%s routes %s to %v, want %s", n.Name, p.IP, routes[p.IP], p.HostVeth)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	t.Run("pod to pod", func(t *testing.T) { checkPodToPod(t, c) })
+	t.Run("pod to node", func(t *testing.T) { checkPodToNode(t, c) })
+}
+
+// checkPodToPod pings every pod from every other and checks the capture
+// in the receiving pod and on the underlay: pod addresses on both ends,
+// no tunnel, no NAT.
+func checkPodToPod(t *testing.T, c *Cluster) {
+	underlay, err := c.StartCapture("cni-pod-to-pod", "not tcp port 179 and not arp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inPod := map[*Node]*Capture{}
+	for _, n := range c.Nodes {
+		if inPod[n], err = c.StartCaptureIn(n.Pod.NS, "eth0", "cni-"+n.Pod.Name, "icmp"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, from := range c.Nodes {
+		for _, to := range without(c.Nodes, from) {
+			if err := Ping(from.Pod, to.Pod.IP, 2); err != nil {
+				t.Errorf("%s → %s: %v", from.Pod.Name, to.Pod.Name, err)
+			}
+		}
+	}
+	wire := stopCapture(t, underlay)
+	seen := map[*Node][]string{}
+	for n, cp := range inPod {
+		seen[n] = stopCapture(t, cp)
+	}
+	for _, from := range c.Nodes {
+		for _, to := range without(c.Nodes, from) {
+			req := fmt.Sprintf("IP %s > %s: ICMP echo request", from.Pod.IP, to.Pod.IP)
+			if !containsLine(seen[to], req) {
+				t.Errorf("receiving pod %s did not see %q", to.Pod.Name, req)
+			}
+			if !containsLine(wire, req) {
+				t.Errorf("underlay did not carry %q", req)
+			}
+		}
+	}
+	for _, l := range wire {
+		if underlayToUnderlay.MatchString(l) {
+			t.Errorf("node-to-node packet while only pods talked (tunnel or NAT): %s", l)
+		}
+	}
+	if t.Failed() {
+		t.Logf("underlay capture:\n%s", strings.Join(wire, "\n"))
+	}
+}
+
+// underlayToUnderlay matches a packet between two underlay addresses: what
+// a tunnel or SNAT of pod traffic looks like.
+var underlayToUnderlay = regexp.MustCompile(`IP 192\.0\.2\.[0-9.]+ > 192\.0\.2\.`)
+
+// checkPodToNode pings the other nodes' underlay addresses from every pod:
+// the node receives the echo request from the pod's own address and its
+// reply finds the way back through BGP-learned routes.
+func checkPodToNode(t *testing.T, c *Cluster) {
+	underlay, err := c.StartCapture("cni-pod-to-node", "icmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, from := range c.Nodes {
+		for _, to := range without(c.Nodes, from) {
+			if err := Ping(from.Pod, to.Address, 2); err != nil {
+				t.Errorf("%s → %s (%s): %v", from.Pod.Name, to.Name, to.Address, err)
+			}
+		}
+	}
+	wire := stopCapture(t, underlay)
+	for _, from := range c.Nodes {
+		for _, to := range without(c.Nodes, from) {
+			for _, want := range []string{
+				fmt.Sprintf("IP %s > %s: ICMP echo request", from.Pod.IP, to.Address),
+				fmt.Sprintf("IP %s > %s: ICMP echo reply", to.Address, from.Pod.IP),
+			} {
+				if !containsLine(wire, want) {
+					t.Errorf("underlay capture lacks %q", want)
+				}
+			}
+		}
+	}
+	for _, l := range wire {
+		if underlayToUnderlay.MatchString(l) {
+			t.Errorf("pod ping left its node with a node address (SNAT): %s", l)
+		}
+	}
+	if t.Failed() {
+		t.Logf("underlay capture:\n%s", strings.Join(wire, "\n"))
+	}
+}
+
+func stopCapture(t *testing.T, cp *Capture) []string {
+	t.Helper()
+	lines, err := cp.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lines
+}
+
+// TestCNICheckAndDel: CHECK passes on a freshly added pod and, once the
+// pod's host route is deleted by hand, fails naming that route. DEL then
+// cleans up, and a repeated DEL succeeds too.
+func TestCNICheckAndDel(t *testing.T) {
+	c, n, k := startCNINode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*CNITimeout)
+	defer cancel()
+	pods, err := newCNIPods(c, k, "chk", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := pods[0]
+	if err := p.add(ctx, k, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Check(ctx, p.rt); err != nil {
+		t.Fatalf("CHECK of a good pod: %v", err)
+	}
+	if err := checkPods(n, pods); err != nil {
+		t.Fatal(err)
+	}
+
+	// What an admin (or a stray route manager) might do.
+	route := fmt.Sprintf("%s/32 dev %s", p.ip, p.hostVeth)
+	if err := ipn(n.NS, "delete pod route "+route, "route", "del", p.ip.String()+"/32", "dev", p.hostVeth); err != nil {
+		t.Fatal(err)
+	}
+	err = k.Check(ctx, p.rt)
+	code, _ := CNIErrorCode(err)
+	switch {
+	case err == nil:
+		t.Errorf("CHECK passed with the host route %s deleted", route)
+	case code != cniplugin.ErrCheckFailed:
+		t.Errorf("CHECK with the host route deleted: want CNI code %d, got %d: %v", cniplugin.ErrCheckFailed, code, err)
+	case !strings.Contains(err.Error(), "host route "+route) || !strings.Contains(err.Error(), "missing"):
+		t.Errorf("CHECK error does not name the missing route %q: %v", route, err)
+	default:
+		t.Logf("CHECK with the route deleted: %v", err)
+	}
+
+	for i := 1; i <= 2; i++ {
+		if err := k.Del(ctx, p.rt); err != nil {
+			t.Fatalf("DEL #%d: %v", i, err)
+		}
+	}
+	if err := checkBlockEmpty(n); err != nil {
+		t.Error(err)
+	}
+	if _, err := run("ip", "-n", n.NS, "link", "show", "dev", p.hostVeth); err == nil {
+		t.Errorf("host veth %s still on %s after DEL", p.hostVeth, n.Name)
+	}
+	if _, err := run("ip", "-n", p.ns, "link", "show", "dev", "eth0"); err == nil {
+		t.Errorf("eth0 still in %s after DEL", p.ns)
+	}
+}
+
+// TestCNIConcurrentAddsAndDaemonCrash: a burst of pods on one node (ADDs
+// 50 at a time) gets distinct addresses from the node's block; a second
+// burst while the daemon is SIGKILLed and restarted at random moments
+// retries the code-11 failures and ends the same way: no address held
+// twice or leaked, in the ADD results, the pods and the daemon's store.
+// After DEL of everything the block is empty, on disk too.
+func TestCNIConcurrentAddsAndDaemonCrash(t *testing.T) {
+	count, kills := 200, 4
+	if testing.Short() {
+		count, kills = 100, 2
+	}
+	c, n, k := startCNINode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	// Burst 1: daemon left alone. No ADD may fail, not even with code 11.
+	pods := burst(t, c, k, "a", count, func(p *cniPod) error { return p.add(ctx, k, false) })
+	if err := checkPods(n, pods); err != nil {
+		t.Fatalf("after %d concurrent ADDs: %v", count, err)
+	}
+	delAll(t, ctx, c, n, k, pods)
+
+	// Burst 2: the daemon dies (SIGKILL) and comes back while ADDs run.
+	var done atomic.Int64
+	stop := make(chan struct{})
+	crashed := make(chan crashReport, 1)
+	go func() { crashed <- crashLoop(c, n, killMoments(count, kills), &done, stop) }()
+	pods = burst(t, c, k, "b", count, func(p *cniPod) error {
+		err := p.add(ctx, k, true)
+		if err == nil {
+			done.Add(1)
+		}
+		return err
+	})
+	close(stop)
+	report := <-crashed
+	if report.err != nil {
+		t.Fatalf("kill/restart of %s's daemon: %v", n.Name, report.err)
+	}
+	retried := 0
+	for _, p := range pods {
+		retried += p.retries
+	}
+	t.Logf("%d SIGKILLs of nexthopd during %d ADDs; %d ADDs failed with code 11 and were retried", report.kills, count, retried)
+	if report.kills != kills {
+		t.Errorf("daemon killed %d times, want %d", report.kills, kills)
+	}
+	if retried == 0 {
+		t.Errorf("no ADD failed with code 11: the kills never hit an ADD in flight, so the crash path went untested")
+	}
+	if err := checkPods(n, pods); err != nil {
+		t.Fatalf("after ADDs with daemon crashes: %v", err)
+	}
+	// Every pod is still wired as ADD left it, as the plugin itself sees it.
+	if err := parallel(len(pods), cniParallel, func(i int) error { return k.Check(ctx, pods[i].rt) }); err != nil {
+		t.Errorf("CHECK after the crashes: %v", err)
+	}
+	delAll(t, ctx, c, n, k, pods)
+
+	// The store on disk agrees: stop the daemon and open it.
+	if err := c.StopDaemon(n); err != nil {
+		t.Fatal(err)
+	}
+	a, err := ipam.Open(ctx, filepath.Join(n.Config.StateDir, "ipam.db"), n.PodCIDR(), nil)
+	if err != nil {
+		t.Fatalf("open the daemon's IPAM store: %v", err)
+	}
+	defer a.Close()
+	if left := a.List(); len(left) != 0 {
+		t.Errorf("IPAM store on disk still holds %d allocations, e.g. %+v", len(left), left[0])
+	}
+}
+
+// burst creates count pod namespaces and ADDs them, cniParallel at a time.
+func burst(t *testing.T, c *Cluster, k *CNI, tag string, count int, add func(*cniPod) error) []*cniPod {
+	t.Helper()
+	pods, err := newCNIPods(c, k, tag, count)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := parallel(count, cniParallel, func(i int) error { return add(pods[i]) }); err != nil {
+		t.Fatalf("ADD of %d pods, %d in parallel: %v", count, cniParallel, err)
+	}
+	t.Logf("burst %s: %d ADDs, %d in parallel, took %s", tag, count, cniParallel, time.Since(start).Round(time.Millisecond))
+	return pods
+}
+
+// delAll DELs every pod (in parallel), removes their namespaces, and
+// checks the block is empty again.
+func delAll(t *testing.T, ctx context.Context, c *Cluster, n *Node, k *CNI, pods []*cniPod) {
+	t.Helper()
+	if err := parallel(len(pods), cniParallel, func(i int) error { return k.Del(ctx, pods[i].rt) }); err != nil {
+		t.Fatalf("DEL of %d pods: %v", len(pods), err)
+	}
+	if err := deleteCNIPods(c, pods); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkBlockEmpty(n); err != nil {
+		t.Fatalf("after DEL of all %d pods: %v", len(pods), err)
+	}
+}
+
+// killMoments picks kills distinct random progress points (ADDs done)
+// between 10% and 50% of count: with count ≥ 2×cniParallel, every kill
+// lands while a full set of ADDs is in flight or still to start.
+func killMoments(count, kills int) []int64 {
+	lo, hi := count/10, count/2
+	picked := map[int64]bool{}
+	for len(picked) < kills {
+		picked[int64(lo+rand.IntN(hi-lo))] = true
+	}
+	var m []int64
+	for v := range picked {
+		m = append(m, v)
+	}
+	slices.Sort(m)
+	return m
+}
+
+type crashReport struct {
+	kills int
+	err   error
+}
+
+// crashLoop SIGKILLs n's daemon when done reaches each moment, after a
+// short random delay, and restarts it 100-300 ms later: long enough for
+// ADDs in flight to find no daemon. It returns when the moments are used
+// up or stop is closed, always with the daemon running.
+func crashLoop(c *Cluster, n *Node, moments []int64, done *atomic.Int64, stop <-chan struct{}) crashReport {
+	var r crashReport
+	for _, m := range moments {
+		for done.Load() < m {
+			select {
+			case <-stop:
+				return r
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond)
+		if r.err = c.KillDaemon(n); r.err != nil {
+			return r
+		}
+		r.kills++
+		time.Sleep(time.Duration(100+rand.IntN(200)) * time.Millisecond)
+		if r.err = c.StartDaemon(n); r.err != nil {
+			return r
+		}
+	}
+	return r
+}
+
+// TestCNIGC: CNI GC with a list of valid attachments releases every other
+// allocation, both when the runtime's result cache is lost (only the
+// plugin's GC knows what to free) and through libcni's own cache-driven
+// DELs; valid pods keep their addresses and pass CHECK.
+func TestCNIGC(t *testing.T) {
+	c, n, k := startCNINode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pods, err := newCNIPods(c, k, "gc", 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := parallel(len(pods), len(pods), func(i int) error { return pods[i].add(ctx, k, false) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkPods(n, pods); err != nil {
+		t.Fatal(err)
+	}
+
+	// A runtime that lost /var/lib/cni: libcni has nothing cached to DEL,
+	// so whatever is freed, the plugin's GC freed.
+	amnesiac, err := c.NewCNI(n, filepath.Join(c.Dir, "lost-cni-cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := pods[:3]
+	if err := amnesiac.GC(ctx, attachments(keep)); err != nil {
+		t.Fatalf("GC keeping %d of %d: %v", len(keep), len(pods), err)
+	}
+	if err := holds(n, keep); err != nil {
+		t.Errorf("after GC with a lost cache: %v", err)
+	}
+	for _, p := range keep {
+		if err := k.Check(ctx, p.rt); err != nil {
+			t.Errorf("CHECK of a pod GC had to keep: %v", err)
+		}
+	}
+
+	// The runtime with its cache: libcni DELs what it knows is stale, then
+	// the plugin collects the rest.
+	keep = pods[:1]
+	if err := k.GC(ctx, attachments(keep)); err != nil {
+		t.Fatalf("GC keeping 1: %v", err)
+	}
+	if err := holds(n, keep); err != nil {
+		t.Errorf("after GC with the runtime's cache: %v", err)
+	}
+	if err := k.Del(ctx, keep[0].rt); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkBlockEmpty(n); err != nil {
+		t.Error(err)
+	}
+}
+
+func attachments(pods []*cniPod) []types.GCAttachment {
+	var out []types.GCAttachment
+	for _, p := range pods {
+		out = append(out, types.GCAttachment{ContainerID: p.rt.ContainerID, IfName: p.rt.IfName})
+	}
+	return out
+}
+
+// holds checks the daemon's allocations are exactly the pods', at the
+// addresses their ADDs returned.
+func holds(n *Node, pods []*cniPod) error {
+	_, allocs, err := ipamList(n)
+	if err != nil {
+		return err
+	}
+	var got, want []string
+	for _, al := range allocs {
+		got = append(got, short(al.ContainerID)+"="+al.IP.String())
+	}
+	for _, p := range pods {
+		want = append(want, short(p.rt.ContainerID)+"="+p.ip.String())
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		return fmt.Errorf("IPAM holds %v, want exactly %v", got, want)
+	}
+	return nil
+}
+
+// short is a container ID as `crictl ps` shows it.
+func short(id string) string { return id[:min(12, len(id))] }
+
+// envPodAttacher is the stand-in (nil) unless NEXTHOP_E2E_PODS=cni, which
+// runs the routing tests with pods wired by the real plugin.
+func envPodAttacher() PodAttacher {
+	if os.Getenv("NEXTHOP_E2E_PODS") == "cni" {
+		return CNIPod
+	}
+	return nil
+}
