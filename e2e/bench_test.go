@@ -234,8 +234,9 @@ func iperf(b *testing.B, serverNS, clientNS string, server netip.Addr) float64 {
 		return err
 	})
 	if err != nil {
+		ss, _ := Exec(serverNS, "ss", "-ltnp")
 		srv.Process.Kill()
-		b.Fatalf("iperf3 to %s: %v\n%s", server, err, out)
+		b.Fatalf("iperf3 to %s: %v\n%s\nlistening in %s:\n%s", server, err, out, serverNS, ss)
 	}
 	var res struct {
 		End struct {
@@ -246,6 +247,9 @@ func iperf(b *testing.B, serverNS, clientNS string, server netip.Addr) float64 {
 	}
 	if err := json.Unmarshal(out, &res); err != nil {
 		b.Fatalf("parse iperf3 output: %v", err)
+	}
+	if res.End.SumReceived.BitsPerSecond == 0 {
+		b.Fatalf("iperf3 to %s received nothing:\n%s", server, out)
 	}
 	return res.End.SumReceived.BitsPerSecond
 }
