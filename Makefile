@@ -46,10 +46,12 @@ bench-routes: build
 ## bench-convergence: a node joins; session established -> its block in a peer's kernel
 bench-convergence: build
 	$(GO) test -run '^$$' -bench Convergence -benchtime 20x -count 1 -timeout 20m ./e2e/
+	$(GO) test -run '^$$' -bench Throughput -benchtime 1x -count 1 ./e2e/
 
 ## bench-cni: ADD/DEL latency of nexthop vs the reference ptp + host-local, same run
 bench-cni: build
-	$(GO) test -run '^$$' -bench AddDel -benchtime 100x -count 1 ./cni-plugin/
+	$(GO) test -run '^$$' -bench 'AddDel$$' -benchtime 100x -count 1 ./cni-plugin/
+	$(GO) test -run '^$$' -bench AddDelParallel50 -benchtime 2x -count 1 ./cni-plugin/
 
 ## generate: the IPAM gRPC code (needs protobuf-compiler)
 generate:
