@@ -4,6 +4,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -116,6 +117,15 @@ func (n *node) loop(ctx context.Context) error {
 			return nil
 		case err := <-n.ipamDone:
 			n.ipamDone <- err // for Run's deferred wait
+			// On shutdown the IPAM server ends too, and select may pick
+			// this case over ctx.Done: that is a clean stop, not a failure.
+			if ctx.Err() != nil {
+				n.log.Info("stopping; kernel routes left in place for the next start")
+				return nil
+			}
+			if err == nil {
+				err = errors.New("it returned without an error")
+			}
 			return fmt.Errorf("IPAM server on %s stopped: %w", n.cfg.IPAMSocket, err)
 		case <-n.changes.ready:
 			n.applyChanges(ctx)
