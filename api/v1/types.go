@@ -1,0 +1,397 @@
+package v1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Well-known node labels and annotations.
+const (
+	// AnnotationAddress overrides the node's underlay address (its BGP next
+	// hop and session source); otherwise the first InternalIP is used.
+	AnnotationAddress = "nexthop.io/address"
+	// AnnotationAS overrides the cluster AS number for one node.
+	AnnotationAS = "nexthop.io/as"
+	// LabelRouteReflector set to "true" makes a node a route reflector.
+	LabelRouteReflector = "nexthop.io/route-reflector"
+	// DefaultBGPConfigurationName is the name of the singleton BGPConfiguration.
+	DefaultBGPConfigurationName = "default"
+	// DefaultASNumber is used when neither the node nor the BGPConfiguration
+	// sets one (Calico's default too: a private 16-bit AS).
+	DefaultASNumber = 64512
+)
+
+// ---------------------------------------------------------------------------
+// BGPConfiguration
+
+// BGPConfigurationSpec holds cluster-wide BGP settings.
+// +kubebuilder:validation:XValidation:rule="!has(self.routeReflectorClusterID) || (isIP(self.routeReflectorClusterID) && ip(self.routeReflectorClusterID).family() == 4)",message="routeReflectorClusterID must be written as an IPv4 address, e.g. 224.0.0.1"
+type BGPConfigurationSpec struct {
+	// ASNumber is the cluster's default AS; a node's nexthop.io/as
+	// annotation overrides it. 64512 when unset.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=4294967294
+	// +kubebuilder:validation:XValidation:rule="self != 23456 && self != 65535",message="AS 23456 (AS_TRANS) and 65535 are reserved"
+	ASNumber *int64 `json:"asNumber,omitempty"`
+
+	// NodeToNodeMeshEnabled makes every node an iBGP peer of every other
+	// node. Turn it off for clusters past ~100 nodes and use route
+	// reflectors (nodes labelled nexthop.io/route-reflector=true) instead.
+	// +optional
+	// +kubebuilder:default=true
+	NodeToNodeMeshEnabled *bool `json:"nodeToNodeMeshEnabled,omitempty"`
+
+	// RouteReflectorClusterID is the cluster ID route-reflector nodes put
+	// in reflected routes (RFC 4456), written as an IPv4 address. Every
+	// reflector of the cluster shares it so they do not loop routes.
+	// +optional
+	// +kubebuilder:validation:MaxLength=15
+	RouteReflectorClusterID string `json:"routeReflectorClusterID,omitempty"`
+
+	// ListenPort is the TCP port every node's speaker listens on. 179 when unset.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	ListenPort *int32 `json:"listenPort,omitempty"`
+
+	// ServiceClusterIPs are CIDRs (normally the service cluster IP range)
+	// every node advertises to its external peers.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	ServiceClusterIPs []ServiceIPBlock `json:"serviceClusterIPs,omitempty"`
+
+	// ServiceExternalIPs are CIDRs of service external IPs to advertise.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=64
+	ServiceExternalIPs []ServiceIPBlock `json:"serviceExternalIPs,omitempty"`
+
+	// Communities are added to every route the nodes advertise: standard
+	// "AS:value" (each part 0-65535) or large "AS:value:value".
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MaxLength=32
+	// +kubebuilder:validation:items:Pattern=`^[0-9]{1,10}:[0-9]{1,10}(:[0-9]{1,10})?$`
+	Communities []string `json:"communities,omitempty"`
+}
+
+// ServiceIPBlock is one CIDR to advertise.
+type ServiceIPBlock struct {
+	// +kubebuilder:validation:MaxLength=43
+	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self) == cidr(self).masked()",message="cidr must be a network address in CIDR notation, e.g. 10.96.0.0/12"
+	CIDR string `json:"cidr"`
+}
+
+// BGPConfiguration holds the cluster's BGP settings. There is at most one,
+// named "default"; without it every default applies.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=bgpconfig,categories=nexthop
+// +kubebuilder:printcolumn:name="AS",type=integer,JSONPath=`.spec.asNumber`
+// +kubebuilder:printcolumn:name="Mesh",type=boolean,JSONPath=`.spec.nodeToNodeMeshEnabled`
+// +kubebuilder:printcolumn:name="RR Cluster ID",type=string,JSONPath=`.spec.routeReflectorClusterID`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="self.metadata.name == 'default'",message="BGPConfiguration is a singleton: its name must be \"default\""
+type BGPConfiguration struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +optional
+	Spec BGPConfigurationSpec `json:"spec,omitempty"`
+}
+
+// BGPConfigurationList is a list of BGPConfiguration.
+// +kubebuilder:object:root=true
+type BGPConfigurationList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []BGPConfiguration `json:"items"`
+}
+
+// ---------------------------------------------------------------------------
+// BGPPeer
+
+// BGPPeerSpec is one external (or explicitly configured) BGP neighbour and
+// the nodes that peer with it.
+// +kubebuilder:validation:XValidation:rule="!(has(self.node) && has(self.nodeSelector))",message="node and nodeSelector are mutually exclusive: set one of them, or neither to peer from every node"
+// +kubebuilder:validation:XValidation:rule="!has(self.holdTime) || duration(self.holdTime) >= duration('3s')",message="holdTime must be at least 3s"
+// +kubebuilder:validation:XValidation:rule="!has(self.keepaliveTime) || duration(self.keepaliveTime) > duration('0s')",message="keepaliveTime must be positive"
+// +kubebuilder:validation:XValidation:rule="!has(self.keepaliveTime) || !has(self.holdTime) || duration(self.keepaliveTime).getMilliseconds() * 3 <= duration(self.holdTime).getMilliseconds()",message="keepaliveTime must be at most a third of holdTime"
+type BGPPeerSpec struct {
+	// PeerIP is the neighbour's IPv4 address.
+	// +kubebuilder:validation:MaxLength=15
+	// +kubebuilder:validation:XValidation:rule="isIP(self) && ip(self).family() == 4",message="peerIP must be a valid IPv4 address, e.g. 192.0.2.254"
+	PeerIP string `json:"peerIP"`
+
+	// ASNumber is the neighbour's AS. Equal to the node's AS means iBGP.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=4294967294
+	ASNumber int64 `json:"asNumber"`
+
+	// Node restricts the peering to the one node of this name.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	Node string `json:"node,omitempty"`
+
+	// NodeSelector restricts the peering to the nodes whose labels match,
+	// e.g. the nodes of one rack for that rack's top-of-rack router. With
+	// neither node nor nodeSelector every node peers.
+	// +optional
+	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
+
+	// Port is the neighbour's BGP port. 179 when unset.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	Port *int32 `json:"port,omitempty"`
+
+	// Password enables TCP MD5 (RFC 2385) with a key from a Secret in the
+	// daemon's namespace (nexthop-system).
+	// +optional
+	Password *BGPPassword `json:"password,omitempty"`
+
+	// HoldTime for the session; the node default (9s) when unset. At least 3s.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	HoldTime *metav1.Duration `json:"holdTime,omitempty"`
+
+	// KeepaliveTime defaults to a third of the hold time and may not exceed it.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	KeepaliveTime *metav1.Duration `json:"keepaliveTime,omitempty"`
+
+	// GracefulRestart (RFC 4724) lets the neighbour keep our routes while
+	// the daemon restarts.
+	// +optional
+	GracefulRestart *GracefulRestart `json:"gracefulRestart,omitempty"`
+
+	// MaxPrefixes caps the routes accepted from this neighbour; past it the
+	// session is shut down rather than flooding the node's routing table.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	MaxPrefixes *int64 `json:"maxPrefixes,omitempty"`
+
+	// Passive makes the nodes wait for the neighbour to connect.
+	// +optional
+	Passive *bool `json:"passive,omitempty"`
+}
+
+// BGPPassword names where a session's TCP MD5 key is kept.
+type BGPPassword struct {
+	SecretKeyRef SecretKeyRef `json:"secretKeyRef"`
+}
+
+// SecretKeyRef is one key of a Secret in the daemon's namespace.
+type SecretKeyRef struct {
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Key string `json:"key"`
+}
+
+// GracefulRestart settings of one peering.
+// +kubebuilder:validation:XValidation:rule="!has(self.restartTime) || (duration(self.restartTime) >= duration('1s') && duration(self.restartTime) <= duration('4095s'))",message="gracefulRestart.restartTime must be between 1s and 4095s (a 12-bit field of the BGP capability)"
+type GracefulRestart struct {
+	Enabled bool `json:"enabled"`
+	// RestartTime is how long the neighbour keeps our routes after the
+	// session drops. 120s when unset.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	RestartTime *metav1.Duration `json:"restartTime,omitempty"`
+}
+
+// BGPPeer is a BGP neighbour of some or all nodes, typically a top-of-rack
+// router. Node-to-node peerings come from the mesh or route reflectors and
+// need no BGPPeer.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,categories=nexthop
+// +kubebuilder:printcolumn:name="Peer IP",type=string,JSONPath=`.spec.peerIP`
+// +kubebuilder:printcolumn:name="AS",type=integer,JSONPath=`.spec.asNumber`
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.node`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type BGPPeer struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec BGPPeerSpec `json:"spec"`
+}
+
+// BGPPeerList is a list of BGPPeer.
+// +kubebuilder:object:root=true
+type BGPPeerList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []BGPPeer `json:"items"`
+}
+
+// ---------------------------------------------------------------------------
+// IPPool
+
+// EncapMode says when traffic to another node's pods is encapsulated.
+// +kubebuilder:validation:Enum=Never;CrossSubnet;Always
+type EncapMode string
+
+const (
+	EncapNever       EncapMode = "Never"
+	EncapCrossSubnet EncapMode = "CrossSubnet"
+	EncapAlways      EncapMode = "Always"
+)
+
+// IPPoolSpec is a range pod addresses may come from.
+// +kubebuilder:validation:XValidation:rule="!has(self.ipipMode) || !has(self.vxlanMode) || self.ipipMode == 'Never' || self.vxlanMode == 'Never'",message="ipipMode and vxlanMode cannot both be enabled: set one of them to Never"
+// +kubebuilder:validation:XValidation:rule="!has(self.blockSize) || !isCIDR(self.cidr) || self.blockSize >= cidr(self.cidr).prefixLength()",message="blockSize must not be shorter than the pool's prefix length"
+type IPPoolSpec struct {
+	// CIDR of the pool (IPv4). Immutable: to renumber, add a new pool and
+	// disable this one.
+	// +kubebuilder:validation:MaxLength=18
+	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self).ip().family() == 4",message="cidr must be an IPv4 CIDR, e.g. 10.244.0.0/16"
+	// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self) == cidr(self).masked()",message="cidr must be a network address: no host bits set (e.g. 10.244.0.0/16, not 10.244.1.1/16)"
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="cidr is immutable: create a new pool and disable this one"
+	CIDR string `json:"cidr"`
+
+	// BlockSize is the prefix length of the per-node blocks carved from the
+	// pool by block-based IPAM. While nodes take their block from
+	// node.spec.podCIDR it is informational.
+	// +optional
+	// +kubebuilder:default=26
+	// +kubebuilder:validation:Minimum=20
+	// +kubebuilder:validation:Maximum=30
+	BlockSize *int32 `json:"blockSize,omitempty"`
+
+	// IPIPMode encapsulates pod traffic in IP-in-IP: Always, or only to
+	// nodes in another subnet (CrossSubnet).
+	// +optional
+	// +kubebuilder:default=Never
+	IPIPMode EncapMode `json:"ipipMode,omitempty"`
+
+	// VXLANMode encapsulates pod traffic in VXLAN; exclusive with IPIPMode.
+	// +optional
+	// +kubebuilder:default=Never
+	VXLANMode EncapMode `json:"vxlanMode,omitempty"`
+
+	// NATOutgoing masquerades traffic from these pods to destinations
+	// outside every pool.
+	// +optional
+	NATOutgoing bool `json:"natOutgoing,omitempty"`
+
+	// NodeSelector limits the pool to matching nodes; all nodes when unset.
+	// +optional
+	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
+
+	// Disabled stops new blocks (and node pod CIDRs) from being accepted in
+	// the pool; addresses in use stay routed.
+	// +optional
+	Disabled bool `json:"disabled,omitempty"`
+}
+
+// IPPool is a range of pod addresses. While nodes get their block from
+// node.spec.podCIDR (the kube-controller-manager's --allocate-node-cidrs), a
+// node's block is accepted only if an enabled pool selecting the node
+// contains it, and the pool's modes apply to it.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,categories=nexthop
+// +kubebuilder:printcolumn:name="CIDR",type=string,JSONPath=`.spec.cidr`
+// +kubebuilder:printcolumn:name="Block",type=integer,JSONPath=`.spec.blockSize`
+// +kubebuilder:printcolumn:name="IPIP",type=string,JSONPath=`.spec.ipipMode`
+// +kubebuilder:printcolumn:name="VXLAN",type=string,JSONPath=`.spec.vxlanMode`
+// +kubebuilder:printcolumn:name="NAT",type=boolean,JSONPath=`.spec.natOutgoing`
+// +kubebuilder:printcolumn:name="Disabled",type=boolean,JSONPath=`.spec.disabled`
+type IPPool struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec IPPoolSpec `json:"spec"`
+}
+
+// IPPoolList is a list of IPPool.
+// +kubebuilder:object:root=true
+type IPPoolList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []IPPool `json:"items"`
+}
+
+// ---------------------------------------------------------------------------
+// BGPNodeStatus
+
+// BGPNodeStatusStatus is what one node's speaker reports.
+type BGPNodeStatusStatus struct {
+	// AS the node speaks as.
+	// +optional
+	ASNumber int64 `json:"asNumber,omitempty"`
+	// RouterID of the node's speaker.
+	// +optional
+	RouterID string `json:"routerID,omitempty"`
+	// PodCIDR the node announces.
+	// +optional
+	PodCIDR string `json:"podCIDR,omitempty"`
+	// EstablishedPeers counts the sessions in state established.
+	EstablishedPeers int32 `json:"establishedPeers"`
+	// TotalPeers counts every configured session.
+	TotalPeers int32 `json:"totalPeers"`
+	// Peers lists every configured session.
+	// +optional
+	// +listType=map
+	// +listMapKey=address
+	Peers []BGPPeerStatus `json:"peers,omitempty"`
+	// LastUpdated is when the daemon last wrote this status; a stale value
+	// means the daemon is not running.
+	// +optional
+	LastUpdated metav1.Time `json:"lastUpdated,omitempty"`
+}
+
+// BGPPeerStatus is one session's state.
+type BGPPeerStatus struct {
+	Address string `json:"address"`
+	AS      int64  `json:"as"`
+	// State is the BGP FSM state: idle, connect, active, opensent,
+	// openconfirm, established.
+	State string `json:"state"`
+	// Since is when the session was established (unset while it is not).
+	// +optional
+	Since *metav1.Time `json:"since,omitempty"`
+	// +optional
+	PrefixesReceived int64 `json:"prefixesReceived"`
+	// +optional
+	PrefixesAccepted int64 `json:"prefixesAccepted"`
+}
+
+// BGPNodeStatus reports one node's BGP sessions. It is named after the node
+// and written only by that node's daemon (through the status subresource);
+// it is owned by the Node object so it goes away with it.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=bgpstatus,categories=nexthop
+// +kubebuilder:printcolumn:name="AS",type=integer,JSONPath=`.status.asNumber`
+// +kubebuilder:printcolumn:name="Pod CIDR",type=string,JSONPath=`.status.podCIDR`
+// +kubebuilder:printcolumn:name="Established",type=integer,JSONPath=`.status.establishedPeers`
+// +kubebuilder:printcolumn:name="Peers",type=integer,JSONPath=`.status.totalPeers`
+// +kubebuilder:printcolumn:name="Updated",type=date,JSONPath=`.status.lastUpdated`
+type BGPNodeStatus struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +optional
+	Status BGPNodeStatusStatus `json:"status,omitempty"`
+}
+
+// BGPNodeStatusList is a list of BGPNodeStatus.
+// +kubebuilder:object:root=true
+type BGPNodeStatusList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []BGPNodeStatus `json:"items"`
+}

@@ -1,0 +1,667 @@
+// Package kube is nexthopd's Kubernetes mode: it watches Nodes, Secrets and
+// nexthop's CRDs through client-go informers and turns them into the same
+// config.Config the standalone YAML file produces, recomputed whenever this
+// node's desired state changes. It also writes the node's BGPNodeStatus and
+// tells the IPAM which pod addresses are still in use.
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	listersv1 "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+
+	nexthopv1 "github.com/nexthop-net/nexthop/api/v1"
+	"github.com/nexthop-net/nexthop/config"
+)
+
+// DefaultNamespace is where the DaemonSet runs and BGP password Secrets live.
+const DefaultNamespace = "nexthop-system"
+
+// settle is how long Run waits after an event for more to arrive before it
+// recomputes: a node joining updates several objects in a burst.
+const settle = 100 * time.Millisecond
+
+// Desired is one node's complete desired state: the config.Config every
+// consumer understands, plus what config.Config cannot express yet (route
+// reflection, graceful restart, prefix limits, pool modes). The extras are
+// keyed by peer address and are empty when unused.
+type Desired struct {
+	Config config.Config
+	// RouteReflectorClusterID is set when this node is a route reflector.
+	RouteReflectorClusterID netip.Addr
+	// RouteReflectorClients are the peers this node reflects routes to.
+	RouteReflectorClients map[netip.Addr]bool
+	// GracefulRestart holds per-peer graceful-restart settings.
+	GracefulRestart map[netip.Addr]GracefulRestart
+	// MaxPrefixes holds per-peer prefix limits.
+	MaxPrefixes map[netip.Addr]uint32
+	// Pool is the enabled IPPool that contains the node's pod CIDR; nil
+	// when the cluster has no pools.
+	Pool *Pool
+	// Communities to attach to advertised routes.
+	Communities []string
+	// ServiceCIDRs to advertise to external peers.
+	ServiceCIDRs []netip.Prefix
+}
+
+// GracefulRestart is one peering's RFC 4724 settings.
+type GracefulRestart struct {
+	Enabled     bool
+	RestartTime time.Duration
+}
+
+// Pool is the part of an IPPool a node applies to its block.
+type Pool struct {
+	Name        string
+	CIDR        netip.Prefix
+	IPIPMode    nexthopv1.EncapMode
+	VXLANMode   nexthopv1.EncapMode
+	NATOutgoing bool
+}
+
+// Option adjusts a Source.
+type Option func(*Source)
+
+// WithNamespace sets the namespace BGP password Secrets are read from
+// (default: $POD_NAMESPACE, the service account's namespace, or
+// nexthop-system).
+func WithNamespace(ns string) Option { return func(s *Source) { s.namespace = ns } }
+
+// Source watches the API and produces this node's desired config.
+type Source struct {
+	nodeName  string
+	namespace string
+	base      config.Config
+	log       *slog.Logger
+	client    kubernetes.Interface
+	dyn       dynamic.Interface
+
+	nodes    listersv1.NodeLister
+	secrets  listersv1.SecretLister
+	bgpConfs cache.Store
+	peers    cache.Store
+	pools    cache.Store
+
+	core    informers.SharedInformerFactory
+	secretF informers.SharedInformerFactory
+	crds    dynamicinformer.DynamicSharedInformerFactory
+	kick    chan struct{}
+
+	// lastLog suppresses repeating the same refusal on every event;
+	// warned does the same for per-object warnings.
+	lastLog string
+	warned  map[string]bool
+	warns   map[string]bool
+
+	mu   sync.Mutex
+	last *Desired
+
+	// statusObj caches each BGPNodeStatus as last written.
+	statusMu  sync.Mutex
+	statusObj map[string]*unstructured.Unstructured
+}
+
+// Last returns the most recent desired state handed to onChange, or nil.
+func (s *Source) Last() *Desired {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
+}
+
+// warn logs a problem with one object once, until it goes away: Compute
+// runs on every Node update and would otherwise repeat it all day.
+func (s *Source) warn(msg string, args ...any) {
+	key := fmt.Sprint(append([]any{msg}, args...)...)
+	if s.warns == nil {
+		s.warns = map[string]bool{}
+	}
+	s.warns[key] = true
+	if !s.warned[key] {
+		s.log.Warn(msg, args...)
+	}
+}
+
+// endWarnings forgets warnings that were not repeated in the last Compute.
+func (s *Source) endWarnings() {
+	s.warned, s.warns = s.warns, nil
+}
+
+// NewSource prepares a Source for nodeName. base supplies everything the API
+// does not (gRPC listen address, state directory, timers, log level); its
+// node-specific fields are overwritten.
+func NewSource(rc *rest.Config, nodeName string, base config.Config, log *slog.Logger, opts ...Option) (*Source, error) {
+	if nodeName == "" {
+		return nil, errors.New("kube: node name required (--node-name or $NODE_NAME)")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kube: create client: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kube: create dynamic client: %w", err)
+	}
+	s := &Source{
+		nodeName:  nodeName,
+		namespace: ownNamespace(),
+		base:      base,
+		log:       log,
+		client:    client,
+		dyn:       dyn,
+		kick:      make(chan struct{}, 1),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+
+	s.core = informers.NewSharedInformerFactory(client, 0)
+	nodeInf := s.core.Core().V1().Nodes()
+	// Every node keeps every Node in memory: drop what we never read
+	// (images and managed fields are most of a Node's size).
+	if err := nodeInf.Informer().SetTransform(trimNode); err != nil {
+		return nil, fmt.Errorf("kube: set node transform: %w", err)
+	}
+	s.nodes = nodeInf.Lister()
+	s.secretF = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(s.namespace))
+	s.secrets = s.secretF.Core().V1().Secrets().Lister()
+	s.crds = dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
+
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { s.trigger() },
+		UpdateFunc: func(any, any) { s.trigger() },
+		DeleteFunc: func(any) { s.trigger() },
+	}
+	infs := []cache.SharedIndexInformer{nodeInf.Informer(), s.secretF.Core().V1().Secrets().Informer()}
+	for _, r := range []struct {
+		gvr   schema.GroupVersionResource
+		store *cache.Store
+	}{
+		{nexthopv1.BGPConfigurationsResource, &s.bgpConfs},
+		{nexthopv1.BGPPeersResource, &s.peers},
+		{nexthopv1.IPPoolsResource, &s.pools},
+	} {
+		inf := s.crds.ForResource(r.gvr).Informer()
+		*r.store = inf.GetStore()
+		infs = append(infs, inf)
+	}
+	for _, inf := range infs {
+		if _, err := inf.AddEventHandler(handler); err != nil {
+			return nil, fmt.Errorf("kube: add event handler: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// ownNamespace is the namespace the daemon runs in.
+func ownNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil {
+		if ns := strings.TrimSpace(string(b)); ns != "" {
+			return ns
+		}
+	}
+	return DefaultNamespace
+}
+
+func trimNode(obj any) (any, error) {
+	if n, ok := obj.(*corev1.Node); ok {
+		n.ManagedFields = nil
+		n.Status.Images = nil
+		n.Status.Conditions = nil
+		n.Status.VolumesAttached = nil
+		n.Status.VolumesInUse = nil
+	}
+	return obj, nil
+}
+
+func (s *Source) trigger() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run calls onChange with a complete, validated config each time the node's
+// desired state changes, until ctx ends.
+func (s *Source) Run(ctx context.Context, onChange func(*config.Config)) error {
+	return s.RunDesired(ctx, func(d *Desired) {
+		// The caller owns its copy; ours is compared with the next one.
+		c := d.Config
+		c.Peers = slices.Clone(c.Peers)
+		onChange(&c)
+	})
+}
+
+// RunDesired is Run with the extras config.Config cannot hold yet.
+// onChange runs on Run's goroutine, never concurrently with itself, and must
+// not modify d.
+func (s *Source) RunDesired(ctx context.Context, onChange func(*Desired)) error {
+	s.core.Start(ctx.Done())
+	s.secretF.Start(ctx.Done())
+	s.crds.Start(ctx.Done())
+	defer s.core.Shutdown()
+	defer s.secretF.Shutdown()
+	defer s.crds.Shutdown()
+
+	s.log.Info("waiting for the Kubernetes caches", "node", s.nodeName, "secretsNamespace", s.namespace)
+	// A list that keeps failing (CRDs not installed, RBAC missing) makes the
+	// wait below block with only client-go's own logging: say what to check.
+	waiting := time.AfterFunc(30*time.Second, func() {
+		s.log.Warn("Kubernetes caches still not synced after 30s: are the nexthop CRDs installed and the RBAC of manifests/ applied?", "node", s.nodeName)
+	})
+	defer waiting.Stop()
+	synced := map[string]bool{}
+	for t, ok := range s.core.WaitForCacheSync(ctx.Done()) {
+		synced[t.String()] = ok
+	}
+	for t, ok := range s.secretF.WaitForCacheSync(ctx.Done()) {
+		synced["secrets "+t.String()] = ok
+	}
+	for r, ok := range s.crds.WaitForCacheSync(ctx.Done()) {
+		synced[r.Resource] = ok
+	}
+	for what, ok := range synced {
+		if !ok {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("kube: cache for %s did not sync (are the nexthop CRDs installed?)", what)
+		}
+	}
+
+	var last *Desired
+	for {
+		d, err := s.compute()
+		s.endWarnings()
+		if err != nil {
+			if msg := err.Error(); msg != s.lastLog {
+				s.log.Error("no usable config for this node; keeping the previous one", "node", s.nodeName, "err", err)
+				s.lastLog = msg
+			}
+		} else {
+			s.lastLog = ""
+			if last == nil || !reflect.DeepEqual(*last, *d) {
+				s.log.Info("desired config changed", "node", s.nodeName, "address", d.Config.Address,
+					"as", d.Config.LocalAS, "podCIDR", d.Config.PodCIDR, "peers", len(d.Config.Peers),
+					"routeReflector", d.RouteReflectorClusterID.IsValid())
+				last = d
+				s.mu.Lock()
+				s.last = d
+				s.mu.Unlock()
+				onChange(d)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.kick:
+		}
+		// Let a burst of events settle into one recomputation.
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(settle):
+		}
+	}
+}
+
+// nodeInfo is what the mesh needs to know about one node.
+type nodeInfo struct {
+	name    string
+	address netip.Addr
+	as      uint32
+	podCIDR netip.Prefix
+	rr      bool
+}
+
+// compute builds the node's desired state from the informer caches. An
+// error means the API does not yet (or no longer) describe a usable node;
+// the message says what to fix.
+func (s *Source) compute() (*Desired, error) {
+	self, err := s.nodes.Get(s.nodeName)
+	if err != nil {
+		return nil, fmt.Errorf("node %q: %w", s.nodeName, err)
+	}
+	bc := s.bgpConfiguration()
+	clusterAS := uint32(nexthopv1.DefaultASNumber)
+	if bc.Spec.ASNumber != nil {
+		clusterAS = uint32(*bc.Spec.ASNumber)
+	}
+	mesh := bc.Spec.NodeToNodeMeshEnabled == nil || *bc.Spec.NodeToNodeMeshEnabled
+
+	me, err := describeNode(self, clusterAS)
+	if err != nil {
+		return nil, err
+	}
+	if !me.podCIDR.IsValid() {
+		return nil, fmt.Errorf("node %s has no IPv4 spec.podCIDR yet (kube-controller-manager --allocate-node-cidrs assigns it)", me.name)
+	}
+	pool, err := s.poolFor(self, me.podCIDR)
+	if err != nil {
+		return nil, err
+	}
+
+	d := &Desired{
+		Config:                s.base,
+		RouteReflectorClients: map[netip.Addr]bool{},
+		GracefulRestart:       map[netip.Addr]GracefulRestart{},
+		MaxPrefixes:           map[netip.Addr]uint32{},
+		Pool:                  pool,
+		Communities:           slices.Clone(bc.Spec.Communities),
+	}
+	c := &d.Config
+	c.NodeName = me.name
+	c.Address = me.address
+	c.RouterID = netip.Addr{} // Normalize: the node address
+	c.LocalAS = me.as
+	c.PodCIDR = me.podCIDR
+	c.Peers = nil
+	if bc.Spec.ListenPort != nil {
+		c.BGPPort = *bc.Spec.ListenPort
+	}
+	for _, b := range append(slices.Clone(bc.Spec.ServiceClusterIPs), bc.Spec.ServiceExternalIPs...) {
+		if p, err := netip.ParsePrefix(b.CIDR); err == nil {
+			d.ServiceCIDRs = append(d.ServiceCIDRs, p.Masked())
+		}
+	}
+	if me.rr && !mesh {
+		id := me.address
+		if bc.Spec.RouteReflectorClusterID != "" {
+			if a, err := netip.ParseAddr(bc.Spec.RouteReflectorClusterID); err == nil {
+				id = a
+			}
+		}
+		d.RouteReflectorClusterID = id
+	}
+
+	peers := map[netip.Addr]config.Peer{}
+	// Node-to-node sessions: the full mesh, or route reflection without it.
+	nodes, err := s.nodes.List(labels.Everything())
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	for _, n := range nodes {
+		if n.Name == me.name {
+			continue
+		}
+		other, err := describeNode(n, clusterAS)
+		if err != nil || !other.podCIDR.IsValid() {
+			// Not (yet) a routing member; its own daemon logs why.
+			continue
+		}
+		if other.address == me.address {
+			s.warn("node has the same address as this node; not peering", "other", other.name, "address", other.address)
+			continue
+		}
+		switch {
+		case mesh: // every node peers with every node; reflector labels do not matter
+		case me.rr: // a reflector peers with every node
+			if !other.rr {
+				d.RouteReflectorClients[other.address] = true
+			}
+		case other.rr: // a client peers with the reflectors only
+		default:
+			continue
+		}
+		peers[other.address] = config.Peer{
+			Address:     other.address,
+			AS:          other.as,
+			Description: "node " + other.name,
+		}
+	}
+
+	// Explicit BGPPeers selecting this node; they win over a node session to
+	// the same address.
+	var bgpPeers []nexthopv1.BGPPeer
+	for _, obj := range s.peers.List() {
+		var bp nexthopv1.BGPPeer
+		if err := fromUnstructured(obj, &bp); err != nil {
+			s.warn("ignoring unreadable BGPPeer", "err", err)
+			continue
+		}
+		bgpPeers = append(bgpPeers, bp)
+	}
+	slices.SortFunc(bgpPeers, func(a, b nexthopv1.BGPPeer) int { return strings.Compare(a.Name, b.Name) })
+	explicit := map[netip.Addr]string{}
+	for i := range bgpPeers {
+		bp := &bgpPeers[i]
+		sel, err := selects(bp.Spec.Node, bp.Spec.NodeSelector, self)
+		if err != nil {
+			s.warn("ignoring BGPPeer with a bad nodeSelector", "bgppeer", bp.Name, "err", err)
+			continue
+		}
+		if !sel {
+			continue
+		}
+		p, gr, maxp, err := s.peerFrom(bp)
+		if err != nil {
+			s.warn("ignoring BGPPeer", "bgppeer", bp.Name, "err", err)
+			continue
+		}
+		if p.Address == me.address {
+			continue
+		}
+		if prev, ok := explicit[p.Address]; ok {
+			s.warn("two BGPPeers select this node for the same address; keeping the first by name",
+				"address", p.Address, "kept", prev, "ignored", bp.Name)
+			continue
+		}
+		explicit[p.Address] = bp.Name
+		delete(d.RouteReflectorClients, p.Address)
+		peers[p.Address] = p
+		if gr != nil {
+			d.GracefulRestart[p.Address] = *gr
+		}
+		if maxp > 0 {
+			d.MaxPrefixes[p.Address] = maxp
+		}
+	}
+	for _, p := range peers {
+		c.Peers = append(c.Peers, p)
+	}
+	slices.SortFunc(c.Peers, func(a, b config.Peer) int { return a.Address.Compare(b.Address) })
+
+	c.Normalize()
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("config for node %s is invalid: %w", me.name, err)
+	}
+	return d, nil
+}
+
+// describeNode reads a Node's routing identity. podCIDR is left invalid
+// when the node has none yet.
+func describeNode(n *corev1.Node, clusterAS uint32) (nodeInfo, error) {
+	ni := nodeInfo{name: n.Name, as: clusterAS, rr: n.Labels[nexthopv1.LabelRouteReflector] == "true"}
+	if a, ok := n.Annotations[nexthopv1.AnnotationAddress]; ok {
+		addr, err := netip.ParseAddr(strings.TrimSpace(a))
+		if err != nil || !addr.Is4() {
+			return ni, fmt.Errorf("node %s: annotation %s=%q is not an IPv4 address", n.Name, nexthopv1.AnnotationAddress, a)
+		}
+		ni.address = addr
+	} else {
+		for _, na := range n.Status.Addresses {
+			if na.Type != corev1.NodeInternalIP {
+				continue
+			}
+			if addr, err := netip.ParseAddr(na.Address); err == nil && addr.Is4() {
+				ni.address = addr
+				break
+			}
+		}
+		if !ni.address.IsValid() {
+			return ni, fmt.Errorf("node %s has no IPv4 InternalIP in status.addresses (set annotation %s to choose one)", n.Name, nexthopv1.AnnotationAddress)
+		}
+	}
+	if a, ok := n.Annotations[nexthopv1.AnnotationAS]; ok {
+		as, err := strconv.ParseUint(strings.TrimSpace(a), 10, 32)
+		if err != nil || as == 0 {
+			return ni, fmt.Errorf("node %s: annotation %s=%q is not an AS number", n.Name, nexthopv1.AnnotationAS, a)
+		}
+		ni.as = uint32(as)
+	}
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	for _, s := range cidrs {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is4() {
+			ni.podCIDR = p.Masked()
+			break
+		}
+	}
+	return ni, nil
+}
+
+// selects reports whether a node/nodeSelector pair picks n; neither picks
+// every node.
+func selects(node string, ls *metav1.LabelSelector, n *corev1.Node) (bool, error) {
+	if node != "" {
+		return node == n.Name, nil
+	}
+	if ls == nil {
+		return true, nil
+	}
+	sel, err := metav1.LabelSelectorAsSelector(ls)
+	if err != nil {
+		return false, err
+	}
+	return sel.Matches(labels.Set(n.Labels)), nil
+}
+
+func (s *Source) bgpConfiguration() nexthopv1.BGPConfiguration {
+	var bc nexthopv1.BGPConfiguration
+	obj, ok, err := s.bgpConfs.GetByKey(nexthopv1.DefaultBGPConfigurationName)
+	if err != nil || !ok {
+		return bc
+	}
+	if err := fromUnstructured(obj, &bc); err != nil {
+		s.warn("ignoring unreadable BGPConfiguration", "err", err)
+		return nexthopv1.BGPConfiguration{}
+	}
+	return bc
+}
+
+// poolFor finds the enabled IPPool selecting node that contains podCIDR.
+// With no pools at all every pod CIDR is accepted.
+func (s *Source) poolFor(node *corev1.Node, podCIDR netip.Prefix) (*Pool, error) {
+	objs := s.pools.List()
+	if len(objs) == 0 {
+		return nil, nil
+	}
+	var names []string
+	var best *Pool
+	for _, obj := range objs {
+		var ip nexthopv1.IPPool
+		if err := fromUnstructured(obj, &ip); err != nil {
+			s.warn("ignoring unreadable IPPool", "err", err)
+			continue
+		}
+		cidr, err := netip.ParsePrefix(ip.Spec.CIDR)
+		if err != nil || ip.Spec.Disabled {
+			continue
+		}
+		names = append(names, ip.Name+"="+cidr.String())
+		if cidr.Bits() > podCIDR.Bits() || !cidr.Contains(podCIDR.Addr()) {
+			continue
+		}
+		if ok, err := selects("", ip.Spec.NodeSelector, node); err != nil || !ok {
+			continue
+		}
+		// The most specific pool wins, as in routing.
+		if best == nil || cidr.Bits() > best.CIDR.Bits() {
+			best = &Pool{Name: ip.Name, CIDR: cidr.Masked(), IPIPMode: ip.Spec.IPIPMode, VXLANMode: ip.Spec.VXLANMode, NATOutgoing: ip.Spec.NATOutgoing}
+		}
+	}
+	if best == nil {
+		slices.Sort(names)
+		return nil, fmt.Errorf("refusing pod CIDR %s of node %s: it is outside every enabled IPPool selecting the node (enabled pools: %s)",
+			podCIDR, node.Name, strings.Join(names, ", "))
+	}
+	return best, nil
+}
+
+// peerFrom turns a BGPPeer into a config.Peer, resolving its password.
+func (s *Source) peerFrom(bp *nexthopv1.BGPPeer) (config.Peer, *GracefulRestart, uint32, error) {
+	addr, err := netip.ParseAddr(bp.Spec.PeerIP)
+	if err != nil || !addr.Is4() {
+		return config.Peer{}, nil, 0, fmt.Errorf("peerIP %q is not IPv4", bp.Spec.PeerIP)
+	}
+	p := config.Peer{
+		Address:     addr,
+		AS:          uint32(bp.Spec.ASNumber),
+		Description: "BGPPeer " + bp.Name,
+		Passive:     bp.Spec.Passive,
+	}
+	if bp.Spec.Port != nil {
+		p.Port = uint16(*bp.Spec.Port)
+	}
+	if bp.Spec.HoldTime != nil {
+		p.HoldTime.Duration = bp.Spec.HoldTime.Duration
+	}
+	if bp.Spec.KeepaliveTime != nil {
+		p.Keepalive.Duration = bp.Spec.KeepaliveTime.Duration
+	}
+	if pw := bp.Spec.Password; pw != nil {
+		ref := pw.SecretKeyRef
+		sec, err := s.secrets.Secrets(s.namespace).Get(ref.Name)
+		if err != nil {
+			return config.Peer{}, nil, 0, fmt.Errorf("password: Secret %s/%s: %w", s.namespace, ref.Name, err)
+		}
+		v, ok := sec.Data[ref.Key]
+		if !ok {
+			return config.Peer{}, nil, 0, fmt.Errorf("password: Secret %s/%s has no key %q", s.namespace, ref.Name, ref.Key)
+		}
+		p.Password = strings.TrimRight(string(v), "\r\n")
+	}
+	var gr *GracefulRestart
+	if g := bp.Spec.GracefulRestart; g != nil {
+		gr = &GracefulRestart{Enabled: g.Enabled, RestartTime: 120 * time.Second}
+		if g.RestartTime != nil {
+			gr.RestartTime = g.RestartTime.Duration
+		}
+	}
+	var maxp uint32
+	if bp.Spec.MaxPrefixes != nil {
+		maxp = uint32(min(*bp.Spec.MaxPrefixes, int64(^uint32(0))))
+	}
+	return p, gr, maxp, nil
+}
+
+func fromUnstructured(obj any, into runtime.Object) error {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return fmt.Errorf("unexpected object %T in cache", obj)
+	}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, into); err != nil {
+		return fmt.Errorf("%s %s: %w", u.GetKind(), u.GetName(), err)
+	}
+	return nil
+}

@@ -1,0 +1,110 @@
+package kube
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	nexthopv1 "github.com/nexthop-net/nexthop/api/v1"
+)
+
+// The API server itself must refuse bad objects, with a message that says
+// what is wrong: nodes never see them.
+func TestAPIServerRejectsInvalidObjects(t *testing.T) {
+	c := newCluster(t)
+	dur := func(s string) *metav1.Duration {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &metav1.Duration{Duration: d}
+	}
+	peer := func(name string, mut func(*nexthopv1.BGPPeerSpec)) runtime.Object {
+		p := &nexthopv1.BGPPeer{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: nexthopv1.BGPPeerSpec{PeerIP: "192.0.2.254", ASNumber: 65000}}
+		mut(&p.Spec)
+		return p
+	}
+	pool := func(name string, mut func(*nexthopv1.IPPoolSpec)) runtime.Object {
+		p := &nexthopv1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: nexthopv1.IPPoolSpec{CIDR: "10.244.0.0/16"}}
+		mut(&p.Spec)
+		return p
+	}
+	for _, tc := range []struct {
+		name string
+		gvr  schema.GroupVersionResource
+		obj  runtime.Object
+		want string // "" means accepted
+	}{
+		{"valid peer", nexthopv1.BGPPeersResource, peer("ok", func(s *nexthopv1.BGPPeerSpec) { s.HoldTime = dur("9s"); s.KeepaliveTime = dur("3s") }), ""},
+		{"hold time 1s", nexthopv1.BGPPeersResource, peer("hold", func(s *nexthopv1.BGPPeerSpec) { s.HoldTime = dur("1s") }), "holdTime must be at least 3s"},
+		{"keepalive over a third", nexthopv1.BGPPeersResource, peer("ka", func(s *nexthopv1.BGPPeerSpec) { s.HoldTime = dur("9s"); s.KeepaliveTime = dur("4s") }), "keepaliveTime must be at most a third of holdTime"},
+		{"bad peer IP", nexthopv1.BGPPeersResource, peer("badip", func(s *nexthopv1.BGPPeerSpec) { s.PeerIP = "192.0.2.300" }), "peerIP must be a valid IPv4 address"},
+		{"IPv6 peer IP", nexthopv1.BGPPeersResource, peer("v6", func(s *nexthopv1.BGPPeerSpec) { s.PeerIP = "2001:db8::1" }), "peerIP must be a valid IPv4 address"},
+		{"node and nodeSelector", nexthopv1.BGPPeersResource, peer("both", func(s *nexthopv1.BGPPeerSpec) {
+			s.Node = "node1"
+			s.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"rack": "a"}}
+		}), "node and nodeSelector are mutually exclusive"},
+		{"AS 0", nexthopv1.BGPPeersResource, peer("as0", func(s *nexthopv1.BGPPeerSpec) { s.ASNumber = 0 }), "spec.asNumber"},
+		{"AS 2^32-1", nexthopv1.BGPPeersResource, peer("asmax", func(s *nexthopv1.BGPPeerSpec) { s.ASNumber = 4294967295 }), "spec.asNumber"},
+		{"graceful restart too long", nexthopv1.BGPPeersResource, peer("gr", func(s *nexthopv1.BGPPeerSpec) {
+			s.GracefulRestart = &nexthopv1.GracefulRestart{Enabled: true, RestartTime: dur("2h")}
+		}), "restartTime must be between 1s and 4095s"},
+
+		{"valid pool", nexthopv1.IPPoolsResource, pool("ok", func(*nexthopv1.IPPoolSpec) {}), ""},
+		{"IPIP and VXLAN", nexthopv1.IPPoolsResource, pool("both", func(s *nexthopv1.IPPoolSpec) {
+			s.IPIPMode, s.VXLANMode = nexthopv1.EncapAlways, nexthopv1.EncapCrossSubnet
+		}), "ipipMode and vxlanMode cannot both be enabled"},
+		{"host bits", nexthopv1.IPPoolsResource, pool("hostbits", func(s *nexthopv1.IPPoolSpec) { s.CIDR = "10.244.1.1/16" }), "cidr must be a network address"},
+		{"not a CIDR", nexthopv1.IPPoolsResource, pool("garbage", func(s *nexthopv1.IPPoolSpec) { s.CIDR = "10.244.0.0" }), "cidr must be an IPv4 CIDR"},
+		{"block larger than pool", nexthopv1.IPPoolsResource, pool("block", func(s *nexthopv1.IPPoolSpec) { s.CIDR = "10.244.0.0/24"; s.BlockSize = ptr[int32](22) }), "blockSize must not be shorter"},
+		{"bad mode", nexthopv1.IPPoolsResource, pool("mode", func(s *nexthopv1.IPPoolSpec) { s.IPIPMode = "Sometimes" }), `supported values: "Never", "CrossSubnet", "Always"`},
+
+		{"BGPConfiguration not named default", nexthopv1.BGPConfigurationsResource, &nexthopv1.BGPConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "mine"}}, `its name must be "default"`},
+		{"bad cluster ID", nexthopv1.BGPConfigurationsResource, &nexthopv1.BGPConfiguration{
+			ObjectMeta: metav1.ObjectMeta{Name: "default"},
+			Spec:       nexthopv1.BGPConfigurationSpec{RouteReflectorClusterID: "cluster-1"},
+		}, "routeReflectorClusterID must be written as an IPv4 address"},
+		{"bad service CIDR", nexthopv1.BGPConfigurationsResource, &nexthopv1.BGPConfiguration{
+			ObjectMeta: metav1.ObjectMeta{Name: "default"},
+			Spec:       nexthopv1.BGPConfigurationSpec{ServiceClusterIPs: []nexthopv1.ServiceIPBlock{{CIDR: "10.96.0.1/12"}}},
+		}, "cidr must be a network address in CIDR notation"},
+		{"valid BGPConfiguration", nexthopv1.BGPConfigurationsResource, &nexthopv1.BGPConfiguration{
+			ObjectMeta: metav1.ObjectMeta{Name: "default"},
+			Spec: nexthopv1.BGPConfigurationSpec{ASNumber: ptr[int64](64512), RouteReflectorClusterID: "224.0.0.1",
+				ServiceClusterIPs: []nexthopv1.ServiceIPBlock{{CIDR: "10.96.0.0/12"}}, Communities: []string{"64512:100", "64512:1:2"}},
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := c.create(tc.gvr, tc.obj)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("valid object rejected: %v", err)
+			case tc.want == "":
+			case err == nil:
+				t.Fatalf("invalid object accepted; want an error containing %q", tc.want)
+			case !strings.Contains(err.Error(), tc.want):
+				t.Fatalf("error %q\ndoes not contain %q", err, tc.want)
+			default:
+				t.Logf("rejected: %v", err)
+			}
+		})
+	}
+
+	// The pool CIDR cannot change under running pods.
+	u, err := c.dc.Resource(nexthopv1.IPPoolsResource).Get(t.Context(), "ok", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Object["spec"].(map[string]any)["cidr"] = "10.245.0.0/16"
+	_, err = c.dc.Resource(nexthopv1.IPPoolsResource).Update(t.Context(), u, metav1.UpdateOptions{})
+	if err == nil || !strings.Contains(err.Error(), "cidr is immutable") {
+		t.Fatalf("changing a pool's cidr: %v, want the immutability message", err)
+	}
+	if bs, ok := u.Object["spec"].(map[string]any)["blockSize"]; !ok || bs != int64(26) {
+		t.Fatalf("blockSize default: %v", bs)
+	}
+}
