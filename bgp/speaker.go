@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
@@ -28,6 +30,10 @@ var familyIPv4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICA
 // default of 120 s would leave a restarted node unreachable for minutes.
 const connectRetry = 1
 
+// deferralTime bounds how long a restarting speaker waits for every peer's
+// End-of-RIB before it sends its own routes anyway (a peer may be gone).
+const deferralTime = 30
+
 const (
 	externalSet    = "nexthop-external-peers"
 	exportPolicy   = "nexthop-export"
@@ -36,6 +42,11 @@ const (
 
 // Speaker is the node's BGP speaker.
 type Speaker struct {
+	// LocalRestart, set before Start, says this node is coming back from a
+	// restart (its kernel still holds our routes): graceful restart then
+	// tells peers so, and waits for their routes before sending ours.
+	LocalRestart bool
+
 	log *slog.Logger
 	srv *server.BgpServer
 
@@ -178,7 +189,9 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []config.Peer) error {
 		}
 		s.peers[addr] = p
 		s.log.Info("peer added", "peer", addr, "as", p.AS, "holdTime", p.HoldTime,
-			"passive", p.IsPassive(s.cfg.Address, s.cfg.LocalAS), "md5", p.Password != "")
+			"passive", p.IsPassive(s.cfg.Address, s.cfg.LocalAS), "md5", p.Password != "",
+			"gracefulRestart", p.GracefulRestart.On(), "maxPrefixes", p.MaxPrefixes,
+			"routeReflectorClient", p.RouteReflectorClient)
 	}
 	if err := s.syncExportPolicyLocked(ctx); err != nil {
 		errs = append(errs, err)
@@ -186,15 +199,18 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []config.Peer) error {
 	return errors.Join(errs...)
 }
 
-func samePeer(a, b config.Peer) bool {
-	return a.Address == b.Address && a.AS == b.AS && a.Password == b.Password &&
-		a.HoldTime == b.HoldTime && a.Keepalive == b.Keepalive && a.Port == b.Port &&
-		a.Description == b.Description && (a.Passive == nil) == (b.Passive == nil) &&
-		(a.Passive == nil || *a.Passive == *b.Passive)
-}
+// samePeer reports whether a peer's settings are unchanged (DeepEqual
+// follows the pointer fields, so every field counts).
+func samePeer(a, b config.Peer) bool { return reflect.DeepEqual(a, b) }
 
 func (s *Speaker) apiPeer(p config.Peer) *api.Peer {
-	return &api.Peer{
+	gr := p.GracefulRestart.On()
+	afi := &api.AfiSafi{
+		Config: &api.AfiSafiConfig{Family: familyIPv4, Enabled: true},
+		// Exceeding it tears down this session only, with a log line.
+		PrefixLimits: &api.PrefixLimit{Family: familyIPv4, MaxPrefixes: p.MaxPrefixes, ShutdownThresholdPct: 80},
+	}
+	peer := &api.Peer{
 		Conf: &api.PeerConf{
 			NeighborAddress: p.Address.String(),
 			PeerAsn:         p.AS,
@@ -211,8 +227,32 @@ func (s *Speaker) apiPeer(p config.Peer) *api.Peer {
 			RemotePort:   uint32(p.Port),
 			PassiveMode:  p.IsPassive(s.cfg.Address, s.cfg.LocalAS),
 		},
-		AfiSafis: []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: familyIPv4, Enabled: true}}},
+		AfiSafis: []*api.AfiSafi{afi},
 	}
+	if gr {
+		peer.GracefulRestart = &api.GracefulRestart{
+			Enabled:     true,
+			RestartTime: uint32(p.GracefulRestart.RestartTime.Seconds()),
+			// No RFC 8538 N-bit: with it a hold-timer expiry would also
+			// keep a silent node's routes for the whole restart time. A
+			// restarting daemon closes its TCP sessions (the kernel does
+			// it even on SIGKILL), which is what triggers graceful
+			// restart; a node gone quiet is withdrawn within the hold time.
+			NotificationEnabled: false,
+			// After our own restart: tell peers (R-bit) and hold back our
+			// updates until they have sent theirs.
+			LocalRestarting: s.LocalRestart,
+			DeferralTime:    deferralTime,
+		}
+		afi.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
+	}
+	if p.RouteReflectorClient {
+		peer.RouteReflector = &api.RouteReflector{
+			RouteReflectorClient:    true,
+			RouteReflectorClusterId: s.cfg.RouteReflectorClusterID.String(),
+		}
+	}
+	return peer
 }
 
 // syncExportPolicyLocked keeps external (eBGP) peers to the routes this node
@@ -454,12 +494,60 @@ func (s *Speaker) logPeerChanges(ctx context.Context) error {
 			s.log.Info("peer session established", "peer", addr, "as", st.GetPeerAsn(), "routerID", st.GetRouterId())
 		} else {
 			s.log.Warn("peer session down", "peer", addr, "as", st.GetPeerAsn(), "state", sessionStateName(st.GetSessionState()))
+			go s.dropIfGone(ctx, addr)
 		}
 	})
 	if err != nil {
 		return fmt.Errorf("watch peer state: %w", err)
 	}
 	return nil
+}
+
+// probeTimeout bounds the liveness probe of a peer whose session dropped.
+const probeTimeout = time.Second
+
+// dropIfGone tells a restarting peer from a vanished one. GoBGP keeps a
+// graceful-restart peer's routes as stale for its whole restart time after
+// any session loss, a hold-timer expiry included, so a node whose link died
+// would keep attracting traffic for minutes. A restarting daemon's host
+// still answers on the BGP port (accepting, or refusing with a reset); a
+// host that answers nothing within probeTimeout is gone, and its routes are
+// dropped now by deleting and re-adding the peer.
+func (s *Speaker) dropIfGone(ctx context.Context, addr string) {
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	p, ok := s.peers[a]
+	s.mu.Unlock()
+	if !ok || !p.GracefulRestart.On() {
+		return
+	}
+	d := net.Dialer{Timeout: probeTimeout, LocalAddr: &net.TCPAddr{IP: s.cfg.Address.AsSlice()}}
+	conn, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(a, p.Port).String())
+	if err == nil {
+		conn.Close()
+		return
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) || ctx.Err() != nil {
+		return // the host is there: a restart, graceful restart holds its routes
+	}
+	s.log.Warn("peer unreachable after its session dropped: dropping its routes instead of holding them for graceful restart",
+		"peer", addr, "probe", err)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.peers[a]; !ok || !samePeer(cur, p) {
+		return // reconfigured meanwhile
+	}
+	if err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr}); err != nil {
+		s.log.Error("drop routes of unreachable peer", "peer", addr, "err", err)
+		return
+	}
+	if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(p)}); err != nil {
+		delete(s.peers, a)
+		s.log.Error("re-add unreachable peer", "peer", addr, "err", err)
+	}
 }
 
 // PeerState is one neighbour's session as the speaker sees it.

@@ -24,6 +24,8 @@ const (
 	DefaultResyncInterval = 60 * time.Second
 	DefaultIPAMSocket     = "/run/nexthop/nexthop.sock"
 	DefaultStateDir       = "/var/lib/nexthop"
+	DefaultRestartTime    = 120 * time.Second
+	DefaultMaxPrefixes    = 5000
 	DefaultVXLANVNI       = 4096
 	DefaultVXLANPort      = 4789
 	DefaultVXLANDevice    = "vxlan.nexthop"
@@ -94,6 +96,15 @@ type Peer struct {
 	Port uint16 `json:"port,omitempty"`
 	// Description is free text shown in logs.
 	Description string `json:"description,omitempty"`
+	// GracefulRestart (RFC 4724) is on unless disabled: the peer keeps our
+	// routes while we restart, and we keep its routes while it does.
+	GracefulRestart GracefulRestart `json:"gracefulRestart,omitempty"`
+	// MaxPrefixes is how many prefixes the peer may send before its
+	// session is torn down; 0 means DefaultMaxPrefixes.
+	MaxPrefixes uint32 `json:"maxPrefixes,omitempty"`
+	// RouteReflectorClient makes this node a route reflector for the peer;
+	// Config.RouteReflectorClusterID must be set.
+	RouteReflectorClient bool `json:"routeReflectorClient,omitempty"`
 	// Passive makes this node wait for the peer to connect. Unset means
 	// automatic: for iBGP peers (other nodes) the node with the higher
 	// address is passive, because two GoBGP speakers that both connect can
@@ -101,6 +112,18 @@ type Peer struct {
 	// (osrg/gobgp#2336); external peers are always connected to.
 	Passive *bool `json:"passive,omitempty"`
 }
+
+// GracefulRestart configures RFC 4724 graceful restart with one peer.
+type GracefulRestart struct {
+	// Enabled defaults to true.
+	Enabled *bool `json:"enabled,omitempty"`
+	// RestartTime is how long the peer should keep our routes while we
+	// restart; 0 means DefaultRestartTime.
+	RestartTime Duration `json:"restartTime,omitempty"`
+}
+
+// On reports whether graceful restart is enabled.
+func (g GracefulRestart) On() bool { return g.Enabled == nil || *g.Enabled }
 
 // IsPassive resolves Passive for this node's address and AS.
 func (p Peer) IsPassive(local netip.Addr, localAS uint32) bool {
@@ -118,6 +141,9 @@ type Config struct {
 	// RouterID defaults to Address.
 	RouterID netip.Addr `json:"routerID,omitempty"`
 	LocalAS  uint32     `json:"localAS"`
+	// RouteReflectorClusterID, when set, makes this node a route reflector
+	// with that cluster ID for the peers marked routeReflectorClient.
+	RouteReflectorClusterID netip.Addr `json:"routeReflectorClusterID,omitempty"`
 	// PodCIDR is the node's block, announced to peers and blackholed locally.
 	PodCIDR netip.Prefix `json:"podCIDR"`
 	// BGPPort the speaker listens on; 0 means 179, -1 disables listening.
@@ -233,6 +259,12 @@ func (c *Config) Normalize() {
 		if p.Port == 0 {
 			p.Port = DefaultBGPPort
 		}
+		if p.GracefulRestart.RestartTime.Duration == 0 {
+			p.GracefulRestart.RestartTime.Duration = DefaultRestartTime
+		}
+		if p.MaxPrefixes == 0 {
+			p.MaxPrefixes = DefaultMaxPrefixes
+		}
 	}
 }
 
@@ -276,6 +308,9 @@ func (c *Config) Validate() error {
 		bad("podCIDR", "%s: prefix length must be between /8 and /30", c.PodCIDR)
 	} else if c.Address.IsValid() && c.PodCIDR.Contains(c.Address) {
 		bad("podCIDR", "%s contains the node address %s", c.PodCIDR, c.Address)
+	}
+	if c.RouteReflectorClusterID.IsValid() && !c.RouteReflectorClusterID.Is4() {
+		bad("routeReflectorClusterID", "%s is not an IPv4-style cluster ID", c.RouteReflectorClusterID)
 	}
 	if c.BGPPort < -1 || c.BGPPort > 65535 {
 		bad("bgpPort", "%d out of range (-1 disables listening)", c.BGPPort)
@@ -344,6 +379,17 @@ func (c *Config) Validate() error {
 		}
 		if p.Keepalive.Duration <= 0 || p.Keepalive.Duration > p.HoldTime.Duration/3 {
 			bad(f+".keepalive", "%s must be positive and at most a third of the hold time %s", p.Keepalive, p.HoldTime)
+		}
+		if rt := p.GracefulRestart.RestartTime.Duration; rt < time.Second || rt > 4095*time.Second {
+			bad(f+".gracefulRestart.restartTime", "%s out of range 1s-4095s", p.GracefulRestart.RestartTime)
+		}
+		if p.RouteReflectorClient {
+			if !c.RouteReflectorClusterID.IsValid() {
+				bad(f+".routeReflectorClient", "needs routeReflectorClusterID set on this node")
+			}
+			if p.AS != c.LocalAS {
+				bad(f+".routeReflectorClient", "a route reflector client must be in this node's AS %d, not %d", c.LocalAS, p.AS)
+			}
 		}
 		if len(p.Password) > 80 {
 			bad(f+".password", "longer than 80 bytes (TCP MD5 key limit)")

@@ -36,6 +36,9 @@ func TestParseDefaults(t *testing.T) {
 	if p0.HoldTime.Duration != DefaultHoldTime || p0.Keepalive.Duration != 3*time.Second {
 		t.Errorf("peer 0 timers: hold %s keepalive %s", p0.HoldTime, p0.Keepalive)
 	}
+	if !p0.GracefulRestart.On() || p0.GracefulRestart.RestartTime.Duration != DefaultRestartTime || p0.MaxPrefixes != DefaultMaxPrefixes {
+		t.Errorf("peer 0 graceful restart / max prefixes defaults: %+v %d", p0.GracefulRestart, p0.MaxPrefixes)
+	}
 	if p1.HoldTime.Duration != 30*time.Second || p1.Keepalive.Duration != 10*time.Second {
 		t.Errorf("peer 1 timers: hold %s keepalive %s", p1.HoldTime, p1.Keepalive)
 	}
@@ -50,19 +53,21 @@ func TestParseDefaults(t *testing.T) {
 
 func TestValidationNamesFields(t *testing.T) {
 	cases := map[string]string{
-		"nodeName":          strings.Replace(good, "nodeName: node1", "", 1),
-		"address":           strings.Replace(good, "address: 192.0.2.11", "address: 2001:db8::1", 1),
-		"podCIDR":           strings.Replace(good, "10.244.1.7/24", "192.0.2.0/24", 1),
-		"localAS":           strings.Replace(good, "localAS: 64512", "localAS: 0", 1),
-		"peers[1].holdTime": strings.Replace(good, "holdTime: 30s", "holdTime: 1s", 1),
-		"peers[0].address":  strings.Replace(good, "address: 192.0.2.12", "address: 192.0.2.11", 1),
-		"unknown field":     good + "\nbogus: 1\n",
-		"logLevel":          good + "\nlogLevel: loud\n",
-		"initialSync":       good + "\ninitialSync: 5s\n",
-		"ipipMode":          good + "\nipipMode: Sometimes\n",
-		"choose one":        good + "\nipipMode: Always\nvxlanMode: CrossSubnet\n",
-		"vxlan.vni":         good + "\nvxlan: {vni: 16777216}\n",
-		"mtu":               good + "\nmtu: 100\n",
+		"nodeName":                      strings.Replace(good, "nodeName: node1", "", 1),
+		"address":                       strings.Replace(good, "address: 192.0.2.11", "address: 2001:db8::1", 1),
+		"podCIDR":                       strings.Replace(good, "10.244.1.7/24", "192.0.2.0/24", 1),
+		"localAS":                       strings.Replace(good, "localAS: 64512", "localAS: 0", 1),
+		"peers[1].holdTime":             strings.Replace(good, "holdTime: 30s", "holdTime: 1s", 1),
+		"peers[0].address":              strings.Replace(good, "address: 192.0.2.12", "address: 192.0.2.11", 1),
+		"unknown field":                 good + "\nbogus: 1\n",
+		"logLevel":                      good + "\nlogLevel: loud\n",
+		"initialSync":                   good + "\ninitialSync: 5s\n",
+		"ipipMode":                      good + "\nipipMode: Sometimes\n",
+		"choose one":                    good + "\nipipMode: Always\nvxlanMode: CrossSubnet\n",
+		"vxlan.vni":                     good + "\nvxlan: {vni: 16777216}\n",
+		"mtu":                           good + "\nmtu: 100\n",
+		"peers[0].routeReflectorClient": strings.Replace(good, "  as: 64512\n", "  as: 64512\n  routeReflectorClient: true\n", 1),
+		"peers[1].gracefulRestart":      strings.Replace(good, "  password: s3cret", "  password: s3cret\n  gracefulRestart: {restartTime: 2h}", 1),
 	}
 	for want, doc := range cases {
 		_, err := Parse([]byte(doc))

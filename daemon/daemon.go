@@ -69,11 +69,19 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		return err
 	}
 	defer rec.Close()
+	owned, err := rec.OwnedInKernel()
+	if err != nil {
+		return err
+	}
 	if err := rec.SetLocalBlocks(ctx, []netip.Prefix{cfg.PodCIDR}); err != nil {
 		return fmt.Errorf("install blackhole for pod block %s: %w", cfg.PodCIDR, err)
 	}
 
 	sp := bgp.New(cfg, log)
+	// Our routes still in the kernel: this is a restart, and graceful
+	// restart lets the data plane run on while sessions come back.
+	sp.LocalRestart = owned > 0
+	log.Info("routes of ours found at start", "count", owned, "restarting", sp.LocalRestart)
 	if err := sp.Start(ctx); err != nil {
 		return err
 	}

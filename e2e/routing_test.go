@@ -24,12 +24,18 @@ const (
 )
 
 // startRoutingCluster builds 3 nodes in an iBGP full mesh plus the FRR
-// ToR, starts every daemon and waits until routes have converged.
-func startRoutingCluster(t *testing.T) *Cluster {
+// ToR, applies change to every node's config, starts every daemon and
+// waits until routes have converged.
+func startRoutingCluster(t *testing.T, change ...func(*config.Config)) *Cluster {
 	t.Helper()
 	requireHarness(t)
 	requireBinaries(t)
 	c := newCluster(t, Options{Nodes: 3, ToR: true, AttachPod: envPodAttacher()})
+	for _, n := range c.Nodes {
+		for _, f := range change {
+			f(&n.Config)
+		}
+	}
 	if err := c.StartDaemons(); err != nil {
 		t.Fatal(err)
 	}
@@ -233,11 +239,21 @@ func TestPodToPodNoEncap(t *testing.T) {
 	}
 }
 
-// TestDaemonKillAndRestart: a SIGKILLed daemon's block is withdrawn from
-// every other node and the ToR within the hold time; once restarted it is
-// back and no node holds a stale or duplicate route.
+// noGracefulRestart turns graceful restart off towards every peer.
+func noGracefulRestart(cfg *config.Config) {
+	off := false
+	for i := range cfg.Peers {
+		cfg.Peers[i].GracefulRestart.Enabled = &off
+	}
+}
+
+// TestDaemonKillAndRestart, with graceful restart off: a SIGKILLed daemon's
+// block is withdrawn from every other node and the ToR within the hold
+// time; once restarted it is back and no node holds a stale or duplicate
+// route. (With graceful restart, the default, peers keep it instead:
+// TestGracefulRestart.)
 func TestDaemonKillAndRestart(t *testing.T) {
-	c := startRoutingCluster(t)
+	c := startRoutingCluster(t, noGracefulRestart)
 	victim := c.Nodes[1]
 	if err := c.KillDaemon(victim); err != nil {
 		t.Fatal(err)

@@ -277,6 +277,13 @@ func (r *Reconciler) Sync(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// OwnedInKernel counts the routes of ours the kernel holds right now. At
+// start, a non-zero count means this node is restarting, not booting.
+func (r *Reconciler) OwnedInKernel() (int, error) {
+	owned, err := r.listOwned()
+	return len(owned), err
+}
+
 // Installed returns a copy of the routes of ours the reconciler believes the
 // kernel holds, as prefix → "blackhole" or gateway list.
 func (r *Reconciler) Installed() map[netip.Prefix]string {
