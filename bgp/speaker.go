@@ -55,6 +55,12 @@ type Speaker struct {
 	peers     map[netip.Addr]config.Peer
 	announced netip.Prefix
 	external  []string // addresses in the export-guard neighbour set
+	importGen int      // generation of the import policy in force
+	importKey string   // its content, to skip rebuilding an equal one
+
+	rmu           sync.Mutex
+	rejected      map[Rejected]struct{}
+	rejectedCount map[netip.Addr]int
 }
 
 // New makes a speaker for cfg; Start brings it up.
@@ -63,9 +69,11 @@ func New(cfg *config.Config, log *slog.Logger) *Speaker {
 		log = slog.Default()
 	}
 	return &Speaker{
-		log:   log.With("component", "bgp"),
-		cfg:   cfg,
-		peers: map[netip.Addr]config.Peer{},
+		log:           log.With("component", "bgp"),
+		cfg:           cfg,
+		peers:         map[netip.Addr]config.Peer{},
+		rejected:      map[Rejected]struct{}{},
+		rejectedCount: map[netip.Addr]int{},
 	}
 }
 
@@ -99,6 +107,7 @@ func (s *Speaker) Start(ctx context.Context) error {
 	if err := s.logPeerChanges(ctx); err != nil {
 		return err
 	}
+	go s.watchRejected(ctx, 2*time.Second)
 	if err := s.SetPeers(ctx, s.cfg.Peers); err != nil {
 		return err
 	}
@@ -166,6 +175,10 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []config.Peer) error {
 	want := map[netip.Addr]config.Peer{}
 	for _, p := range peers {
 		want[p.Address] = p
+	}
+	// The import policy covers new peers before their first path arrives.
+	if err := s.syncImportPolicyLocked(ctx, want); err != nil {
+		return err
 	}
 	var errs []error
 	for addr, old := range s.peers {

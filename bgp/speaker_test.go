@@ -36,7 +36,7 @@ type node struct {
 func speakers(t *testing.T, specs []struct {
 	as    uint32
 	block string
-}, links [][2]int) []*node {
+}, links [][2]int, change ...func(i int, c *config.Config)) []*node {
 	t.Helper()
 	nodes := make([]*node, len(specs))
 	for i, s := range specs {
@@ -55,7 +55,10 @@ func speakers(t *testing.T, specs []struct {
 		a.cfg.Peers = append(a.cfg.Peers, config.Peer{Address: b.cfg.Address, AS: b.cfg.LocalAS, Port: uint16(b.cfg.BGPPort)})
 		b.cfg.Peers = append(b.cfg.Peers, config.Peer{Address: a.cfg.Address, AS: a.cfg.LocalAS, Port: uint16(a.cfg.BGPPort)})
 	}
-	for _, n := range nodes {
+	for i, n := range nodes {
+		for _, f := range change {
+			f(i, n.cfg)
+		}
 		n.cfg.Normalize()
 		if err := n.cfg.Validate(); err != nil {
 			t.Fatal(err)

@@ -102,6 +102,13 @@ type Peer struct {
 	// MaxPrefixes is how many prefixes the peer may send before its
 	// session is torn down; 0 means DefaultMaxPrefixes.
 	MaxPrefixes uint32 `json:"maxPrefixes,omitempty"`
+	// Node says the peer is another node of the cluster; unset means "same
+	// AS as this node". Nodes may send only pod-pool prefixes; external
+	// peers may send anything but pod-pool prefixes, or only Accept.
+	Node *bool `json:"node,omitempty"`
+	// Accept, for an external peer, lists the only prefixes (and their
+	// more-specifics) it may send.
+	Accept []netip.Prefix `json:"accept,omitempty"`
 	// RouteReflectorClient makes this node a route reflector for the peer;
 	// Config.RouteReflectorClusterID must be set.
 	RouteReflectorClient bool `json:"routeReflectorClient,omitempty"`
@@ -125,6 +132,14 @@ type GracefulRestart struct {
 // On reports whether graceful restart is enabled.
 func (g GracefulRestart) On() bool { return g.Enabled == nil || *g.Enabled }
 
+// IsNode resolves Node for this node's AS.
+func (p Peer) IsNode(localAS uint32) bool {
+	if p.Node != nil {
+		return *p.Node
+	}
+	return p.AS == localAS
+}
+
 // IsPassive resolves Passive for this node's address and AS.
 func (p Peer) IsPassive(local netip.Addr, localAS uint32) bool {
 	if p.Passive != nil {
@@ -144,6 +159,12 @@ type Config struct {
 	// RouteReflectorClusterID, when set, makes this node a route reflector
 	// with that cluster ID for the peers marked routeReflectorClient.
 	RouteReflectorClusterID netip.Addr `json:"routeReflectorClusterID,omitempty"`
+	// Pools are the cluster's pod address pools: the only prefixes nodes
+	// may announce, and ones external peers may not. Empty means no pool
+	// restriction (logged as a warning at start).
+	Pools []netip.Prefix `json:"pools,omitempty"`
+	// AcceptDefaultRoute lets peers install 0.0.0.0/0; refused otherwise.
+	AcceptDefaultRoute bool `json:"acceptDefaultRoute,omitempty"`
 	// PodCIDR is the node's block, announced to peers and blackholed locally.
 	PodCIDR netip.Prefix `json:"podCIDR"`
 	// BGPPort the speaker listens on; 0 means 179, -1 disables listening.
@@ -248,6 +269,9 @@ func (c *Config) Normalize() {
 		c.VXLAN.Device = DefaultVXLANDevice
 	}
 	c.PodCIDR = c.PodCIDR.Masked()
+	for i := range c.Pools {
+		c.Pools[i] = c.Pools[i].Masked()
+	}
 	for i := range c.Peers {
 		p := &c.Peers[i]
 		if p.HoldTime.Duration == 0 {
@@ -264,6 +288,9 @@ func (c *Config) Normalize() {
 		}
 		if p.MaxPrefixes == 0 {
 			p.MaxPrefixes = DefaultMaxPrefixes
+		}
+		for j := range p.Accept {
+			p.Accept[j] = p.Accept[j].Masked()
 		}
 	}
 }
@@ -308,6 +335,19 @@ func (c *Config) Validate() error {
 		bad("podCIDR", "%s: prefix length must be between /8 and /30", c.PodCIDR)
 	} else if c.Address.IsValid() && c.PodCIDR.Contains(c.Address) {
 		bad("podCIDR", "%s contains the node address %s", c.PodCIDR, c.Address)
+	}
+	inPool := len(c.Pools) == 0
+	for i, p := range c.Pools {
+		if !p.IsValid() || !p.Addr().Is4() {
+			bad(fmt.Sprintf("pools[%d]", i), "%s is not an IPv4 prefix", p)
+			continue
+		}
+		if c.PodCIDR.IsValid() && p.Bits() <= c.PodCIDR.Bits() && p.Contains(c.PodCIDR.Addr()) {
+			inPool = true
+		}
+	}
+	if !inPool {
+		bad("podCIDR", "%s is outside every pool %v", c.PodCIDR, c.Pools)
 	}
 	if c.RouteReflectorClusterID.IsValid() && !c.RouteReflectorClusterID.Is4() {
 		bad("routeReflectorClusterID", "%s is not an IPv4-style cluster ID", c.RouteReflectorClusterID)
@@ -390,6 +430,14 @@ func (c *Config) Validate() error {
 			if p.AS != c.LocalAS {
 				bad(f+".routeReflectorClient", "a route reflector client must be in this node's AS %d, not %d", c.LocalAS, p.AS)
 			}
+		}
+		for j, a := range p.Accept {
+			if !a.IsValid() || !a.Addr().Is4() {
+				bad(fmt.Sprintf("%s.accept[%d]", f, j), "%s is not an IPv4 prefix", a)
+			}
+		}
+		if len(p.Accept) > 0 && p.IsNode(c.LocalAS) {
+			bad(f+".accept", "only for external peers: nodes may send pod-pool prefixes only")
 		}
 		if len(p.Password) > 80 {
 			bad(f+".password", "longer than 80 bytes (TCP MD5 key limit)")

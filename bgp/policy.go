@@ -1,0 +1,320 @@
+package bgp
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+
+	"github.com/nexthop-net/nexthop/config"
+)
+
+// The import policy, enforced by GoBGP before paths reach the RIB:
+//
+//   - nobody may send this node's own block or a more-specific of it (a
+//     hijack), nor a default route unless AcceptDefaultRoute;
+//   - nodes may send only prefixes inside the pod pools;
+//   - an external peer with an Accept list may send only those prefixes;
+//   - other external peers may send anything but pod-pool prefixes, which
+//     belong to nodes.
+//
+// GoBGP applies per-neighbour policies only in route-server mode, so this
+// is one global policy whose statements match neighbour sets. A set is
+// never left empty: under MatchSet ANY an empty set matches everything.
+// Each rebuild gets a new generation name and is swapped in whole, so no
+// moment passes without a policy.
+
+type statement = api.Statement
+
+func prefixSet(name string, ps []netip.Prefix) *api.DefinedSet {
+	ds := &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: name}
+	for _, p := range ps {
+		ds.Prefixes = append(ds.Prefixes, &api.Prefix{IpPrefix: p.String(), MaskLengthMin: uint32(p.Bits()), MaskLengthMax: 32})
+	}
+	return ds
+}
+
+func exactPrefixSet(name string, p netip.Prefix) *api.DefinedSet {
+	return &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: name,
+		Prefixes: []*api.Prefix{{IpPrefix: p.String(), MaskLengthMin: uint32(p.Bits()), MaskLengthMax: uint32(p.Bits())}}}
+}
+
+func neighborSet(name string, addrs []netip.Addr) *api.DefinedSet {
+	ds := &api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: name}
+	for _, a := range addrs {
+		ds.List = append(ds.List, a.String()+"/32")
+	}
+	return ds
+}
+
+func match(name string, t api.MatchSet_Type) *api.MatchSet { return &api.MatchSet{Type: t, Name: name} }
+
+func act(name string, c *api.Conditions, a api.RouteAction) *statement {
+	return &statement{Name: name, Conditions: c, Actions: &api.Actions{RouteAction: a}}
+}
+
+// importPolicy builds the sets and statements for peers.
+func (s *Speaker) importPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*api.DefinedSet, *api.Policy) {
+	n := func(what string) string { return fmt.Sprintf("nexthop-import-%d-%s", gen, what) }
+	var sets []*api.DefinedSet
+	var sts []*statement
+
+	// GoBGP runs the global import policy on our own announcement too: the
+	// rules without a neighbour set must match learned paths only.
+	learned := func(name string, c *api.Conditions) {
+		for _, rt := range []api.Conditions_RouteType{api.Conditions_ROUTE_TYPE_INTERNAL, api.Conditions_ROUTE_TYPE_EXTERNAL} {
+			cc := &api.Conditions{PrefixSet: c.PrefixSet, RouteType: rt}
+			sts = append(sts, act(n(name+"-"+strings.ToLower(rt.String())), cc, api.RouteAction_REJECT))
+		}
+	}
+	sets = append(sets, prefixSet(n("own"), []netip.Prefix{s.cfg.PodCIDR}))
+	learned("own-block", &api.Conditions{PrefixSet: match(n("own"), api.MatchSet_ANY)})
+	if !s.cfg.AcceptDefaultRoute {
+		sets = append(sets, exactPrefixSet(n("default"), netip.MustParsePrefix("0.0.0.0/0")))
+		learned("default-route", &api.Conditions{PrefixSet: match(n("default"), api.MatchSet_ANY)})
+	}
+
+	var nodes, external []netip.Addr
+	var accepting []config.Peer
+	for _, addr := range slices.SortedFunc(mapKeys(peers), netip.Addr.Compare) {
+		p := peers[addr]
+		switch {
+		case p.IsNode(s.cfg.LocalAS):
+			nodes = append(nodes, addr)
+		case len(p.Accept) > 0:
+			accepting = append(accepting, p)
+		default:
+			external = append(external, addr)
+		}
+	}
+	pools := len(s.cfg.Pools) > 0
+	if pools {
+		sets = append(sets, prefixSet(n("pools"), s.cfg.Pools))
+	}
+	if pools && len(nodes) > 0 {
+		sets = append(sets, neighborSet(n("nodes"), nodes))
+		sts = append(sts, act(n("nodes-outside-pools"), &api.Conditions{
+			NeighborSet: match(n("nodes"), api.MatchSet_ANY),
+			PrefixSet:   match(n("pools"), api.MatchSet_INVERT),
+		}, api.RouteAction_REJECT))
+	}
+	for i, p := range accepting {
+		peerSet, acceptSet := n(fmt.Sprintf("peer%d", i)), n(fmt.Sprintf("accept%d", i))
+		sets = append(sets, neighborSet(peerSet, []netip.Addr{p.Address}), prefixSet(acceptSet, p.Accept))
+		sts = append(sts, act(n(fmt.Sprintf("peer%d-not-accepted", i)), &api.Conditions{
+			NeighborSet: match(peerSet, api.MatchSet_ANY),
+			PrefixSet:   match(acceptSet, api.MatchSet_INVERT),
+		}, api.RouteAction_REJECT))
+	}
+	if pools && len(external) > 0 {
+		sets = append(sets, neighborSet(n("external"), external))
+		sts = append(sts, act(n("external-pod-range"), &api.Conditions{
+			NeighborSet: match(n("external"), api.MatchSet_ANY),
+			PrefixSet:   match(n("pools"), api.MatchSet_ANY),
+		}, api.RouteAction_REJECT))
+	}
+	return sets, &api.Policy{Name: n("policy"), Statements: sts}
+}
+
+func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
+	return func(yield func(K) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// syncImportPolicyLocked installs the import policy for peers when it
+// differs from the one in force, then has every current peer's received
+// paths judged again by it.
+func (s *Speaker) syncImportPolicyLocked(ctx context.Context, peers map[netip.Addr]config.Peer) error {
+	sets, pol := s.importPolicy(s.importGen+1, peers)
+	key := policyKey(sets, pol, s.importGen+1)
+	if key == s.importKey {
+		return nil
+	}
+	gen := s.importGen + 1
+	for _, ds := range sets {
+		if err := s.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: ds}); err != nil {
+			return fmt.Errorf("import policy: add set %s: %w", ds.Name, err)
+		}
+	}
+	if err := s.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: pol}); err != nil {
+		return fmt.Errorf("import policy: add %s: %w", pol.Name, err)
+	}
+	if err := s.srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+		Name: policyAssignTo, Direction: api.PolicyDirection_IMPORT,
+		Policies: []*api.Policy{{Name: pol.Name}}, DefaultAction: api.RouteAction_ACCEPT,
+	}}); err != nil {
+		return fmt.Errorf("import policy: assign %s: %w", pol.Name, err)
+	}
+	if s.importGen > 0 {
+		s.deleteImportGen(ctx, s.importGen)
+	}
+	s.importGen, s.importKey = gen, key
+	if len(s.cfg.Pools) == 0 {
+		s.log.Warn("no pod pools configured: accepting any prefix from nodes (set pools to restrict)")
+	}
+	// Paths already received were judged by the old policy.
+	for addr := range s.peers {
+		if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: addr.String(), Soft: true, Direction: api.ResetPeerRequest_IN}); err != nil {
+			s.log.Debug("soft reset after import policy change", "peer", addr, "err", err)
+		}
+	}
+	return nil
+}
+
+// deleteImportGen removes an old generation's policy and sets.
+func (s *Speaker) deleteImportGen(ctx context.Context, gen int) {
+	prefix := fmt.Sprintf("nexthop-import-%d-", gen)
+	if err := s.srv.DeletePolicy(ctx, &api.DeletePolicyRequest{Policy: &api.Policy{Name: prefix + "policy"}, All: true}); err != nil {
+		s.log.Warn("delete old import policy", "gen", gen, "err", err)
+	}
+	err := s.srv.ListDefinedSet(ctx, &api.ListDefinedSetRequest{DefinedType: api.DefinedType_PREFIX}, func(ds *api.DefinedSet) {
+		if strings.HasPrefix(ds.Name, prefix) {
+			s.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: ds, All: true})
+		}
+	})
+	if err == nil {
+		s.srv.ListDefinedSet(ctx, &api.ListDefinedSetRequest{DefinedType: api.DefinedType_NEIGHBOR}, func(ds *api.DefinedSet) {
+			if strings.HasPrefix(ds.Name, prefix) {
+				s.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: ds, All: true})
+			}
+		})
+	}
+}
+
+// policyKey identifies a policy's content, generation names aside.
+func policyKey(sets []*api.DefinedSet, pol *api.Policy, gen int) string {
+	var b strings.Builder
+	for _, ds := range sets {
+		fmt.Fprintln(&b, ds.String())
+	}
+	fmt.Fprintln(&b, pol.String())
+	return strings.ReplaceAll(b.String(), fmt.Sprintf("nexthop-import-%d-", gen), "")
+}
+
+// Rejected is one path the import policy refused.
+type Rejected struct {
+	Peer   netip.Addr
+	Prefix netip.Prefix
+}
+
+// watchRejected finds paths the import policy refused, logs each (peer,
+// prefix) once and counts them per peer. A peer is looked at again only
+// when it has received something new or the policy changed. (GoBGP's own
+// "accepted" count does not reflect the import policy.)
+func (s *Speaker) watchRejected(ctx context.Context, every time.Duration) {
+	type mark struct {
+		received uint64
+		gen      int
+		uptime   time.Duration
+	}
+	last := map[netip.Addr]mark{}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		peers, err := s.Peers(ctx)
+		if err != nil {
+			continue
+		}
+		s.mu.Lock()
+		gen := s.importGen
+		s.mu.Unlock()
+		for _, p := range peers {
+			if !p.Established {
+				delete(last, p.Address)
+				continue
+			}
+			m := mark{received: p.Received, gen: gen, uptime: p.Uptime}
+			if prev, ok := last[p.Address]; ok && prev.received == m.received && prev.gen == m.gen && prev.uptime <= m.uptime {
+				continue
+			}
+			last[p.Address] = m
+			s.scanRejected(ctx, p.Address)
+		}
+	}
+}
+
+// maxRejectedLogged bounds memory for remembering what was logged.
+const maxRejectedLogged = 10000
+
+func (s *Speaker) scanRejected(ctx context.Context, peer netip.Addr) {
+	req := &api.ListPathRequest{TableType: api.TableType_ADJ_IN, Name: peer.String(), Family: familyIPv4, EnableFiltered: true}
+	var found []netip.Prefix
+	err := s.srv.ListPath(ctx, req, func(d *api.Destination) {
+		for _, p := range d.Paths {
+			if p.Filtered {
+				if pfx, err := netip.ParsePrefix(d.Prefix); err == nil {
+					found = append(found, pfx)
+				}
+			}
+		}
+	})
+	if err != nil {
+		return
+	}
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	for _, pfx := range found {
+		r := Rejected{Peer: peer, Prefix: pfx}
+		if _, seen := s.rejected[r]; seen {
+			continue
+		}
+		s.rejectedCount[peer]++
+		if len(s.rejected) < maxRejectedLogged {
+			s.rejected[r] = struct{}{}
+			s.log.Warn("import policy rejected a path", "peer", peer, "prefix", pfx, "reason", s.rejectReason(peer, pfx))
+		}
+	}
+}
+
+// rejectReason says in words which rule refused pfx from peer.
+func (s *Speaker) rejectReason(peer netip.Addr, pfx netip.Prefix) string {
+	s.mu.Lock()
+	p := s.peers[peer]
+	s.mu.Unlock()
+	inside := func(ps []netip.Prefix) bool {
+		for _, x := range ps {
+			if x.Bits() <= pfx.Bits() && x.Contains(pfx.Addr()) {
+				return true
+			}
+		}
+		return false
+	}
+	switch {
+	case inside([]netip.Prefix{s.cfg.PodCIDR}):
+		return "this node's own pod block or a more-specific of it"
+	case pfx.Bits() == 0:
+		return "default route (acceptDefaultRoute is off)"
+	case p.IsNode(s.cfg.LocalAS):
+		return "outside every pod pool"
+	case len(p.Accept) > 0:
+		return "not in the peer's accept list"
+	default:
+		return "inside a pod pool, which belongs to the nodes"
+	}
+}
+
+// RejectedCounts returns, per peer, how many distinct prefixes the import
+// policy has refused so far.
+func (s *Speaker) RejectedCounts() map[netip.Addr]int {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	out := make(map[netip.Addr]int, len(s.rejectedCount))
+	for k, v := range s.rejectedCount {
+		out[k] = v
+	}
+	return out
+}

@@ -1,0 +1,98 @@
+package bgp
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	api "github.com/osrg/gobgp/v3/api"
+
+	"github.com/nexthop-net/nexthop/config"
+)
+
+// announce makes sp originate extra prefixes, as a misbehaving peer would.
+func announce(t *testing.T, sp *Speaker, prefixes ...string) {
+	t.Helper()
+	for _, p := range prefixes {
+		path, err := sp.localPath(netip.MustParsePrefix(p), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sp.srv.AddPath(context.Background(), &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path}); err != nil {
+			t.Fatalf("announce %s: %v", p, err)
+		}
+	}
+}
+
+// TestImportPolicy: a node announcing outside the pools, a default route,
+// and this node's own block and a more-specific of it; an external router
+// announcing a pod range; an external router with an accept list announcing
+// outside it. Only the legitimate prefixes reach the RIB's best paths, and
+// every refusal is counted against its peer.
+func TestImportPolicy(t *testing.T) {
+	ctx := context.Background()
+	pools := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+	nodes := speakers(t, []struct {
+		as    uint32
+		block string
+	}{
+		{64512, "10.244.1.0/24"}, // the node under test
+		{64512, "10.244.2.0/24"}, // a misbehaving node
+		{65000, "203.0.113.0/24"},
+		{65001, "198.51.100.0/24"},
+	}, [][2]int{{0, 1}, {0, 2}, {0, 3}}, func(i int, c *config.Config) {
+		switch i {
+		case 0:
+			c.Pools = pools
+			for j := range c.Peers {
+				if c.Peers[j].AS == 65001 {
+					c.Peers[j].Accept = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
+				}
+			}
+		case 1:
+			c.Pools = pools
+		}
+	})
+	announce(t, nodes[1].sp, "10.99.0.0/24", "0.0.0.0/0", "10.244.1.0/24", "10.244.1.128/25")
+	announce(t, nodes[2].sp, "10.244.50.0/24")
+	announce(t, nodes[3].sp, "203.0.113.128/25")
+
+	want := "map[10.244.2.0/24:[127.0.0.2] 198.51.100.0/24:[127.0.0.4] 203.0.113.0/24:[127.0.0.3]]"
+	waitFor(t, "only legitimate prefixes in the RIB", func() error {
+		got, err := nodes[0].sp.BestPaths(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if fmt.Sprint(got) != want {
+			return fmt.Errorf("got %v, want %v", got, want)
+		}
+		return nil
+	})
+	wantCounts := "map[127.0.0.2:4 127.0.0.3:1 127.0.0.4:1]"
+	waitFor(t, "rejections counted per peer", func() error {
+		if got := fmt.Sprint(nodes[0].sp.RejectedCounts()); got != wantCounts {
+			return fmt.Errorf("got %s, want %s", got, wantCounts)
+		}
+		return nil
+	})
+	reasons := map[string]string{
+		"10.99.0.0/24":     "outside every pod pool",
+		"0.0.0.0/0":        "default route",
+		"10.244.1.128/25":  "own pod block",
+		"10.244.50.0/24":   "belongs to the nodes",
+		"203.0.113.128/25": "accept list",
+	}
+	peerOf := map[string]string{"10.244.50.0/24": "127.0.0.3", "203.0.113.128/25": "127.0.0.4"}
+	for pfx, want := range reasons {
+		peer := "127.0.0.2"
+		if p, ok := peerOf[pfx]; ok {
+			peer = p
+		}
+		got := nodes[0].sp.rejectReason(netip.MustParseAddr(peer), netip.MustParsePrefix(pfx))
+		if !strings.Contains(got, want) {
+			t.Errorf("reason for %s from %s: %q, want it to mention %q", pfx, peer, got, want)
+		}
+	}
+}
