@@ -38,7 +38,9 @@ type Logger interface {
 // here can clash with a real network the machine is on.
 var (
 	UnderlayPrefix = netip.MustParsePrefix("192.0.2.0/24")
-	ToRAddress     = netip.MustParseAddr("192.0.2.254")
+	// PodPool holds every node's pod block (10.244.i.0/24).
+	PodPool    = netip.MustParsePrefix("10.244.0.0/16")
+	ToRAddress = netip.MustParseAddr("192.0.2.254")
 )
 
 // AS numbers: nodes share one AS (iBGP full mesh), the ToR is eBGP.

@@ -33,6 +33,7 @@ func (c *Cluster) defaultConfig(n *Node, i int) config.Config {
 		Address:     n.Address,
 		LocalAS:     NodeAS,
 		PodCIDR:     NodePodCIDR(i),
+		Pools:       []netip.Prefix{PodPool},
 		HoldTime:    config.Duration{Duration: HoldTime},
 		GRPCListen:  fmt.Sprintf("127.0.0.1:%d", GRPCPort),
 		InitialSync: config.Duration{Duration: InitialSync},
