@@ -284,6 +284,34 @@ func (r *Reconciler) OwnedInKernel() (int, error) {
 	return len(owned), err
 }
 
+// CountByKind counts the routes of ours the reconciler believes the kernel
+// holds: "blackhole", "native" (via a gateway on a connected subnet), or
+// the name of the device an on-link route goes through (a tunnel).
+func (r *Reconciler) CountByKind() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]int{}
+	names := map[int]string{}
+	for _, e := range r.installed {
+		kind := "native"
+		switch {
+		case e.blackhole:
+			kind = "blackhole"
+		case len(e.hops) > 0 && e.hops[0].onlink:
+			dev := e.hops[0].dev
+			if _, ok := names[dev]; !ok {
+				names[dev] = fmt.Sprintf("dev#%d", dev)
+				if l, err := r.h.LinkByIndex(dev); err == nil {
+					names[dev] = l.Attrs().Name
+				}
+			}
+			kind = names[dev]
+		}
+		out[kind]++
+	}
+	return out
+}
+
 // Installed returns a copy of the routes of ours the reconciler believes the
 // kernel holds, as prefix → "blackhole" or gateway list.
 func (r *Reconciler) Installed() map[netip.Prefix]string {

@@ -2,6 +2,7 @@ package routes
 
 import (
 	"context"
+	"fmt"
 	"crypto/rand"
 	"encoding/hex"
 	"net/netip"
@@ -215,6 +216,9 @@ func TestTunnelHopsOnlink(t *testing.T) {
 	}
 	if got := kernel(t, ns); !has(got, "10.244.2.0/24 via 198.51.100.7 dev ul0 onlink") {
 		t.Fatalf("want an onlink route through ul0, got %q", got)
+	}
+	if got := fmt.Sprint(r.CountByKind()); got != "map[ul0:1]" {
+		t.Errorf("CountByKind: %s, want map[ul0:1]", got)
 	}
 	// Read back from the kernel, the route must count as already right.
 	before := run(t, "ip", "-n", ns, "-s", "route", "show", "10.244.2.0/24")

@@ -1,0 +1,152 @@
+// Package metrics exposes the node daemon's state to Prometheus. State that
+// already lives elsewhere (sessions, routes, addresses) is read at scrape
+// time through Sources, so it can never drift from what the daemon holds;
+// only events (programming latency, errors, CNI requests) are recorded here.
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Peer is one BGP session as the metrics see it.
+type Peer struct {
+	Address     netip.Addr
+	AS          uint32
+	Established bool
+	Uptime      time.Duration
+	Received    uint64
+	Accepted    uint64
+	Rejected    int // distinct prefixes the import policy refused
+}
+
+// IPAM is the node block's use.
+type IPAM struct {
+	Block     netip.Prefix
+	Size      int
+	Allocated int
+}
+
+// Sources are read at every scrape. Any of them may be nil.
+type Sources struct {
+	Peers  func(context.Context) ([]Peer, error)
+	Routes func() map[string]int // installed routes by kind: native, ipip, vxlan, blackhole
+	IPAM   func() IPAM
+}
+
+// Metrics is the daemon's registry.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	// RouteProgramming observes the time from a best-path change to its
+	// kernel write.
+	RouteProgramming prometheus.Histogram
+	// ReconcileErrors counts failed kernel reconciliations.
+	ReconcileErrors prometheus.Counter
+	// CNIRequests observes IPAM requests from the CNI plugin by verb
+	// (ADD, DEL, CHECK, GC, STATUS) and result (ok, error).
+	CNIRequests *prometheus.HistogramVec
+}
+
+// New registers every metric, reading state from src.
+func New(src Sources) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		RouteProgramming: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "nexthop_route_programming_seconds",
+			Help:    "Time from a best-path change to the kernel route written.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 100 µs .. ~3 s
+		}),
+		ReconcileErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nexthop_reconcile_errors_total",
+			Help: "Kernel route reconciliations that failed.",
+		}),
+		CNIRequests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "nexthop_cni_request_seconds",
+			Help:    "IPAM requests served to the CNI plugin, by CNI verb and result.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14), // 0.5 ms .. ~4 s
+		}, []string{"verb", "result"}),
+	}
+	m.reg.MustRegister(m.RouteProgramming, m.ReconcileErrors, m.CNIRequests,
+		&state{src: src},
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the registry in Prometheus' text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// Registry is the underlying registry (tests gather from it).
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+var (
+	descUp = prometheus.NewDesc("nexthop_bgp_session_established",
+		"1 when the BGP session with the peer is established.", []string{"peer", "peer_as"}, nil)
+	descUptime = prometheus.NewDesc("nexthop_bgp_session_uptime_seconds",
+		"How long the BGP session has been established.", []string{"peer"}, nil)
+	descReceived = prometheus.NewDesc("nexthop_bgp_prefixes_received",
+		"Prefixes received from the peer.", []string{"peer"}, nil)
+	descAccepted = prometheus.NewDesc("nexthop_bgp_prefixes_accepted",
+		"Prefixes received from the peer that passed GoBGP's own checks.", []string{"peer"}, nil)
+	descRejected = prometheus.NewDesc("nexthop_bgp_prefixes_rejected_total",
+		"Distinct prefixes from the peer refused by the import policy.", []string{"peer"}, nil)
+	descRoutes = prometheus.NewDesc("nexthop_routes_installed",
+		"Kernel routes nexthop has installed, by kind.", []string{"kind"}, nil)
+	descBlockSize = prometheus.NewDesc("nexthop_ipam_block_size",
+		"Addresses the node's block can hand to pods.", []string{"block"}, nil)
+	descAllocated = prometheus.NewDesc("nexthop_ipam_allocated",
+		"Addresses allocated to pods.", []string{"block"}, nil)
+)
+
+// state collects from Sources at scrape time.
+type state struct{ src Sources }
+
+func (s *state) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descUp, descUptime, descReceived, descAccepted, descRejected, descRoutes, descBlockSize, descAllocated} {
+		ch <- d
+	}
+}
+
+func (s *state) Collect(ch chan<- prometheus.Metric) {
+	if s.src.Peers != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		peers, err := s.src.Peers(ctx)
+		cancel()
+		if err != nil {
+			ch <- prometheus.NewInvalidMetric(descUp, err)
+		}
+		for _, p := range peers {
+			addr := p.Address.String()
+			up := 0.0
+			if p.Established {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up, addr, strconv.FormatUint(uint64(p.AS), 10))
+			ch <- prometheus.MustNewConstMetric(descUptime, prometheus.GaugeValue, p.Uptime.Seconds(), addr)
+			ch <- prometheus.MustNewConstMetric(descReceived, prometheus.GaugeValue, float64(p.Received), addr)
+			ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.GaugeValue, float64(p.Accepted), addr)
+			ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(p.Rejected), addr)
+		}
+	}
+	if s.src.Routes != nil {
+		counts := s.src.Routes()
+		for _, kind := range []string{"native", "ipip", "vxlan", "blackhole"} {
+			ch <- prometheus.MustNewConstMetric(descRoutes, prometheus.GaugeValue, float64(counts[kind]), kind)
+		}
+	}
+	if s.src.IPAM != nil {
+		st := s.src.IPAM()
+		ch <- prometheus.MustNewConstMetric(descBlockSize, prometheus.GaugeValue, float64(st.Size), st.Block.String())
+		ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(st.Allocated), st.Block.String())
+	}
+}

@@ -1,0 +1,66 @@
+package metrics
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestScrapeReadsSources(t *testing.T) {
+	m := New(Sources{
+		Peers: func(context.Context) ([]Peer, error) {
+			return []Peer{
+				{Address: netip.MustParseAddr("192.0.2.12"), AS: 64512, Established: true, Uptime: 90 * time.Second, Received: 3, Accepted: 3, Rejected: 2},
+				{Address: netip.MustParseAddr("192.0.2.254"), AS: 65000},
+			}, nil
+		},
+		Routes: func() map[string]int { return map[string]int{"native": 2, "blackhole": 1} },
+		IPAM: func() IPAM {
+			return IPAM{Block: netip.MustParsePrefix("10.244.1.0/24"), Size: 253, Allocated: 7}
+		},
+	})
+	m.RouteProgramming.Observe(0.002)
+	m.CNIRequests.WithLabelValues("ADD", "ok").Observe(0.01)
+
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	body := scrape(t, srv.URL)
+	for _, want := range []string{
+		`nexthop_bgp_session_established{peer="192.0.2.12",peer_as="64512"} 1`,
+		`nexthop_bgp_session_established{peer="192.0.2.254",peer_as="65000"} 0`,
+		`nexthop_bgp_session_uptime_seconds{peer="192.0.2.12"} 90`,
+		`nexthop_bgp_prefixes_rejected_total{peer="192.0.2.12"} 2`,
+		`nexthop_routes_installed{kind="native"} 2`,
+		`nexthop_routes_installed{kind="vxlan"} 0`,
+		`nexthop_ipam_allocated{block="10.244.1.0/24"} 7`,
+		`nexthop_ipam_block_size{block="10.244.1.0/24"} 253`,
+		`nexthop_route_programming_seconds_count 1`,
+		`nexthop_cni_request_seconds_count{result="ok",verb="ADD"} 1`,
+		`process_resident_memory_bytes`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape lacks %s", want)
+		}
+	}
+	if n, err := testutil.GatherAndCount(m.Registry(), "nexthop_bgp_session_established"); err != nil || n != 2 {
+		t.Errorf("established series: %d, %v", n, err)
+	}
+}
+
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	r, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return string(b)
+}

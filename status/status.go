@@ -1,0 +1,119 @@
+// Package status is the node daemon's status report: what `nexthopd status`
+// prints, like `calicoctl node status`, read from the running daemon.
+package status
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is the daemon's state at one moment.
+type Report struct {
+	Node      string `json:"node"`
+	Address   string `json:"address"`
+	AS        uint32 `json:"as"`
+	PodCIDR   string `json:"podCIDR"`
+	IPIPMode  string `json:"ipipMode"`
+	VXLANMode string `json:"vxlanMode"`
+	PodMTU    int    `json:"podMTU"`
+	// Synced is true once the start-up sync has run.
+	Synced bool           `json:"synced"`
+	Peers  []Peer         `json:"peers"`
+	Routes map[string]int `json:"routes"` // by kind: native, ipip, vxlan, blackhole
+	IPAM   IPAM           `json:"ipam"`
+}
+
+// Peer is one BGP session.
+type Peer struct {
+	Address       string  `json:"address"`
+	AS            uint32  `json:"as"`
+	State         string  `json:"state"`
+	UptimeSeconds float64 `json:"uptimeSeconds"`
+	Received      uint64  `json:"received"`
+	Accepted      uint64  `json:"accepted"`
+	Rejected      int     `json:"rejected"`
+}
+
+// IPAM is the node block's use.
+type IPAM struct {
+	Block     string `json:"block"`
+	Size      int    `json:"size"`
+	Allocated int    `json:"allocated"`
+}
+
+// Path is where the daemon serves the report.
+const Path = "/status"
+
+// ErrNotRunning says no daemon answered.
+var ErrNotRunning = errors.New("nexthopd is not running")
+
+// Fetch reads the report from the daemon listening on addr.
+func Fetch(ctx context.Context, addr string) (Report, error) {
+	var r Report
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+Path, nil)
+	if err != nil {
+		return r, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return r, fmt.Errorf("%w (nothing listens on %s)", ErrNotRunning, addr)
+		}
+		return r, fmt.Errorf("%w? no answer from %s: %v", ErrNotRunning, addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return r, fmt.Errorf("status from %s: %s: %s", addr, resp.Status, strings.TrimSpace(string(b)))
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return r, fmt.Errorf("decode status from %s: %w", addr, err)
+	}
+	return r, nil
+}
+
+// Render prints r for a person.
+func Render(w io.Writer, r Report) error {
+	fmt.Fprintf(w, "nexthop node %s: %s, AS %d, pod block %s\n", r.Node, r.Address, r.AS, r.PodCIDR)
+	fmt.Fprintf(w, "encapsulation: ipipMode %s, vxlanMode %s; pod MTU %d\n", r.IPIPMode, r.VXLANMode, r.PodMTU)
+	sync := "done"
+	if !r.Synced {
+		sync = "waiting for peers"
+	}
+	fmt.Fprintf(w, "start-up route sync: %s\n\n", sync)
+
+	fmt.Fprintln(w, "BGP peers:")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  PEER\tAS\tSTATE\tUPTIME\tRECEIVED\tACCEPTED\tREJECTED")
+	for _, p := range r.Peers {
+		up := "-"
+		if p.UptimeSeconds > 0 {
+			up = (time.Duration(p.UptimeSeconds) * time.Second).String()
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%d\t%d\t%d\n", p.Address, p.AS, p.State, up, p.Received, p.Accepted, p.Rejected)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	kinds := make([]string, 0, len(r.Routes))
+	for k := range r.Routes {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	var parts []string
+	for _, k := range kinds {
+		parts = append(parts, fmt.Sprintf("%d %s", r.Routes[k], k))
+	}
+	fmt.Fprintf(w, "\nroutes installed: %s\n", strings.Join(parts, ", "))
+	_, err := fmt.Fprintf(w, "IPAM: %s, %d of %d addresses allocated\n", r.IPAM.Block, r.IPAM.Allocated, r.IPAM.Size)
+	return err
+}
