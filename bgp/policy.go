@@ -134,30 +134,11 @@ func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
 // differs from the one in force, then has every current peer's received
 // paths judged again by it.
 func (s *Speaker) syncImportPolicyLocked(ctx context.Context, peers map[netip.Addr]config.Peer) error {
-	sets, pol := s.importPolicy(s.importGen+1, peers)
-	key := policyKey(sets, pol, s.importGen+1)
-	if key == s.importKey {
-		return nil
+	changed, err := s.swapPolicy(ctx, "import", api.PolicyDirection_IMPORT, &s.importGen, &s.importKey,
+		func(gen int) ([]*api.DefinedSet, *api.Policy) { return s.importPolicy(gen, peers) })
+	if err != nil || !changed {
+		return err
 	}
-	gen := s.importGen + 1
-	for _, ds := range sets {
-		if err := s.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: ds}); err != nil {
-			return fmt.Errorf("import policy: add set %s: %w", ds.Name, err)
-		}
-	}
-	if err := s.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: pol}); err != nil {
-		return fmt.Errorf("import policy: add %s: %w", pol.Name, err)
-	}
-	if err := s.srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
-		Name: policyAssignTo, Direction: api.PolicyDirection_IMPORT,
-		Policies: []*api.Policy{{Name: pol.Name}}, DefaultAction: api.RouteAction_ACCEPT,
-	}}); err != nil {
-		return fmt.Errorf("import policy: assign %s: %w", pol.Name, err)
-	}
-	if s.importGen > 0 {
-		s.deleteImportGen(ctx, s.importGen)
-	}
-	s.importGen, s.importKey = gen, key
 	if len(s.cfg.Pools) == 0 {
 		s.log.Warn("no pod pools configured: accepting any prefix from nodes (set pools to restrict)")
 	}
@@ -170,34 +151,119 @@ func (s *Speaker) syncImportPolicyLocked(ctx context.Context, peers map[netip.Ad
 	return nil
 }
 
-// deleteImportGen removes an old generation's policy and sets.
-func (s *Speaker) deleteImportGen(ctx context.Context, gen int) {
-	prefix := fmt.Sprintf("nexthop-import-%d-", gen)
-	if err := s.srv.DeletePolicy(ctx, &api.DeletePolicyRequest{Policy: &api.Policy{Name: prefix + "policy"}, All: true}); err != nil {
-		s.log.Warn("delete old import policy", "gen", gen, "err", err)
+// syncExportPolicyLocked installs the export policy for peers when it
+// differs from the one in force. GoBGP re-evaluates exports on change.
+func (s *Speaker) syncExportPolicyLocked(ctx context.Context, peers map[netip.Addr]config.Peer) error {
+	changed, err := s.swapPolicy(ctx, "export", api.PolicyDirection_EXPORT, &s.exportGen, &s.exportKey,
+		func(gen int) ([]*api.DefinedSet, *api.Policy) { return s.exportPolicy(gen, peers) })
+	if err != nil || !changed {
+		return err
 	}
-	err := s.srv.ListDefinedSet(ctx, &api.ListDefinedSetRequest{DefinedType: api.DefinedType_PREFIX}, func(ds *api.DefinedSet) {
-		if strings.HasPrefix(ds.Name, prefix) {
-			s.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: ds, All: true})
+	for addr := range s.peers {
+		if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: addr.String(), Soft: true, Direction: api.ResetPeerRequest_OUT}); err != nil {
+			s.log.Debug("soft reset after export policy change", "peer", addr, "err", err)
 		}
-	})
-	if err == nil {
-		s.srv.ListDefinedSet(ctx, &api.ListDefinedSetRequest{DefinedType: api.DefinedType_NEIGHBOR}, func(ds *api.DefinedSet) {
+	}
+	return nil
+}
+
+// swapPolicy builds generation *gen+1 of a policy, installs its sets and
+// statements, assigns it in place of the old one and deletes the old one.
+// It does nothing when the content is unchanged.
+func (s *Speaker) swapPolicy(ctx context.Context, kind string, dir api.PolicyDirection, gen *int, key *string,
+	build func(gen int) ([]*api.DefinedSet, *api.Policy)) (bool, error) {
+	next := *gen + 1
+	sets, pol := build(next)
+	k := policyKey(kind, sets, pol, next)
+	if k == *key {
+		return false, nil
+	}
+	for _, ds := range sets {
+		if err := s.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: ds}); err != nil {
+			return false, fmt.Errorf("%s policy: add set %s: %w", kind, ds.Name, err)
+		}
+	}
+	if err := s.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: pol}); err != nil {
+		return false, fmt.Errorf("%s policy: add %s: %w", kind, pol.Name, err)
+	}
+	if err := s.srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+		Name: policyAssignTo, Direction: dir,
+		Policies: []*api.Policy{{Name: pol.Name}}, DefaultAction: api.RouteAction_ACCEPT,
+	}}); err != nil {
+		return false, fmt.Errorf("%s policy: assign %s: %w", kind, pol.Name, err)
+	}
+	if *gen > 0 {
+		s.deletePolicyGen(ctx, kind, *gen)
+	}
+	*gen, *key = next, k
+	return true, nil
+}
+
+// exportPolicy keeps what this node tells its peers to what they should
+// hear from it:
+//
+//   - external (eBGP) peers get this node's own block only, not blocks it
+//     learned from other nodes (GoBGP would pass those on with third-party
+//     next hops) nor routes learned from other external peers;
+//   - nodes do not get routes learned from external peers: each node hears
+//     its own ToR, and other nodes would only refuse them (outside pools).
+func (s *Speaker) exportPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*api.DefinedSet, *api.Policy) {
+	n := func(what string) string { return fmt.Sprintf("nexthop-export-%d-%s", gen, what) }
+	var nodes, external []netip.Addr
+	for _, addr := range slices.SortedFunc(mapKeys(peers), netip.Addr.Compare) {
+		if peers[addr].IsNode(s.cfg.LocalAS) {
+			nodes = append(nodes, addr)
+		} else {
+			external = append(external, addr)
+		}
+	}
+	var sets []*api.DefinedSet
+	var sts []*statement
+	reject := func(set string, rt api.Conditions_RouteType) {
+		sts = append(sts, act(n(set+"-"+strings.ToLower(rt.String())), &api.Conditions{
+			NeighborSet: match(n(set), api.MatchSet_ANY), RouteType: rt}, api.RouteAction_REJECT))
+	}
+	if len(external) > 0 {
+		sets = append(sets, neighborSet(n("external"), external))
+		reject("external", api.Conditions_ROUTE_TYPE_INTERNAL)
+		reject("external", api.Conditions_ROUTE_TYPE_EXTERNAL)
+	}
+	if len(nodes) > 0 {
+		sets = append(sets, neighborSet(n("nodes"), nodes))
+		reject("nodes", api.Conditions_ROUTE_TYPE_EXTERNAL)
+	}
+	return sets, &api.Policy{Name: n("policy"), Statements: sts}
+}
+
+// deletePolicyGen removes an old generation's policy and sets.
+func (s *Speaker) deletePolicyGen(ctx context.Context, kind string, gen int) {
+	prefix := fmt.Sprintf("nexthop-%s-%d-", kind, gen)
+	if err := s.srv.DeletePolicy(ctx, &api.DeletePolicyRequest{Policy: &api.Policy{Name: prefix + "policy"}, All: true}); err != nil {
+		s.log.Warn("delete old policy", "kind", kind, "gen", gen, "err", err)
+	}
+	for _, t := range []api.DefinedType{api.DefinedType_PREFIX, api.DefinedType_NEIGHBOR} {
+		var old []*api.DefinedSet
+		s.srv.ListDefinedSet(ctx, &api.ListDefinedSetRequest{DefinedType: t}, func(ds *api.DefinedSet) {
 			if strings.HasPrefix(ds.Name, prefix) {
-				s.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: ds, All: true})
+				old = append(old, ds)
 			}
 		})
+		for _, ds := range old {
+			if err := s.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: ds, All: true}); err != nil {
+				s.log.Warn("delete old defined set", "set", ds.Name, "err", err)
+			}
+		}
 	}
 }
 
 // policyKey identifies a policy's content, generation names aside.
-func policyKey(sets []*api.DefinedSet, pol *api.Policy, gen int) string {
+func policyKey(kind string, sets []*api.DefinedSet, pol *api.Policy, gen int) string {
 	var b strings.Builder
 	for _, ds := range sets {
 		fmt.Fprintln(&b, ds.String())
 	}
 	fmt.Fprintln(&b, pol.String())
-	return strings.ReplaceAll(b.String(), fmt.Sprintf("nexthop-import-%d-", gen), "")
+	return strings.ReplaceAll(b.String(), fmt.Sprintf("nexthop-%s-%d-", kind, gen), "")
 }
 
 // Rejected is one path the import policy refused.

@@ -34,11 +34,8 @@ const connectRetry = 1
 // End-of-RIB before it sends its own routes anyway (a peer may be gone).
 const deferralTime = 30
 
-const (
-	externalSet    = "nexthop-external-peers"
-	exportPolicy   = "nexthop-export"
-	policyAssignTo = "global"
-)
+// policyAssignTo is GoBGP's name for the global policy assignment.
+const policyAssignTo = "global"
 
 // Speaker is the node's BGP speaker.
 type Speaker struct {
@@ -54,9 +51,10 @@ type Speaker struct {
 	cfg       *config.Config
 	peers     map[netip.Addr]config.Peer
 	announced netip.Prefix
-	external  []string // addresses in the export-guard neighbour set
-	importGen int      // generation of the import policy in force
-	importKey string   // its content, to skip rebuilding an equal one
+	// Generations of the import and export policies in force, and their
+	// content, to skip rebuilding an equal one.
+	importGen, exportGen int
+	importKey, exportKey string
 
 	rmu           sync.Mutex
 	rejected      map[Rejected]struct{}
@@ -108,6 +106,7 @@ func (s *Speaker) Start(ctx context.Context) error {
 		return err
 	}
 	go s.watchRejected(ctx, 2*time.Second)
+	go s.watchMD5(ctx, 5*time.Second)
 	if err := s.SetPeers(ctx, s.cfg.Peers); err != nil {
 		return err
 	}
@@ -206,7 +205,7 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []config.Peer) error {
 			"gracefulRestart", p.GracefulRestart.On(), "maxPrefixes", p.MaxPrefixes,
 			"routeReflectorClient", p.RouteReflectorClient)
 	}
-	if err := s.syncExportPolicyLocked(ctx); err != nil {
+	if err := s.syncExportPolicyLocked(ctx, s.peers); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -266,74 +265,6 @@ func (s *Speaker) apiPeer(p config.Peer) *api.Peer {
 		}
 	}
 	return peer
-}
-
-// syncExportPolicyLocked keeps external (eBGP) peers to the routes this node
-// originates: by default GoBGP would pass on every node's block learned over
-// iBGP, with third-party next hops. Per-neighbour policies only apply in
-// route-server mode, so this is a global export policy matching a neighbour
-// set; the set is never left empty, since an empty set under ANY matches all.
-func (s *Speaker) syncExportPolicyLocked(ctx context.Context) error {
-	var ext []string
-	for addr, p := range s.peers {
-		if p.AS != s.cfg.LocalAS {
-			ext = append(ext, addr.String()+"/32")
-		}
-	}
-	slices.Sort(ext)
-	if slices.Equal(ext, s.external) {
-		return nil
-	}
-	if len(s.external) > 0 && len(ext) == 0 {
-		if err := s.srv.DeletePolicyAssignment(ctx, &api.DeletePolicyAssignmentRequest{
-			Assignment: &api.PolicyAssignment{Name: policyAssignTo, Direction: api.PolicyDirection_EXPORT,
-				Policies: []*api.Policy{{Name: exportPolicy}}},
-		}); err != nil {
-			return fmt.Errorf("remove export policy: %w", err)
-		}
-		if err := s.srv.DeletePolicy(ctx, &api.DeletePolicyRequest{Policy: &api.Policy{Name: exportPolicy}, All: true, PreserveStatements: false}); err != nil {
-			return fmt.Errorf("delete export policy: %w", err)
-		}
-		if err := s.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{
-			DefinedSet: &api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: externalSet}, All: true}); err != nil {
-			return fmt.Errorf("delete neighbour set: %w", err)
-		}
-		s.external = nil
-		return nil
-	}
-	if err := s.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{
-		DefinedSet: &api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: externalSet, List: ext},
-		Replace:    true,
-	}); err != nil {
-		return fmt.Errorf("set external neighbour set %v: %w", ext, err)
-	}
-	if len(s.external) == 0 {
-		reject := func(name string, rt api.Conditions_RouteType) *api.Statement {
-			return &api.Statement{
-				Name: name,
-				Conditions: &api.Conditions{
-					NeighborSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: externalSet},
-					RouteType:   rt,
-				},
-				Actions: &api.Actions{RouteAction: api.RouteAction_REJECT},
-			}
-		}
-		pol := &api.Policy{Name: exportPolicy, Statements: []*api.Statement{
-			reject(exportPolicy+"-internal", api.Conditions_ROUTE_TYPE_INTERNAL),
-			reject(exportPolicy+"-external", api.Conditions_ROUTE_TYPE_EXTERNAL),
-		}}
-		if err := s.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: pol, ReferExistingStatements: false}); err != nil {
-			return fmt.Errorf("add export policy: %w", err)
-		}
-		if err := s.srv.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
-			Name: policyAssignTo, Direction: api.PolicyDirection_EXPORT,
-			Policies: []*api.Policy{{Name: exportPolicy}}, DefaultAction: api.RouteAction_ACCEPT,
-		}}); err != nil {
-			return fmt.Errorf("assign export policy: %w", err)
-		}
-	}
-	s.external = ext
-	return nil
 }
 
 // BestPaths returns the next hops of the best paths (all of them where

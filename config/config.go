@@ -25,11 +25,13 @@ const (
 	DefaultIPAMSocket     = "/run/nexthop/nexthop.sock"
 	DefaultStateDir       = "/var/lib/nexthop"
 	DefaultRestartTime    = 120 * time.Second
-	DefaultMaxPrefixes    = 5000
-	DefaultVXLANVNI       = 4096
-	DefaultVXLANPort      = 4789
-	DefaultVXLANDevice    = "vxlan.nexthop"
-	MinHoldTime           = 3 * time.Second
+	// DefaultMaxPrefixes leaves room for large clusters: a ToR echoes every
+	// node's block back, and GoBGP counts those before dropping them.
+	DefaultMaxPrefixes = 20000
+	DefaultVXLANVNI    = 4096
+	DefaultVXLANPort   = 4789
+	DefaultVXLANDevice = "vxlan.nexthop"
+	MinHoldTime        = 3 * time.Second
 	// MinInitialSync keeps the start-up prune behind session re-establishment:
 	// GoBGP holds a dropped peer idle for 5 s and refuses it meanwhile, so a
 	// restarted node's iBGP sessions take 6-9 s to return. Pruning earlier
@@ -167,6 +169,16 @@ type Config struct {
 	AcceptDefaultRoute bool `json:"acceptDefaultRoute,omitempty"`
 	// PodCIDR is the node's block, announced to peers and blackholed locally.
 	PodCIDR netip.Prefix `json:"podCIDR"`
+	// NATOutgoing masquerades traffic from this node's pods (PodCIDR) to
+	// destinations outside Pools, PodCIDR and NATOutgoingExclude behind the
+	// node's address, as Calico's IPPool natOutgoing does. In Kubernetes
+	// the IPPool holding the node's block decides it. Pod-to-pod traffic
+	// and connections opened by nodes to pods are never translated.
+	NATOutgoing bool `json:"natOutgoing,omitempty"`
+	// NATOutgoingExclude lists further destinations that keep the pod's
+	// own address: other cluster ranges such as the service CIDR, or the
+	// underlay when pods must reach other nodes untranslated.
+	NATOutgoingExclude []netip.Prefix `json:"natOutgoingExclude,omitempty"`
 	// BGPPort the speaker listens on; 0 means 179, -1 disables listening.
 	BGPPort  int32    `json:"bgpPort,omitempty"`
 	HoldTime Duration `json:"holdTime,omitempty"`
@@ -272,6 +284,9 @@ func (c *Config) Normalize() {
 	for i := range c.Pools {
 		c.Pools[i] = c.Pools[i].Masked()
 	}
+	for i := range c.NATOutgoingExclude {
+		c.NATOutgoingExclude[i] = c.NATOutgoingExclude[i].Masked()
+	}
 	for i := range c.Peers {
 		p := &c.Peers[i]
 		if p.HoldTime.Duration == 0 {
@@ -348,6 +363,18 @@ func (c *Config) Validate() error {
 	}
 	if !inPool {
 		bad("podCIDR", "%s is outside every pool %v", c.PodCIDR, c.Pools)
+	}
+	if c.NATOutgoing && len(c.Pools) == 0 {
+		bad("natOutgoing", "needs pools: without them the other nodes' pods count as outside the cluster and would be translated")
+	}
+	for i, p := range c.NATOutgoingExclude {
+		f := fmt.Sprintf("natOutgoingExclude[%d]", i)
+		switch {
+		case !p.IsValid() || !p.Addr().Is4():
+			bad(f, "%s is not an IPv4 prefix", p)
+		case p.Bits() == 0:
+			bad(f, "%s excludes every destination: set natOutgoing: false instead", p)
+		}
 	}
 	if c.RouteReflectorClusterID.IsValid() && !c.RouteReflectorClusterID.Is4() {
 		bad("routeReflectorClusterID", "%s is not an IPv4-style cluster ID", c.RouteReflectorClusterID)

