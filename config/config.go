@@ -4,9 +4,11 @@
 package config
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"strings"
@@ -225,9 +227,18 @@ func Load(path string) (*Config, error) {
 // Parse decodes YAML (or JSON), rejecting unknown fields, then defaults and
 // validates the result.
 func Parse(b []byte) (*Config, error) {
-	var c Config
-	if err := yaml.UnmarshalStrict(b, &c); err != nil {
+	// YAML to JSON without coercing into the target's types: sigs.k8s.io/
+	// yaml would turn an unquoted `password: 0123` (YAML 1.1 octal) into
+	// the string "83". A number where a string belongs is refused instead.
+	j, err := yaml.YAMLToJSONStrict(b)
+	if err != nil {
 		return nil, fmt.Errorf("parse: %w", err)
+	}
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("parse: %w (quote values that look like numbers)", err)
 	}
 	c.Normalize()
 	if err := c.Validate(); err != nil {
