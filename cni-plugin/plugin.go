@@ -268,8 +268,12 @@ func Check(ctx context.Context, args *skel.CmdArgs) error {
 // resultIP finds the IPv4 address of the sandbox interface in a result.
 func resultIP(r *current.Result, netnsPath string) (netip.Addr, bool) {
 	for _, c := range r.IPs {
-		if c.Interface != nil && *c.Interface < len(r.Interfaces) && r.Interfaces[*c.Interface].Sandbox != netnsPath {
-			continue
+		// An index outside the interface list (negative, say, from a
+		// hand-made prevResult) names no interface: not ours.
+		if c.Interface != nil {
+			if i := *c.Interface; i < 0 || i >= len(r.Interfaces) || r.Interfaces[i].Sandbox != netnsPath {
+				continue
+			}
 		}
 		if a, ok := netip.AddrFromSlice(c.Address.IP); ok && a.Unmap().Is4() {
 			return a.Unmap(), true

@@ -275,7 +275,7 @@ func CNIErrorCode(err error) (uint, bool) {
 // host-side veth from an ADD result.
 func ResultPod(res *current.Result) (ip netip.Addr, hostVeth string, err error) {
 	for _, c := range res.IPs {
-		if c.Interface == nil || *c.Interface >= len(res.Interfaces) || res.Interfaces[*c.Interface].Sandbox == "" {
+		if c.Interface == nil || *c.Interface < 0 || *c.Interface >= len(res.Interfaces) || res.Interfaces[*c.Interface].Sandbox == "" {
 			continue
 		}
 		a, ok := netip.AddrFromSlice(c.Address.IP)
