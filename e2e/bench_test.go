@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -231,7 +232,18 @@ func iperf(b *testing.B, serverNS, clientNS string, server netip.Addr) float64 {
 		defer cancel()
 		out, err = exec.CommandContext(ctx, "ip", "netns", "exec", clientNS,
 			"iperf3", "-c", server.String(), "-p", "5201", "-t", "3", "--connect-timeout", "1000", "-J").Output()
-		return err
+		if err != nil {
+			return err
+		}
+		// iperf3 3.12 exits 0 when it cannot connect (the server not
+		// listening yet) and says so only in its JSON.
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(out, &e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return nil
 	})
 	if err != nil {
 		ss, _ := Exec(serverNS, "ss", "-ltnp")

@@ -220,14 +220,28 @@ func (n *Node) PodPing(dst netip.Addr, count int) error {
 }
 
 // Ping pings dst from the node itself.
-func (n *Node) Ping(dst netip.Addr) error {
-	_, err := NSExec(n.Name, "/bin/ping", "-c", "1", "-W", "2", dst.String())
+func (n *Node) Ping(dst netip.Addr) error { return n.NodePing(dst, 1) }
+
+// NodePing pings dst from the node itself (not its pod), the kernel
+// choosing the source address, and fails unless every echo is answered.
+func (n *Node) NodePing(dst netip.Addr, count int) error {
+	_, err := NSExec(n.Name, "/bin/ping", "-c", strconv.Itoa(count), "-i", "0.2", "-W", "2", dst.String())
 	return err
 }
 
+// VTEP is the node's tunnel address as nexthopd assigns it: the first
+// usable address of its pod block (10.244.1.1 for 10.244.1.0/24).
+func (n *Node) VTEP() netip.Addr { return n.PodCIDR.Masked().Addr().Next() }
+
 // Counter reads a statistics counter (rx_packets...) of dev in the node.
 func (n *Node) Counter(dev, stat string) (uint64, error) {
-	out, err := NSExec(n.Name, "/bin/cat", "/sys/class/net/"+dev+"/statistics/"+stat)
+	return n.LinkAttr(dev, "statistics/"+stat)
+}
+
+// LinkAttr reads a numeric attribute of dev in the node from
+// /sys/class/net/<dev>/<attr> (mtu, statistics/rx_packets...).
+func (n *Node) LinkAttr(dev, attr string) (uint64, error) {
+	out, err := NSExec(n.Name, "/bin/cat", "/sys/class/net/"+dev+"/"+attr)
 	if err != nil {
 		return 0, err
 	}

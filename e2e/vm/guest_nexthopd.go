@@ -39,6 +39,7 @@ type Daemon struct {
 // Mesh is nexthopd running on every node of a topology.
 type Mesh struct {
 	Daemons map[string]*Daemon
+	nodes   []*Node
 }
 
 // NexthopdConfig is node n's standalone YAML with every other node as an
@@ -80,7 +81,7 @@ func NexthopdConfig(n *Node, all []*Node, extra map[string]any) ([]byte, error) 
 // StartNexthopd starts nexthopd on every node with NexthopdConfig(extra)
 // and returns once each daemon's gRPC API answers.
 func StartNexthopd(topo *Topology, extra map[string]any) (*Mesh, error) {
-	m := &Mesh{Daemons: map[string]*Daemon{}}
+	m := &Mesh{Daemons: map[string]*Daemon{}, nodes: topo.Nodes}
 	for _, n := range topo.Nodes {
 		d, err := startDaemon(n, topo.Nodes, extra)
 		if err != nil {
@@ -167,23 +168,55 @@ func containsAll(s string, subs []string) bool {
 // exit with status 0 is an error (the daemon's contract).
 func (m *Mesh) Stop() error {
 	var errs []string
-	for name, d := range m.Daemons {
-		d.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-d.done:
-			d.done <- err
-			if err != nil {
-				errs = append(errs, fmt.Sprintf("%s: %v; log tail:\n%s", name, err, lastLines(d.Log(), 15)))
-			}
-		case <-time.After(30 * time.Second):
-			d.cmd.Process.Kill()
-			errs = append(errs, name+": no exit 30s after SIGTERM, killed")
+	for _, d := range m.Daemons {
+		if err := d.Stop(); err != nil {
+			errs = append(errs, err.Error())
 		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("stop nexthopd: %s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// Stop sends the daemon SIGTERM and waits for it; anything but exit
+// status 0 is an error. Stopping a stopped daemon returns how it ended.
+func (d *Daemon) Stop() error {
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.done:
+		d.done <- err
+		if err != nil {
+			return fmt.Errorf("%s: %v; log tail:\n%s", d.Node.Name, err, lastLines(d.Log(), 15))
+		}
+		return nil
+	case <-time.After(30 * time.Second):
+		d.cmd.Process.Kill()
+		return fmt.Errorf("%s: no exit 30s after SIGTERM, killed", d.Node.Name)
+	}
+}
+
+// Restart stops node name's daemon and starts it again with a config made
+// with extra instead (a mode change is a restart in standalone mode). The
+// old run's log is kept beside the new one as nexthopd.log.1; kernel
+// routes stay in place across the restart, as the daemon leaves them.
+func (m *Mesh) Restart(name string, extra map[string]any) (*Daemon, error) {
+	d := m.Daemons[name]
+	if d == nil {
+		return nil, fmt.Errorf("no daemon on %s", name)
+	}
+	if err := d.Stop(); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(d.LogPath, d.LogPath+".1"); err != nil {
+		return nil, err
+	}
+	nd, err := startDaemon(d.Node, m.nodes, extra)
+	if err != nil {
+		return nil, err
+	}
+	m.Daemons[name] = nd
+	return nd, nil
 }
 
 // Neighbors summarises a node's BGP sessions as gobgp prints them.

@@ -18,11 +18,25 @@ type cpioWriter struct {
 	w    *bufio.Writer
 	ino  uint32
 	dirs map[string]bool
-	err  error
+	// names are the files and links written so far: the first entry for a
+	// path wins, so two binaries sharing a library (ip and iperf3 both
+	// need libc) ship it once.
+	names map[string]bool
+	err   error
 }
 
 func newCPIO(w io.Writer) *cpioWriter {
-	return &cpioWriter{w: bufio.NewWriterSize(w, 1<<20), ino: 1, dirs: map[string]bool{".": true, "/": true}}
+	return &cpioWriter{w: bufio.NewWriterSize(w, 1<<20), ino: 1, dirs: map[string]bool{".": true, "/": true}, names: map[string]bool{}}
+}
+
+// first reports whether name has not been written yet, and records it.
+func (c *cpioWriter) first(name string) bool {
+	name = path.Clean("/" + name)
+	if c.names[name] {
+		return false
+	}
+	c.names[name] = true
+	return true
 }
 
 const (
@@ -67,6 +81,9 @@ func (c *cpioWriter) mkdirAll(dir string) {
 }
 
 func (c *cpioWriter) bytes(name string, data []byte, perm os.FileMode) {
+	if !c.first(name) {
+		return
+	}
 	c.mkdirAll(path.Dir(name))
 	c.header(name, modeReg|uint32(perm.Perm()), len(data))
 	if c.err == nil {
@@ -76,6 +93,9 @@ func (c *cpioWriter) bytes(name string, data []byte, perm os.FileMode) {
 }
 
 func (c *cpioWriter) symlink(name, target string) {
+	if !c.first(name) {
+		return
+	}
 	c.mkdirAll(path.Dir(name))
 	c.header(name, modeLink|0o777, len(target))
 	if c.err == nil {
@@ -86,7 +106,7 @@ func (c *cpioWriter) symlink(name, target string) {
 
 // file copies a host file; perm 0 keeps the host file's permissions.
 func (c *cpioWriter) file(name, src string, perm os.FileMode) {
-	if c.err != nil {
+	if c.err != nil || !c.first(name) {
 		return
 	}
 	f, err := os.Open(src)

@@ -300,6 +300,9 @@ func addFile(c *cpioWriter, x File) error {
 	if !path.IsAbs(x.Path) {
 		return fmt.Errorf("guest file path %q is not absolute", x.Path)
 	}
+	if path.Clean(x.Path) == "/init" {
+		return fmt.Errorf("guest file /init is the harness's own init script")
+	}
 	if x.Source != "" {
 		c.file(x.Path, x.Source, x.Mode)
 		return nil

@@ -12,8 +12,11 @@
 // Host side: Prepare fetches and caches the parts (apt-get download, so only
 // Debian's archive is needed), BuildStatic/BuildTest build CGO-free
 // binaries, Run boots them. Guest side (IN_VM=1): guest.go builds
-// router/node/pod namespaces with ip commands, and guest_nexthopd.go runs a
-// nexthopd mesh on them.
+// router/node/pod namespaces with ip commands, guest_nexthopd.go runs a
+// nexthopd mesh on them (and restarts a daemon with another config), and
+// iperf.go measures throughput with the host's iperf3, copied in with its
+// libraries (BenchmarkIPIPThroughputInVM:
+// `go test -run '^$' -bench IPIPThroughput ./e2e/vm/`).
 //
 // Run the suite with `go test -count=1 -v ./e2e/vm/` (root for the default
 // cache in /var/cache/nexthop/vm; set NEXTHOP_VM_CACHE elsewhere otherwise).

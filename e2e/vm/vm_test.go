@@ -4,7 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -35,7 +39,7 @@ func requireGuest(t *testing.T) {
 // bootGuestTest builds this package's test binary, boots it with the
 // given static binaries and files, runs inner test name with IN_VM=1, and
 // fails the outer test (with the console tail) unless it printed PASS.
-func bootGuestTest(t *testing.T, name string, bins []string, files ...File) *Result {
+func bootGuestTest(t testing.TB, name string, bins []string, files ...File) *Result {
 	t.Helper()
 	if InGuest() {
 		t.Skip("host-side test")
@@ -43,11 +47,11 @@ func bootGuestTest(t *testing.T, name string, bins []string, files ...File) *Res
 	a := Require(t)
 	ctx := context.Background()
 	dir := t.TempDir()
-	t.Logf("building %s test binary (static) for the guest", thisPkg)
-	bin, err := BuildTest(ctx, dir, thisPkg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := buildOnce(t, "test", func(out string) ([]string, error) {
+		t.Logf("building %s test binary (static) for the guest", thisPkg)
+		b, err := BuildTest(ctx, out, thisPkg)
+		return []string{b}, err
+	})[0]
 	for _, b := range bins {
 		files = append(files, File{Path: GuestBinDir + "/" + baseName(b), Source: b, Mode: 0o755})
 	}
@@ -59,10 +63,60 @@ func bootGuestTest(t *testing.T, name string, bins []string, files ...File) *Res
 		t.Fatalf("VM run: %v", err)
 	}
 	if res.ExitCode != 0 || !strings.Contains(res.Console, verdict(name, true)+"\n") {
-		t.Fatalf("%s failed in the VM (exit code %d); console tail:\n%s", name, res.ExitCode, res.Tail(60))
+		t.Fatalf("%s failed in the VM (exit code %d); its log:\n%s\nconsole tail:\n%s", name, res.ExitCode, testLog(res.Console, 40), res.Tail(60))
 	}
 	t.Logf("%s passed in the VM (kernel %s, VM run %s)", name, a.KernelVersion, res.Duration.Round(100*time.Millisecond))
 	return res
+}
+
+// Binaries built for the guest, shared by the tests of one go test run:
+// building and linking them again for every boot costs seconds each.
+var builds struct {
+	sync.Mutex
+	dir  string // removed by TestMain
+	bins map[string][]string
+}
+
+// buildOnce returns what build(dir) made for key earlier in this run, or
+// runs it now. A failed build is not remembered, so a tree that was
+// briefly broken fails one test, not all that follow.
+func buildOnce(t testing.TB, key string, build func(dir string) ([]string, error)) []string {
+	t.Helper()
+	builds.Lock()
+	defer builds.Unlock()
+	if b, ok := builds.bins[key]; ok {
+		return b
+	}
+	if builds.dir == "" {
+		d, err := os.MkdirTemp("", "nhvm-build-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		builds.dir, builds.bins = d, map[string][]string{}
+	}
+	b, err := build(filepath.Join(builds.dir, key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	builds.bins[key] = b
+	return b
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builds.dir != "" {
+		os.RemoveAll(builds.dir)
+	}
+	os.Exit(code)
+}
+
+// testLogLine is a t.Log/t.Error line of a guest test; dumps that follow
+// (daemon logs) can push the one that says what failed out of any tail.
+var testLogLine = regexp.MustCompile(`(?m)^ +[\w.]+_test\.go:\d+: .*$`)
+
+// testLog returns the last n of the guest test's own log lines.
+func testLog(console string, n int) string {
+	return lastLines(strings.Join(testLogLine.FindAllString(console, -1), "\n"), n)
 }
 
 func baseName(p string) string { return p[strings.LastIndex(p, "/")+1:] }
