@@ -4,14 +4,21 @@ GO    ?= go
 BIN   := $(CURDIR)/bin
 export NEXTHOP_BIN := $(BIN)
 
-.PHONY: all build deps generate test unit e2e demo bench bench-routes bench-convergence bench-cni vet fmt clean
+.PHONY: all build deps generate generate-kube kube-bin image test unit e2e demo bench bench-routes bench-convergence bench-cni vet fmt clean fuzz fuzz-short soak
 
 all: build
 
-## build: the node daemon, the CNI plugin and the stock gobgp CLI into bin/
+# Test timeouts: the kube/ and manifests/ tests start real API servers, and
+# the e2e suite runs every netns cluster one after another.
+UNIT_TIMEOUT ?= 20m
+E2E_TIMEOUT  ?= 20m
+IMAGE        ?= nexthop-net/nexthop:dev
+
+## build: the node daemon, its installer, the CNI plugin and the stock gobgp CLI into bin/
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/nexthopd ./cmd/nexthopd
+	$(GO) build -o $(BIN)/nexthop-install ./cmd/nexthop-install
 	$(GO) build -o $(BIN)/nexthop ./cmd/nexthop
 	$(GO) build -o $(BIN)/portmap github.com/containernetworking/plugins/plugins/meta/portmap
 	$(GO) build -o $(BIN)/gobgp github.com/osrg/gobgp/v3/cmd/gobgp
@@ -20,16 +27,21 @@ build:
 deps:
 	@bash hack/deps.sh
 
+## kube-bin: kube-apiserver, etcd and kubectl for the tests, built once per machine (~6 min cold)
+kube-bin:
+	bash hack/kube/build.sh >/dev/null
+
 ## test: unit tests, then the e2e suite (root)
-test: deps build vet
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)
+test: deps build vet kube-bin
+	$(GO) test -count=1 -timeout $(UNIT_TIMEOUT) $$($(GO) list ./... | grep -v /e2e)
+	$(MAKE) fuzz-short
 	$(MAKE) e2e
 
 unit:
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)
+	$(GO) test -count=1 -timeout $(UNIT_TIMEOUT) $$($(GO) list ./... | grep -v /e2e)
 
-e2e: deps build
-	$(GO) test -count=1 -v -timeout 15m ./e2e/...
+e2e: deps build kube-bin
+	$(GO) test -count=1 -v -timeout $(E2E_TIMEOUT) ./e2e/...
 
 ## demo: a 3-node cluster with an FRR ToR in network namespaces (DEMO_CHECK=1: non-interactive)
 demo: deps build
@@ -57,6 +69,17 @@ bench-cni: build
 generate:
 	bash ipam/ipampb/generate.sh
 
+## generate-kube: api/v1 deepcopy and the CRDs in manifests/base/crds, from the Go types
+generate-kube:
+	bash hack/kube/generate.sh
+
+## image: the DaemonSet's image (IMAGE=…), with docker or podman
+image:
+	@if command -v docker >/dev/null 2>&1; then b=docker; \
+	elif command -v podman >/dev/null 2>&1; then b=podman; \
+	else echo "make image: no docker or podman on this machine; build elsewhere with: docker build -f manifests/Dockerfile -t $(IMAGE) ." >&2; exit 1; fi; \
+	set -x; $$b build -f manifests/Dockerfile -t $(IMAGE) .
+
 vet:
 	$(GO) vet ./...
 
@@ -65,3 +88,16 @@ fmt:
 
 clean:
 	rm -rf $(BIN)
+
+## fuzz: every Go fuzz target for FUZZTIME seconds each; fails on any finding
+FUZZTIME ?= 30
+fuzz:
+	bash hack/fuzz.sh $(FUZZTIME)
+
+## fuzz-short: 5 s per target (plain go test already replays the seed corpora)
+fuzz-short:
+	bash hack/fuzz.sh 5
+
+## soak: 500 pod ADD/DEL cycles on 3 nodes while daemons are SIGKILLed at random (root)
+soak: deps build
+	NEXTHOP_SOAK=1 $(GO) test -count=1 -v -timeout 20m -run Soak ./e2e/

@@ -25,6 +25,7 @@ const (
 	DefaultInitialSync    = 30 * time.Second
 	DefaultResyncInterval = 60 * time.Second
 	DefaultIPAMSocket     = "/run/nexthop/nexthop.sock"
+	DefaultMetricsListen  = "127.0.0.1:9091"
 	DefaultStateDir       = "/var/lib/nexthop"
 	DefaultRestartTime    = 120 * time.Second
 	// DefaultMaxPrefixes leaves room for large clusters: a ToR echoes every
@@ -188,6 +189,9 @@ type Config struct {
 	// GRPCListen is where GoBGP's own gRPC API is served (for the gobgp CLI).
 	// Loopback by default; "none" disables it.
 	GRPCListen string `json:"grpcListen,omitempty"`
+	// MetricsListen serves Prometheus /metrics and the /status report that
+	// `nexthopd status` reads. Loopback by default; "none" disables it.
+	MetricsListen string `json:"metricsListen,omitempty"`
 	// InitialSync bounds how long the route reconciler waits for peers after
 	// start before it deletes its own stale kernel routes.
 	InitialSync Duration `json:"initialSync,omitempty"`
@@ -260,6 +264,9 @@ func (c *Config) Normalize() {
 	}
 	if c.GRPCListen == "" {
 		c.GRPCListen = DefaultGRPCListen
+	}
+	if c.MetricsListen == "" {
+		c.MetricsListen = DefaultMetricsListen
 	}
 	if c.InitialSync.Duration == 0 {
 		c.InitialSync.Duration = DefaultInitialSync
@@ -426,6 +433,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ResyncInterval.Duration < time.Second {
 		bad("resyncInterval", "%s is below the minimum 1s", c.ResyncInterval)
+	}
+	if c.MetricsListen != "none" && !strings.Contains(c.MetricsListen, ":") {
+		bad("metricsListen", "%q is not host:port (or \"none\")", c.MetricsListen)
 	}
 	if c.GRPCListen != "none" && !strings.Contains(c.GRPCListen, ":") {
 		bad("grpcListen", "%q is not host:port (or \"none\")", c.GRPCListen)

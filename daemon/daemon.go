@@ -8,9 +8,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nexthop-net/nexthop/bgp"
@@ -31,10 +31,17 @@ const fullRefreshAbove = 512
 // Run runs the node until ctx ends. On return, kernel routes are left in
 // place and BGP sessions are not shut down administratively: the next start
 // reconciles, and peers see a restart rather than a decommission.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) {
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	return RunWith(ctx, cfg, log, Options{})
+}
+
+// RunWith is Run with the optional parts: later configs, health, status
+// and address reclaim (see Options).
+func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Options) (err error) {
+	o.defaults()
 	// Pods on other nodes reach ours through this node: it must route.
-	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
-		return fmt.Errorf("enable net.ipv4.ip_forward: %w", err)
+	if err := ensureForwarding(ipForwardPath); err != nil {
+		return err
 	}
 
 	enc, err := newEncap(cfg, log)
@@ -42,18 +49,26 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		return err
 	}
 	defer enc.close()
+	// Before any pod gets an address, so its first packet out is NATed.
+	stopNAT, err := setupNAT(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stopNAT()
 
 	alloc, err := ipam.Open(ctx, filepath.Join(cfg.StateDir, "ipam.db"), cfg.PodCIDR, log)
 	if err != nil {
 		return fmt.Errorf("open IPAM store in %s: %w", cfg.StateDir, err)
 	}
+	obs := newObserver(cfg, log, enc, alloc)
 	ctx, cancel := context.WithCancel(ctx)
 	served := make(chan error, 1)
 	// The pod MTU is fixed for this run (a mode change is a restart), so
 	// reading it from the IPAM goroutines needs no lock.
 	podMTU := enc.podMTU
 	go func() {
-		served <- ipam.Serve(ctx, alloc, cfg.IPAMSocket, log, ipam.WithMTU(func() int { return podMTU }))
+		served <- ipam.Serve(ctx, alloc, cfg.IPAMSocket, log,
+			ipam.WithMTU(func() int { return podMTU }), ipam.WithObserver(obs.cni))
 	}()
 	defer func() {
 		// The store closes only after the server has stopped using it.
@@ -93,7 +108,19 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	changes.addAll()
 
 	n := &node{cfg: cfg, log: log, sp: sp, rec: rec, enc: enc, changes: changes, started: time.Now(),
-		ipamDone: served, best: map[netip.Prefix][]netip.Addr{}}
+		ipamDone: served, best: map[netip.Prefix][]netip.Addr{}, o: o, obs: obs}
+	obs.attach(n)
+	n.running.Store(cfg)
+	o.Health.speakerStarted()
+	// The status and reclaim goroutines use the speaker and the store:
+	// they end before the deferred closes above run.
+	bg, stopBG := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stopBG(); wg.Wait() }()
+	if err := obs.serve(bg, &wg); err != nil {
+		return err
+	}
+	n.startBackground(bg, &wg, alloc)
 	return n.loop(ctx)
 }
 
@@ -108,8 +135,18 @@ type node struct {
 	best    map[netip.Prefix][]netip.Addr
 	started time.Time
 	synced  bool
+	// syncedFlag mirrors synced for readers beside the loop (status).
+	syncedFlag atomic.Bool
 	// ipamDone delivers the IPAM server's end; it must not end first.
 	ipamDone chan error
+	o        Options
+	// running is cfg for the goroutines beside the loop (status).
+	running atomic.Pointer[config.Config]
+	// obs serves metrics and status, and times route programming.
+	obs *observer
+	// peersFailed means the last SetPeers did not fully apply; the next
+	// resync tries again.
+	peersFailed bool
 }
 
 // loop is the only writer of kernel routes, so updates apply in order.
@@ -137,18 +174,27 @@ func (n *node) loop(ctx context.Context) error {
 			return fmt.Errorf("IPAM server on %s stopped: %w", n.cfg.IPAMSocket, err)
 		case <-n.changes.ready:
 			n.applyChanges(ctx)
+		case next := <-n.o.Updates:
+			if err := n.update(ctx, next); err != nil {
+				return err
+			}
 		case <-check.C:
+			n.o.Health.Beat()
 			if !n.synced {
 				n.maybeInitialSync(ctx)
 			}
+			n.checkIPAMSocket()
 		case <-resync.C:
 			n.fullSync(ctx)
+			if n.peersFailed {
+				n.setPeers(ctx, n.cfg.Peers)
+			}
 		}
 	}
 }
 
 func (n *node) applyChanges(ctx context.Context) {
-	prefixes, all := n.changes.take()
+	prefixes, all, since := n.changes.take()
 	var best map[netip.Prefix][]netip.Addr
 	var err error
 	if all || len(prefixes) > fullRefreshAbove {
@@ -180,12 +226,13 @@ func (n *node) applyChanges(ctx context.Context) {
 			best[p] = nil // withdrawn
 		}
 	}
-	n.program(ctx, best, func(upd map[netip.Prefix][]routes.Hop) error { return n.rec.Apply(ctx, upd) })
+	n.program(ctx, since, best, func(upd map[netip.Prefix][]routes.Hop) error { return n.rec.Apply(ctx, upd) })
 }
 
 // program turns best paths into kernel next hops, brings the tunnel's
 // forwarding entries up to date first, then writes the routes with write.
-func (n *node) program(ctx context.Context, best map[netip.Prefix][]netip.Addr, write func(map[netip.Prefix][]routes.Hop) error) {
+// since is when the oldest of these changes was seen, for the latency metric.
+func (n *node) program(ctx context.Context, since time.Time, best map[netip.Prefix][]netip.Addr, write func(map[netip.Prefix][]routes.Hop) error) {
 	upd, err := n.enc.hops(best)
 	if err != nil {
 		n.log.Error("decide encapsulation", "err", err)
@@ -200,9 +247,11 @@ func (n *node) program(ctx context.Context, best map[netip.Prefix][]netip.Addr, 
 			n.log.Error("VXLAN forwarding entries", "err", err)
 		}
 	}
-	if err := write(upd); err != nil {
+	err = write(upd)
+	if err != nil {
 		n.log.Error("program routes", "err", err)
 	}
+	n.obs.programmed(since, err)
 }
 
 // maybeInitialSync runs the first full sync, which deletes our stale routes,
@@ -230,10 +279,12 @@ func (n *node) maybeInitialSync(ctx context.Context) {
 		return
 	}
 	n.synced = true
+	n.syncedFlag.Store(true)
 	n.fullSync(ctx)
 	if err := n.rec.EnablePrune(ctx); err != nil {
 		n.log.Error("initial sync: prune stale routes", "err", err)
 	}
+	n.o.Health.routesSynced()
 }
 
 // fullSync reconciles the whole kernel state with the whole RIB.
@@ -244,16 +295,18 @@ func (n *node) fullSync(ctx context.Context) {
 		return
 	}
 	n.best = best
-	n.program(ctx, best, func(all map[netip.Prefix][]routes.Hop) error { return n.rec.Replace(ctx, all) })
+	n.program(ctx, time.Now(), best, func(all map[netip.Prefix][]routes.Hop) error { return n.rec.Replace(ctx, all) })
 }
 
 // pending collects changed prefixes from GoBGP's event goroutine without
 // blocking it, and wakes the loop.
 type pending struct {
-	mu    sync.Mutex
-	set   map[netip.Prefix]struct{}
-	all   bool
-	last  time.Time
+	mu   sync.Mutex
+	set  map[netip.Prefix]struct{}
+	all  bool
+	last time.Time
+	// first is when the oldest change not yet taken arrived.
+	first time.Time
 	ready chan struct{}
 }
 
@@ -267,6 +320,9 @@ func (p *pending) add(ps []netip.Prefix) {
 		p.set[x] = struct{}{}
 	}
 	p.last = time.Now()
+	if p.first.IsZero() {
+		p.first = p.last
+	}
 	p.mu.Unlock()
 	p.wake()
 }
@@ -274,6 +330,9 @@ func (p *pending) add(ps []netip.Prefix) {
 func (p *pending) addAll() {
 	p.mu.Lock()
 	p.all = true
+	if p.first.IsZero() {
+		p.first = time.Now()
+	}
 	p.mu.Unlock()
 	p.wake()
 }
@@ -285,17 +344,23 @@ func (p *pending) wake() {
 	}
 }
 
-func (p *pending) take() ([]netip.Prefix, bool) {
+// take returns the changed prefixes, whether everything must be re-read,
+// and when the oldest of these changes arrived.
+func (p *pending) take() ([]netip.Prefix, bool, time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make([]netip.Prefix, 0, len(p.set))
 	for x := range p.set {
 		out = append(out, x)
 	}
-	all := p.all
+	all, first := p.all, p.first
+	if first.IsZero() {
+		first = time.Now()
+	}
 	p.set = map[netip.Prefix]struct{}{}
 	p.all = false
-	return out, all
+	p.first = time.Time{}
+	return out, all, first
 }
 
 func (p *pending) quietFor() time.Duration {

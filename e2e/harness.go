@@ -127,6 +127,9 @@ type Node struct {
 	cni *CNI
 	// logStart is the log's size when the current daemon run started.
 	logStart int64
+	// kubeconfig, once set by UseKubernetes, runs the daemon in
+	// Kubernetes mode.
+	kubeconfig string
 }
 
 // PodCIDR is the block the node's daemon is configured to announce.

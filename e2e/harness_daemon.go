@@ -112,9 +112,10 @@ func (n *Node) Running() bool {
 	return !done
 }
 
-// StartDaemon writes n's config and runs nexthopd in n's namespace. It
-// returns once the daemon's gRPC API answers, or with the log tail if the
-// daemon exits first.
+// StartDaemon writes n's config and runs nexthopd in n's namespace
+// (standalone, or in Kubernetes mode after UseKubernetes). It returns once
+// the daemon's gRPC API answers, or with the log tail if the daemon exits
+// first.
 func (c *Cluster) StartDaemon(n *Node) error {
 	if n.Running() {
 		return fmt.Errorf("start nexthopd on %s: already running (pid %d)", n.Name, n.daemon.Pid())
@@ -126,7 +127,7 @@ func (c *Cluster) StartDaemon(n *Node) error {
 	if _, err := c.binary("gobgp"); err != nil {
 		return err
 	}
-	conf, err := n.writeConfig()
+	args, err := n.daemonArgs()
 	if err != nil {
 		return err
 	}
@@ -134,7 +135,7 @@ func (c *Cluster) StartDaemon(n *Node) error {
 	if fi, err := os.Stat(n.LogPath()); err == nil {
 		n.logStart = fi.Size()
 	}
-	p, err := startProc("nexthopd "+n.Name, n.LogPath(), "ip", "netns", "exec", n.NS, bin, "--config", conf)
+	p, err := startProc("nexthopd "+n.Name, n.LogPath(), append([]string{"ip", "netns", "exec", n.NS, bin}, args...)...)
 	if err != nil {
 		return fmt.Errorf("start nexthopd on %s: %w", n.Name, err)
 	}

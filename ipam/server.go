@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -37,6 +38,13 @@ func WithMTU(mtu func() int) ServeOption {
 	return func(s *server) { s.mtuFunc = mtu }
 }
 
+// WithObserver calls observe after every request with the RPC's method name
+// (e.g. "Allocate"), how long it took and its error (nil on success), for
+// metrics. It runs on the request's goroutine and must be quick.
+func WithObserver(observe func(method string, took time.Duration, err error)) ServeOption {
+	return func(s *server) { s.observe = observe }
+}
+
 // Serve serves the IPAM gRPC API on a root-only unix socket until ctx is done.
 // The socket's directory is created 0700 and the socket chmod'ed 0600: only
 // root (the container runtime running the plugin) may allocate addresses.
@@ -52,7 +60,16 @@ func Serve(ctx context.Context, a *Allocator, socketPath string, log *slog.Logge
 	if err != nil {
 		return err
 	}
-	s := grpc.NewServer()
+	var gopts []grpc.ServerOption
+	if srv.observe != nil {
+		gopts = append(gopts, grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			t0 := time.Now()
+			resp, err := h(ctx, req)
+			srv.observe(info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:], time.Since(t0), err)
+			return resp, err
+		}))
+	}
+	s := grpc.NewServer(gopts...)
 	ipampb.RegisterIPAMServer(s, srv)
 	log.Info("ipam: serving", "socket", socketPath, "block", a.Block().String(), "used", a.Used(), "size", a.Size(), "mtu", srv.mtu())
 
@@ -116,6 +133,7 @@ type server struct {
 	a       *Allocator
 	log     *slog.Logger
 	mtuFunc func() int // nil: unknown
+	observe func(method string, took time.Duration, err error)
 }
 
 // mtu is the pod MTU to report now; 0 when unknown.

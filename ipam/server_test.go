@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -232,5 +233,45 @@ func TestClientRejectsBadMTU(t *testing.T) {
 	}
 	if _, _, _, err := c.Get(context.Background(), "c", "eth0"); err == nil || !strings.Contains(err.Error(), "MTU 20") {
 		t.Fatalf("Get with MTU 20: %v", err)
+	}
+}
+
+func TestObserverSeesEveryRequest(t *testing.T) {
+	ctx := context.Background()
+	a, err := Open(ctx, filepath.Join(t.TempDir(), "ipam.db"), netip.MustParsePrefix("10.84.0.0/29"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	sock := filepath.Join(t.TempDir(), "ipam.sock")
+	var mu sync.Mutex
+	seen := map[string]int{}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- Serve(sctx, a, sock, nil, WithObserver(func(m string, _ time.Duration, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				m += "/error"
+			}
+			seen[m]++
+		}))
+	}()
+	defer func() { cancel(); <-done }()
+	waitSocket(t, sock)
+	c, err := NewClient(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 0; i < 7; i++ { // the /29 has 5 addresses to give: 2 fail
+		c.Allocate(ctx, Request{ContainerID: fmt.Sprintf("c%d", i), IfName: "eth0"})
+	}
+	c.Release(ctx, "c0", "eth0")
+	mu.Lock()
+	defer mu.Unlock()
+	if seen["Allocate"] != 5 || seen["Allocate/error"] != 2 || seen["Release"] != 1 {
+		t.Errorf("observed %v, want 5 Allocate, 2 Allocate/error, 1 Release", seen)
 	}
 }

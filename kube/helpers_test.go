@@ -252,13 +252,13 @@ func describe(d *Desired) string {
 	var ps []string
 	for _, p := range d.Config.Peers {
 		s := fmt.Sprintf("%s/AS%d", p.Address, p.AS)
-		if d.RouteReflectorClients[p.Address] {
+		if p.RouteReflectorClient {
 			s += "(rr-client)"
 		}
 		ps = append(ps, s)
 	}
 	return fmt.Sprintf("node=%s addr=%s as=%d podCIDR=%s rrCluster=%v peers=[%s]",
-		d.Config.NodeName, d.Config.Address, d.Config.LocalAS, d.Config.PodCIDR, d.RouteReflectorClusterID, strings.Join(ps, " "))
+		d.Config.NodeName, d.Config.Address, d.Config.LocalAS, d.Config.PodCIDR, d.Config.RouteReflectorClusterID, strings.Join(ps, " "))
 }
 
 func ptr[T any](v T) *T { return &v }

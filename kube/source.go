@@ -45,32 +45,18 @@ const DefaultNamespace = "nexthop-system"
 const settle = 100 * time.Millisecond
 
 // Desired is one node's complete desired state: the config.Config every
-// consumer understands, plus what config.Config cannot express yet (route
-// reflection, graceful restart, prefix limits, pool modes). The extras are
-// keyed by peer address and are empty when unused.
+// consumer understands, plus what config.Config does not carry (yet): the
+// pool the node's block belongs to, communities and service CIDRs.
 type Desired struct {
 	Config config.Config
-	// RouteReflectorClusterID is set when this node is a route reflector.
-	RouteReflectorClusterID netip.Addr
-	// RouteReflectorClients are the peers this node reflects routes to.
-	RouteReflectorClients map[netip.Addr]bool
-	// GracefulRestart holds per-peer graceful-restart settings.
-	GracefulRestart map[netip.Addr]GracefulRestart
-	// MaxPrefixes holds per-peer prefix limits.
-	MaxPrefixes map[netip.Addr]uint32
 	// Pool is the enabled IPPool that contains the node's pod CIDR; nil
-	// when the cluster has no pools.
+	// when the cluster has no pools. Its encapsulation modes are already
+	// in Config.
 	Pool *Pool
 	// Communities to attach to advertised routes.
 	Communities []string
 	// ServiceCIDRs to advertise to external peers.
 	ServiceCIDRs []netip.Prefix
-}
-
-// GracefulRestart is one peering's RFC 4724 settings.
-type GracefulRestart struct {
-	Enabled     bool
-	RestartTime time.Duration
 }
 
 // Pool is the part of an IPPool a node applies to its block.
@@ -260,7 +246,7 @@ func (s *Source) Run(ctx context.Context, onChange func(*config.Config)) error {
 	})
 }
 
-// RunDesired is Run with the extras config.Config cannot hold yet.
+// RunDesired is Run with the extras config.Config does not carry.
 // onChange runs on Run's goroutine, never concurrently with itself, and must
 // not modify d.
 func (s *Source) RunDesired(ctx context.Context, onChange func(*Desired)) error {
@@ -311,7 +297,7 @@ func (s *Source) RunDesired(ctx context.Context, onChange func(*Desired)) error 
 			if last == nil || !reflect.DeepEqual(*last, *d) {
 				s.log.Info("desired config changed", "node", s.nodeName, "address", d.Config.Address,
 					"as", d.Config.LocalAS, "podCIDR", d.Config.PodCIDR, "peers", len(d.Config.Peers),
-					"routeReflector", d.RouteReflectorClusterID.IsValid())
+					"routeReflector", d.Config.RouteReflectorClusterID.IsValid())
 				last = d
 				s.mu.Lock()
 				s.last = d
@@ -370,12 +356,9 @@ func (s *Source) compute() (*Desired, error) {
 	}
 
 	d := &Desired{
-		Config:                s.base,
-		RouteReflectorClients: map[netip.Addr]bool{},
-		GracefulRestart:       map[netip.Addr]GracefulRestart{},
-		MaxPrefixes:           map[netip.Addr]uint32{},
-		Pool:                  pool,
-		Communities:           slices.Clone(bc.Spec.Communities),
+		Config:      s.base,
+		Pool:        pool,
+		Communities: slices.Clone(bc.Spec.Communities),
 	}
 	c := &d.Config
 	c.NodeName = me.name
@@ -383,7 +366,18 @@ func (s *Source) compute() (*Desired, error) {
 	c.RouterID = netip.Addr{} // Normalize: the node address
 	c.LocalAS = me.as
 	c.PodCIDR = me.podCIDR
+	c.RouteReflectorClusterID = netip.Addr{}
 	c.Peers = nil
+	if pool != nil {
+		// The pool decides encapsulation and NAT, as Calico's do; without
+		// pools the base config's settings stand.
+		c.IPIPMode, c.VXLANMode = config.EncapMode(pool.IPIPMode), config.EncapMode(pool.VXLANMode)
+		c.NATOutgoing = pool.NATOutgoing
+	}
+	if pools := s.enabledPools(); len(pools) > 0 {
+		// Nodes may announce only these (the import policy).
+		c.Pools = pools
+	}
 	if bc.Spec.ListenPort != nil {
 		c.BGPPort = *bc.Spec.ListenPort
 	}
@@ -399,7 +393,7 @@ func (s *Source) compute() (*Desired, error) {
 				id = a
 			}
 		}
-		d.RouteReflectorClusterID = id
+		c.RouteReflectorClusterID = id
 	}
 
 	peers := map[netip.Addr]config.Peer{}
@@ -421,21 +415,33 @@ func (s *Source) compute() (*Desired, error) {
 			s.warn("node has the same address as this node; not peering", "other", other.name, "address", other.address)
 			continue
 		}
+		p := config.Peer{
+			Address:     other.address,
+			AS:          other.as,
+			Description: "node " + other.name,
+			// A node, whatever its AS: the import policy lets it send
+			// pod-pool prefixes only.
+			Node: ptrTo(true),
+		}
 		switch {
 		case mesh: // every node peers with every node; reflector labels do not matter
 		case me.rr: // a reflector peers with every node
-			if !other.rr {
-				d.RouteReflectorClients[other.address] = true
+			if other.rr {
+				break // reflectors peer as ordinary iBGP neighbours
 			}
+			if other.as != me.as {
+				// Reflection is within one AS; a node in another AS is
+				// an ordinary eBGP neighbour of the reflector.
+				s.warn("node in another AS peers with this route reflector as a plain eBGP neighbour, not a client",
+					"other", other.name, "as", other.as, "reflectorAS", me.as)
+				break
+			}
+			p.RouteReflectorClient = true
 		case other.rr: // a client peers with the reflectors only
 		default:
 			continue
 		}
-		peers[other.address] = config.Peer{
-			Address:     other.address,
-			AS:          other.as,
-			Description: "node " + other.name,
-		}
+		peers[other.address] = p
 	}
 
 	// Explicit BGPPeers selecting this node; they win over a node session to
@@ -461,7 +467,7 @@ func (s *Source) compute() (*Desired, error) {
 		if !sel {
 			continue
 		}
-		p, gr, maxp, err := s.peerFrom(bp)
+		p, err := s.peerFrom(bp)
 		if err != nil {
 			s.warn("ignoring BGPPeer", "bgppeer", bp.Name, "err", err)
 			continue
@@ -475,14 +481,7 @@ func (s *Source) compute() (*Desired, error) {
 			continue
 		}
 		explicit[p.Address] = bp.Name
-		delete(d.RouteReflectorClients, p.Address)
 		peers[p.Address] = p
-		if gr != nil {
-			d.GracefulRestart[p.Address] = *gr
-		}
-		if maxp > 0 {
-			d.MaxPrefixes[p.Address] = maxp
-		}
 	}
 	for _, p := range peers {
 		c.Peers = append(c.Peers, p)
@@ -608,11 +607,32 @@ func (s *Source) poolFor(node *corev1.Node, podCIDR netip.Prefix) (*Pool, error)
 	return best, nil
 }
 
+// enabledPools lists the CIDRs of every enabled IPPool, sorted.
+func (s *Source) enabledPools() []netip.Prefix {
+	var out []netip.Prefix
+	for _, obj := range s.pools.List() {
+		var ip nexthopv1.IPPool
+		if fromUnstructured(obj, &ip) != nil || ip.Spec.Disabled {
+			continue
+		}
+		if cidr, err := netip.ParsePrefix(ip.Spec.CIDR); err == nil && cidr.Addr().Is4() {
+			out = append(out, cidr.Masked())
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return slices.Compact(out)
+}
+
 // peerFrom turns a BGPPeer into a config.Peer, resolving its password.
-func (s *Source) peerFrom(bp *nexthopv1.BGPPeer) (config.Peer, *GracefulRestart, uint32, error) {
+func (s *Source) peerFrom(bp *nexthopv1.BGPPeer) (config.Peer, error) {
 	addr, err := netip.ParseAddr(bp.Spec.PeerIP)
 	if err != nil || !addr.Is4() {
-		return config.Peer{}, nil, 0, fmt.Errorf("peerIP %q is not IPv4", bp.Spec.PeerIP)
+		return config.Peer{}, fmt.Errorf("peerIP %q is not IPv4", bp.Spec.PeerIP)
 	}
 	p := config.Peer{
 		Address:     addr,
@@ -633,26 +653,26 @@ func (s *Source) peerFrom(bp *nexthopv1.BGPPeer) (config.Peer, *GracefulRestart,
 		ref := pw.SecretKeyRef
 		sec, err := s.secrets.Secrets(s.namespace).Get(ref.Name)
 		if err != nil {
-			return config.Peer{}, nil, 0, fmt.Errorf("password: Secret %s/%s: %w", s.namespace, ref.Name, err)
+			return config.Peer{}, fmt.Errorf("password: Secret %s/%s: %w", s.namespace, ref.Name, err)
 		}
 		v, ok := sec.Data[ref.Key]
 		if !ok {
-			return config.Peer{}, nil, 0, fmt.Errorf("password: Secret %s/%s has no key %q", s.namespace, ref.Name, ref.Key)
+			return config.Peer{}, fmt.Errorf("password: Secret %s/%s has no key %q", s.namespace, ref.Name, ref.Key)
 		}
 		p.Password = strings.TrimRight(string(v), "\r\n")
 	}
-	var gr *GracefulRestart
+	// Unset fields keep config's defaults (graceful restart on for 120 s,
+	// 5000 prefixes), which Normalize fills in.
 	if g := bp.Spec.GracefulRestart; g != nil {
-		gr = &GracefulRestart{Enabled: g.Enabled, RestartTime: 120 * time.Second}
+		p.GracefulRestart.Enabled = &g.Enabled
 		if g.RestartTime != nil {
-			gr.RestartTime = g.RestartTime.Duration
+			p.GracefulRestart.RestartTime.Duration = g.RestartTime.Duration
 		}
 	}
-	var maxp uint32
 	if bp.Spec.MaxPrefixes != nil {
-		maxp = uint32(min(*bp.Spec.MaxPrefixes, int64(^uint32(0))))
+		p.MaxPrefixes = uint32(min(max(*bp.Spec.MaxPrefixes, 0), int64(^uint32(0))))
 	}
-	return p, gr, maxp, nil
+	return p, nil
 }
 
 func fromUnstructured(obj any, into runtime.Object) error {
@@ -665,3 +685,5 @@ func fromUnstructured(obj any, into runtime.Object) error {
 	}
 	return nil
 }
+
+func ptrTo[T any](v T) *T { return &v }

@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	nexthopv1 "github.com/nexthop-net/nexthop/api/v1"
+	"github.com/nexthop-net/nexthop/config"
 )
 
 func TestMeshFollowsNodes(t *testing.T) {
@@ -121,13 +123,18 @@ func TestBGPPeerSelection(t *testing.T) {
 	if tor.AS != 65000 || tor.HoldTime.Duration != 6*time.Second || tor.Keepalive.Duration != 2*time.Second {
 		t.Fatalf("ToR peer: %+v", tor)
 	}
-	if gr := d.GracefulRestart[tor.Address]; !gr.Enabled || gr.RestartTime != 120*time.Second {
+	if gr := tor.GracefulRestart; !gr.On() || gr.RestartTime.Duration != 120*time.Second {
 		t.Fatalf("ToR graceful restart: %+v", gr)
 	}
-	if d.MaxPrefixes[tor.Address] != 1000 {
-		t.Fatalf("ToR max prefixes: %d", d.MaxPrefixes[tor.Address])
+	if tor.MaxPrefixes != 1000 {
+		t.Fatalf("ToR max prefixes: %d", tor.MaxPrefixes)
 	}
-	wb.until("b1 with its node-specific and the global peer", hasPeers("192.0.2.11", "198.51.100.1", "198.51.100.2"))
+	d = wb.until("b1 with its node-specific and the global peer", hasPeers("192.0.2.11", "198.51.100.1", "198.51.100.2"))
+	// Unset in the BGPPeer: config's defaults.
+	if p, _ := peer(d, "198.51.100.1"); !p.GracefulRestart.On() || p.GracefulRestart.RestartTime.Duration != config.DefaultRestartTime ||
+		p.MaxPrefixes != config.DefaultMaxPrefixes {
+		t.Fatalf("BGPPeer without graceful restart or prefix settings: %+v", p)
+	}
 
 	// Relabelling a node moves the ToR peering with it.
 	n, err := c.cs.CoreV1().Nodes().Get(context.Background(), "b1", metav1.GetOptions{})
@@ -205,18 +212,21 @@ func TestRouteReflectorsWithMeshOff(t *testing.T) {
 
 	client := c.watch("c1", nil)
 	d := client.until("a client peering with the reflectors only", hasPeers("192.0.2.1", "192.0.2.2"))
-	if d.RouteReflectorClusterID.IsValid() || len(d.RouteReflectorClients) != 0 {
+	if d.Config.RouteReflectorClusterID.IsValid() || slices.ContainsFunc(d.Config.Peers, func(p config.Peer) bool { return p.RouteReflectorClient }) {
 		t.Fatalf("a client acting as a reflector: %s", describe(d))
 	}
 
 	rr := c.watch("rr1", nil)
 	d = rr.until("a reflector peering with everyone", hasPeers("192.0.2.2", "192.0.2.11", "192.0.2.12"))
-	if d.RouteReflectorClusterID != netip.MustParseAddr("224.0.0.1") {
-		t.Fatalf("cluster ID = %v, want 224.0.0.1", d.RouteReflectorClusterID)
+	if d.Config.RouteReflectorClusterID != netip.MustParseAddr("224.0.0.1") {
+		t.Fatalf("cluster ID = %v, want 224.0.0.1", d.Config.RouteReflectorClusterID)
+	}
+	if err := d.Config.Validate(); err != nil {
+		t.Fatalf("reflector config does not validate: %v", err)
 	}
 	for addr, want := range map[string]bool{"192.0.2.2": false, "192.0.2.11": true, "192.0.2.12": true} {
-		if got := d.RouteReflectorClients[netip.MustParseAddr(addr)]; got != want {
-			t.Errorf("peer %s route-reflector client = %v, want %v", addr, got, want)
+		if got, _ := peer(d, addr); got.RouteReflectorClient != want {
+			t.Errorf("peer %s route-reflector client = %v, want %v", addr, got.RouteReflectorClient, want)
 		}
 	}
 
@@ -240,6 +250,9 @@ func TestPodCIDROutsidePoolsRefused(t *testing.T) {
 	if d.Pool == nil || d.Pool.Name != "default-pool" || !d.Pool.NATOutgoing || d.Pool.IPIPMode != nexthopv1.EncapNever {
 		t.Fatalf("pool of the inside node: %+v", d.Pool)
 	}
+	if !d.Config.NATOutgoing || !slices.Equal(d.Config.Pools, []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}) {
+		t.Fatalf("the pool did not reach the config: natOutgoing %v pools %v", d.Config.NATOutgoing, d.Config.Pools)
+	}
 
 	out := c.watch("outside", nil)
 	out.logUntil("refusing pod CIDR 10.99.0.0/24 of node outside: it is outside every enabled IPPool")
@@ -255,6 +268,13 @@ func TestPodCIDROutsidePoolsRefused(t *testing.T) {
 	d = out.until("config once a pool contains the CIDR", func(*Desired) bool { return true })
 	if d.Pool == nil || d.Pool.Name != "extra" || d.Pool.IPIPMode != nexthopv1.EncapCrossSubnet {
 		t.Fatalf("pool: %+v", d.Pool)
+	}
+	if d.Config.IPIPMode != config.CrossSubnet || d.Config.VXLANMode != config.Never || d.Config.NATOutgoing {
+		t.Fatalf("the pool's encapsulation and NAT did not reach the config: ipipMode %s vxlanMode %s natOutgoing %v",
+			d.Config.IPIPMode, d.Config.VXLANMode, d.Config.NATOutgoing)
+	}
+	if want := []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16"), netip.MustParsePrefix("10.244.0.0/16")}; !slices.Equal(d.Config.Pools, want) {
+		t.Fatalf("import policy pools = %v, want every enabled pool %v", d.Config.Pools, want)
 	}
 }
 

@@ -1,40 +1,216 @@
 // Command nexthopd is the nexthop node daemon: an embedded BGP speaker that
 // announces the node's pod block and programs learned routes into the kernel.
+//
+// Standalone, it reads one YAML file (--config). In Kubernetes mode
+// (--kubernetes, or --kubeconfig) it builds the same config from the API:
+// Nodes, BGPConfiguration, BGPPeers, IPPools and a base file with the
+// cluster-wide settings (--base-config, the DaemonSet's ConfigMap).
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/yaml"
 
 	"github.com/nexthop-net/nexthop/config"
 	"github.com/nexthop-net/nexthop/daemon"
 )
 
-func main() {
-	cfgPath := flag.String("config", "/etc/nexthop/node.yaml", "standalone config file (YAML)")
-	flag.Parse()
+// Exit codes: 2 for a bad command line or config (restarting will not
+// help), 1 for a failure, 3 when a config change needs a restart (the
+// kubelet restarts the container; routes stay in place meanwhile).
+const (
+	exitFailure = 1
+	exitUsage   = 2
+	exitRestart = 3
+)
 
-	cfg, err := config.Load(*cfgPath)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "nexthopd: %v\n", err)
-		os.Exit(2)
+// options are the command line.
+type options struct {
+	config, kubeconfig, nodeName, baseConfig, healthListen string
+	kubernetes                                             bool
+	set                                                    map[string]bool
+}
+
+// newFlags defines the command line on fs; the DaemonSet in
+// manifests/base/daemonset.yaml passes some of these (main_test.go checks
+// it passes nothing else).
+func newFlags(fs *flag.FlagSet) *options {
+	o := &options{}
+	fs.StringVar(&o.config, "config", "/etc/nexthop/node.yaml", "standalone config file (YAML)")
+	fs.BoolVar(&o.kubernetes, "kubernetes", false, "take the config from the Kubernetes API (implied by --kubeconfig)")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; empty in a pod means the in-cluster service account")
+	fs.StringVar(&o.nodeName, "node-name", "", "this node's Node name (default $NODE_NAME, then the hostname)")
+	fs.StringVar(&o.baseConfig, "base-config", "", "Kubernetes mode: YAML with the cluster-wide settings (timers, paths, log level); node fields come from the API")
+	fs.StringVar(&o.healthListen, "health-listen", "127.0.0.1:9099", `where /healthz and /readyz are served; "none" disables them`)
+	return o
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "status" {
+		os.Exit(runStatus(os.Args[2:], os.Stdout, os.Stderr))
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level(cfg.LogLevel), ReplaceAttr: microseconds}))
-	log = log.With("node", cfg.NodeName)
-	log.Info("starting", "config", *cfgPath, "address", cfg.Address, "as", cfg.LocalAS, "podCIDR", cfg.PodCIDR, "peers", len(cfg.Peers))
+	o := newFlags(flag.CommandLine)
+	flag.Parse()
+	o.set = map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
+	kubeMode := o.kubernetes || o.kubeconfig != ""
+
+	usage := func(err error) {
+		fmt.Fprintf(os.Stderr, "nexthopd: %v\n", err)
+		os.Exit(exitUsage)
+	}
+	if flag.NArg() > 0 {
+		usage(fmt.Errorf("unexpected arguments %q", flag.Args()))
+	}
+	if kubeMode && o.set["config"] {
+		usage(errors.New("--config is the standalone mode; with --kubernetes/--kubeconfig use --base-config for the cluster-wide settings"))
+	}
+	if !kubeMode && (o.set["base-config"] || o.set["node-name"]) {
+		usage(errors.New("--base-config and --node-name need --kubernetes (or --kubeconfig)"))
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := daemon.Run(ctx, cfg, log); err != nil {
-		log.Error("nexthopd failed", "err", err)
-		os.Exit(1)
+	var err error
+	var log *slog.Logger
+	if kubeMode {
+		log, err = runKubernetes(ctx, o.kubeconfig, o.nodeName, o.baseConfig, o.healthListen, usage)
+	} else {
+		log, err = runStandalone(ctx, o.config, o.healthListen, usage)
 	}
+	switch {
+	case err == nil:
+	case errors.Is(err, daemon.ErrRestartRequired):
+		log.Warn("exiting to apply a config change; the kubelet (or your service manager) restarts nexthopd", "err", err)
+		os.Exit(exitRestart)
+	default:
+		log.Error("nexthopd failed", "err", err)
+		os.Exit(exitFailure)
+	}
+}
+
+func runStandalone(ctx context.Context, path, healthListen string, usage func(error)) (*slog.Logger, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		usage(err)
+	}
+	log := newLogger(cfg.LogLevel).With("node", cfg.NodeName)
+	log.Info("starting", "config", path, "address", cfg.Address, "as", cfg.LocalAS, "podCIDR", cfg.PodCIDR, "peers", len(cfg.Peers))
+	h, err := health(ctx, healthListen, log)
+	if err != nil {
+		return log, err
+	}
+	return log, daemon.RunWith(ctx, cfg, log, daemon.Options{Health: h})
+}
+
+func runKubernetes(ctx context.Context, kubeconfig, nodeName, basePath, healthListen string, usage func(error)) (*slog.Logger, error) {
+	base, err := loadBase(basePath)
+	if err != nil {
+		usage(err)
+	}
+	if nodeName == "" {
+		nodeName = os.Getenv("NODE_NAME")
+	}
+	if nodeName == "" {
+		if nodeName, err = os.Hostname(); err != nil {
+			usage(fmt.Errorf("no --node-name, no $NODE_NAME, and no hostname: %w", err))
+		}
+	}
+	log := newLogger(base.LogLevel).With("node", nodeName)
+	// client-go logs through klog: into the same handler, same format.
+	klog.SetSlogLogger(log.With("source", "client-go"))
+
+	rc, err := restConfig(kubeconfig)
+	if err != nil {
+		usage(err)
+	}
+	rc.UserAgent = "nexthopd/" + nodeName
+	log.Info("starting in Kubernetes mode", "apiServer", rc.Host, "baseConfig", basePath)
+	h, err := health(ctx, healthListen, log)
+	if err != nil {
+		return log, err
+	}
+	return log, daemon.RunKubernetes(ctx, daemon.KubeOptions{Rest: rc, NodeName: nodeName, Base: base, Health: h}, log)
+}
+
+// restConfig is the kubeconfig file when given, else the pod's service
+// account.
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+		}
+		return rc, nil
+	}
+	rc, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("not in a pod, so --kubeconfig is needed: %w", err)
+	}
+	return rc, nil
+}
+
+// loadBase reads the cluster-wide settings strictly (an unknown field is a
+// typo) without validating: they are only complete once the API has filled
+// in the node. Node-specific fields are refused rather than silently
+// overwritten.
+func loadBase(path string) (config.Config, error) {
+	var c config.Config
+	if path == "" {
+		return c, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("read base config: %w", err)
+	}
+	if err := yaml.UnmarshalStrict(b, &c); err != nil {
+		return c, fmt.Errorf("base config %s: %w", path, err)
+	}
+	var fromAPI []string
+	for field, isSet := range map[string]bool{
+		"nodeName": c.NodeName != "", "address": c.Address.IsValid(), "routerID": c.RouterID.IsValid(),
+		"localAS": c.LocalAS != 0, "podCIDR": c.PodCIDR.IsValid(), "peers": len(c.Peers) > 0,
+		"routeReflectorClusterID": c.RouteReflectorClusterID.IsValid(),
+	} {
+		if isSet {
+			fromAPI = append(fromAPI, field)
+		}
+	}
+	if len(fromAPI) > 0 {
+		slices.Sort(fromAPI)
+		return c, fmt.Errorf("base config %s sets %s: in Kubernetes mode these come from the API (Node, BGPConfiguration, BGPPeer)",
+			path, strings.Join(fromAPI, ", "))
+	}
+	return c, nil
+}
+
+// health serves the probes unless disabled.
+func health(ctx context.Context, addr string, log *slog.Logger) (*daemon.Health, error) {
+	if addr == "" || addr == "none" {
+		return nil, nil
+	}
+	h := daemon.NewHealth()
+	if err := daemon.ServeHealth(ctx, addr, h, log); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+func newLogger(level string) *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: parseLevel(level), ReplaceAttr: microseconds}))
 }
 
 // microseconds stamps log lines to the µs: convergence is measured in
@@ -46,7 +222,7 @@ func microseconds(groups []string, a slog.Attr) slog.Attr {
 	return a
 }
 
-func level(s string) slog.Level {
+func parseLevel(s string) slog.Level {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(strings.ToUpper(s))); err != nil {
 		return slog.LevelInfo

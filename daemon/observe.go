@@ -1,0 +1,170 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nexthop-net/nexthop/config"
+	"github.com/nexthop-net/nexthop/ipam"
+	"github.com/nexthop-net/nexthop/metrics"
+	"github.com/nexthop-net/nexthop/status"
+	"github.com/nexthop-net/nexthop/tunnel"
+)
+
+// observer serves /metrics and /status. It exists before the node does (the
+// IPAM server reports CNI requests to it from the start), so it reads the
+// node through a pointer that is nil until attach.
+type observer struct {
+	cfg   *config.Config
+	log   *slog.Logger
+	alloc *ipam.Allocator
+	enc   *encap
+	node  atomic.Pointer[node]
+	m     *metrics.Metrics
+}
+
+func newObserver(cfg *config.Config, log *slog.Logger, enc *encap, alloc *ipam.Allocator) *observer {
+	o := &observer{cfg: cfg, log: log, enc: enc, alloc: alloc}
+	o.m = metrics.New(metrics.Sources{Peers: o.peers, Routes: o.routes, IPAM: o.ipam})
+	return o
+}
+
+func (o *observer) attach(n *node) { o.node.Store(n) }
+
+// cniVerbs maps IPAM methods to the CNI verbs that call them.
+var cniVerbs = map[string]string{"Allocate": "ADD", "Release": "DEL", "Get": "CHECK", "GC": "GC", "Status": "STATUS", "List": "LIST"}
+
+// cni is the IPAM server's request observer.
+func (o *observer) cni(method string, took time.Duration, err error) {
+	verb, ok := cniVerbs[method]
+	if !ok {
+		verb = method
+	}
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	o.m.CNIRequests.WithLabelValues(verb, result).Observe(took.Seconds())
+}
+
+// programmed records one kernel write of best-path changes first seen at since.
+func (o *observer) programmed(since time.Time, err error) {
+	if err != nil {
+		o.m.ReconcileErrors.Inc()
+		return
+	}
+	o.m.RouteProgramming.Observe(time.Since(since).Seconds())
+}
+
+func (o *observer) peers(ctx context.Context) ([]metrics.Peer, error) {
+	n := o.node.Load()
+	if n == nil {
+		return nil, nil
+	}
+	ps, err := n.sp.Peers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rejected := n.sp.RejectedCounts()
+	out := make([]metrics.Peer, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, metrics.Peer{Address: p.Address, AS: p.AS, Established: p.Established, Uptime: p.Uptime,
+			Received: p.Received, Accepted: p.Accepted, Rejected: rejected[p.Address]})
+	}
+	return out, nil
+}
+
+// routes counts installed routes by kind, tunnel devices named as modes.
+func (o *observer) routes() map[string]int {
+	n := o.node.Load()
+	if n == nil {
+		return nil
+	}
+	out := map[string]int{}
+	for kind, c := range n.rec.CountByKind() {
+		switch kind {
+		case tunnel.IPIPDevice:
+			kind = "ipip"
+		case o.cfg.VXLAN.Device:
+			kind = "vxlan"
+		}
+		out[kind] += c
+	}
+	return out
+}
+
+func (o *observer) ipam() metrics.IPAM {
+	return metrics.IPAM{Block: o.alloc.Block(), Size: o.alloc.Size(), Allocated: o.alloc.Used()}
+}
+
+// report is the /status document.
+func (o *observer) report(ctx context.Context) (status.Report, error) {
+	r := status.Report{
+		Node: o.cfg.NodeName, Address: o.cfg.Address.String(), AS: o.cfg.LocalAS, PodCIDR: o.cfg.PodCIDR.String(),
+		IPIPMode: string(o.cfg.IPIPMode), VXLANMode: string(o.cfg.VXLANMode), PodMTU: o.enc.podMTU,
+		Routes: o.routes(),
+	}
+	st := o.ipam()
+	r.IPAM = status.IPAM{Block: st.Block.String(), Size: st.Size, Allocated: st.Allocated}
+	n := o.node.Load()
+	if n == nil {
+		return r, nil
+	}
+	r.Synced = n.syncedFlag.Load()
+	ps, err := n.sp.Peers(ctx)
+	if err != nil {
+		return r, err
+	}
+	rejected := n.sp.RejectedCounts()
+	for _, p := range ps {
+		r.Peers = append(r.Peers, status.Peer{Address: p.Address.String(), AS: p.AS, State: p.State,
+			UptimeSeconds: p.Uptime.Seconds(), Received: p.Received, Accepted: p.Accepted, Rejected: rejected[p.Address]})
+	}
+	return r, nil
+}
+
+// serve listens on cfg.MetricsListen until ctx ends. A listen failure is an
+// error at start, not a silent gap in monitoring.
+func (o *observer) serve(ctx context.Context, wg *sync.WaitGroup) error {
+	if o.cfg.MetricsListen == "none" {
+		return nil
+	}
+	l, err := net.Listen("tcp", o.cfg.MetricsListen)
+	if err != nil {
+		return fmt.Errorf("metrics and status address %s: %w", o.cfg.MetricsListen, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", o.m.Handler())
+	mux.HandleFunc(status.Path, func(w http.ResponseWriter, r *http.Request) {
+		rep, err := o.report(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(rep)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			o.log.Error("metrics server", "err", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		<-ctx.Done()
+		srv.Close()
+	}()
+	o.log.Info("serving metrics and status", "address", o.cfg.MetricsListen)
+	return nil
+}

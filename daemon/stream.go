@@ -1,0 +1,235 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"os"
+	"reflect"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nexthop-net/nexthop/bgp"
+	"github.com/nexthop-net/nexthop/config"
+	"github.com/nexthop-net/nexthop/ipam"
+)
+
+// Defaults for Options.
+const (
+	DefaultStatusInterval  = 30 * time.Second
+	DefaultReclaimInterval = time.Minute
+	// statusPoll is how often session states are compared with those last
+	// published: a session going up or down reaches the status within it.
+	statusPoll = time.Second
+	// statusRetry spaces out writes while the API refuses them.
+	statusRetry = 5 * time.Second
+)
+
+// ErrRestartRequired ends RunWith when a later config changes something a
+// running node cannot take over live. The process should exit non-zero and
+// be restarted (the kubelet does): kernel routes stay in place and peers
+// hold ours by graceful restart meanwhile, so traffic keeps flowing.
+var ErrRestartRequired = errors.New("config change needs a restart")
+
+// Options are the optional parts of a run. The zero value is the
+// standalone daemon: one config, no status, no reclaim.
+type Options struct {
+	// Updates delivers later configs for the same node, each complete and
+	// validated. Peer changes apply live; any other change ends the run
+	// with ErrRestartRequired.
+	Updates <-chan *config.Config
+	// Health, when set, follows the run for /healthz and /readyz.
+	Health *Health
+	// Status, when set, is given every session's state whenever a session
+	// comes up or goes down or a peer is added or removed, and at least
+	// every StatusInterval. It runs on its own goroutine.
+	Status         func(ctx context.Context, cfg *config.Config, peers []bgp.PeerState) error
+	StatusInterval time.Duration
+	// Reclaim, when set, runs every ReclaimInterval on its own goroutine to
+	// release the addresses of pods that no longer exist.
+	Reclaim         func(ctx context.Context, alloc *ipam.Allocator) error
+	ReclaimInterval time.Duration
+}
+
+func (o *Options) defaults() {
+	if o.StatusInterval <= 0 {
+		o.StatusInterval = DefaultStatusInterval
+	}
+	if o.ReclaimInterval <= 0 {
+		o.ReclaimInterval = DefaultReclaimInterval
+	}
+}
+
+// ipForwardPath is the sysctl the node needs set; a variable for tests.
+var ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
+
+// ensureForwarding makes sure the node routes. In Kubernetes the daemon
+// container is unprivileged and /proc/sys is read-only there: the init
+// container has set the sysctl already, and finding it set is enough.
+func ensureForwarding(path string) error {
+	b, err := os.ReadFile(path)
+	if err == nil && string(bytes.TrimSpace(b)) == "1" {
+		return nil
+	}
+	if werr := os.WriteFile(path, []byte("1"), 0o644); werr != nil {
+		state := "0"
+		if err != nil {
+			state = "unreadable (" + err.Error() + ")"
+		}
+		return fmt.Errorf("net.ipv4.ip_forward is %s and cannot be set here (in Kubernetes the init container sets it): %w", state, werr)
+	}
+	return nil
+}
+
+// restartReason lists the fields that differ between cur and next other
+// than the peers, which apply live; empty when there are none. Every other
+// field (address, AS, pod CIDR, port, cluster ID, encapsulation, paths) is
+// fixed at start by the speaker, the reconciler, the tunnel or the IPAM.
+func restartReason(cur, next *config.Config) string {
+	a, b := *cur, *next
+	a.Peers, b.Peers = nil, nil
+	if reflect.DeepEqual(a, b) {
+		return ""
+	}
+	var diffs []string
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	for i := range va.NumField() {
+		if reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
+			continue
+		}
+		f := va.Type().Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "" {
+			name = f.Name
+		}
+		diffs = append(diffs, fmt.Sprintf("%s %s -> %s", name, show(va.Field(i)), show(vb.Field(i))))
+	}
+	return strings.Join(diffs, ", ")
+}
+
+// show prints a config value for a log line; a zero value is "unset"
+// rather than netip's "invalid IP" or an empty string.
+func show(v reflect.Value) string {
+	if v.IsZero() {
+		return "unset"
+	}
+	return fmt.Sprint(v.Interface())
+}
+
+// update takes over a later config: peers live, anything else by exiting.
+func (n *node) update(ctx context.Context, next *config.Config) error {
+	if next == nil {
+		return nil
+	}
+	if why := restartReason(n.cfg, next); why != "" {
+		n.log.Warn("config changed in a way a running node cannot apply; exiting to be restarted (routes stay, peers hold ours by graceful restart)",
+			"changes", why)
+		return fmt.Errorf("%w: %s", ErrRestartRequired, why)
+	}
+	n.cfg = next
+	n.running.Store(next)
+	n.setPeers(ctx, next.Peers)
+	return nil
+}
+
+// setPeers applies the peer list; what fails is tried again at the next
+// resync (SetPeers keeps what it could apply).
+func (n *node) setPeers(ctx context.Context, peers []config.Peer) {
+	if err := n.sp.SetPeers(ctx, peers); err != nil {
+		n.peersFailed = true
+		n.log.Error("apply peer changes; trying again at the next resync", "err", err)
+		return
+	}
+	n.peersFailed = false
+	n.log.Info("peers applied", "peers", len(peers))
+}
+
+// checkIPAMSocket marks the IPAM ready once its socket exists.
+func (n *node) checkIPAMSocket() {
+	h := n.o.Health
+	if h == nil || h.ipamReady() {
+		return
+	}
+	if _, err := os.Stat(n.cfg.IPAMSocket); err == nil {
+		h.ipamServing()
+	}
+}
+
+// startBackground runs the status and reclaim goroutines until ctx ends.
+func (n *node) startBackground(ctx context.Context, wg *sync.WaitGroup, alloc *ipam.Allocator) {
+	if n.o.Status != nil {
+		wg.Go(func() { n.statusLoop(ctx) })
+	}
+	if n.o.Reclaim != nil {
+		wg.Go(func() {
+			t := time.NewTicker(n.o.ReclaimInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				if err := n.o.Reclaim(ctx, alloc); err != nil && ctx.Err() == nil {
+					n.log.Warn("reclaim addresses of deleted pods", "err", err)
+				}
+			}
+		})
+	}
+}
+
+// statusLoop publishes session states on every change of who is up, and
+// every StatusInterval. Polling the in-process speaker once a second costs
+// nothing and needs no hook in GoBGP's event stream.
+func (n *node) statusLoop(ctx context.Context) {
+	t := time.NewTicker(statusPoll)
+	defer t.Stop()
+	var (
+		last      map[netip.Addr]bool
+		published time.Time
+		failedAt  time.Time
+		failing   bool
+	)
+	for {
+		peers, err := n.sp.Peers(ctx)
+		if err == nil {
+			up := make(map[netip.Addr]bool, len(peers))
+			for _, p := range peers {
+				up[p.Address] = p.Established
+			}
+			now := time.Now()
+			due := !maps.Equal(up, last) || now.Sub(published) >= n.o.StatusInterval
+			if failing && now.Sub(failedAt) < statusRetry {
+				due = false
+			}
+			if due {
+				if err := n.o.Status(ctx, n.running.Load(), peers); err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					if !failing {
+						n.log.Warn("publish BGP status; retrying", "err", err)
+					}
+					failing, failedAt = true, now
+				} else {
+					if failing {
+						n.log.Info("BGP status published again")
+					}
+					failing = false
+					last, published = up, now
+				}
+			}
+		} else if ctx.Err() == nil {
+			n.log.Debug("status: list peers", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
