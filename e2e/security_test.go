@@ -228,6 +228,21 @@ func TestHostileToR(t *testing.T) {
 		lines, _ := logLines(n, "import policy rejected a path")
 		t.Logf("%s:\n  %s", n.Name, strings.Join(lines, "\n  "))
 	}
+	// And counted: each node's metric for the ToR counts the three
+	// hostile prefixes (and nothing of the allowed one).
+	series := fmt.Sprintf(`nexthop_bgp_prefixes_rejected_total{peer=%q}`, c.ToR.Address.String())
+	waitFor(t, convergeTimeout, "rejections counted in /metrics", func() error {
+		for _, n := range c.Nodes {
+			body, err := httpGetIn(n.NS, "http://"+config.DefaultMetricsListen+"/metrics")
+			if err != nil {
+				return err
+			}
+			if v, ok := metric(body, series); !ok || v != float64(len(hostile)) {
+				return fmt.Errorf("%s: %s = %v (found %v), want %d", n.Name, series, v, ok, len(hostile))
+			}
+		}
+		return nil
+	})
 
 	// Refused for good: nothing arrives later, lookups are unchanged, and
 	// GoBGP holds the paths only in the ToR's Adj-RIB-In, not in its RIB.
