@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nexthop-net/nexthop/internal/poll"
 	"io"
 	"net/netip"
 	"os"
@@ -501,26 +502,8 @@ func procStartTime(pid int) (uint64, error) {
 // and then returns fn's last error. An error wrapped with Permanent ends
 // the wait at once: there is no point polling a process that has exited.
 func WaitFor(timeout, interval time.Duration, fn func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return nil
-		}
-		var p permanent
-		if errors.As(err, &p) {
-			return p.error
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("still failing after %s: %w", timeout, err)
-		}
-		time.Sleep(interval)
-	}
+	return poll.Until(timeout, interval, fn)
 }
 
-type permanent struct{ error }
-
-func (p permanent) Unwrap() error { return p.error }
-
 // Permanent marks an error that WaitFor should not retry.
-func Permanent(err error) error { return permanent{err} }
+func Permanent(err error) error { return poll.Permanent(err) }

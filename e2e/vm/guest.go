@@ -7,6 +7,7 @@ package vm
 import (
 	"errors"
 	"fmt"
+	"github.com/nexthop-net/nexthop/internal/poll"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -255,32 +256,14 @@ func (n *Node) HasLink(dev string) bool {
 }
 
 // Permanent marks an error Poll must not retry.
-func Permanent(err error) error { return permanent{err} }
-
-type permanent struct{ error }
-
-func (p permanent) Unwrap() error { return p.error }
+func Permanent(err error) error { return poll.Permanent(err) }
 
 // Poll retries fn every interval until it succeeds, returns a Permanent
 // error, or timeout passes (then its last error is returned). Timeouts are
 // generous: the guest CPU is emulated and tens of times slower than the
 // host, so they only bound a hang.
 func Poll(timeout, interval time.Duration, fn func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return nil
-		}
-		var p permanent
-		if errors.As(err, &p) {
-			return p.error
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("still failing after %s: %w", timeout, err)
-		}
-		time.Sleep(interval)
-	}
+	return poll.Until(timeout, interval, fn)
 }
 
 // errorf is fmt.Errorf, named for poll callbacks' readability.
