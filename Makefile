@@ -48,8 +48,9 @@ demo: deps build
 	$(GO) build -o $(BIN)/demo ./e2e/demo
 	$(BIN)/demo
 
-## bench: every benchmark (root); docs/benchmarks.md records the figures
-bench: deps build bench-routes bench-convergence bench-cni
+## bench: every benchmark, one after another (root); rewrites docs/benchmarks.md from hack/benchreport/template.md
+bench: deps build
+	$(GO) run ./hack/benchreport
 
 ## bench-routes: 10,000 routes through routes/ vs a bare netlink loop, same run
 bench-routes: build
