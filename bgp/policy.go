@@ -3,6 +3,7 @@ package bgp
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -80,7 +81,7 @@ func (s *Speaker) importPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 
 	var nodes, external []netip.Addr
 	var accepting []config.Peer
-	for _, addr := range slices.SortedFunc(mapKeys(peers), netip.Addr.Compare) {
+	for _, addr := range slices.SortedFunc(maps.Keys(peers), netip.Addr.Compare) {
 		p := peers[addr]
 		switch {
 		case p.IsNode(s.cfg.LocalAS):
@@ -118,16 +119,6 @@ func (s *Speaker) importPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 		}, api.RouteAction_REJECT))
 	}
 	return sets, &api.Policy{Name: n("policy"), Statements: sts}
-}
-
-func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // syncImportPolicyLocked installs the import policy for peers when it
@@ -210,7 +201,7 @@ func (s *Speaker) swapPolicy(ctx context.Context, kind string, dir api.PolicyDir
 func (s *Speaker) exportPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*api.DefinedSet, *api.Policy) {
 	n := func(what string) string { return fmt.Sprintf("nexthop-export-%d-%s", gen, what) }
 	var nodes, external []netip.Addr
-	for _, addr := range slices.SortedFunc(mapKeys(peers), netip.Addr.Compare) {
+	for _, addr := range slices.SortedFunc(maps.Keys(peers), netip.Addr.Compare) {
 		if peers[addr].IsNode(s.cfg.LocalAS) {
 			nodes = append(nodes, addr)
 		} else {

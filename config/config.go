@@ -5,6 +5,7 @@ package config
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -256,48 +257,20 @@ func (c *Config) Normalize() {
 	if !c.RouterID.IsValid() {
 		c.RouterID = c.Address
 	}
-	if c.BGPPort == 0 {
-		c.BGPPort = DefaultBGPPort
-	}
-	if c.HoldTime.Duration == 0 {
-		c.HoldTime.Duration = DefaultHoldTime
-	}
-	if c.GRPCListen == "" {
-		c.GRPCListen = DefaultGRPCListen
-	}
-	if c.MetricsListen == "" {
-		c.MetricsListen = DefaultMetricsListen
-	}
-	if c.InitialSync.Duration == 0 {
-		c.InitialSync.Duration = DefaultInitialSync
-	}
-	if c.ResyncInterval.Duration == 0 {
-		c.ResyncInterval.Duration = DefaultResyncInterval
-	}
-	if c.IPAMSocket == "" {
-		c.IPAMSocket = DefaultIPAMSocket
-	}
-	if c.StateDir == "" {
-		c.StateDir = DefaultStateDir
-	}
-	if c.LogLevel == "" {
-		c.LogLevel = "info"
-	}
-	if c.IPIPMode == "" {
-		c.IPIPMode = Never
-	}
-	if c.VXLANMode == "" {
-		c.VXLANMode = Never
-	}
-	if c.VXLAN.VNI == 0 {
-		c.VXLAN.VNI = DefaultVXLANVNI
-	}
-	if c.VXLAN.Port == 0 {
-		c.VXLAN.Port = DefaultVXLANPort
-	}
-	if c.VXLAN.Device == "" {
-		c.VXLAN.Device = DefaultVXLANDevice
-	}
+	c.BGPPort = cmp.Or(c.BGPPort, DefaultBGPPort)
+	c.HoldTime.Duration = cmp.Or(c.HoldTime.Duration, DefaultHoldTime)
+	c.GRPCListen = cmp.Or(c.GRPCListen, DefaultGRPCListen)
+	c.MetricsListen = cmp.Or(c.MetricsListen, DefaultMetricsListen)
+	c.InitialSync.Duration = cmp.Or(c.InitialSync.Duration, DefaultInitialSync)
+	c.ResyncInterval.Duration = cmp.Or(c.ResyncInterval.Duration, DefaultResyncInterval)
+	c.IPAMSocket = cmp.Or(c.IPAMSocket, DefaultIPAMSocket)
+	c.StateDir = cmp.Or(c.StateDir, DefaultStateDir)
+	c.LogLevel = cmp.Or(c.LogLevel, "info")
+	c.IPIPMode = cmp.Or(c.IPIPMode, Never)
+	c.VXLANMode = cmp.Or(c.VXLANMode, Never)
+	c.VXLAN.VNI = cmp.Or(c.VXLAN.VNI, DefaultVXLANVNI)
+	c.VXLAN.Port = cmp.Or(c.VXLAN.Port, DefaultVXLANPort)
+	c.VXLAN.Device = cmp.Or(c.VXLAN.Device, DefaultVXLANDevice)
 	c.PodCIDR = c.PodCIDR.Masked()
 	for i := range c.Pools {
 		c.Pools[i] = c.Pools[i].Masked()
@@ -313,15 +286,9 @@ func (c *Config) Normalize() {
 		if p.Keepalive.Duration == 0 {
 			p.Keepalive.Duration = p.HoldTime.Duration / 3
 		}
-		if p.Port == 0 {
-			p.Port = DefaultBGPPort
-		}
-		if p.GracefulRestart.RestartTime.Duration == 0 {
-			p.GracefulRestart.RestartTime.Duration = DefaultRestartTime
-		}
-		if p.MaxPrefixes == 0 {
-			p.MaxPrefixes = DefaultMaxPrefixes
-		}
+		p.Port = cmp.Or(p.Port, DefaultBGPPort)
+		p.GracefulRestart.RestartTime.Duration = cmp.Or(p.GracefulRestart.RestartTime.Duration, DefaultRestartTime)
+		p.MaxPrefixes = cmp.Or(p.MaxPrefixes, DefaultMaxPrefixes)
 		for j := range p.Accept {
 			p.Accept[j] = p.Accept[j].Masked()
 		}

@@ -226,26 +226,21 @@ func (n *node) applyChanges(ctx context.Context) {
 			best[p] = nil // withdrawn
 		}
 	}
-	n.program(ctx, since, best, func(upd map[netip.Prefix][]routes.Hop) error { return n.rec.Apply(ctx, upd) })
+	n.program(ctx, since, best, false, func(upd map[netip.Prefix][]routes.Hop) error { return n.rec.Apply(ctx, upd) })
 }
 
 // program turns best paths into kernel next hops, brings the tunnel's
 // forwarding entries up to date first, then writes the routes with write.
-// since is when the oldest of these changes was seen, for the latency metric.
-func (n *node) program(ctx context.Context, since time.Time, best map[netip.Prefix][]netip.Addr, write func(map[netip.Prefix][]routes.Hop) error) {
+// since is when the oldest of these changes was seen, for the latency metric;
+// full says best is the whole RIB rather than a batch of changes.
+func (n *node) program(ctx context.Context, since time.Time, best map[netip.Prefix][]netip.Addr, full bool, write func(map[netip.Prefix][]routes.Hop) error) {
 	upd, err := n.enc.hops(best)
 	if err != nil {
 		n.log.Error("decide encapsulation", "err", err)
 		return
 	}
-	if n.enc.kind == "vxlan" {
-		all, err := n.enc.hops(n.best)
-		if err == nil {
-			err = n.enc.syncVXLANPeers(all, n.best)
-		}
-		if err != nil {
-			n.log.Error("VXLAN forwarding entries", "err", err)
-		}
+	if err := n.enc.syncVXLANPeers(upd, best, full); err != nil {
+		n.log.Error("VXLAN forwarding entries", "err", err)
 	}
 	err = write(upd)
 	if err != nil {
@@ -295,7 +290,7 @@ func (n *node) fullSync(ctx context.Context) {
 		return
 	}
 	n.best = best
-	n.program(ctx, time.Now(), best, func(all map[netip.Prefix][]routes.Hop) error { return n.rec.Replace(ctx, all) })
+	n.program(ctx, time.Now(), best, true, func(all map[netip.Prefix][]routes.Hop) error { return n.rec.Replace(ctx, all) })
 }
 
 // pending collects changed prefixes from GoBGP's event goroutine without

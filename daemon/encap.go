@@ -21,6 +21,10 @@ type encap struct {
 	kind   string // "", "ipip" or "vxlan"
 	mode   config.EncapMode
 	podMTU int
+	// vteps holds, per prefix routed through VXLAN, the entries it needs
+	// (remote VTEP address → remote underlay address); kept per prefix so a
+	// batch of changes touches only its own prefixes.
+	vteps map[netip.Prefix]map[netip.Addr]netip.Addr
 	// vxlanPeers is what the VXLAN device's static entries hold now.
 	vxlanPeers map[netip.Addr]netip.Addr
 }
@@ -122,17 +126,29 @@ func inAny(ps []netip.Prefix, a netip.Addr) bool {
 
 // syncVXLANPeers keeps the VXLAN device's static entries to the nodes that
 // routes go to through it: remote VTEP address → remote underlay address.
-func (e *encap) syncVXLANPeers(hops map[netip.Prefix][]routes.Hop, best map[netip.Prefix][]netip.Addr) error {
+// hops are the kernel next hops of the prefixes in best (a withdrawn prefix
+// has none); full says they are every learned prefix, not a batch.
+func (e *encap) syncVXLANPeers(hops map[netip.Prefix][]routes.Hop, best map[netip.Prefix][]netip.Addr, full bool) error {
 	if e.kind != "vxlan" {
 		return nil
 	}
-	want := map[netip.Addr]netip.Addr{}
+	if full || e.vteps == nil {
+		e.vteps = map[netip.Prefix]map[netip.Addr]netip.Addr{}
+	}
 	for p, hs := range hops {
+		delete(e.vteps, p)
 		for i, h := range hs {
 			if h.Device == e.cfg.VXLAN.Device && i < len(best[p]) {
-				want[h.Gateway] = best[p][i]
+				if e.vteps[p] == nil {
+					e.vteps[p] = map[netip.Addr]netip.Addr{}
+				}
+				e.vteps[p][h.Gateway] = best[p][i]
 			}
 		}
+	}
+	want := map[netip.Addr]netip.Addr{}
+	for _, m := range e.vteps {
+		maps.Copy(want, m)
 	}
 	if maps.Equal(want, e.vxlanPeers) {
 		return nil

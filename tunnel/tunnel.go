@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
@@ -107,7 +108,7 @@ func (m *Manager) ConnectedSubnets(skip ...string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, l := range links {
 		name := l.Attrs().Name
-		if name == IPIPDevice || contains(skip, name) || l.Attrs().Flags&net.FlagUp == 0 {
+		if name == IPIPDevice || slices.Contains(skip, name) || l.Attrs().Flags&net.FlagUp == 0 {
 			continue
 		}
 		addrs, err := m.h.AddrList(l, netlink.FAMILY_V4)
@@ -123,15 +124,6 @@ func (m *Manager) ConnectedSubnets(skip ...string) ([]netip.Prefix, error) {
 		}
 	}
 	return out, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // EnsureIPIP brings tunl0 up with addr (so the node itself can send into
