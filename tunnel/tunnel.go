@@ -29,6 +29,11 @@ const (
 // IP-in-IP packet; we look it up, never create a second one.
 const IPIPDevice = "tunl0"
 
+// IPIPProbeDevice is the ipip link EnsureIPIP creates and at once deletes
+// to have the kernel load the ipip module; one is left only by a crash in
+// between.
+const IPIPProbeDevice = "nhipipprobe"
+
 // ErrNoIPIP means the kernel cannot do IP-in-IP.
 var ErrNoIPIP = errors.New("the kernel has no IP-in-IP support (no tunl0 device, and creating an ipip link did not load the ipip module); load it on the node (modprobe ipip) or set ipipMode: Never")
 
@@ -133,7 +138,7 @@ func (m *Manager) ConnectedSubnets(skip ...string) ([]netip.Prefix, error) {
 func (m *Manager) EnsureIPIP(addr netip.Addr, mtu int) error {
 	l, err := m.h.LinkByName(IPIPDevice)
 	if err != nil {
-		probe := &netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: "nhipipprobe"}}
+		probe := &netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: IPIPProbeDevice}}
 		if perr := m.h.LinkAdd(probe); perr != nil {
 			return fmt.Errorf("%w (creating an ipip link: %v)", ErrNoIPIP, perr)
 		}

@@ -36,6 +36,19 @@ func VTEPMAC(a netip.Addr) net.HardwareAddr {
 	return net.HardwareAddr{0x0e, 0x68, b[0], b[1], b[2], b[3]}
 }
 
+// IsOurVXLAN reports whether l is a VXLAN device EnsureVXLAN made, whatever
+// its name (vxlan.device is configurable): EnsureVXLAN always gives it the
+// MAC VTEPMAC derives from the device's own local address, which a device
+// made by other means does not carry.
+func IsOurVXLAN(l netlink.Link) bool {
+	v, ok := l.(*netlink.Vxlan)
+	if !ok {
+		return false
+	}
+	local, ok := netip.AddrFromSlice(v.SrcAddr.To4())
+	return ok && v.HardwareAddr.String() == VTEPMAC(local).String()
+}
+
 // EnsureVXLAN creates or repairs the device. One with the same name but
 // other parameters is ours from a former configuration: it is recreated.
 func (m *Manager) EnsureVXLAN(v VXLAN) error {
