@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
@@ -76,27 +77,39 @@ func requireIptables(t testing.TB) {
 	}
 }
 
-// shippedConfList is cni-plugin/10-nexthop.conflist pointed at sock.
+// The shipped conflist says cniVersion 1.0.0, the newest containerd 1.6 and
+// 1.7 (libcni v1.1) read, and lists 1.1.0 in cniVersions, which libcni
+// v1.2 and later (containerd 2, CRI-O) pick: those get GC and STATUS.
+const (
+	shippedVersion = "1.0.0"
+	newestVersion  = "1.1.0"
+)
+
+// shippedConfList is cni-plugin/05-nexthop.conflist pointed at sock.
 func shippedConfList(t testing.TB, sock string) []byte {
 	t.Helper()
-	b, err := os.ReadFile("10-nexthop.conflist")
+	b, err := os.ReadFile("05-nexthop.conflist")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var m map[string]any
 	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatalf("10-nexthop.conflist: %v", err)
+		t.Fatalf("05-nexthop.conflist: %v", err)
 	}
-	if m["cniVersion"] != "1.1.0" {
-		t.Fatalf("10-nexthop.conflist: cniVersion %v, want 1.1.0", m["cniVersion"])
+	// cni-plugin/compat/libcni11 runs this file through libcni v1.1.
+	if m["cniVersion"] != shippedVersion {
+		t.Fatalf("05-nexthop.conflist: cniVersion %v, want %s", m["cniVersion"], shippedVersion)
+	}
+	if vs, _ := m["cniVersions"].([]any); !slices.Contains(vs, any(newestVersion)) {
+		t.Fatalf("05-nexthop.conflist: cniVersions %v lacks %s", m["cniVersions"], newestVersion)
 	}
 	plugins := m["plugins"].([]any)
 	if mtu, ok := plugins[0].(map[string]any)["mtu"]; ok {
-		t.Fatalf("10-nexthop.conflist: sets mtu %v; it must leave it to the daemon", mtu)
+		t.Fatalf("05-nexthop.conflist: sets mtu %v; it must leave it to the daemon", mtu)
 	}
 	plugins[0].(map[string]any)["ipamSocket"] = sock
 	if plugins[1].(map[string]any)["type"] != "portmap" {
-		t.Fatal("10-nexthop.conflist: second plugin is not portmap")
+		t.Fatal("05-nexthop.conflist: second plugin is not portmap")
 	}
 	out, _ := json.Marshal(m)
 	return out
@@ -124,9 +137,12 @@ func TestConformanceLibcni(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if list.CNIVersion != newestVersion {
+		t.Fatalf("libcni reads the shipped conflist as version %s, want %s from cniVersions", list.CNIVersion, newestVersion)
+	}
 	cni := libcni.NewCNIConfigWithCacheDir([]string{bin}, t.TempDir(), nil)
 	info, err := cni.GetVersionInfo(ctx, "nexthop")
-	if err != nil || !slices.Contains(info.SupportedVersions(), "1.1.0") {
+	if err != nil || !slices.Contains(info.SupportedVersions(), newestVersion) {
 		t.Fatalf("VERSION: %v %v", info, err)
 	}
 	if _, err := cni.ValidateNetworkList(ctx, list); err != nil {
@@ -151,7 +167,7 @@ func TestConformanceLibcni(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.CNIVersion != "1.1.0" || len(res.IPs) != 1 || res.IPs[0].Address.String() != "10.81.0.2/32" {
+	if res.CNIVersion != newestVersion || len(res.IPs) != 1 || res.IPs[0].Address.String() != "10.81.0.2/32" {
 		t.Fatalf("ADD result %s %+v", res.CNIVersion, res.IPs)
 	}
 	// The shipped conflist has no mtu: the daemon's reaches both ends.
@@ -264,7 +280,7 @@ func TestConformanceCnitool(t *testing.T) {
 	host := newTestHost(t, "10.82.0.0/24")
 	pod := newNetNS(t, "pod")
 	confDir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(confDir, "10-nexthop.conflist"), shippedConfList(t, host.sock), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(confDir, "05-nexthop.conflist"), shippedConfList(t, host.sock), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cnitool := func(args ...string) (string, error) {
@@ -311,5 +327,70 @@ func TestConformanceCnitool(t *testing.T) {
 	}
 	if host.alloc.Used() != 0 {
 		t.Fatalf("cnitool gc left %d allocations", host.alloc.Used())
+	}
+}
+
+// TestConformanceResultVersions runs ADD, CHECK (from 0.4.0, where it
+// exists) and DEL through the real binary at every version the plugin
+// claims: a runtime may pin any of them in its conflist (containerd 1.7
+// reads results up to 1.0.0 only, older tools 0.3.1 or 0.4.0).
+func TestConformanceResultVersions(t *testing.T) {
+	requireRoot(t)
+	bin := buildPlugins(t)
+	host := newTestHost(t, "10.83.0.0/24")
+	pod := newNetNS(t, "pod")
+	ctx := context.Background()
+	cni := libcni.NewCNIConfigWithCacheDir([]string{bin}, t.TempDir(), nil)
+
+	versions := version.All.SupportedVersions()
+	for _, want := range []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
+		if !slices.Contains(versions, want) {
+			t.Fatalf("plugin no longer claims %s: %v", want, versions)
+		}
+	}
+	for _, v := range versions {
+		t.Run(v, func(t *testing.T) {
+			conf, err := libcni.ConfFromBytes(netConf(t, host.sock, map[string]any{"cniVersion": v}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt := &libcni.RuntimeConf{ContainerID: "nhc-ver-" + randSuffix(), NetNS: pod.Path(), IfName: "eth0"}
+			r, err := in(t, host.ns, func() (types.Result, error) { return cni.AddNetwork(ctx, conf, rt) })
+			if err != nil {
+				t.Fatalf("ADD at %s: %v", v, err)
+			}
+			if r.Version() != v {
+				t.Fatalf("ADD at %s returned a %s result", v, r.Version())
+			}
+			// The result as the runtime reads it back from the plugin's
+			// stdout, in the version asked for.
+			b, err := json.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parsed, err := version.NewResult(v, b)
+			if err != nil {
+				t.Fatalf("%s result does not parse as %s: %v\n%s", v, v, err, b)
+			}
+			res, err := current.NewResultFromResult(parsed)
+			if err != nil || len(res.IPs) != 1 || host.alloc.Used() != 1 {
+				t.Fatalf("%s result %s (%v)", v, b, err)
+			}
+			alloc, ok := host.alloc.Get(rt.ContainerID, "eth0")
+			if !ok || alloc.IP.String() != res.IPs[0].Address.IP.String() {
+				t.Fatalf("%s result names %v, the daemon allocated %+v", v, res.IPs[0].Address, alloc)
+			}
+			if ok, _ := version.GreaterThanOrEqualTo(v, "0.4.0"); ok {
+				if _, err := in(t, host.ns, func() (any, error) { return nil, cni.CheckNetwork(ctx, conf, rt) }); err != nil {
+					t.Fatalf("CHECK at %s: %v", v, err)
+				}
+			}
+			if _, err := in(t, host.ns, func() (any, error) { return nil, cni.DelNetwork(ctx, conf, rt) }); err != nil {
+				t.Fatalf("DEL at %s: %v", v, err)
+			}
+			if host.alloc.Used() != 0 {
+				t.Fatalf("DEL at %s left %d allocations", v, host.alloc.Used())
+			}
+		})
 	}
 }

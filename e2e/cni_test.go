@@ -1,7 +1,7 @@
 package e2e
 
 // Issue 3 end to end: the real CNI plugin chain (bin/nexthop, then the
-// reference portmap, as cni-plugin/10-nexthop.conflist ships them) driven
+// reference portmap, as cni-plugin/05-nexthop.conflist ships them) driven
 // through libcni against real node daemons and their durable IPAM.
 
 import (

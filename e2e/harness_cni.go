@@ -1,7 +1,7 @@
 package e2e
 
 // The real CNI plugin on the netns cluster: the shipped conflist
-// (cni-plugin/10-nexthop.conflist: nexthop, then the reference portmap)
+// (cni-plugin/05-nexthop.conflist: nexthop, then the reference portmap)
 // driven through libcni, the library container runtimes use.
 //
 // A runtime runs plugins in the node's own network namespace; here a node
@@ -111,10 +111,10 @@ func writePluginWrappers(dir, ns string, plugins map[string]string) error {
 	return nil
 }
 
-// ShippedConfList is cni-plugin/10-nexthop.conflist as shipped, with only
+// ShippedConfList is cni-plugin/05-nexthop.conflist as shipped, with only
 // ipamSocket pointed at socket.
 func ShippedConfList(socket string) (*libcni.NetworkConfigList, error) {
-	path := filepath.Join(sourceRoot(), "cni-plugin", "10-nexthop.conflist")
+	path := filepath.Join(sourceRoot(), "cni-plugin", "05-nexthop.conflist")
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read shipped conflist: %w", err)
