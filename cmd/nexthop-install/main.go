@@ -45,6 +45,9 @@ const (
 	ownedRecord = ".nexthop-owned"
 	// backupSuffix is appended to a network config moved out of our way.
 	backupSuffix = ".nexthop-bak"
+	// confName is our network config's file name: "05" sorts before the
+	// "10-…" configs distributions and runtimes ship.
+	confName = "05-nexthop.conflist"
 )
 
 // confExts are the extensions libcni, and so containerd and CRI-O, read as
@@ -54,7 +57,7 @@ var confExts = []string{".conf", ".conflist", ".json"}
 func main() {
 	binSrc := flag.String("bin-src", "/opt/nexthop/cni/bin", "directory of CNI plugin binaries to install")
 	binDst := flag.String("bin-dst", "/host/opt/cni/bin", "host CNI binary directory (mounted)")
-	confSrc := flag.String("conf-src", "/opt/nexthop/cni/05-nexthop.conflist", "network config to install; a file of the same name in -conf-override wins")
+	confSrc := flag.String("conf-src", "/opt/nexthop/cni/"+confName, "network config to install; a file of the same name in -conf-override wins")
 	confOverride := flag.String("conf-override", "/etc/nexthop/cni", "directory of an optional conflist from the ConfigMap")
 	confDst := flag.String("conf-dst", "/host/etc/cni/net.d", "host CNI config directory (mounted)")
 	ipForward := flag.String("ip-forward", "/proc/sys/net/ipv4/ip_forward", "sysctl file to set to 1; empty to skip")

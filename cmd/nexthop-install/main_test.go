@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+
+	"github.com/nexthop-net/nexthop/uninstall"
 )
 
 func TestInstallOnlyWhenChanged(t *testing.T) {
@@ -274,4 +276,15 @@ func TestOwnedRecord(t *testing.T) {
 			t.Fatal("plugins installed despite the bad record")
 		}
 	})
+}
+
+// `nexthop uninstall` undoes what this leaves by these names.
+func TestNamesMatchUninstall(t *testing.T) {
+	if ownedRecord != uninstall.OwnedRecord || backupSuffix != uninstall.BackupSuffix || pluginName != uninstall.PluginBinary {
+		t.Fatalf("installer writes %s, %s, %s; uninstall reads %s, %s, %s",
+			ownedRecord, backupSuffix, pluginName, uninstall.OwnedRecord, uninstall.BackupSuffix, uninstall.PluginBinary)
+	}
+	if !slices.Contains(uninstall.ConfNames, confName) {
+		t.Fatalf("uninstall does not remove %s (it knows %v)", confName, uninstall.ConfNames)
+	}
 }
