@@ -4,7 +4,7 @@ GO    ?= go
 BIN   := $(CURDIR)/bin
 export NEXTHOP_BIN := $(BIN)
 
-.PHONY: all build deps generate generate-kube kube-bin image test unit e2e demo bench bench-routes bench-convergence bench-cni vet fmt clean fuzz fuzz-short soak
+.PHONY: all build deps generate generate-kube kube-bin image image-tar cluster test unit e2e demo bench bench-routes bench-convergence bench-cni vet fmt clean fuzz fuzz-short soak
 
 all: build
 
@@ -27,21 +27,27 @@ build:
 deps:
 	@bash hack/deps.sh
 
-## kube-bin: kube-apiserver, etcd and kubectl for the tests, built once per machine (~6 min cold)
+## kube-bin: etcd and the Kubernetes binaries (API server, controllers, kubelet, kube-proxy, kubectl), built once per machine (~12 min cold)
 kube-bin:
 	bash hack/kube/build.sh >/dev/null
 
 ## test: unit tests, then the e2e suite (root)
 test: deps build vet kube-bin
 	$(GO) test -count=1 -timeout $(UNIT_TIMEOUT) $$($(GO) list ./... | grep -v /e2e)
+	cd cni-plugin/compat/libcni11 && $(GO) test -count=1 ./...
 	$(MAKE) fuzz-short
 	$(MAKE) e2e
 
 unit:
 	$(GO) test -count=1 -timeout $(UNIT_TIMEOUT) $$($(GO) list ./... | grep -v /e2e)
 
-e2e: deps build kube-bin
+e2e: deps build kube-bin image-tar
 	$(GO) test -count=1 -v -timeout $(E2E_TIMEOUT) ./e2e/...
+
+## cluster: a local Kubernetes cluster (control plane, 3 containerd + kubelet + kube-proxy nodes, FRR ToR) in network namespaces, nexthop installed with kubectl apply -k; CLUSTER_CHECK=1: non-interactive
+cluster: deps build image-tar
+	$(GO) build -o $(BIN)/cluster ./e2e/cluster
+	$(BIN)/cluster
 
 ## demo: a 3-node cluster with an FRR ToR in network namespaces (DEMO_CHECK=1: non-interactive)
 demo: deps build
@@ -74,6 +80,11 @@ generate:
 generate-kube:
 	bash hack/kube/generate.sh
 
+## image-tar: the DaemonSet's image as a tarball, without Docker (bin/nexthop-image.tar; `ctr -n k8s.io images import`, `docker load -i` or `crane push`)
+image-tar:
+	@mkdir -p $(BIN)
+	$(GO) run ./hack/image -o $(BIN)/nexthop-image.tar
+
 ## image: the DaemonSet's image (IMAGE=…), with docker or podman
 image:
 	@if command -v docker >/dev/null 2>&1; then b=docker; \
@@ -83,6 +94,7 @@ image:
 
 vet:
 	$(GO) vet ./...
+	cd cni-plugin/compat/libcni11 && $(GO) vet ./...
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -144,10 +144,11 @@ func NodeHTTPGet(n *Node, url string) (int, string, error) {
 }
 
 // relay forwards TCP connections accepted in one namespace to an address
-// reached from the test process's (root) namespace.
+// reached from another: newRelay listens in a node namespace and dials from
+// the root namespace, newRelayInto the other way round.
 type relay struct {
-	l      net.Listener
-	target string
+	l    net.Listener
+	dial func() (net.Conn, error)
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -166,10 +167,37 @@ func newRelay(nsName, listen, target string) (*relay, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s in %s: %w", listen, nsName, err)
 	}
-	r := &relay{l: l, target: target, conns: map[net.Conn]struct{}{}}
+	dial := func() (net.Conn, error) { return net.DialTimeout("tcp", target, 5*time.Second) }
+	r := &relay{l: l, dial: dial, conns: map[net.Conn]struct{}{}}
 	go r.serve()
 	return r, nil
 }
+
+// newRelayInto listens on listen in the root namespace and forwards each
+// connection to target as dialled from inside namespace nsName: how the
+// test process and a user's kubectl reach an API server that lives in a
+// namespace of the cluster.
+func newRelayInto(nsName, listen, target string) (*relay, error) {
+	l, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", listen, err)
+	}
+	dial := func() (net.Conn, error) {
+		var conn net.Conn
+		err := ns.WithNetNSPath(NetNSPath(nsName), func(ns.NetNS) error {
+			var err error
+			conn, err = net.DialTimeout("tcp", target, 5*time.Second)
+			return err
+		})
+		return conn, err
+	}
+	r := &relay{l: l, dial: dial, conns: map[net.Conn]struct{}{}}
+	go r.serve()
+	return r, nil
+}
+
+// Addr is where the relay listens.
+func (r *relay) Addr() string { return r.l.Addr().String() }
 
 func (r *relay) serve() {
 	for {
@@ -194,7 +222,7 @@ func (r *relay) track(cs ...net.Conn) bool {
 }
 
 func (r *relay) pipe(in net.Conn) {
-	out, err := net.DialTimeout("tcp", r.target, 5*time.Second)
+	out, err := r.dial()
 	if err != nil {
 		in.Close()
 		return

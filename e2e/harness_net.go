@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -96,22 +97,36 @@ func (c *Cluster) addNode(i int) (*Node, error) {
 	if err := c.addNS(n.NS); err != nil {
 		return nil, err
 	}
-	if err := setSysctls(n.NS,
-		"net.ipv4.ip_forward", "1",
-		"net.ipv4.conf.all.rp_filter", "0",
-		"net.ipv4.conf.default.rp_filter", "0",
-	); err != nil {
-		return nil, err
-	}
-	if err := c.plugUnderlay(n.NS, n.Name, n.Address); err != nil {
-		return nil, err
-	}
-	if err := ipn(n.NS, "default route", "route", "add", "default", "via", ToRAddress.String(), "dev", underlayLink); err != nil {
+	if err := c.wireNode(n); err != nil {
 		return nil, err
 	}
 	n.Config = c.defaultConfig(n, i)
 	c.Nodes = append(c.Nodes, n)
 	return n, nil
+}
+
+// wireNode sets up node n's existing namespace: sysctls, the underlay
+// port and address, the default route.
+func (c *Cluster) wireNode(n *Node) error {
+	if !slices.Contains(nsWithPrefix(n.NS), n.NS) {
+		if _, err := run("ip", "netns", "add", n.NS); err != nil {
+			return fmt.Errorf("add netns %s: %w", n.NS, err)
+		}
+		if err := ipn(n.NS, "lo up", "link", "set", "lo", "up"); err != nil {
+			return err
+		}
+	}
+	if err := setSysctls(n.NS,
+		"net.ipv4.ip_forward", "1",
+		"net.ipv4.conf.all.rp_filter", "0",
+		"net.ipv4.conf.default.rp_filter", "0",
+	); err != nil {
+		return err
+	}
+	if err := c.plugUnderlay(n.NS, n.Name, n.Address); err != nil {
+		return err
+	}
+	return ipn(n.NS, "default route", "route", "add", "default", "via", ToRAddress.String(), "dev", underlayLink)
 }
 
 // addPod creates node n's pod namespace and wires it with attach.

@@ -23,6 +23,12 @@ const cmdTimeout = 30 * time.Second
 func run(argv ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
+	return runCtx(ctx, argv...)
+}
+
+// runCtx is run bounded by ctx instead of cmdTimeout, for commands that
+// wait on purpose (kubectl wait, rollout status).
+func runCtx(ctx context.Context, argv ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout

@@ -3,7 +3,9 @@
 set -euo pipefail
 # iptables: the reference portmap plugin chained in our conflist needs it.
 # iperf3: the throughput benchmark.
-pkgs=(frr iproute2 iputils-ping tcpdump iptables iperf3)
+# containerd, runc, busybox-static: the kubelet cluster's nodes (busybox is
+# the test workload's image).
+pkgs=(frr iproute2 iputils-ping tcpdump iptables iperf3 containerd runc busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,4 +32,6 @@ apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The package starts FRR's own service; the tests run their own bgpd per namespace.
 systemctl disable --now frr >/dev/null 2>&1 || service frr stop >/dev/null 2>&1 || true
+# Likewise containerd: every node of the kubelet cluster runs its own.
+systemctl disable --now containerd >/dev/null 2>&1 || true
 echo "deps: installed ${missing[*]}"

@@ -21,6 +21,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -184,6 +185,41 @@ func ensureBinaries(t testing.TB) (string, error) {
 	return ensureDir, ensureErr
 }
 
+// ClusterBinaries are what a whole cluster runs besides the API server:
+// hack/kube/build.sh builds them together with it.
+var ClusterBinaries = []string{"etcd", "kube-apiserver", "kubectl", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"}
+
+// EnsureClusterBinaries returns the directory holding ClusterBinaries,
+// running hack/kube/build.sh first when one is missing, with its progress
+// lines going to progress (a cold build takes about 12 minutes on 2 cores).
+func EnsureClusterBinaries(progress io.Writer) (string, error) {
+	dir, err := BinDir()
+	if err != nil {
+		return "", err
+	}
+	have := func() bool {
+		for _, b := range ClusterBinaries {
+			if fi, err := os.Stat(filepath.Join(dir, b)); err != nil || fi.Mode()&0o111 == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	if have() {
+		return dir, nil
+	}
+	cmd := exec.Command("bash", filepath.Join(RepoRoot(), "hack", "kube", "build.sh"))
+	cmd.Env = append(os.Environ(), "NEXTHOP_KUBE_BIN="+dir)
+	cmd.Stderr = progress
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("build the Kubernetes binaries (hack/kube/build.sh): %w", err)
+	}
+	if !have() {
+		return "", fmt.Errorf("hack/kube/build.sh succeeded but %s lacks some of %v", dir, ClusterBinaries)
+	}
+	return dir, nil
+}
+
 // Start runs etcd and kube-apiserver for the test, installs nexthop's CRDs
 // and returns once the API serves them. Everything is stopped and removed by
 // t.Cleanup. One Env takes about 300 MB of memory.
@@ -237,7 +273,7 @@ func (e *Env) start(ctx context.Context, t testing.TB) error {
 		return err
 	}
 	keyFile, pubFile := filepath.Join(e.Dir, "sa.key"), filepath.Join(e.Dir, "sa.pub")
-	if err := writeServiceAccountKey(keyFile, pubFile); err != nil {
+	if err := WriteServiceAccountKey(keyFile, pubFile); err != nil {
 		return err
 	}
 	if err := e.run(t, "kube-apiserver",
@@ -459,9 +495,9 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// writeServiceAccountKey writes an ECDSA key pair (faster to make than RSA)
+// WriteServiceAccountKey writes an ECDSA key pair (faster to make than RSA)
 // for service account token signing.
-func writeServiceAccountKey(keyFile, pubFile string) error {
+func WriteServiceAccountKey(keyFile, pubFile string) error {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err

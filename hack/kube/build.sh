@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Builds the kube-apiserver, kubectl and etcd that kubetest/ runs, from the Go
+# Builds the Kubernetes binaries the tests and `make cluster` run, from the Go
 # module proxy (no release downloads, no containers), into a per-version cache
 # directory that survives between runs on the same machine. Does nothing when
-# the binaries are already there.
+# the binaries are already there. The control plane (etcd, kube-apiserver,
+# kubectl, kube-controller-manager, kube-scheduler) and the node's (kubelet,
+# kube-proxy) come from one module, so shared packages compile once.
 #
 #   hack/kube/build.sh          # build if missing; prints the directory last
 #   NEXTHOP_KUBE_BIN=/some/dir hack/kube/build.sh
 #
-# The first build takes several minutes on 2 cores (most of it compiling
-# kube-apiserver); later runs are instant.
+# The first build takes about 12 minutes on 2 cores; later runs are instant.
 set -euo pipefail
 
 K8S_VERSION=v1.34.2      # kube-apiserver and kubectl; k8s.io/* staging modules are v0.34.2
@@ -25,7 +26,9 @@ fi
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
-have() { [ -x "$dir/kube-apiserver" ] && [ -x "$dir/kubectl" ] && [ -x "$dir/etcd" ]; }
+k8s_cmds=(kubectl kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+have_k8s() { local c; for c in "${k8s_cmds[@]}"; do [ -x "$dir/$c" ] || return 1; done; }
+have() { [ -x "$dir/etcd" ] && have_k8s; }
 if have; then
   echo "kube: binaries present in $dir" >&2
   echo "$dir"
@@ -69,34 +72,40 @@ if [ ! -x "$dir/etcd" ]; then
   step "etcd done: $dir/etcd"
 fi
 
-if [ ! -x "$dir/kube-apiserver" ] || [ ! -x "$dir/kubectl" ]; then
+if ! have_k8s; then
   # k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces every
   # staging module with ./staging/src/…. A helper module maps each of those
   # to its published version instead.
   step "kubernetes $K8S_VERSION: downloading k8s.io/kubernetes"
   $GO mod download k8s.io/kubernetes@"$K8S_VERSION" >&2
   gm="$($GO env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$K8S_VERSION.mod"
-  mkdir -p "$work/k8s"
+  mkdir -p "$work/k8s" "$work/out"
   (
     cd "$work/k8s"
     {
-      echo "module local/apiserver"; echo; echo "go 1.25"; echo
+      echo "module local/kube"; echo; echo "go 1.25"; echo
       echo "require k8s.io/kubernetes $K8S_VERSION"; echo
       echo "replace ("
       grep -E "=> ./staging" "$gm" | awk -v v="$STAGING_VERSION" '{print "\t"$1" => "$1" "v}'
       echo ")"
     } > go.mod
-    printf '//go:build tools\n\npackage tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver"\n\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n' > tools.go
+    {
+      printf '//go:build tools\n\npackage tools\n\nimport (\n'
+      for c in "${k8s_cmds[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+      printf ')\n'
+    } > tools.go
     step "kubernetes $K8S_VERSION: resolving modules (go mod tidy)"
     $GO mod tidy >&2
-    step "kubectl $K8S_VERSION: compiling"
-    $GO build -trimpath -ldflags "$ldflags_k8s" -o "$work/kubectl.bin" k8s.io/kubernetes/cmd/kubectl
-    step "kube-apiserver $K8S_VERSION: compiling (the long part)"
-    $GO build -trimpath -ldflags "$ldflags_k8s" -o "$work/kube-apiserver.bin" k8s.io/kubernetes/cmd/kube-apiserver
+    # One by one, so that progress shows; each reuses what the ones before
+    # compiled. kube-apiserver first: the kube/ tests wait only for it.
+    for c in kube-apiserver kubectl kube-controller-manager kube-scheduler kubelet kube-proxy; do
+      [ -x "$dir/$c" ] && continue
+      step "$c $K8S_VERSION: compiling"
+      $GO build -trimpath -ldflags "$ldflags_k8s" -o "$work/out/$c" "k8s.io/kubernetes/cmd/$c"
+      mv "$work/out/$c" "$dir/$c"
+    done
   )
-  mv "$work/kubectl.bin" "$dir/kubectl"
-  mv "$work/kube-apiserver.bin" "$dir/kube-apiserver"
-  step "kube-apiserver and kubectl done"
+  step "kubernetes binaries done"
 fi
 
 step "all built in $dir"

@@ -1,0 +1,113 @@
+// Command cluster brings up a local Kubernetes cluster in network
+// namespaces and installs nexthop on it from manifests/, as a user would:
+// a control plane (etcd, kube-apiserver, kube-controller-manager,
+// kube-scheduler), 3 nodes each with containerd, runc, kubelet and
+// kube-proxy, and an FRR top-of-rack router. It prints the KUBECONFIG to
+// use and what to try, then waits for Ctrl-C and removes everything.
+//
+// With CLUSTER_CHECK=1 it runs non-interactively and exits 0 only when
+// pods on different nodes ping each other. Run it as root through
+// `make cluster`.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nexthop-net/nexthop/e2e"
+)
+
+type stdoutLog struct{}
+
+func (stdoutLog) Logf(format string, args ...any) {
+	fmt.Printf("%s  %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+}
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	check := os.Getenv("CLUSTER_CHECK") == "1"
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := stdoutLog{}
+	start := time.Now()
+
+	log.Logf("building a 3-node Kubernetes cluster in network namespaces (the Kubernetes binaries are built once per machine: ~12 min the first time)")
+	k, err := e2e.NewKubeCluster(ctx, e2e.KubeOptions{Nodes: 3, Log: log, Progress: os.Stdout})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cluster: %v\n", err)
+		return 1
+	}
+	defer func() {
+		log.Logf("cleaning up")
+		k.Close()
+		log.Logf("all namespaces, processes and mounts removed")
+	}()
+	fail := func(err error) int {
+		fmt.Fprintf(os.Stderr, "cluster: %v\n\n%s\n%s", err, k.NodeLogTails(15), k.LogTails(15))
+		return 1
+	}
+	if err := k.Install(ctx); err != nil {
+		return fail(err)
+	}
+	log.Logf("nexthop installed, every node Ready (%s since start)", time.Since(start).Round(time.Second))
+	pods, err := k.DeployWeb(ctx, 6)
+	if err != nil {
+		return fail(err)
+	}
+	if _, err := k.Sandboxes(); err != nil { // pins pod neighbours
+		return fail(err)
+	}
+	out, _ := k.Kubectl(ctx, "get", "pods", "-o", "wide")
+	fmt.Println(out)
+	lines, err := k.CrossNodePings(ctx, pods)
+	for _, l := range lines {
+		log.Logf("ping %s", l)
+	}
+	if err != nil {
+		if check {
+			fmt.Fprintf(os.Stderr, "cluster: CLUSTER_CHECK failed: %v\n", err)
+			return fail(err)
+		}
+		// Interactive: keep the cluster for a look at what is wrong.
+		fmt.Fprintf(os.Stderr, "cluster: cross-node ping failed: %v\n", err)
+	}
+	if check {
+		fmt.Printf("\nCLUSTER_CHECK: pods on different nodes ping each other (%s)\n", time.Since(start).Round(time.Second))
+		return 0
+	}
+
+	n1 := k.KNodes[0]
+	fmt.Printf(`
+The cluster is up. In another shell, as root:
+
+  export KUBECONFIG=%s
+  kubectl get nodes -o wide
+  kubectl get pods -o wide
+  kubectl exec %s -- ping -c 3 %s
+  kubectl -n nexthop-system get pods -o wide
+  kubectl get bgpnodestatuses
+  ip netns exec %s %s -p 50051 neighbor      # gobgp on %s
+  ip -n %s route show proto 201
+
+(kubectl: %s)
+Ctrl-C removes everything.
+`, k.Kubeconfig, pods[0].Name, otherNodeIP(pods), n1.NS, filepath.Join(k.Bin, "gobgp"), n1.Name, n1.NS, k.KubectlPath())
+	<-ctx.Done()
+	return 0
+}
+
+// otherNodeIP is a pod address on another node than the first pod's.
+func otherNodeIP(pods []e2e.WorkloadPod) string {
+	for _, p := range pods[1:] {
+		if p.Node != pods[0].Node {
+			return p.IP.String()
+		}
+	}
+	return pods[0].IP.String()
+}
