@@ -20,6 +20,9 @@ const (
 	// daemon sets one.
 	DefaultMTU        = 1500
 	DefaultIPAMSocket = "/run/nexthop/nexthop.sock"
+	// DefaultPendingReleaseDir is where the daemon, with its default state
+	// dir (/var/lib/nexthop), looks for releases DEL could not make.
+	DefaultPendingReleaseDir = "/var/lib/nexthop/" + ipam.PendingReleaseDirName
 )
 
 // Plugin-specific CNI error codes (the spec leaves 100+ to plugins).
@@ -42,6 +45,11 @@ type NetConf struct {
 	MTU int `json:"mtu,omitempty"`
 	// IPAMSocket is the node daemon's IPAM socket.
 	IPAMSocket string `json:"ipamSocket,omitempty"`
+	// PendingReleaseDir is where DEL records an address release when the
+	// daemon cannot be reached, for the daemon to make when it is back: the
+	// "pending-release" directory in the daemon's state dir. It must survive
+	// a reboot (not under /run).
+	PendingReleaseDir string `json:"pendingReleaseDir,omitempty"`
 	// LogLevel for the plugin's stderr: debug, info, warn (default), error.
 	LogLevel string `json:"logLevel,omitempty"`
 }
@@ -80,6 +88,13 @@ func parseConfig(stdin []byte) (*NetConf, *types.Error) {
 	if !filepath.IsAbs(conf.IPAMSocket) {
 		return nil, bad("ipamSocket", "%q is not an absolute path", conf.IPAMSocket)
 	}
+	if conf.PendingReleaseDir == "" {
+		conf.PendingReleaseDir = DefaultPendingReleaseDir
+	}
+	if !filepath.IsAbs(conf.PendingReleaseDir) {
+		return nil, bad("pendingReleaseDir", "%q is not an absolute path", conf.PendingReleaseDir)
+	}
+	conf.PendingReleaseDir = filepath.Clean(conf.PendingReleaseDir)
 	if _, err := parseLevel(conf.LogLevel); err != nil {
 		return nil, bad("logLevel", "%v", err)
 	}

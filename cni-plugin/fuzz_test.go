@@ -23,7 +23,8 @@ import (
 //
 //   - no ipam section, an MTU of 0 (ask the daemon) or within MinMTU-MaxMTU,
 //     and whatever MTU podMTU then picks is within range too;
-//   - an absolute IPAM socket path, a log level the logger understands;
+//   - an absolute IPAM socket path, a clean absolute pending-release
+//     directory, a log level the logger understands;
 //   - a prevResult that CHECK can convert and search (resultIP, resultMTU)
 //     without panicking;
 //   - for a cniVersion the plugin claims (version.All, which skel enforces
@@ -57,6 +58,9 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		if conf.IPAMSocket == "" || !filepath.IsAbs(conf.IPAMSocket) {
 			t.Fatalf("accepted ipamSocket %q: not an absolute path", conf.IPAMSocket)
+		}
+		if !filepath.IsAbs(conf.PendingReleaseDir) || filepath.Clean(conf.PendingReleaseDir) != conf.PendingReleaseDir {
+			t.Fatalf("accepted pendingReleaseDir %q: not a clean absolute path", conf.PendingReleaseDir)
 		}
 		if _, err := parseLevel(conf.LogLevel); err != nil {
 			t.Fatalf("accepted logLevel %q the logger refuses: %v", conf.LogLevel, err)

@@ -171,12 +171,18 @@ func add(ctx context.Context, conf *NetConf, args *skel.CmdArgs) (_ *current.Res
 }
 
 // Del unwires the pod and releases its address. Everything already gone
-// (netns, veth, allocation) is fine: runtimes call DEL more than once.
+// (netns, veth, allocation) is fine: runtimes call DEL more than once. If the
+// daemon cannot be reached (an upgrade, an uninstall), DEL still succeeds, so
+// the pod does not stick in Terminating: it records the release in
+// conf.PendingReleaseDir and the daemon makes it when it is back.
 func Del(ctx context.Context, args *skel.CmdArgs) error {
 	conf, cerr := parseConfig(args.StdinData)
 	if cerr != nil {
 		return cerr
 	}
+	// Taken first: an ADD of this attachment after this moment is newer than
+	// this DEL, and a late release must not free its address.
+	began := time.Now().UTC()
 	log := conf.logger().With("container", args.ContainerID, "ifName", args.IfName)
 	if err := teardown(args.Netns, args.IfName, HostVethName(args.ContainerID, args.IfName)); err != nil {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("unwire %s of %s: %v", args.IfName, args.ContainerID, err), "")
@@ -186,13 +192,23 @@ func Del(ctx context.Context, args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInternal, err.Error(), "")
 	}
 	defer client.Close()
-	// If the daemon is down this fails with code 11 and the runtime retries:
-	// succeeding would leak the address.
 	ip, err := client.Release(ctx, args.ContainerID, args.IfName)
-	if err != nil {
+	if err == nil {
+		log.Info("pod unwired", "released", ip)
+		return nil
+	}
+	if !ipam.IsUnavailable(err) {
 		return ipamError(err)
 	}
-	log.Info("pod unwired", "released", ip)
+	rec, serr := ipam.RecordPendingRelease(conf.PendingReleaseDir,
+		ipam.PendingRelease{ContainerID: args.ContainerID, IfName: args.IfName, Time: began})
+	if serr != nil {
+		// Succeeding now would leak the address: let the runtime retry.
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("%v; recording the release for later failed too: %v", err, serr), "")
+	}
+	log.Warn("pod unwired; daemon unreachable, its address is released when the daemon is back",
+		"pendingRelease", rec, "err", err)
 	return nil
 }
 

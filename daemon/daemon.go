@@ -24,6 +24,10 @@ import (
 // graceful restart no End-of-RIB marks the end of a peer's initial update.
 const quietPeriod = time.Second
 
+// pendingReleaseEvery is how often the IPAM spool of DELs made while the
+// daemon was away is read again after the pass at start.
+const pendingReleaseEvery = 30 * time.Second
+
 // fullRefreshAbove is the batch size past which one full RIB read is cheaper
 // than per-prefix lookups.
 const fullRefreshAbove = 512
@@ -67,8 +71,16 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 	// reading it from the IPAM goroutines needs no lock.
 	podMTU := enc.podMTU
 	go func() {
-		served <- ipam.Serve(ctx, alloc, cfg.IPAMSocket, log,
+		// Addresses of pods deleted while no daemon answered are freed
+		// before the socket serves any ADD, then as more records appear.
+		spoolCtx, stopSpool := context.WithCancel(ctx)
+		spoolDone := alloc.ReleasePendingEvery(spoolCtx, filepath.Join(cfg.StateDir, ipam.PendingReleaseDirName),
+			pendingReleaseEvery, log)
+		err := ipam.Serve(ctx, alloc, cfg.IPAMSocket, log,
 			ipam.WithMTU(func() int { return podMTU }), ipam.WithObserver(obs.cni))
+		stopSpool()
+		spoolDone()
+		served <- err
 	}()
 	defer func() {
 		// The store closes only after the server has stopped using it.

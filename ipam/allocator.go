@@ -38,6 +38,10 @@ type Allocation struct {
 	PodNamespace string     `json:"podNamespace,omitempty"`
 	PodName      string     `json:"podName,omitempty"`
 	Allocated    time.Time  `json:"allocated"`
+	// Readded is the last time an ADD asked again for the address the
+	// attachment already held (zero if none did): a DEL recorded before it
+	// must not free it (see ReleaseUnclaimedSince).
+	Readded time.Time `json:"readded,omitzero"`
 	// OutOfBlock is set (never stored) when the node's block changed and IP
 	// is no longer allocatable in it. It stays held until released.
 	OutOfBlock bool `json:"-"`
@@ -259,7 +263,15 @@ func (a *Allocator) Allocate(ctx context.Context, r Request) (Allocation, error)
 		if al.OutOfBlock {
 			return Allocation{}, &OutOfBlockError{Allocation: *al, Block: a.block}
 		}
-		return *al, nil
+		// Durably note the claim: a pending release recorded by a DEL that
+		// began before this ADD may be processed after it (spool.go).
+		upd := *al
+		upd.Readded = time.Now().UTC()
+		if err := a.put(upd); err != nil {
+			return Allocation{}, fmt.Errorf("record re-allocation of %s to %s: %w", al.IP, key, err)
+		}
+		*al = upd
+		return upd, nil
 	}
 	ip, ok := a.findFree()
 	if !ok {
@@ -271,7 +283,8 @@ func (a *Allocator) Allocate(ctx context.Context, r Request) (Allocation, error)
 		IP:           ip,
 		PodNamespace: r.PodNamespace,
 		PodName:      r.PodName,
-		Allocated:    time.Now().UTC().Truncate(time.Second),
+		// Full precision: ReleaseUnclaimedSince compares it with a DEL's time.
+		Allocated: time.Now().UTC(),
 	}
 	v, err := json.Marshal(al)
 	if err != nil {
@@ -319,6 +332,59 @@ func (a *Allocator) Get(containerID, ifName string) (Allocation, bool) {
 		return Allocation{}, false
 	}
 	return *al, true
+}
+
+// put rewrites the stored record of an address already held.
+func (a *Allocator) put(al Allocation) error {
+	v, err := json.Marshal(al)
+	if err != nil {
+		return fmt.Errorf("encode allocation: %w", err)
+	}
+	return a.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketAllocs).Put(ipKey(al.IP), v) })
+}
+
+// claimedSince reports whether an ADD allocated or re-claimed al at or after t.
+func (al Allocation) claimedSince(t time.Time) bool {
+	last := al.Allocated
+	if last.Nanosecond() == 0 {
+		// Stored by a build that truncated to the second: it may be up to a
+		// second later. Keeping a released address only leaks it until GC;
+		// freeing a used one would hand it out twice.
+		last = last.Add(time.Second)
+	}
+	if al.Readded.After(last) {
+		last = al.Readded
+	}
+	return !last.Before(t)
+}
+
+// ReleaseUnclaimedSince releases the attachment's address unless an ADD
+// allocated or re-claimed it at or after t, the time a DEL began: a DEL
+// processed late must not free what a newer ADD of the same attachment uses.
+// kept reports an allocation spared for that reason; with neither released
+// nor kept the attachment held nothing.
+func (a *Allocator) ReleaseUnclaimedSince(ctx context.Context, containerID, ifName string, t time.Time) (al Allocation, released, kept bool, err error) {
+	if containerID == "" || ifName == "" {
+		return Allocation{}, false, false, fmt.Errorf("%w: container ID and interface name are required", ErrInvalidArgument)
+	}
+	key := Attachment{containerID, ifName}
+	out, err := a.Reclaim(ctx, func(c Allocation) bool {
+		if c.Attachment() != key {
+			return true
+		}
+		if c.claimedSince(t) {
+			al, kept = c, true
+			return true
+		}
+		return false
+	})
+	if err != nil {
+		return Allocation{}, false, false, err
+	}
+	if len(out) > 0 {
+		return out[0], true, false, nil
+	}
+	return al, false, kept, nil
 }
 
 // Release frees the address held by the attachment. Releasing an attachment
