@@ -91,6 +91,10 @@ type Source struct {
 	peers    cache.Store
 	pools    cache.Store
 
+	// defaultPool, when set, is created before the first config if the
+	// cluster has no IPPool at all (see WithDefaultPool).
+	defaultPool *DefaultPool
+
 	core    informers.SharedInformerFactory
 	secretF informers.SharedInformerFactory
 	crds    dynamicinformer.DynamicSharedInformerFactory
@@ -283,6 +287,10 @@ func (s *Source) RunDesired(ctx context.Context, onChange func(*Desired)) error 
 		}
 	}
 
+	if s.defaultPool != nil && len(s.pools.List()) == 0 {
+		s.ensureDefaultPool(ctx)
+	}
+
 	var last *Desired
 	for {
 		d, err := s.compute()
@@ -374,9 +382,20 @@ func (s *Source) compute() (*Desired, error) {
 		c.IPIPMode, c.VXLANMode = config.EncapMode(pool.IPIPMode), config.EncapMode(pool.VXLANMode)
 		c.NATOutgoing = pool.NATOutgoing
 	}
-	if pools := s.enabledPools(); len(pools) > 0 {
+	if pools := s.poolCIDRs(false); len(pools) > 0 {
 		// Nodes may announce only these (the import policy).
 		c.Pools = pools
+	}
+	if disabled := s.poolCIDRs(true); c.NATOutgoing && len(disabled) > 0 {
+		// Pods may still hold addresses of a disabled pool: traffic to
+		// them is pod to pod too. (Enabled pools are excluded as Pools.)
+		ex := slices.Clone(c.NATOutgoingExclude) // not base's array
+		for _, p := range disabled {
+			if p.Bits() > 0 && !slices.Contains(ex, p) {
+				ex = append(ex, p)
+			}
+		}
+		c.NATOutgoingExclude = ex
 	}
 	if bc.Spec.ListenPort != nil {
 		c.BGPPort = *bc.Spec.ListenPort
@@ -526,17 +545,22 @@ func describeNode(n *corev1.Node, clusterAS uint32) (nodeInfo, error) {
 		}
 		ni.as = uint32(as)
 	}
+	ni.podCIDR = podCIDROf(n)
+	return ni, nil
+}
+
+// podCIDROf is the Node's IPv4 pod CIDR; invalid when it has none yet.
+func podCIDROf(n *corev1.Node) netip.Prefix {
 	cidrs := n.Spec.PodCIDRs
 	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
 		cidrs = []string{n.Spec.PodCIDR}
 	}
 	for _, s := range cidrs {
 		if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is4() {
-			ni.podCIDR = p.Masked()
-			break
+			return p.Masked()
 		}
 	}
-	return ni, nil
+	return netip.Prefix{}
 }
 
 // selects reports whether a node/nodeSelector pair picks n; neither picks
@@ -607,12 +631,13 @@ func (s *Source) poolFor(node *corev1.Node, podCIDR netip.Prefix) (*Pool, error)
 	return best, nil
 }
 
-// enabledPools lists the CIDRs of every enabled IPPool, sorted.
-func (s *Source) enabledPools() []netip.Prefix {
+// poolCIDRs lists the CIDRs of every enabled (or every disabled) IPPool,
+// sorted.
+func (s *Source) poolCIDRs(disabled bool) []netip.Prefix {
 	var out []netip.Prefix
 	for _, obj := range s.pools.List() {
 		var ip nexthopv1.IPPool
-		if fromUnstructured(obj, &ip) != nil || ip.Spec.Disabled {
+		if fromUnstructured(obj, &ip) != nil || ip.Spec.Disabled != disabled {
 			continue
 		}
 		if cidr, err := netip.ParsePrefix(ip.Spec.CIDR); err == nil && cidr.Addr().Is4() {

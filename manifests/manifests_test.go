@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -59,7 +60,8 @@ func TestManifestsApplyAndGrantEnough(t *testing.T) {
 	out := kubectl(t, env, "apply", "-k", dir, "--dry-run=server")
 	t.Logf("dry run:\n%s", out)
 	for _, want := range []string{"daemonset.apps/nexthop", "clusterrole.rbac.authorization.k8s.io/nexthop", "configmap/nexthop-config",
-		"customresourcedefinition.apiextensions.k8s.io/bgppeers.nexthop.io", "role.rbac.authorization.k8s.io/nexthop-secrets"} {
+		"customresourcedefinition.apiextensions.k8s.io/bgppeers.nexthop.io", "role.rbac.authorization.k8s.io/nexthop-secrets",
+		"role.rbac.authorization.k8s.io/nexthop-kubeadm-config"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("dry run output lacks %s", want)
 		}
@@ -79,6 +81,16 @@ func TestManifestsApplyAndGrantEnough(t *testing.T) {
 	}
 	if c := pod.Containers[0]; c.SecurityContext.Privileged != nil && *c.SecurityContext.Privileged {
 		t.Fatal("the long-running daemon container is privileged")
+	}
+	// Without kube-proxy the API server's address comes from Calico's
+	// kubernetes-services-endpoint ConfigMap, in every container that
+	// talks to it; optional, so that clusters with kube-proxy need none.
+	for _, c := range append(slices.Clone(pod.InitContainers), pod.Containers...) {
+		if !slices.ContainsFunc(c.EnvFrom, func(e corev1.EnvFromSource) bool {
+			return e.ConfigMapRef != nil && e.ConfigMapRef.Name == "kubernetes-services-endpoint" && e.ConfigMapRef.Optional != nil && *e.ConfigMapRef.Optional
+		}) {
+			t.Errorf("container %s does not take the optional ConfigMap kubernetes-services-endpoint as environment: %+v", c.Name, c.EnvFrom)
+		}
 	}
 
 	// Now act as the daemon's service account.
@@ -107,8 +119,17 @@ func TestManifestsApplyAndGrantEnough(t *testing.T) {
 	if _, err := dc.Resource(nexthopv1.BGPPeersResource).Create(ctx, bp, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// kubeadm's record of the pod CIDR, which the default IPPool takes,
+	// and a neighbour the daemon has no business reading.
+	for name, data := range map[string]string{"kubeadm-config": "networking:\n  podSubnet: 10.240.0.0/12\n", "kube-proxy": "config.conf: x\n"} {
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "kube-system"}, Data: map[string]string{"ClusterConfiguration": data}}
+		if _, err := cs.CoreV1().ConfigMaps("kube-system").Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 
-	src, err := kube.NewSource(asDaemon, "node1", config.Config{GRPCListen: "none"}, slog.New(slog.NewTextHandler(testWriter{t}, nil)), kube.WithNamespace(kube.DefaultNamespace))
+	src, err := kube.NewSource(asDaemon, "node1", config.Config{GRPCListen: "none"}, slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+		kube.WithNamespace(kube.DefaultNamespace), kube.WithDefaultPool(kube.DefaultPool{NATOutgoing: true}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,6 +150,10 @@ func TestManifestsApplyAndGrantEnough(t *testing.T) {
 	}
 	if cfg.Peers[1].Password != "pw" {
 		t.Fatalf("ToR password not read from the Secret: %+v", cfg.Peers[1])
+	}
+	// The default IPPool, created by the daemon from kubeadm-config.
+	if !cfg.NATOutgoing || len(cfg.Pools) != 1 || cfg.Pools[0].String() != "10.240.0.0/12" {
+		t.Fatalf("natOutgoing %v pools %v: want the default IPPool 10.240.0.0/12 from kubeadm-config with natOutgoing", cfg.NATOutgoing, cfg.Pools)
 	}
 	if err := src.PublishStatus(ctx, "node1", []bgp.PeerState{{Address: netip.MustParseAddr("192.0.2.12"), AS: 64512, State: "active"}}); err != nil {
 		t.Fatalf("PublishStatus as the daemon: %v", err)
@@ -158,7 +183,17 @@ func TestManifestsApplyAndGrantEnough(t *testing.T) {
 			_, err = dcs.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
 			return err
 		}(),
-		"delete a BGPPeer":       ddc.Resource(nexthopv1.BGPPeersResource).Delete(ctx, "tor", metav1.DeleteOptions{}),
+		"delete a BGPPeer": ddc.Resource(nexthopv1.BGPPeersResource).Delete(ctx, "tor", metav1.DeleteOptions{}),
+		"delete an IPPool": ddc.Resource(nexthopv1.IPPoolsResource).Delete(ctx, kube.DefaultPoolName, metav1.DeleteOptions{}),
+		"change an IPPool": func() error {
+			_, err := ddc.Resource(nexthopv1.IPPoolsResource).Patch(ctx, kube.DefaultPoolName, "application/merge-patch+json",
+				[]byte(`{"spec":{"natOutgoing":false}}`), metav1.PatchOptions{})
+			return err
+		}(),
+		"read another ConfigMap of kube-system": func() error {
+			_, err := dcs.CoreV1().ConfigMaps("kube-system").Get(ctx, "kube-proxy", metav1.GetOptions{})
+			return err
+		}(),
 		"delete a BGPNodeStatus": ddc.Resource(nexthopv1.BGPNodeStatusesResource).Delete(ctx, "node1", metav1.DeleteOptions{}),
 		"write a BGPNodeStatus spec": func() error {
 			u, err := ddc.Resource(nexthopv1.BGPNodeStatusesResource).Get(ctx, "node1", metav1.GetOptions{})

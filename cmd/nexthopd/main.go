@@ -4,7 +4,9 @@
 // Standalone, it reads one YAML file (--config). In Kubernetes mode
 // (--kubernetes, or --kubeconfig) it builds the same config from the API:
 // Nodes, BGPConfiguration, BGPPeers, IPPools and a base file with the
-// cluster-wide settings (--base-config, the DaemonSet's ConfigMap).
+// cluster-wide settings (--base-config, the DaemonSet's ConfigMap). With no
+// IPPool at all it creates one, so pods have egress NAT from the start
+// (--default-ippool-cidr).
 package main
 
 import (
@@ -13,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"slices"
@@ -26,6 +29,7 @@ import (
 
 	"github.com/nexthop-net/nexthop/config"
 	"github.com/nexthop-net/nexthop/daemon"
+	"github.com/nexthop-net/nexthop/kube"
 )
 
 // Exit codes: 2 for a bad command line or config (restarting will not
@@ -41,6 +45,8 @@ const (
 type options struct {
 	config, kubeconfig, nodeName, baseConfig, healthListen string
 	kubernetes                                             bool
+	defaultPoolCIDR                                        string
+	defaultPoolNAT                                         bool
 	set                                                    map[string]bool
 }
 
@@ -55,7 +61,46 @@ func newFlags(fs *flag.FlagSet) *options {
 	fs.StringVar(&o.nodeName, "node-name", "", "this node's Node name (default $NODE_NAME, then the hostname)")
 	fs.StringVar(&o.baseConfig, "base-config", "", "Kubernetes mode: YAML with the cluster-wide settings (timers, paths, log level); node fields come from the API")
 	fs.StringVar(&o.healthListen, "health-listen", "127.0.0.1:9099", `where /healthz and /readyz are served; "none" disables them`)
+	fs.StringVar(&o.defaultPoolCIDR, "default-ippool-cidr", "auto",
+		`Kubernetes mode: CIDR of the IPPool "default" created when the cluster has no IPPool; "auto" is the cluster's pod CIDR (kubeadm-config, else `+kube.FallbackPoolCIDR+`), "none" creates no pool`)
+	fs.BoolVar(&o.defaultPoolNAT, "default-ippool-nat-outgoing", true, `Kubernetes mode: natOutgoing of the IPPool "default" created by --default-ippool-cidr`)
 	return o
+}
+
+// checkMode refuses flags of the other mode: accepted and ignored, they
+// would look like they work.
+func (o *options) checkMode(kubeMode bool) error {
+	if kubeMode && o.set["config"] {
+		return errors.New("--config is the standalone mode; with --kubernetes/--kubeconfig use --base-config for the cluster-wide settings")
+	}
+	if !kubeMode {
+		for _, f := range []string{"base-config", "node-name", "default-ippool-cidr", "default-ippool-nat-outgoing"} {
+			if o.set[f] {
+				return fmt.Errorf("--%s needs --kubernetes (or --kubeconfig)", f)
+			}
+		}
+	}
+	return nil
+}
+
+// defaultPool reads the --default-ippool-* flags; nil for "none".
+func (o *options) defaultPool() (*kube.DefaultPool, error) {
+	p := kube.DefaultPool{NATOutgoing: o.defaultPoolNAT}
+	switch o.defaultPoolCIDR {
+	case "none":
+		if o.set["default-ippool-nat-outgoing"] {
+			return nil, errors.New("--default-ippool-nat-outgoing has no pool to apply to with --default-ippool-cidr=none")
+		}
+		return nil, nil
+	case "auto":
+	default:
+		c, err := netip.ParsePrefix(o.defaultPoolCIDR)
+		if err != nil || !c.Addr().Is4() || c.Bits() == 0 || c != c.Masked() {
+			return nil, fmt.Errorf(`--default-ippool-cidr=%q: want "auto", "none" or an IPv4 network such as %s`, o.defaultPoolCIDR, kube.FallbackPoolCIDR)
+		}
+		p.CIDR = c
+	}
+	return &p, nil
 }
 
 func main() {
@@ -75,11 +120,8 @@ func main() {
 	if flag.NArg() > 0 {
 		usage(fmt.Errorf("unexpected arguments %q", flag.Args()))
 	}
-	if kubeMode && o.set["config"] {
-		usage(errors.New("--config is the standalone mode; with --kubernetes/--kubeconfig use --base-config for the cluster-wide settings"))
-	}
-	if !kubeMode && (o.set["base-config"] || o.set["node-name"]) {
-		usage(errors.New("--base-config and --node-name need --kubernetes (or --kubeconfig)"))
+	if err := o.checkMode(kubeMode); err != nil {
+		usage(err)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -87,7 +129,15 @@ func main() {
 	var err error
 	var log *slog.Logger
 	if kubeMode {
-		log, err = runKubernetes(ctx, o.kubeconfig, o.nodeName, o.baseConfig, o.healthListen, usage)
+		pool, perr := o.defaultPool()
+		if perr != nil {
+			usage(perr)
+		}
+		var opts []kube.Option
+		if pool != nil {
+			opts = append(opts, kube.WithDefaultPool(*pool))
+		}
+		log, err = runKubernetes(ctx, o.kubeconfig, o.nodeName, o.baseConfig, o.healthListen, opts, usage)
 	} else {
 		log, err = runStandalone(ctx, o.config, o.healthListen, usage)
 	}
@@ -116,7 +166,7 @@ func runStandalone(ctx context.Context, path, healthListen string, usage func(er
 	return log, daemon.RunWith(ctx, cfg, log, daemon.Options{Health: h})
 }
 
-func runKubernetes(ctx context.Context, kubeconfig, nodeName, basePath, healthListen string, usage func(error)) (*slog.Logger, error) {
+func runKubernetes(ctx context.Context, kubeconfig, nodeName, basePath, healthListen string, opts []kube.Option, usage func(error)) (*slog.Logger, error) {
 	base, err := loadBase(basePath)
 	if err != nil {
 		usage(err)
@@ -143,7 +193,7 @@ func runKubernetes(ctx context.Context, kubeconfig, nodeName, basePath, healthLi
 	if err != nil {
 		return log, err
 	}
-	return log, daemon.RunKubernetes(ctx, daemon.KubeOptions{Rest: rc, NodeName: nodeName, Base: base, Health: h}, log)
+	return log, daemon.RunKubernetes(ctx, daemon.KubeOptions{Rest: rc, NodeName: nodeName, Base: base, Health: h, SourceOptions: opts}, log)
 }
 
 // restConfig is the kubeconfig file when given, else the pod's service

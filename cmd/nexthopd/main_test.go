@@ -2,6 +2,7 @@ package main
 
 import (
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -46,6 +47,10 @@ func TestDaemonSetArgs(t *testing.T) {
 	if fs.NArg() != 0 || !o.kubernetes || o.baseConfig == "" {
 		t.Fatalf("DaemonSet args %q: want Kubernetes mode with a base config, got %+v", args, o)
 	}
+	// A fresh install gets the default IPPool with NAT.
+	if p, err := o.defaultPool(); err != nil || p == nil || !p.NATOutgoing {
+		t.Fatalf("DaemonSet args %q: default IPPool %+v, %v; want one with natOutgoing", args, p, err)
+	}
 	// The probes go where the health endpoint listens.
 	port := o.healthListen[strings.LastIndex(o.healthListen, ":")+1:]
 	for _, c := range ds.Spec.Template.Spec.Containers {
@@ -84,5 +89,62 @@ func TestLoadBaseRefusesNodeFields(t *testing.T) {
 	os.WriteFile(path, []byte("holdTimer: 9s\n"), 0o644)
 	if _, err := loadBase(path); err == nil {
 		t.Fatal("a misspelt field was accepted")
+	}
+}
+
+func parseFlags(t *testing.T, args ...string) *options {
+	t.Helper()
+	fs := flag.NewFlagSet("nexthopd", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	o := newFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("%q: %v", args, err)
+	}
+	o.set = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { o.set[f.Name] = true })
+	return o
+}
+
+// Kubernetes-mode flags are refused standalone rather than ignored.
+func TestStandaloneRefusesKubernetesFlags(t *testing.T) {
+	for _, arg := range []string{"--default-ippool-cidr=none", "--default-ippool-nat-outgoing=false", "--base-config=/x", "--node-name=n"} {
+		err := parseFlags(t, arg).checkMode(false)
+		if name, _, _ := strings.Cut(arg, "="); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("standalone with %s: got %v, want it refused by name", arg, err)
+		}
+	}
+	if err := parseFlags(t, "--kubernetes", "--default-ippool-cidr=10.0.0.0/16").checkMode(true); err != nil {
+		t.Errorf("Kubernetes mode refused its own flag: %v", err)
+	}
+}
+
+func TestDefaultPoolFlags(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string // "" none, "error", or the option's CIDR ("auto" for the zero one) and NAT
+	}{
+		{nil, "auto nat=true"},
+		{[]string{"--default-ippool-nat-outgoing=false"}, "auto nat=false"},
+		{[]string{"--default-ippool-cidr=192.168.0.0/16"}, "192.168.0.0/16 nat=true"},
+		{[]string{"--default-ippool-cidr=none"}, ""},
+		{[]string{"--default-ippool-cidr=none", "--default-ippool-nat-outgoing=true"}, "error"},
+		{[]string{"--default-ippool-cidr=10.244.1.1/16"}, "error"},
+		{[]string{"--default-ippool-cidr=fd00::/56"}, "error"},
+		{[]string{"--default-ippool-cidr=0.0.0.0/0"}, "error"},
+		{[]string{"--default-ippool-cidr=Auto"}, "error"},
+	} {
+		p, err := parseFlags(t, c.args...).defaultPool()
+		var got string
+		switch {
+		case err != nil:
+			got = "error"
+		case p != nil && !p.CIDR.IsValid():
+			got = fmt.Sprintf("auto nat=%v", p.NATOutgoing)
+		case p != nil:
+			got = fmt.Sprintf("%s nat=%v", p.CIDR, p.NATOutgoing)
+		}
+		if got != c.want {
+			t.Errorf("%q: got %q (%v), want %q", c.args, got, err, c.want)
+		}
 	}
 }

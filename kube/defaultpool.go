@@ -1,0 +1,174 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/yaml"
+
+	nexthopv1 "github.com/nexthop-net/nexthop/api/v1"
+)
+
+const (
+	// DefaultPoolName names the IPPool created when the cluster has none.
+	DefaultPoolName = "default"
+	// FallbackPoolCIDR is the pool's range when the cluster's pod CIDR
+	// cannot be read: kubeadm's and flannel's conventional one.
+	FallbackPoolCIDR = "10.244.0.0/16"
+	// kubeadm keeps its ClusterConfiguration (networking.podSubnet, which
+	// it passes to kube-controller-manager as --cluster-cidr) here.
+	kubeadmNamespace, kubeadmConfigMap = "kube-system", "kubeadm-config"
+	// poolVisible bounds the wait for the created pool to reach the
+	// informer: without it the first config would lack the pool, and its
+	// arrival a moment later would restart the daemon.
+	poolVisible = 30 * time.Second
+)
+
+// DefaultPool is the IPPool a fresh install gets, as calico-node creates
+// one from CALICO_IPV4POOL_CIDR: pods reach destinations outside the
+// cluster through NAT from the start.
+type DefaultPool struct {
+	// CIDR of the pool; the zero value means the cluster's pod CIDR
+	// (kubeadm-config's networking.podSubnet, else FallbackPoolCIDR).
+	CIDR        netip.Prefix
+	NATOutgoing bool
+}
+
+// WithDefaultPool makes Run create IPPool "default" as p describes before
+// its first config, when the cluster has no IPPool at all (disabled ones
+// count: the user's pools rule). Every node's daemon may try; one wins.
+func WithDefaultPool(p DefaultPool) Option { return func(s *Source) { s.defaultPool = &p } }
+
+// ensureDefaultPool creates the default pool if no IPPool exists. It
+// logs, rather than returns, what goes wrong: the node then runs as it
+// would without pools.
+func (s *Source) ensureDefaultPool(ctx context.Context) {
+	created, err := s.createDefaultPool(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Error("no default IPPool: pods get no natOutgoing until an IPPool exists", "err", err)
+		}
+		return
+	}
+	if !created {
+		return
+	}
+	// Wait for the informer so the first config already has the pool.
+	deadline := time.Now().Add(poolVisible)
+	for len(s.pools.List()) == 0 && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// createDefaultPool reports whether an IPPool exists afterwards that did
+// not before (ours, or another node's that won the race).
+func (s *Source) createDefaultPool(ctx context.Context) (bool, error) {
+	res := s.dyn.Resource(nexthopv1.IPPoolsResource)
+	// The informer's list may come from the API server's cache: ask for a
+	// consistent read before deciding the cluster has no pools.
+	existing, err := res.List(ctx, metav1.ListOptions{Limit: 1})
+	if err != nil {
+		return false, fmt.Errorf("list IPPools: %w", err)
+	}
+	if len(existing.Items) > 0 {
+		return false, nil
+	}
+
+	cidr, from := s.defaultPool.CIDR.Masked(), "--default-ippool-cidr"
+	if !s.defaultPool.CIDR.IsValid() {
+		cidr, from = s.clusterPodCIDR(ctx)
+	}
+	// A pool that leaves out a node's block would make that node refuse
+	// it: better no pool than a broken one.
+	nodes, err := s.nodes.List(labels.Everything())
+	if err != nil {
+		return false, fmt.Errorf("list nodes: %w", err)
+	}
+	for _, n := range nodes {
+		if p := podCIDROf(n); p.IsValid() && (p.Bits() < cidr.Bits() || !cidr.Contains(p.Addr())) {
+			return false, fmt.Errorf("not creating IPPool %s %s (from %s): node %s has pod CIDR %s outside it; "+
+				"set nexthopd's --default-ippool-cidr to the cluster's pod CIDR (kube-controller-manager --cluster-cidr), or create an IPPool",
+				DefaultPoolName, cidr, from, n.Name, p)
+		}
+	}
+
+	pool := &nexthopv1.IPPool{
+		TypeMeta:   metav1.TypeMeta{APIVersion: nexthopv1.SchemeGroupVersion.String(), Kind: "IPPool"},
+		ObjectMeta: metav1.ObjectMeta{Name: DefaultPoolName},
+		Spec: nexthopv1.IPPoolSpec{
+			CIDR:        cidr.String(),
+			IPIPMode:    nexthopv1.EncapNever,
+			VXLANMode:   nexthopv1.EncapNever,
+			NATOutgoing: s.defaultPool.NATOutgoing,
+		},
+	}
+	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(pool)
+	if err != nil {
+		return false, fmt.Errorf("IPPool %s: %w", DefaultPoolName, err)
+	}
+	_, err = res.Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{FieldManager: "nexthopd"})
+	switch {
+	case apierrors.IsAlreadyExists(err):
+		s.log.Info("IPPool default already created by another node", "node", s.nodeName)
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("create IPPool %s %s (from %s): %w", DefaultPoolName, cidr, from, err)
+	}
+	s.log.Info(fmt.Sprintf("IPPool %s %s created from %s", DefaultPoolName, cidr, from),
+		"natOutgoing", pool.Spec.NATOutgoing, "change", "kubectl edit ippool "+DefaultPoolName)
+	return true, nil
+}
+
+// clusterPodCIDR is the cluster's pod CIDR as kubeadm recorded it, or
+// FallbackPoolCIDR; from says which.
+func (s *Source) clusterPodCIDR(ctx context.Context) (cidr netip.Prefix, from string) {
+	fallback := netip.MustParsePrefix(FallbackPoolCIDR)
+	cm, err := s.client.CoreV1().ConfigMaps(kubeadmNamespace).Get(ctx, kubeadmConfigMap, metav1.GetOptions{})
+	if err != nil {
+		s.log.Info("cluster pod CIDR not read from kubeadm; the default IPPool gets the fallback", "configMap", kubeadmNamespace+"/"+kubeadmConfigMap,
+			"reason", err, "fallback", fallback)
+		return fallback, "the default"
+	}
+	p, err := kubeadmPodSubnet(cm.Data["ClusterConfiguration"])
+	if err != nil {
+		s.log.Warn("cluster pod CIDR not read from kubeadm; the default IPPool gets the fallback", "configMap", kubeadmNamespace+"/"+kubeadmConfigMap,
+			"reason", err, "fallback", fallback)
+		return fallback, "the default"
+	}
+	return p, "kubeadm-config"
+}
+
+// kubeadmPodSubnet reads networking.podSubnet from a kubeadm
+// ClusterConfiguration: the IPv4 entry of its comma-separated list.
+func kubeadmPodSubnet(clusterConfiguration string) (netip.Prefix, error) {
+	var cc struct {
+		Networking struct {
+			PodSubnet string `json:"podSubnet"`
+		} `json:"networking"`
+	}
+	if err := yaml.Unmarshal([]byte(clusterConfiguration), &cc); err != nil {
+		return netip.Prefix{}, fmt.Errorf("ClusterConfiguration: %w", err)
+	}
+	subnets := cc.Networking.PodSubnet
+	if strings.TrimSpace(subnets) == "" {
+		return netip.Prefix{}, fmt.Errorf("ClusterConfiguration has no networking.podSubnet (kubeadm init --pod-network-cidr)")
+	}
+	for s := range strings.SplitSeq(subnets, ",") {
+		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil && p.Addr().Is4() && p.Bits() > 0 {
+			return p.Masked(), nil
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("networking.podSubnet %q has no IPv4 CIDR", subnets)
+}
