@@ -452,6 +452,9 @@ func Sweep(log Logger) error {
 		}
 		stale := nsWithPrefix(prefix)
 		log.Logf("sweep: removing %d namespaces of dead run %s (pid %d)", len(stale), prefix, r.Pid)
+		// A kubelet cluster's pods live in cgroups named after their node
+		// (and in namespaces of their own, which removing ours misses).
+		sweepCgroups(prefix)
 		if err := removeNamespaces(stale); err != nil {
 			errs = append(errs, err)
 			continue

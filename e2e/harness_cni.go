@@ -26,6 +26,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nexthop-net/nexthop/ipam"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -112,8 +113,9 @@ func writePluginWrappers(dir, ns string, plugins map[string]string) error {
 }
 
 // ShippedConfList is cni-plugin/05-nexthop.conflist as shipped, with only
-// ipamSocket pointed at socket.
-func ShippedConfList(socket string) (*libcni.NetworkConfigList, error) {
+// ipamSocket pointed at socket and pendingReleaseDir into stateDir, where
+// that node's daemon looks for releases a DEL left while it was down.
+func ShippedConfList(socket, stateDir string) (*libcni.NetworkConfigList, error) {
 	path := filepath.Join(sourceRoot(), "cni-plugin", "05-nexthop.conflist")
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -128,6 +130,7 @@ func ShippedConfList(socket string) (*libcni.NetworkConfigList, error) {
 	for _, p := range plugins {
 		if pm, ok := p.(map[string]any); ok && pm["type"] == "nexthop" {
 			pm["ipamSocket"] = socket
+			pm["pendingReleaseDir"] = filepath.Join(stateDir, ipam.PendingReleaseDirName)
 			found = true
 		}
 	}
@@ -189,7 +192,7 @@ func (c *Cluster) NewCNI(n *Node, cacheDir string) (*CNI, error) {
 	if err := writePluginWrappers(binDir, n.NS, map[string]string{"nexthop": nexthop, "portmap": portmap}); err != nil {
 		return nil, err
 	}
-	list, err := ShippedConfList(n.Config.IPAMSocket)
+	list, err := ShippedConfList(n.Config.IPAMSocket, n.Config.StateDir)
 	if err != nil {
 		return nil, err
 	}

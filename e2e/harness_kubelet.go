@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -62,8 +64,9 @@ type KubeCluster struct {
 	// Internet is the namespace of a server behind the ToR
 	// (InternetServer), standing in for everything outside the cluster.
 	Internet string
-	// ImageRef is the nexthop image the nodes have imported.
-	ImageRef string
+	// ImageRef is the nexthop image the nodes have imported, from
+	// ImageTar.
+	ImageRef, ImageTar string
 
 	cp     *controlPlane
 	images []string // tarballs every node imports
@@ -109,8 +112,8 @@ var kubeletSysctls = map[string]string{
 	"vm/overcommit_memory": "1", "vm/panic_on_oom": "0", "kernel/panic": "10", "kernel/panic_on_oops": "1",
 }
 
-// Internet server of a kubelet cluster: behind the ToR, as in the NAT
-// tests.
+// The "internet": a server namespace behind the ToR, which routes between
+// the underlay and 203.0.113.0/24 (TEST-NET-3); see AddInternet.
 var (
 	InternetGateway = netip.MustParseAddr("203.0.113.254")
 	InternetServer  = netip.MustParseAddr("203.0.113.10")
@@ -167,7 +170,7 @@ func NewKubeCluster(ctx context.Context, o KubeOptions) (k *KubeCluster, err err
 	if k.ImageRef, err = imageRef(o.Image); err != nil {
 		return k, fmt.Errorf("the nexthop image (run `make image-tar`): %w", err)
 	}
-	if err := k.addInternet(); err != nil {
+	if k.Internet, err = c.AddInternet(); err != nil {
 		return k, err
 	}
 	c.log.Logf("kube: control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) in %s", c.Prefix+"cp")
@@ -185,6 +188,7 @@ func NewKubeCluster(ctx context.Context, o KubeOptions) (k *KubeCluster, err err
 		return k, err
 	}
 	k.images = append(k.images, o.Image)
+	k.ImageTar = o.Image
 	if err := k.hostMountpoints(); err != nil {
 		return k, err
 	}
@@ -283,29 +287,30 @@ func (k *KubeCluster) hostMountpoints() error {
 	return nil
 }
 
-// addInternet puts a server namespace behind the ToR, which routes for it
-// (it still learns no pod routes: its bgpd runs without zebra, so only
-// traffic from node addresses gets answers).
-func (k *KubeCluster) addInternet() error {
-	c := k.Cluster
-	k.Internet = c.Prefix + "inet"
-	if err := c.addNS(k.Internet); err != nil {
-		return err
+// AddInternet puts a namespace with InternetServer behind the ToR, which
+// routes for it, and returns its name. The ToR still learns no pod routes
+// (its bgpd runs without zebra), so the server's replies reach a pod only
+// when they are addressed to a node: untranslated pod traffic arrives but
+// is never answered.
+func (c *Cluster) AddInternet() (string, error) {
+	inet := c.Prefix + "inet"
+	if err := c.addNS(inet); err != nil {
+		return "", err
 	}
 	for _, s := range [][]string{
-		{"ip", "-n", c.ToR.NS, "link", "add", "inet0", "type", "veth", "peer", "name", "eth0", "netns", k.Internet},
+		{"ip", "-n", c.ToR.NS, "link", "add", "inet0", "type", "veth", "peer", "name", "eth0", "netns", inet},
 		{"ip", "-n", c.ToR.NS, "addr", "add", InternetGateway.String() + "/24", "dev", "inet0"},
 		{"ip", "-n", c.ToR.NS, "link", "set", "inet0", "up"},
 		{"ip", "netns", "exec", c.ToR.NS, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
-		{"ip", "-n", k.Internet, "addr", "add", InternetServer.String() + "/24", "dev", "eth0"},
-		{"ip", "-n", k.Internet, "link", "set", "eth0", "up"},
-		{"ip", "-n", k.Internet, "route", "add", "default", "via", InternetGateway.String()},
+		{"ip", "-n", inet, "addr", "add", InternetServer.String() + "/24", "dev", "eth0"},
+		{"ip", "-n", inet, "link", "set", "eth0", "up"},
+		{"ip", "-n", inet, "route", "add", "default", "via", InternetGateway.String()},
 	} {
 		if _, err := run(s...); err != nil {
-			return fmt.Errorf("internet behind the ToR: %w", err)
+			return "", fmt.Errorf("internet behind the ToR: %w", err)
 		}
 	}
-	return nil
+	return inet, nil
 }
 
 // pinUnderlay makes every underlay neighbour entry (control plane, nodes,
@@ -522,23 +527,23 @@ func (n *KubeNode) startContainerd() error {
 		if done, err := p.exited(); done {
 			return Permanent(fmt.Errorf("containerd exited (%s):\n%s", exitString(err), tail(p.logPath, 20)))
 		}
-		_, err := n.ctr("version")
+		_, err := n.Ctr("version")
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("%s: containerd: %w", n.Name, err)
 	}
 	for _, img := range n.k.images {
-		if _, err := n.ctr("images", "import", img); err != nil {
+		if _, err := n.Ctr("images", "import", img); err != nil {
 			return fmt.Errorf("%s: import %s: %w", n.Name, filepath.Base(img), err)
 		}
 	}
 	return nil
 }
 
-// ctr runs containerd's CLI against the node's containerd, in the CRI's
+// Ctr runs containerd's CLI against the node's containerd, in the CRI's
 // namespace.
-func (n *KubeNode) ctr(args ...string) (string, error) {
+func (n *KubeNode) Ctr(args ...string) (string, error) {
 	return run(append([]string{"ctr", "-a", n.containerdSocket(), "-n", "k8s.io"}, args...)...)
 }
 
@@ -674,6 +679,16 @@ func killCgroupTree(name string) {
 	}
 }
 
+// sweepCgroups kills and removes the node cgroups of a dead run's kubelet
+// cluster.
+func sweepCgroups(prefix string) {
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/pids/" + prefix + "*")
+	for _, d := range dirs {
+		killCgroupTree(filepath.Base(d))
+		removeCgroupTree(filepath.Base(d))
+	}
+}
+
 // removeCgroupTree removes cgroup name, deepest first, in every hierarchy.
 func removeCgroupTree(name string) {
 	hs, _ := filepath.Glob("/sys/fs/cgroup/*")
@@ -698,6 +713,17 @@ func removeCgroupTree(name string) {
 func (n *KubeNode) Reboot() error {
 	n.stop()
 	if _, err := run("ip", "netns", "del", n.NS); err != nil {
+		return fmt.Errorf("reboot %s: %w", n.Name, err)
+	}
+	// The kernel dismantles a namespace asynchronously: its veth's bridge
+	// end goes a moment later.
+	err := WaitFor(30*time.Second, 100*time.Millisecond, func() error {
+		if _, err := run("ip", "-n", n.k.Underlay, "link", "show", "dev", n.Name); err == nil {
+			return fmt.Errorf("%s's old underlay port is still there", n.Name)
+		}
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("reboot %s: %w", n.Name, err)
 	}
 	if err := os.RemoveAll(filepath.Join(n.Root, "run")); err != nil {
@@ -801,7 +827,7 @@ type PodSandbox struct {
 // Sandboxes lists the node's pod sandboxes that have a network of their
 // own (hostNetwork pods have none).
 func (n *KubeNode) Sandboxes() ([]PodSandbox, error) {
-	out, err := n.ctr("tasks", "ls")
+	out, err := n.Ctr("tasks", "ls")
 	if err != nil {
 		return nil, err
 	}
@@ -891,10 +917,11 @@ func (k *KubeCluster) Sandboxes() (map[netip.Addr]PodSandbox, error) {
 	return all, nil
 }
 
-// RunUninstall runs the documented cleanup command on the node, as root on
-// the node: the plugin binary the DaemonSet installed.
-func (n *KubeNode) RunUninstall() (string, error) {
-	return n.enter("-m", "-n", "/opt/cni/bin/nexthop", "uninstall")
+// RunUninstall runs the documented cleanup command on the node as root:
+// `/opt/cni/bin/nexthop uninstall`, the plugin binary the DaemonSet
+// installed, or another copy of it.
+func (n *KubeNode) RunUninstall(binary string) (string, error) {
+	return n.enter("-m", "-n", binary, "uninstall")
 }
 
 func randToken() string {
@@ -913,4 +940,42 @@ func (k *KubeCluster) NodeLogTails(lines int) string {
 		}
 	}
 	return b.String()
+}
+
+// ServeInternet runs a TCP server on InternetServer:port, inside the
+// Internet namespace, that answers every connection with the address it
+// came from: what the outside world sees of a pod. Close stops it.
+func (k *KubeCluster) ServeInternet(port int) (io.Closer, error) {
+	var l net.Listener
+	err := ns.WithNetNSPath(NetNSPath(k.Internet), func(ns.NetNS) error {
+		var err error
+		l, err = net.Listen("tcp", netip.AddrPortFrom(InternetServer, uint16(port)).String())
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen in %s: %w", k.Internet, err)
+	}
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			host, _, _ := net.SplitHostPort(conn.RemoteAddr().String())
+			fmt.Fprintf(conn, "%s\n", host)
+			conn.Close()
+		}
+	}()
+	return l, nil
+}
+
+// DaemonLogs is the tail of every nexthopd container's log, for a failing
+// test.
+func (k *KubeCluster) DaemonLogs(ctx context.Context, lines int) string {
+	out, err := k.Kubectl(ctx, "-n", "nexthop-system", "logs", "-l", "app.kubernetes.io/name=nexthop", "-c", "nexthopd",
+		"--prefix", "--tail", strconv.Itoa(lines))
+	if err != nil {
+		return fmt.Sprintf("(kubectl logs: %v)", err)
+	}
+	return out
 }

@@ -13,16 +13,6 @@ import (
 	"github.com/nexthop-net/nexthop/nat"
 )
 
-// The "internet": a server namespace behind the ToR, which routes between
-// the underlay and 203.0.113.0/24 (TEST-NET-3). The ToR never learns pod
-// routes (its bgpd runs without zebra), so the server's replies reach a
-// pod only when they are addressed to a node: untranslated pod traffic
-// arrives but is never answered.
-var (
-	internetGW = netip.MustParseAddr("203.0.113.254")
-	serverAddr = netip.MustParseAddr("203.0.113.10")
-)
-
 // natLogLine starts what the daemon logs once it has set up outgoing NAT:
 // "natOutgoing on" or "natOutgoing off".
 const natLogLine = `msg="natOutgoing o`
@@ -39,22 +29,9 @@ func natCluster(t *testing.T) (*Cluster, string) {
 	requireHarness(t)
 	requireBinaries(t)
 	c := newCluster(t, Options{Nodes: 2, ToR: true})
-	srv := c.Prefix + "inet"
-	if err := c.addNS(srv); err != nil {
+	srv, err := c.AddInternet()
+	if err != nil {
 		t.Fatal(err)
-	}
-	for _, s := range [][]string{
-		{"ip", "-n", c.ToR.NS, "link", "add", "inet0", "type", "veth", "peer", "name", "eth0", "netns", srv},
-		{"ip", "-n", c.ToR.NS, "addr", "add", internetGW.String() + "/24", "dev", "inet0"},
-		{"ip", "-n", c.ToR.NS, "link", "set", "inet0", "up"},
-		{"ip", "netns", "exec", c.ToR.NS, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
-		{"ip", "-n", srv, "addr", "add", serverAddr.String() + "/24", "dev", "eth0"},
-		{"ip", "-n", srv, "link", "set", "eth0", "up"},
-		{"ip", "-n", srv, "route", "add", "default", "via", internetGW.String()},
-	} {
-		if out, err := run(s...); err != nil {
-			t.Fatalf("%v: %s", err, out)
-		}
 	}
 	for _, n := range c.Nodes {
 		n.Config.NATOutgoing = n.Index == 1
@@ -105,7 +82,7 @@ func seenByServer(t *testing.T, c *Cluster, srv string, p *Pod, name string) ([]
 	if err != nil {
 		t.Fatal(err)
 	}
-	pingErr := Ping(p, serverAddr, 3)
+	pingErr := Ping(p, InternetServer, 3)
 	lines, err := capture.Stop()
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +104,7 @@ func wantSource(t *testing.T, what string, requests []string, src netip.Addr) {
 		return
 	}
 	for _, l := range requests {
-		if !strings.Contains(l, fmt.Sprintf("IP %s > %s: ICMP echo request", src, serverAddr)) {
+		if !strings.Contains(l, fmt.Sprintf("IP %s > %s: ICMP echo request", src, InternetServer)) {
 			t.Errorf("%s: the server saw %q, want source %s", what, l, src)
 			return
 		}

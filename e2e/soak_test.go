@@ -269,8 +269,8 @@ func TestSoakChurnWithCrashes(t *testing.T) {
 	}
 }
 
-// soakDel runs DEL until it succeeds, retrying failures with code 11 (the
-// daemon is down: succeeding would leak the address). It returns how many
+// soakDel runs DEL until it succeeds, retrying failures with code 11 (a
+// DEL that found no daemon and could not record the release either). It returns how many
 // times it retried.
 func soakDel(ctx context.Context, k *CNI, p *cniPod) (retries int, err error) {
 	for {

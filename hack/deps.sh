@@ -3,9 +3,10 @@
 set -euo pipefail
 # iptables: the reference portmap plugin chained in our conflist needs it.
 # iperf3: the throughput benchmark.
+# nftables: `nft`, to look at the NAT table as a user would.
 # containerd, runc, busybox-static: the kubelet cluster's nodes (busybox is
 # the test workload's image).
-pkgs=(frr iproute2 iputils-ping tcpdump iptables iperf3 containerd runc busybox-static)
+pkgs=(frr iproute2 iputils-ping tcpdump iptables nftables iperf3 containerd runc busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
