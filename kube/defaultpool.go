@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/yaml"
 
 	nexthopv1 "github.com/nexthop-net/nexthop/api/v1"
@@ -61,15 +62,11 @@ func (s *Source) ensureDefaultPool(ctx context.Context) {
 	if !created {
 		return
 	}
-	// Wait for the informer so the first config already has the pool.
-	deadline := time.Now().Add(poolVisible)
-	for len(s.pools.List()) == 0 && time.Now().Before(deadline) {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	// Wait for the informer so the first config already has the pool; if
+	// it does not come, the pool's arrival restarts the daemon later.
+	_ = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, poolVisible, true, func(context.Context) (bool, error) {
+		return len(s.pools.List()) > 0, nil
+	})
 }
 
 // createDefaultPool reports whether an IPPool exists afterwards that did
