@@ -36,6 +36,8 @@ const (
 	DefaultVXLANPort   = 4789
 	DefaultVXLANDevice = "vxlan.nexthop"
 	MinHoldTime        = 3 * time.Second
+	// MaxHoldTime is the most the OPEN message's 16-bit field can carry.
+	MaxHoldTime = 65535 * time.Second
 	// MinInitialSync keeps the start-up prune behind session re-establishment:
 	// GoBGP holds a dropped peer idle for 5 s and refuses it meanwhile, so a
 	// restarted node's iBGP sessions take 6-9 s to return. Pruning earlier
@@ -320,6 +322,8 @@ func (c *Config) Validate() error {
 		bad("address", "required (the node's underlay IPv4 address)")
 	} else if !c.Address.Is4() {
 		bad("address", "%s is not IPv4 (IPv6 is not supported yet)", c.Address)
+	} else if why := unusableHost(c.Address); why != "" && !c.Address.IsLoopback() {
+		bad("address", "%s is %s, not a usable underlay address", c.Address, why)
 	}
 	if !c.RouterID.Is4() {
 		bad("routerID", "must be an IPv4 address")
@@ -335,6 +339,8 @@ func (c *Config) Validate() error {
 		bad("podCIDR", "%s: prefix length must be between /8 and /30", c.PodCIDR)
 	} else if c.Address.IsValid() && c.PodCIDR.Contains(c.Address) {
 		bad("podCIDR", "%s contains the node address %s", c.PodCIDR, c.Address)
+	} else if m, ok := MartianOf(c.PodCIDR); ok {
+		bad("podCIDR", "%s overlaps the reserved range %s, which no peer may route", c.PodCIDR, m)
 	}
 	inPool := len(c.Pools) == 0
 	for i, p := range c.Pools {
@@ -367,8 +373,8 @@ func (c *Config) Validate() error {
 	if c.BGPPort < -1 || c.BGPPort > 65535 {
 		bad("bgpPort", "%d out of range (-1 disables listening)", c.BGPPort)
 	}
-	if c.HoldTime.Duration < MinHoldTime {
-		bad("holdTime", "%s is below the minimum %s", c.HoldTime, MinHoldTime)
+	if why := holdTimeProblem(c.HoldTime.Duration); why != "" {
+		bad("holdTime", "%s %s", c.HoldTime, why)
 	}
 	for _, m := range []struct {
 		field string
@@ -401,11 +407,15 @@ func (c *Config) Validate() error {
 	if c.ResyncInterval.Duration < time.Second {
 		bad("resyncInterval", "%s is below the minimum 1s", c.ResyncInterval)
 	}
-	if c.MetricsListen != "none" && !strings.Contains(c.MetricsListen, ":") {
-		bad("metricsListen", "%q is not host:port (or \"none\")", c.MetricsListen)
+	// Listen addresses are checked here: a bad one found at start would
+	// fail only after the kernel has been changed.
+	if err := ValidateListen(c.MetricsListen); err != nil {
+		bad("metricsListen", "%v", err)
+	} else if c.MetricsListen != "none" && c.MetricsListen == c.GRPCListen {
+		bad("metricsListen", "%s is also grpcListen", c.MetricsListen)
 	}
-	if c.GRPCListen != "none" && !strings.Contains(c.GRPCListen, ":") {
-		bad("grpcListen", "%q is not host:port (or \"none\")", c.GRPCListen)
+	if err := ValidateListen(c.GRPCListen); err != nil {
+		bad("grpcListen", "%v", err)
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":
@@ -422,6 +432,10 @@ func (c *Config) Validate() error {
 			bad(f+".address", "%s is not IPv4", p.Address)
 		case p.Address == c.Address:
 			bad(f+".address", "%s is this node's own address", p.Address)
+		case peerProblem(p.Address, c.Address) != "":
+			bad(f+".address", "%s is %s", p.Address, peerProblem(p.Address, c.Address))
+		case c.PodCIDR.IsValid() && c.PodCIDR.Contains(p.Address):
+			bad(f+".address", "%s is inside podCIDR %s, whose blackhole route would cut the session off", p.Address, c.PodCIDR)
 		case seen[p.Address]:
 			bad(f+".address", "%s listed twice", p.Address)
 		}
@@ -429,8 +443,8 @@ func (c *Config) Validate() error {
 		if p.AS == 0 {
 			bad(f+".as", "required")
 		}
-		if p.HoldTime.Duration < MinHoldTime {
-			bad(f+".holdTime", "%s is below the minimum %s", p.HoldTime, MinHoldTime)
+		if why := holdTimeProblem(p.HoldTime.Duration); why != "" {
+			bad(f+".holdTime", "%s %s", p.HoldTime, why)
 		}
 		if p.Keepalive.Duration <= 0 || p.Keepalive.Duration > p.HoldTime.Duration/3 {
 			bad(f+".keepalive", "%s must be positive and at most a third of the hold time %s", p.Keepalive, p.HoldTime)
