@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"time"
 
 	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
 )
@@ -13,6 +14,9 @@ import (
 // warnings and errors keep their level.
 type gobgpLogger struct {
 	l *slog.Logger
+	// conns, when set, turns GoBGP's note of a connection from an
+	// unconfigured address into a rate-limited warning (unconfigured.go).
+	conns *unconfiguredConns
 }
 
 func attrs(f gobgplog.Fields) []any {
@@ -47,7 +51,14 @@ func (g *gobgpLogger) Warn(msg string, f gobgplog.Fields) {
 		g.l.Warn(msg, attrs(f)...)
 	}
 }
-func (g *gobgpLogger) Info(msg string, f gobgplog.Fields)  { g.l.Debug(msg, attrs(f)...) }
+func (g *gobgpLogger) Info(msg string, f gobgplog.Fields) {
+	if msg == msgUnconfiguredConn && g.conns != nil {
+		g.conns.seen(g.l, f["Key"], time.Now())
+		return
+	}
+	g.l.Debug(msg, attrs(f)...)
+}
+
 func (g *gobgpLogger) Debug(msg string, f gobgplog.Fields) { g.l.Debug(msg, attrs(f)...) }
 func (g *gobgpLogger) SetLevel(gobgplog.LogLevel)          {}
 func (g *gobgpLogger) GetLevel() gobgplog.LogLevel {

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
 
@@ -17,7 +16,9 @@ import (
 // The import policy, enforced by GoBGP before paths reach the RIB:
 //
 //   - nobody may send this node's own block or a more-specific of it (a
-//     hijack), nor a default route unless AcceptDefaultRoute;
+//     hijack), nor a default route unless AcceptDefaultRoute, nor a
+//     martian (config.Martians: loopback, link-local with the pods'
+//     gateway, multicast, ...) or a more-specific of one;
 //   - nodes may send only prefixes inside the pod pools;
 //   - an external peer with an Accept list may send only those prefixes;
 //   - other external peers may send anything but pod-pool prefixes, which
@@ -74,6 +75,8 @@ func (s *Speaker) importPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 	}
 	sets = append(sets, prefixSet(n("own"), []netip.Prefix{s.cfg.PodCIDR}))
 	learned("own-block", &api.Conditions{PrefixSet: match(n("own"), api.MatchSet_ANY)})
+	sets = append(sets, prefixSet(n("martians"), config.Martians))
+	learned("martians", &api.Conditions{PrefixSet: match(n("martians"), api.MatchSet_ANY)})
 	if !s.cfg.AcceptDefaultRoute {
 		sets = append(sets, exactPrefixSet(n("default"), netip.MustParsePrefix("0.0.0.0/0")))
 		learned("default-route", &api.Conditions{PrefixSet: match(n("default"), api.MatchSet_ANY)})
@@ -257,86 +260,6 @@ func policyKey(kind string, sets []*api.DefinedSet, pol *api.Policy, gen int) st
 	return strings.ReplaceAll(b.String(), fmt.Sprintf("nexthop-%s-%d-", kind, gen), "")
 }
 
-// Rejected is one path the import policy refused.
-type Rejected struct {
-	Peer   netip.Addr
-	Prefix netip.Prefix
-}
-
-// watchRejected finds paths the import policy refused, logs each (peer,
-// prefix) once and counts them per peer. A peer is looked at again only
-// when it has received something new or the policy changed. (GoBGP's own
-// "accepted" count does not reflect the import policy.)
-func (s *Speaker) watchRejected(ctx context.Context, every time.Duration) {
-	type mark struct {
-		received uint64
-		gen      int
-		uptime   time.Duration
-	}
-	last := map[netip.Addr]mark{}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		peers, err := s.Peers(ctx)
-		if err != nil {
-			continue
-		}
-		s.mu.Lock()
-		gen := s.importGen
-		s.mu.Unlock()
-		for _, p := range peers {
-			if !p.Established {
-				delete(last, p.Address)
-				continue
-			}
-			m := mark{received: p.Received, gen: gen, uptime: p.Uptime}
-			if prev, ok := last[p.Address]; ok && prev.received == m.received && prev.gen == m.gen && prev.uptime <= m.uptime {
-				continue
-			}
-			last[p.Address] = m
-			s.scanRejected(ctx, p.Address)
-		}
-	}
-}
-
-// maxRejectedLogged bounds memory for remembering what was logged.
-const maxRejectedLogged = 10000
-
-func (s *Speaker) scanRejected(ctx context.Context, peer netip.Addr) {
-	req := &api.ListPathRequest{TableType: api.TableType_ADJ_IN, Name: peer.String(), Family: familyIPv4, EnableFiltered: true}
-	var found []netip.Prefix
-	err := s.srv.ListPath(ctx, req, func(d *api.Destination) {
-		for _, p := range d.Paths {
-			if p.Filtered {
-				if pfx, err := netip.ParsePrefix(d.Prefix); err == nil {
-					found = append(found, pfx)
-				}
-			}
-		}
-	})
-	if err != nil {
-		return
-	}
-	s.rmu.Lock()
-	defer s.rmu.Unlock()
-	for _, pfx := range found {
-		r := Rejected{Peer: peer, Prefix: pfx}
-		if _, seen := s.rejected[r]; seen {
-			continue
-		}
-		s.rejectedCount[peer]++
-		if len(s.rejected) < maxRejectedLogged {
-			s.rejected[r] = struct{}{}
-			s.log.Warn("import policy rejected a path", "peer", peer, "prefix", pfx, "reason", s.rejectReason(peer, pfx))
-		}
-	}
-}
-
 // rejectReason says in words which rule refused pfx from peer.
 func (s *Speaker) rejectReason(peer netip.Addr, pfx netip.Prefix) string {
 	s.mu.Lock()
@@ -353,6 +276,8 @@ func (s *Speaker) rejectReason(peer netip.Addr, pfx netip.Prefix) string {
 	switch {
 	case inside([]netip.Prefix{s.cfg.PodCIDR}):
 		return "this node's own pod block or a more-specific of it"
+	case inside(config.Martians):
+		return "a martian (reserved range that is never routed through a peer)"
 	case pfx.Bits() == 0:
 		return "default route (acceptDefaultRoute is off)"
 	case p.IsNode(s.cfg.LocalAS):
@@ -362,16 +287,4 @@ func (s *Speaker) rejectReason(peer netip.Addr, pfx netip.Prefix) string {
 	default:
 		return "inside a pod pool, which belongs to the nodes"
 	}
-}
-
-// RejectedCounts returns, per peer, how many distinct prefixes the import
-// policy has refused so far.
-func (s *Speaker) RejectedCounts() map[netip.Addr]int {
-	s.rmu.Lock()
-	defer s.rmu.Unlock()
-	out := make(map[netip.Addr]int, len(s.rejectedCount))
-	for k, v := range s.rejectedCount {
-		out[k] = v
-	}
-	return out
 }

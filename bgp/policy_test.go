@@ -56,7 +56,10 @@ func TestImportPolicy(t *testing.T) {
 		}
 	})
 	announce(t, nodes[1].sp, "10.99.0.0/24", "0.0.0.0/0", "10.244.1.0/24", "10.244.1.128/25")
-	announce(t, nodes[2].sp, "10.244.50.0/24")
+	// An external peer may send anything outside the pools, but no martian.
+	martians := []string{"0.0.0.0/8", "0.1.2.0/24", "127.0.0.0/8", "127.1.2.3/32", "169.254.0.0/16", "169.254.1.1/32",
+		"224.0.0.0/4", "239.1.0.0/16", "240.0.0.0/4", "240.0.0.0/8", "255.255.255.255/32"}
+	announce(t, nodes[2].sp, append([]string{"10.244.50.0/24"}, martians...)...)
 	announce(t, nodes[3].sp, "203.0.113.128/25")
 
 	want := "map[10.244.2.0/24:[127.0.0.2] 198.51.100.0/24:[127.0.0.4] 203.0.113.0/24:[127.0.0.3]]"
@@ -70,13 +73,34 @@ func TestImportPolicy(t *testing.T) {
 		}
 		return nil
 	})
-	wantCounts := "map[127.0.0.2:4 127.0.0.3:1 127.0.0.4:1]"
+	wantCounts := fmt.Sprintf("map[127.0.0.2:4 127.0.0.3:%d 127.0.0.4:1]", 1+len(martians))
 	waitFor(t, "rejections counted per peer", func() error {
 		if got := fmt.Sprint(nodes[0].sp.RejectedCounts()); got != wantCounts {
 			return fmt.Errorf("got %s, want %s", got, wantCounts)
 		}
 		return nil
 	})
+	// ACCEPTED is after the policy: each peer's own block only.
+	waitFor(t, "accepted counted after the policy", func() error {
+		ps, err := nodes[0].sp.Peers(ctx)
+		if err != nil {
+			return err
+		}
+		var got []string
+		for _, p := range ps {
+			got = append(got, fmt.Sprintf("%s:%d/%d", p.Address, p.Accepted, p.Received))
+		}
+		want := fmt.Sprintf("[127.0.0.2:1/5 127.0.0.3:1/%d 127.0.0.4:1/2]", 2+len(martians))
+		if fmt.Sprint(got) != want {
+			return fmt.Errorf("accepted/received %v, want %s", got, want)
+		}
+		return nil
+	})
+	for _, m := range martians {
+		if got := nodes[0].sp.rejectReason(netip.MustParseAddr("127.0.0.3"), netip.MustParsePrefix(m)); !strings.Contains(got, "martian") {
+			t.Errorf("reason for martian %s: %q", m, got)
+		}
+	}
 	reasons := map[string]string{
 		"10.99.0.0/24":     "outside every pod pool",
 		"0.0.0.0/0":        "default route",

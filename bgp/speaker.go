@@ -56,10 +56,15 @@ type Speaker struct {
 	importGen, exportGen int
 	importKey, exportKey string
 
-	rmu           sync.Mutex
-	rejected      map[Rejected]struct{}
-	rejectedCount map[netip.Addr]int
+	// rej accounts for what the import policy refuses (rejected.go).
+	rej rejections
+	// conns counts connections from unconfigured addresses (unconfigured.go).
+	conns unconfiguredConns
 }
+
+// UnconfiguredConnections is how many connections to the BGP port came
+// from addresses that are no configured peer.
+func (s *Speaker) UnconfiguredConnections() uint64 { return s.conns.total.Load() }
 
 // New makes a speaker for cfg; Start brings it up.
 func New(cfg *config.Config, log *slog.Logger) *Speaker {
@@ -67,17 +72,15 @@ func New(cfg *config.Config, log *slog.Logger) *Speaker {
 		log = slog.Default()
 	}
 	return &Speaker{
-		log:           log.With("component", "bgp"),
-		cfg:           cfg,
-		peers:         map[netip.Addr]config.Peer{},
-		rejected:      map[Rejected]struct{}{},
-		rejectedCount: map[netip.Addr]int{},
+		log:   log.With("component", "bgp"),
+		cfg:   cfg,
+		peers: map[netip.Addr]config.Peer{},
 	}
 }
 
 // Start starts the speaker, its gRPC API, the peers and the announcement.
 func (s *Speaker) Start(ctx context.Context) error {
-	opts := []server.ServerOption{server.LoggerOption(&gobgpLogger{l: s.log.With("source", "gobgp")})}
+	opts := []server.ServerOption{server.LoggerOption(&gobgpLogger{l: s.log.With("source", "gobgp"), conns: &s.conns})}
 	if s.cfg.GRPCListen != "none" {
 		// GoBGP exits the process if it cannot listen; find out first and
 		// say so plainly.
@@ -105,7 +108,7 @@ func (s *Speaker) Start(ctx context.Context) error {
 	if err := s.logPeerChanges(ctx); err != nil {
 		return err
 	}
-	go s.watchRejected(ctx, 2*time.Second)
+	go s.watchRejected(ctx, rejectedScanEvery)
 	go s.watchMD5(ctx, 5*time.Second)
 	if err := s.SetPeers(ctx, s.cfg.Peers); err != nil {
 		return err
@@ -502,7 +505,7 @@ type PeerState struct {
 	Established bool
 	Uptime      time.Duration
 	Received    uint64
-	Accepted    uint64
+	Accepted    uint64 // received and accepted by the import policy
 }
 
 // Peers lists every configured neighbour's state.
@@ -527,6 +530,7 @@ func (s *Speaker) Peers(ctx context.Context) ([]PeerState, error) {
 		return nil, fmt.Errorf("list peers: %w", err)
 	}
 	slices.SortFunc(out, func(a, b PeerState) int { return a.Address.Compare(b.Address) })
+	s.afterPolicy(out)
 	return out, nil
 }
 

@@ -33,7 +33,7 @@ type observer struct {
 
 func newObserver(cfg *config.Config, log *slog.Logger, enc *encap, alloc *ipam.Allocator) *observer {
 	o := &observer{cfg: cfg, log: log, enc: enc, alloc: alloc}
-	o.m = metrics.New(metrics.Sources{Peers: o.peers, Routes: o.routes, IPAM: o.ipam})
+	o.m = metrics.New(metrics.Sources{Peers: o.peers, Routes: o.routes, IPAM: o.ipam, UnconfiguredConnections: o.unconfigured})
 	return o
 }
 
@@ -80,6 +80,14 @@ func (o *observer) peers(ctx context.Context) ([]metrics.Peer, error) {
 			Received: p.Received, Accepted: p.Accepted, Rejected: rejected[p.Address]})
 	}
 	return out, nil
+}
+
+// unconfigured counts connections to the BGP port from unconfigured addresses.
+func (o *observer) unconfigured() uint64 {
+	if n := o.node.Load(); n != nil {
+		return n.sp.UnconfiguredConnections()
+	}
+	return 0
 }
 
 // routes counts installed routes by kind, tunnel devices named as modes.

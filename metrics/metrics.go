@@ -23,8 +23,8 @@ type Peer struct {
 	Established bool
 	Uptime      time.Duration
 	Received    uint64
-	Accepted    uint64
-	Rejected    int // distinct prefixes the import policy refused
+	Accepted    uint64 // received and accepted by the import policy
+	Rejected    int    // paths the import policy refused, each counted once
 }
 
 // IPAM is the node block's use.
@@ -39,6 +39,9 @@ type Sources struct {
 	Peers  func(context.Context) ([]Peer, error)
 	Routes func() map[string]int // installed routes by kind: native, ipip, vxlan, blackhole
 	IPAM   func() IPAM
+	// UnconfiguredConnections counts connections to the BGP port from
+	// addresses that are no configured peer.
+	UnconfiguredConnections func() uint64
 }
 
 // Metrics is the daemon's registry.
@@ -97,9 +100,11 @@ var (
 	descReceived = prometheus.NewDesc("nexthop_bgp_prefixes_received",
 		"Prefixes received from the peer.", []string{"peer"}, nil)
 	descAccepted = prometheus.NewDesc("nexthop_bgp_prefixes_accepted",
-		"Prefixes received from the peer that passed GoBGP's own checks.", []string{"peer"}, nil)
+		"Prefixes received from the peer and accepted by the import policy.", []string{"peer"}, nil)
 	descRejected = prometheus.NewDesc("nexthop_bgp_prefixes_rejected_total",
-		"Distinct prefixes from the peer refused by the import policy.", []string{"peer"}, nil)
+		"Paths from the peer refused by the import policy, each counted once while it stays announced.", []string{"peer"}, nil)
+	descUnconfigured = prometheus.NewDesc("nexthop_bgp_unconfigured_connections_total",
+		"Connections to the BGP port from addresses that are no configured peer, closed.", nil, nil)
 	descRoutes = prometheus.NewDesc("nexthop_routes_installed",
 		"Kernel routes nexthop has installed, by kind.", []string{"kind"}, nil)
 	descBlockSize = prometheus.NewDesc("nexthop_ipam_block_size",
@@ -112,7 +117,7 @@ var (
 type state struct{ src Sources }
 
 func (s *state) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descUptime, descReceived, descAccepted, descRejected, descRoutes, descBlockSize, descAllocated} {
+	for _, d := range []*prometheus.Desc{descUp, descUptime, descReceived, descAccepted, descRejected, descUnconfigured, descRoutes, descBlockSize, descAllocated} {
 		ch <- d
 	}
 }
@@ -137,6 +142,9 @@ func (s *state) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.GaugeValue, float64(p.Accepted), addr)
 			ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(p.Rejected), addr)
 		}
+	}
+	if s.src.UnconfiguredConnections != nil {
+		ch <- prometheus.MustNewConstMetric(descUnconfigured, prometheus.CounterValue, float64(s.src.UnconfiguredConnections()))
 	}
 	if s.src.Routes != nil {
 		counts := s.src.Routes()

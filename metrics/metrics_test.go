@@ -25,6 +25,7 @@ func TestScrapeReadsSources(t *testing.T) {
 		IPAM: func() IPAM {
 			return IPAM{Block: netip.MustParsePrefix("10.244.1.0/24"), Size: 253, Allocated: 7}
 		},
+		UnconfiguredConnections: func() uint64 { return 5 },
 	})
 	m.RouteProgramming.Observe(0.002)
 	m.CNIRequests.WithLabelValues("ADD", "ok").Observe(0.01)
@@ -37,6 +38,7 @@ func TestScrapeReadsSources(t *testing.T) {
 		`nexthop_bgp_session_established{peer="192.0.2.254",peer_as="65000"} 0`,
 		`nexthop_bgp_session_uptime_seconds{peer="192.0.2.12"} 90`,
 		`nexthop_bgp_prefixes_rejected_total{peer="192.0.2.12"} 2`,
+		`nexthop_bgp_unconfigured_connections_total 5`,
 		`nexthop_routes_installed{kind="native"} 2`,
 		`nexthop_routes_installed{kind="vxlan"} 0`,
 		`nexthop_ipam_allocated{block="10.244.1.0/24"} 7`,
