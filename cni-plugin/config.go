@@ -1,6 +1,7 @@
 package cniplugin
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -23,6 +24,11 @@ const (
 	// DefaultPendingReleaseDir is where the daemon, with its default state
 	// dir (/var/lib/nexthop), looks for releases DEL could not make.
 	DefaultPendingReleaseDir = "/var/lib/nexthop/" + ipam.PendingReleaseDirName
+	// MaxStdin caps the network config a runtime may send: a real one is a
+	// few KiB (a GC list of every pod on the node included), and reading
+	// an unbounded stdin lets any caller make the plugin use any amount of
+	// memory.
+	MaxStdin = 4 << 20
 )
 
 // Plugin-specific CNI error codes (the spec leaves 100+ to plugins).
@@ -142,4 +148,43 @@ func parseArgs(s string) (*k8sArgs, *types.Error) {
 		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS: %v", err), "")
 	}
 	return a, nil
+}
+
+// ValidAttachmentsKey is where the runtime lists, for GC, the attachments
+// still in use (CNI spec 1.1, section 2).
+const ValidAttachmentsKey = "cni.dev/valid-attachments"
+
+// validAttachments reads GC's list of attachments still in use. GC releases
+// every allocation not in it, so a list that is missing or null is refused
+// (ErrInvalidNetworkConfig) instead of being read as "none": that would free
+// live pods' addresses for the next ADD to hand out again. An empty array is
+// a real "none". The key is matched exactly, unlike encoding/json's
+// case-insensitive match into PluginConf.ValidAttachments.
+func validAttachments(stdin []byte) ([]ipam.Attachment, *types.Error) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(stdin, &top); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("decode network config: %v", err), "")
+	}
+	raw, ok := top[ValidAttachmentsKey]
+	if raw = bytes.TrimSpace(raw); !ok || len(raw) == 0 || string(raw) == "null" {
+		what := "missing"
+		if ok {
+			what = "null"
+		}
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(
+			"%s: %s; GC needs the list of attachments still in use ([] for none), nothing released", ValidAttachmentsKey, what), "")
+	}
+	var list []types.GCAttachment
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("%s: %v; nothing released", ValidAttachmentsKey, err), "")
+	}
+	valid := make([]ipam.Attachment, 0, len(list))
+	for i, a := range list {
+		if a.ContainerID == "" || a.IfName == "" {
+			return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(
+				"%s[%d]: containerID and ifname are both required (got %q, %q); nothing released", ValidAttachmentsKey, i, a.ContainerID, a.IfName), "")
+		}
+		valid = append(valid, ipam.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
+	}
+	return valid, nil
 }

@@ -242,8 +242,21 @@ func TestConformanceLibcni(t *testing.T) {
 	if host.alloc.Used() != 0 {
 		t.Fatalf("DEL left %d allocations", host.alloc.Used())
 	}
-	if _, err := in(t, host.ns, func() (any, error) { return nil, cni.GCNetworkList(ctx, list, &libcni.GCArgs{}) }); err != nil {
+	// GCArgs without a list sends "cni.dev/valid-attachments": null: refused,
+	// nothing released. An empty list releases what no attachment holds.
+	if _, err := host.alloc.Allocate(ctx, ipam.Request{ContainerID: "leaked", IfName: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = in(t, host.ns, func() (any, error) { return nil, cni.GCNetworkList(ctx, list, &libcni.GCArgs{}) })
+	if err == nil || !strings.Contains(err.Error(), "cni.dev/valid-attachments: null") || host.alloc.Used() != 1 {
+		t.Fatalf("GC with a null list: %v; %d allocations left, want it refused and 1", err, host.alloc.Used())
+	}
+	none := &libcni.GCArgs{ValidAttachments: []types.GCAttachment{}}
+	if _, err := in(t, host.ns, func() (any, error) { return nil, cni.GCNetworkList(ctx, list, none) }); err != nil {
 		t.Fatalf("GC of nothing: %v", err)
+	}
+	if host.alloc.Used() != 0 {
+		t.Fatalf("GC with an empty list left %d allocations", host.alloc.Used())
 	}
 }
 
@@ -318,15 +331,17 @@ func TestConformanceCnitool(t *testing.T) {
 	if host.alloc.Used() != 0 {
 		t.Fatalf("cnitool del left %d allocations", host.alloc.Used())
 	}
-	// cnitool's gc passes no valid attachments: everything goes.
+	// cnitool's gc sends no list of valid attachments at all: refused, so
+	// running it on a live node cannot free every pod's address.
 	if _, err := host.alloc.Allocate(context.Background(), ipam.Request{ContainerID: "leaked", IfName: "eth0"}); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := cnitool("gc", "nexthop", pod.Path()); err != nil {
-		t.Fatalf("cnitool gc: %v\n%s", err, out)
+	out, err = cnitool("gc", "nexthop", pod.Path())
+	if err == nil || !strings.Contains(out, "cni.dev/valid-attachments: missing") {
+		t.Fatalf("cnitool gc: %v, want it refused for the missing list\n%s", err, out)
 	}
-	if host.alloc.Used() != 0 {
-		t.Fatalf("cnitool gc left %d allocations", host.alloc.Used())
+	if host.alloc.Used() != 1 {
+		t.Fatalf("refused cnitool gc left %d allocations, want 1", host.alloc.Used())
 	}
 }
 

@@ -1,6 +1,10 @@
 package cniplugin
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
 	"net"
 	"path/filepath"
 	"reflect"
@@ -8,7 +12,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode"
 
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
@@ -200,4 +206,114 @@ func wellFormedForeign(s string, fields map[string]bool) bool {
 		}
 	}
 	return true
+}
+
+// FuzzGC feeds arbitrary GC requests (the plugin's stdin) to GC, against a
+// real IPAM daemon holding one live attachment, live/eth0. GC must never
+// panic, and an error must be a CNI error with a code. Above all, nothing
+// is released unless the request carries a list of valid attachments: the
+// key cni.dev/valid-attachments, exactly, holding a JSON array (not null).
+// Besides:
+//
+//   - a refused request releases nothing;
+//   - a listed attachment is never released;
+//   - an accepted request releases the attachment when it is not listed.
+//
+// Every request that is a JSON object is pointed at the test's daemon (an
+// "ipamSocket" appended last, which wins), never at a real node's.
+func FuzzGC(f *testing.F) {
+	sock, alloc := serveIPAM(f, "10.91.0.0/24")
+	for _, s := range []string{
+		`{"cniVersion":"1.1.0","name":"nexthop","type":"nexthop"}`,
+		`{"cniVersion":"1.1.0","name":"nexthop","type":"nexthop","cni.dev/valid-attachments":null}`,
+		`{"cniVersion":"1.1.0","name":"nexthop","type":"nexthop","cni.dev/valid-attachments":[]}`,
+		`{"cniVersion":"1.1.0","name":"nexthop","type":"nexthop","cni.dev/valid-attachments":[{"containerID":"live","ifname":"eth0"}]}`,
+		`{"cniVersion":"1.1.0","name":"nexthop","type":"nexthop","cni.dev/valid-attachments":[{"containerID":"other","ifname":"eth0"}]}`,
+		`{"cniVersion":"1.1.0","name":"nexthop","type":"nexthop","CNI.DEV/VALID-ATTACHMENTS":[]}`,
+		`{"cniVersion":"1.1.0","name":"nexthop","type":"nexthop","cni.dev/attachments":[]}`,
+		`{"cniVersion":"1.1.0","name":"nexthop","type":"nexthop","cni.dev/valid-attachments":[],"cni.dev/valid-attachments":null}`,
+		`{"cniVersion":"1.1.0","name":"nexthop","type":"nexthop","cni.dev/valid-attachments":[{"containerID":"live"}]}`,
+		`{"cniVersion":"1.1.0","name":"nexthop","type":"nexthop","cni.dev/valid-attachments":{"containerID":"live","ifname":"eth0"}}`,
+		`null`, `[]`, `{}`,
+	} {
+		f.Add([]byte(s))
+	}
+	live := ipam.Request{ContainerID: "live", IfName: "eth0"}
+	f.Fuzz(func(t *testing.T, stdin []byte) {
+		ctx := context.Background()
+		if _, err := alloc.Allocate(ctx, live); err != nil {
+			t.Fatalf("allocate live/eth0: %v", err)
+		}
+		req, pointed := pointAt(stdin, sock)
+		if conf, cerr := parseConfig(req); pointed && cerr == nil && conf.IPAMSocket != sock {
+			t.Fatalf("harness: request would reach %s, not the test's daemon", conf.IPAMSocket)
+		}
+		if _, cerr := validAttachments(req); !pointed && cerr == nil {
+			t.Fatalf("harness: %q is no JSON object, yet has a list: GC would reach the default socket", req)
+		}
+		var err error
+		noPanic(t, "GC", func() { err = GC(ctx, &skel.CmdArgs{StdinData: req}) })
+		_, kept := alloc.Get(live.ContainerID, live.IfName)
+		hasList, listed := gcList(req, live.ContainerID, live.IfName)
+		if err != nil {
+			var te *types.Error
+			if !errors.As(err, &te) || te.Code == 0 || te.Msg == "" {
+				t.Fatalf("GC error without a CNI code or message: %#v", err)
+			}
+			if !kept {
+				t.Fatalf("refused GC (%s) released live/eth0 anyway", te.Msg)
+			}
+			return
+		}
+		switch {
+		case !hasList:
+			t.Fatalf("GC without a list of valid attachments succeeded (kept live/eth0: %v)", kept)
+		case listed && !kept:
+			t.Fatal("GC released live/eth0, which its list names")
+		case !listed && kept:
+			t.Fatal("GC left live/eth0, which its list leaves out")
+		}
+	})
+}
+
+// pointAt returns stdin with "ipamSocket": sock appended when it is a JSON
+// object (the last of duplicate keys wins, whatever their case), and
+// whether it was one.
+func pointAt(stdin []byte, sock string) ([]byte, bool) {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(stdin, &m) != nil || m == nil {
+		return stdin, false
+	}
+	body := bytes.TrimRightFunc(stdin, unicode.IsSpace)
+	body = body[:len(body)-1] // the closing brace
+	if len(m) > 0 {
+		body = append(body, ',')
+	}
+	s, _ := json.Marshal(sock)
+	return append(append(append(slices.Clip(body), `"ipamSocket":`...), s...), '}'), true
+}
+
+// gcList is the fuzz oracle: whether req holds a list of valid attachments
+// (decoded apart from the plugin: the exact key, a JSON array), and whether
+// that list names containerID/ifName.
+func gcList(req []byte, containerID, ifName string) (hasList, listed bool) {
+	var m map[string]any
+	if json.Unmarshal(req, &m) != nil {
+		return false, false
+	}
+	v, ok := m[ValidAttachmentsKey].([]any)
+	if !ok {
+		return false, false
+	}
+	var list []types.GCAttachment
+	b, _ := json.Marshal(v)
+	if json.Unmarshal(b, &list) != nil {
+		return true, false
+	}
+	for _, a := range list {
+		if a.ContainerID == containerID && a.IfName == ifName {
+			return true, true
+		}
+	}
+	return true, false
 }

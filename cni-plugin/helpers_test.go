@@ -99,29 +99,39 @@ func newTestHost(t testing.TB, block string, opts ...ipam.ServeOption) *testHost
 	if err != nil {
 		t.Fatalf("set up host netns: %v", err)
 	}
+	h.sock, h.alloc = serveIPAM(t, block, opts...)
+	return h
+}
+
+// serveIPAM serves a real IPAM allocator for block, with opts, on a
+// socket in a temp dir, until the test ends. It needs no netns.
+func serveIPAM(t testing.TB, block string, opts ...ipam.ServeOption) (string, *ipam.Allocator) {
+	t.Helper()
 	dir := t.TempDir()
-	h.alloc, err = ipam.Open(context.Background(), filepath.Join(dir, "ipam.db"), netip.MustParsePrefix(block), nil)
+	alloc, err := ipam.Open(context.Background(), filepath.Join(dir, "ipam.db"), netip.MustParsePrefix(block), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.sock = filepath.Join(dir, "run", "nexthop.sock")
+	sock := filepath.Join(dir, "run", "nexthop.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- ipam.Serve(ctx, h.alloc, h.sock, nil, opts...) }()
+	go func() { done <- ipam.Serve(ctx, alloc, sock, nil, opts...) }()
 	t.Cleanup(func() {
 		cancel()
 		<-done
-		h.alloc.Close()
+		alloc.Close()
 	})
+	// Connect, not stat: the socket file exists a moment before it listens.
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if _, err := os.Stat(h.sock); err == nil {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("ipam socket %s never appeared", h.sock)
+			t.Fatalf("ipam socket %s never appeared", sock)
 		}
 	}
-	return h
+	return sock, alloc
 }
 
 // netConf renders a plugin config; extra keys override the defaults.

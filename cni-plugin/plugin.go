@@ -108,6 +108,14 @@ func add(ctx context.Context, conf *NetConf, args *skel.CmdArgs) (_ *current.Res
 		return nil, types.NewError(types.ErrInternal, fmt.Sprintf("open host netns: %v", err), "")
 	}
 	defer hostNS.Close()
+	// Wiring the node's own netns as a pod would give the node a default
+	// route via 169.254.1.1 and hold an address: refused before anything.
+	if same, err := sameNetNS(podNS, hostNS); err != nil {
+		return nil, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q: %v", args.Netns, err), "")
+	} else if same {
+		return nil, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf(
+			"CNI_NETNS %q is the node's own network namespace (the one the plugin runs in), not a pod's: nothing done", args.Netns), "")
+	}
 
 	client, err := ipam.NewClient(conf.IPAMSocket)
 	if err != nil {
@@ -149,7 +157,7 @@ func add(ctx context.Context, conf *NetConf, args *skel.CmdArgs) (_ *current.Res
 	if err != nil {
 		return nil, types.NewError(types.ErrInternal, fmt.Sprintf("wire %s (%s) for %s: %v", args.IfName, podIP, args.ContainerID, err), "")
 	}
-	log.Info("pod wired", "hostVeth", w.hostVeth, "block", block)
+	log.Info("pod wired", "hostVeth", w.hostVeth, "block", block, "secondary", w.secondary, "table", tableName(w.table))
 
 	result := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
@@ -162,10 +170,14 @@ func add(ctx context.Context, conf *NetConf, args *skel.CmdArgs) (_ *current.Res
 			Gateway:   Gateway.AsSlice(),
 			Interface: current.Int(1),
 		}},
-		Routes: []*types.Route{{
+	}
+	// A secondary interface's default route is in its own table, used only
+	// for traffic from its address: the pod's default route is not here.
+	if !w.secondary {
+		result.Routes = []*types.Route{{
 			Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
 			GW:  Gateway.AsSlice(),
-		}},
+		}}
 	}
 	return result, nil
 }
@@ -310,15 +322,16 @@ func resultMTU(r *current.Result, netnsPath, ifName string) (int, bool) {
 }
 
 // GC releases every allocation the runtime no longer lists as valid. The
-// veths need no collecting: they die with their pod's netns.
+// veths need no collecting: they die with their pod's netns. A request
+// without a list (missing or null) is refused before the daemon is asked.
 func GC(ctx context.Context, args *skel.CmdArgs) error {
 	conf, cerr := parseConfig(args.StdinData)
 	if cerr != nil {
 		return cerr
 	}
-	valid := make([]ipam.Attachment, 0, len(conf.ValidAttachments))
-	for _, a := range conf.ValidAttachments {
-		valid = append(valid, ipam.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
+	valid, cerr := validAttachments(args.StdinData)
+	if cerr != nil {
+		return cerr
 	}
 	client, err := ipam.NewClient(conf.IPAMSocket)
 	if err != nil {

@@ -309,7 +309,8 @@ func TestIPAMErrorsBecomeCNICodes(t *testing.T) {
 	if err := GC(context.Background(), &skel.CmdArgs{StdinData: gcConf}); err != nil || host.alloc.Used() != 1 {
 		t.Fatalf("GC keeping the valid one: %v, %d left", err, host.alloc.Used())
 	}
-	if err := GC(context.Background(), &skel.CmdArgs{StdinData: args.StdinData}); err != nil || host.alloc.Used() != 0 {
+	gcNone := netConf(t, host.sock, map[string]any{"cni.dev/valid-attachments": []map[string]string{}})
+	if err := GC(context.Background(), &skel.CmdArgs{StdinData: gcNone}); err != nil || host.alloc.Used() != 0 {
 		t.Fatalf("GC with no valid attachments: %v, %d left", err, host.alloc.Used())
 	}
 	if err := Status(context.Background(), args); err != nil {

@@ -46,6 +46,11 @@ type wiring struct {
 	hostVeth string
 	mtu      int
 	podIP    netip.Addr
+	// secondary: set by setup when the pod already had a default route;
+	// the gateway and default routes are then in table, not main (see
+	// secondary.go).
+	secondary bool
+	table     int
 }
 
 // setup creates the veth pair and configures both ends. On error it leaves
@@ -59,6 +64,10 @@ func (w *wiring) setup() (hostIf, podIf net.Interface, err error) {
 	defer func() {
 		if err != nil {
 			_ = ip.DelLinkByName(w.hostVeth) // takes the pod end with it
+			if w.secondary {
+				// Its routes went with the link; its rule did not.
+				_ = w.podNS.Do(func(ns.NetNS) error { return deleteSourceRules(-1) })
+			}
 		}
 	}()
 	err = w.podNS.Do(func(ns.NetNS) error {
@@ -78,7 +87,9 @@ func (w *wiring) setup() (hostIf, podIf net.Interface, err error) {
 }
 
 // configurePod runs in the pod netns: the address as a /32, a link-scope
-// route to the gateway, and the default route through it.
+// route to the gateway, and the default route through it: in the main
+// table for the pod's primary interface, in a table of its own behind a
+// source rule for a secondary one.
 func (w *wiring) configurePod() error {
 	link, err := netlinksafe.LinkByName(w.ifName)
 	if err != nil {
@@ -90,15 +101,31 @@ func (w *wiring) configurePod() error {
 	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: hostPrefix(w.podIP)}); err != nil {
 		return fmt.Errorf("add address %s/32 to %s: %w", w.podIP, w.ifName, err)
 	}
-	gw := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: hostPrefix(Gateway), Scope: netlink.SCOPE_LINK}
-	if err := netlink.RouteAdd(gw); err != nil {
-		return fmt.Errorf("add route %s dev %s: %w", Gateway, w.ifName, err)
+	if w.secondary, err = hasDefaultRoute(); err != nil {
+		return err
 	}
-	def := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, Gw: Gateway.AsSlice()}
+	if w.secondary {
+		w.table = podTable(link.Attrs().Index)
+	}
+	gw, def := gatewayRoutes(link.Attrs().Index, w.table)
+	if err := netlink.RouteAdd(gw); err != nil {
+		return fmt.Errorf("add route %s dev %s table %s: %w", Gateway, w.ifName, tableName(w.table), err)
+	}
 	if err := netlink.RouteAdd(def); err != nil {
-		return fmt.Errorf("add default route via %s: %w", Gateway, err)
+		return fmt.Errorf("add default route via %s dev %s table %s: %w", Gateway, w.ifName, tableName(w.table), err)
+	}
+	if w.secondary {
+		// Deleting the link on a later failure takes its routes, not this.
+		return addSourceRule(w.podIP, w.table)
 	}
 	return nil
+}
+
+func tableName(t int) string {
+	if t == 0 {
+		return "main"
+	}
+	return fmt.Sprint(t)
 }
 
 // configureHost runs in the host netns: proxy ARP so the host end answers
@@ -136,15 +163,13 @@ func hostSysctls(hostVeth string) []sysctlSetting {
 	}
 }
 
-// teardown removes both ends; whatever is already gone is not an error.
+// teardown removes both ends, and a secondary interface's source rule;
+// whatever is already gone is not an error. A netnsPath naming the node's
+// own netns (an ADD there was refused) has nothing of ours in it: ifName
+// there is the node's, and is never touched.
 func teardown(netnsPath, ifName, hostVeth string) error {
 	if netnsPath != "" {
-		err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
-			if err := ip.DelLinkByName(ifName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
-				return fmt.Errorf("delete %s: %w", ifName, err)
-			}
-			return nil
-		})
+		err := unwirePod(netnsPath, ifName)
 		var gone ns.NSPathNotExistErr
 		if err != nil && !errors.As(err, &gone) {
 			return fmt.Errorf("in netns %s: %w", netnsPath, err)
@@ -156,6 +181,30 @@ func teardown(netnsPath, ifName, hostVeth string) error {
 		return fmt.Errorf("delete host veth: %w", err)
 	}
 	return nil
+}
+
+func unwirePod(netnsPath, ifName string) error {
+	podNS, err := ns.GetNS(netnsPath)
+	if err != nil {
+		return err
+	}
+	defer podNS.Close()
+	if node, err := isNodeNetNS(podNS); err != nil || node {
+		return err
+	}
+	return podNS.Do(func(ns.NetNS) error {
+		ifindex := -1
+		if l, err := netlinksafe.LinkByName(ifName); err == nil {
+			ifindex = l.Attrs().Index
+		}
+		if err := deleteSourceRules(ifindex); err != nil {
+			return err
+		}
+		if err := ip.DelLinkByName(ifName); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
+			return fmt.Errorf("delete %s: %w", ifName, err)
+		}
+		return nil
+	})
 }
 
 // check compares the attachment with what setup makes and returns every
@@ -194,9 +243,23 @@ func (w *wiring) check() []string {
 				bad("pod interface %s: address %s/32 missing", w.ifName, w.podIP)
 			}
 		}
-		routes, err := netlinksafe.RouteList(link, netlink.FAMILY_V4)
+		table, secondary, err := secondaryTable(link.Attrs().Index, w.podIP)
 		if err != nil {
-			bad("pod interface %s: list routes: %v", w.ifName, err)
+			bad("pod interface %s: %v", w.ifName, err)
+			return nil
+		}
+		where := ""
+		filter := &netlink.Route{LinkIndex: link.Attrs().Index} // main table
+		mask := netlink.RT_FILTER_OIF
+		if secondary {
+			where = fmt.Sprintf(" table %d", table)
+			filter.Table = table
+			mask |= netlink.RT_FILTER_TABLE
+			problems = append(problems, checkSourceRule(w.ifName, w.podIP, table)...)
+		}
+		routes, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, filter, mask)
+		if err != nil {
+			bad("pod interface %s: list routes%s: %v", w.ifName, where, err)
 			return nil
 		}
 		var haveGW, haveDefault bool
@@ -209,10 +272,10 @@ func (w *wiring) check() []string {
 			}
 		}
 		if !haveGW {
-			bad("pod route %s dev %s scope link missing", Gateway, w.ifName)
+			bad("pod route %s dev %s scope link%s missing", Gateway, w.ifName, where)
 		}
 		if !haveDefault {
-			bad("pod route default via %s dev %s missing", Gateway, w.ifName)
+			bad("pod route default via %s dev %s%s missing", Gateway, w.ifName, where)
 		}
 		return nil
 	})

@@ -26,5 +26,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "uninstall" {
 		os.Exit(uninstall.Main(os.Args[2:], os.Stdout, os.Stderr))
 	}
+	if cerr := cniplugin.CapStdin(); cerr != nil {
+		_ = cerr.Print()
+		os.Exit(1)
+	}
 	skel.PluginMainFuncs(cniplugin.Funcs(), version.All, bv.BuildString("nexthop"))
 }
