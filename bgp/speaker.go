@@ -13,7 +13,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
-	"syscall"
+	"sync/atomic"
 	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
@@ -60,6 +60,14 @@ type Speaker struct {
 	rej rejections
 	// conns counts connections from unconfigured addresses (unconfigured.go).
 	conns unconfiguredConns
+
+	// restart keeps our own restart going per peer, tables follows the
+	// peers' initial tables (restart.go, tables.go); stopTableWatch ends
+	// their watch once both are done (tablesIn: the initial sync is).
+	restart        restartState
+	tables         tableTracker
+	stopTableWatch context.CancelFunc
+	tablesIn       atomic.Bool
 }
 
 // UnconfiguredConnections is how many connections to the BGP port came
@@ -106,6 +114,18 @@ func (s *Speaker) Start(ctx context.Context) error {
 	s.log.Info("BGP speaker started", "as", s.cfg.LocalAS, "routerID", s.cfg.RouterID,
 		"port", s.cfg.BGPPort, "grpc", s.cfg.GRPCListen)
 	if err := s.logPeerChanges(ctx); err != nil {
+		return err
+	}
+	if s.LocalRestart {
+		grPeers := map[netip.Addr]bool{}
+		for _, p := range s.cfg.Peers {
+			if p.GracefulRestart.On() {
+				grPeers[p.Address] = true
+			}
+		}
+		s.restart.begin(grPeers)
+	}
+	if err := s.watchRestart(ctx); err != nil {
 		return err
 	}
 	go s.watchRejected(ctx, rejectedScanEvery)
@@ -256,7 +276,8 @@ func (s *Speaker) apiPeer(p config.Peer) *api.Peer {
 			NotificationEnabled: false,
 			// After our own restart: tell peers (R-bit) and hold back our
 			// updates until they have sent theirs.
-			LocalRestarting: s.LocalRestart,
+			// Per peer until its session is back (restart.go).
+			LocalRestarting: s.restart.restarting(p.Address),
 			DeferralTime:    deferralTime,
 		}
 		afi.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
@@ -450,16 +471,14 @@ func (s *Speaker) logPeerChanges(ctx context.Context) error {
 	return nil
 }
 
-// probeTimeout bounds the liveness probe of a peer whose session dropped.
-const probeTimeout = time.Second
-
 // dropIfGone tells a restarting peer from a vanished one. GoBGP keeps a
 // graceful-restart peer's routes as stale for its whole restart time after
 // any session loss, a hold-timer expiry included, so a node whose link died
 // would keep attracting traffic for minutes. A restarting daemon's host
 // still answers on the BGP port (accepting, or refusing with a reset); a
-// host that answers nothing within probeTimeout is gone, and its routes are
-// dropped now by deleting and re-adding the peer.
+// host that answers none of several probes within ProbeWindow is gone (see
+// probeAlive), and its routes are dropped now by deleting and re-adding
+// the peer.
 func (s *Speaker) dropIfGone(ctx context.Context, addr string) {
 	a, err := netip.ParseAddr(addr)
 	if err != nil {
@@ -471,17 +490,15 @@ func (s *Speaker) dropIfGone(ctx context.Context, addr string) {
 	if !ok || !p.GracefulRestart.On() {
 		return
 	}
-	d := net.Dialer{Timeout: probeTimeout, LocalAddr: &net.TCPAddr{IP: s.cfg.Address.AsSlice()}}
-	conn, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(a, p.Port).String())
-	if err == nil {
-		conn.Close()
+	res := probeAlive(ctx, s.cfg.Address, netip.AddrPortFrom(a, p.Port), ProbeWindow, probeEvery)
+	if res.Alive || ctx.Err() != nil {
+		// The host is there: a restart, graceful restart holds its routes.
+		s.log.Debug("peer's host answers after its session dropped: holding its routes for graceful restart",
+			"peer", addr, "answer", res.Answer, "probes", res.Probes)
 		return
 	}
-	if errors.Is(err, syscall.ECONNREFUSED) || ctx.Err() != nil {
-		return // the host is there: a restart, graceful restart holds its routes
-	}
 	s.log.Warn("peer unreachable after its session dropped: dropping its routes instead of holding them for graceful restart",
-		"peer", addr, "probe", err)
+		"peer", addr, "probes", res.Probes, "window", ProbeWindow, "probe", res.Answer)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if cur, ok := s.peers[a]; !ok || !samePeer(cur, p) {

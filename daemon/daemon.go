@@ -19,11 +19,6 @@ import (
 	"github.com/nexthop-net/nexthop/routes"
 )
 
-// quietPeriod is how long best paths must stay unchanged, with every peer
-// up, before the first start-up sync may delete stale routes. Without
-// graceful restart no End-of-RIB marks the end of a peer's initial update.
-const quietPeriod = time.Second
-
 // pendingReleaseEvery is how often the IPAM spool of DELs made while the
 // daemon was away is read again after the pass at start.
 const pendingReleaseEvery = 30 * time.Second
@@ -262,29 +257,27 @@ func (n *node) program(ctx context.Context, since time.Time, best map[netip.Pref
 }
 
 // maybeInitialSync runs the first full sync, which deletes our stale routes,
-// once every peer is up and best paths have been quiet, or after the
-// configured bound when some peer never comes up.
+// once every peer's initial table is in since its session came up (its
+// End-of-RIB, or for a peer without graceful restart its first UPDATEs
+// settled: bgp.TablesPending), or after the configured bound when some
+// peer never gets there. Before it nothing learned is deleted, so a
+// restart never flushes routes a peer has yet to send again.
 func (n *node) maybeInitialSync(ctx context.Context) {
-	peers, err := n.sp.Peers(ctx)
+	waiting, err := n.sp.TablesPending(ctx)
 	if err != nil {
 		n.log.Error("initial sync: list peers", "err", err)
 		return
 	}
-	var down []string
-	for _, p := range peers {
-		if !p.Established {
-			down = append(down, p.Address.String())
-		}
-	}
 	waited := time.Since(n.started)
 	switch {
-	case len(down) == 0 && n.changes.quietFor() >= quietPeriod:
-		n.log.Info("initial sync: all peers up and routes settled", "peers", len(peers), "after", waited.Round(time.Millisecond))
+	case len(waiting) == 0:
+		n.log.Info("initial sync: all peers up and their routes received", "peers", len(n.cfg.Peers), "after", waited.Round(time.Millisecond))
 	case waited >= n.cfg.InitialSync.Duration:
-		n.log.Warn("initial sync: giving up waiting for peers", "down", down, "after", waited.Round(time.Millisecond))
+		n.log.Warn("initial sync: giving up waiting for peers", "waiting", waiting, "after", waited.Round(time.Millisecond))
 	default:
 		return
 	}
+	n.sp.TablesIn()
 	n.synced = true
 	n.syncedFlag.Store(true)
 	n.fullSync(ctx)

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"text/template"
 	"time"
+
+	"github.com/nexthop-net/nexthop/config"
 )
 
 const bgpdPath = "/usr/lib/frr/bgpd"
@@ -50,22 +52,49 @@ router bgp {{.AS}}
 // root (-S) with every path under the cluster dir, in the foreground so
 // the harness owns the process.
 func (c *Cluster) startToR() error {
-	t := &ToR{NS: c.Prefix + "tor", Address: ToRAddress, Dir: filepath.Join(c.Dir, "tor")}
+	t, err := c.startToRAt("tor", ToRAddress)
+	if err != nil {
+		return err
+	}
+	c.ToR = t
+	return nil
+}
+
+// AddToR starts another FRR ToR (same AS as the first, ToRAS), named name,
+// at addr on the underlay, and adds it to every node's peers. Call it
+// before the daemons start (or restart them): a second ToR is how a test
+// shows what a node does towards each of several RFC 4724 routers.
+func (c *Cluster) AddToR(name string, addr netip.Addr) (*ToR, error) {
+	t, err := c.startToRAt(name, addr)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range c.Nodes {
+		n.Config.Peers = append(n.Config.Peers, config.Peer{
+			Address: addr, AS: ToRAS, HoldTime: config.Duration{Duration: HoldTime}, Description: name,
+		})
+	}
+	c.log.Logf("cluster %s: FRR ToR %s at %s", c.Prefix, name, addr)
+	return t, nil
+}
+
+func (c *Cluster) startToRAt(name string, addr netip.Addr) (*ToR, error) {
+	t := &ToR{NS: c.Prefix + name, Address: addr, Dir: filepath.Join(c.Dir, name)}
 	t.LogPath = filepath.Join(t.Dir, "bgpd.log")
 	if err := os.MkdirAll(filepath.Join(t.Dir, "vty"), 0o755); err != nil {
-		return fmt.Errorf("create tor dir: %w", err)
+		return nil, fmt.Errorf("create %s dir: %w", name, err)
 	}
 	if err := c.addNS(t.NS); err != nil {
-		return err
+		return nil, err
 	}
-	if err := c.plugUnderlay(t.NS, "tor", t.Address); err != nil {
-		return err
+	if err := c.plugUnderlay(t.NS, name, t.Address); err != nil {
+		return nil, err
 	}
 	// The ToR only speaks BGP here. Were it to forward, a node missing a
 	// route would still reach pods through the ToR via its default route
 	// and a broken daemon would pass the ping tests.
 	if err := setSysctls(t.NS, "net.ipv4.ip_forward", "0"); err != nil {
-		return err
+		return nil, err
 	}
 	var nodes []string
 	for _, n := range c.Nodes {
@@ -74,24 +103,23 @@ func (c *Cluster) startToR() error {
 	conf := filepath.Join(t.Dir, "bgpd.conf")
 	f, err := os.Create(conf)
 	if err != nil {
-		return fmt.Errorf("write bgpd.conf: %w", err)
+		return nil, fmt.Errorf("write bgpd.conf: %w", err)
 	}
 	err = torConfig.Execute(f, map[string]any{"AS": ToRAS, "RouterID": t.Address, "NodeAS": NodeAS, "Nodes": nodes})
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("write bgpd.conf: %w", err)
+		return nil, fmt.Errorf("write bgpd.conf: %w", err)
 	}
-	p, err := startProc("bgpd", t.LogPath, "ip", "netns", "exec", t.NS, bgpdPath,
+	p, err := startProc("bgpd "+name, t.LogPath, "ip", "netns", "exec", t.NS, bgpdPath,
 		"-Z", "-S", "-f", conf, "-i", filepath.Join(t.Dir, "bgpd.pid"),
 		"--vty_socket", filepath.Join(t.Dir, "vty"), "-A", "127.0.0.1", "-P", "0", "--log", "stdout")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	c.track(p)
 	t.proc = p
-	c.ToR = t
 	// Ready when vtysh gets an answer through the socket.
 	err = WaitFor(15*time.Second, 100*time.Millisecond, func() error {
 		if done, exitErr := p.exited(); done {
@@ -101,9 +129,9 @@ func (c *Cluster) startToR() error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("start bgpd in %s: %w", t.NS, err)
+		return nil, fmt.Errorf("start bgpd in %s: %w", t.NS, err)
 	}
-	return nil
+	return t, nil
 }
 
 // Vtysh runs one vtysh command against this ToR's bgpd. vtysh talks over
