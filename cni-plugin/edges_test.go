@@ -232,16 +232,15 @@ func TestSecondInterface(t *testing.T) {
 		t.Fatalf("CHECK net1: %v", err)
 	}
 	// CHECK of net1 notices its rule gone.
-	err = pod.Do(func(ns.NetNS) error {
-		return netlink.RuleDel(sourceRule(netip.MustParseAddr(ip1), podTable(linkIndex(t, "net1"))))
-	})
+	table1 := podTable(linkIndex(t, pod, "net1"))
+	err = pod.Do(func(ns.NetNS) error { return netlink.RuleDel(sourceRule(netip.MustParseAddr(ip1), table1)) })
 	if err != nil {
 		t.Fatalf("delete net1's rule: %v", err)
 	}
 	if err := check(net1, res1); err == nil || !strings.Contains(err.Error(), "pod rule from "+ip1+" lookup") {
 		t.Fatalf("CHECK net1 without its rule: %v", err)
 	}
-	if err := pod.Do(func(ns.NetNS) error { return addSourceRule(netip.MustParseAddr(ip1), podTable(linkIndex(t, "net1"))) }); err != nil {
+	if err := pod.Do(func(ns.NetNS) error { return addSourceRule(netip.MustParseAddr(ip1), table1) }); err != nil {
 		t.Fatal(err)
 	}
 
@@ -358,9 +357,10 @@ func routeGet(t *testing.T, n ns.NetNS, dst netip.Addr, src string) string {
 	return dev
 }
 
-func linkIndex(t *testing.T, name string) int {
+// linkIndex is the ifindex of interface name in netns n.
+func linkIndex(t *testing.T, n ns.NetNS, name string) int {
 	t.Helper()
-	l, err := netlink.LinkByName(name)
+	l, err := in(t, n, func() (netlink.Link, error) { return netlink.LinkByName(name) })
 	if err != nil {
 		t.Fatalf("look up %s: %v", name, err)
 	}
@@ -446,5 +446,48 @@ func TestStdinCap(t *testing.T) {
 	want := fmt.Sprintf("larger than %d bytes (4 MiB)", MaxStdin)
 	if code, _ := res["code"].(float64); code != float64(types.ErrInvalidNetworkConfig) || !strings.Contains(fmt.Sprint(res["msg"]), want) {
 		t.Fatalf("STATUS with %d bytes: %v, want code %d saying %q", MaxStdin+1, res, types.ErrInvalidNetworkConfig, want)
+	}
+}
+
+// TestSecondaryRetriedAdd: the runtime retries ADD of net1 after its
+// interface vanished (an interrupted ADD, a lost answer): the retry works
+// and leaves exactly one rule, for the new interface.
+func TestSecondaryRetriedAdd(t *testing.T) {
+	requireRoot(t)
+	host := newTestHost(t, "10.92.0.0/24")
+	pod := newNetNS(t, "pod")
+	ctx := context.Background()
+	stdin := netConf(t, host.sock, nil)
+	conf, _ := parseConfig(stdin)
+	ctr := "nhc-ctr-" + randSuffix()
+	eth0 := &skel.CmdArgs{ContainerID: ctr, Netns: pod.Path(), IfName: "eth0", StdinData: stdin}
+	net1 := &skel.CmdArgs{ContainerID: ctr, Netns: pod.Path(), IfName: "net1", StdinData: stdin}
+	t.Cleanup(func() {
+		in(t, host.ns, func() (any, error) { return nil, Del(ctx, net1) })
+		in(t, host.ns, func() (any, error) { return nil, Del(ctx, eth0) })
+	})
+	for _, a := range []*skel.CmdArgs{eth0, net1} {
+		if _, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, conf, a) }); err != nil {
+			t.Fatalf("ADD %s: %v", a.IfName, err)
+		}
+	}
+	if err := pod.Do(func(ns.NetNS) error {
+		return netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "net1"}})
+	}); err != nil {
+		t.Fatalf("delete net1: %v", err)
+	}
+	res, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, conf, net1) })
+	if err != nil {
+		t.Fatalf("retried ADD net1: %v", err)
+	}
+	rules := podRules(t, pod)
+	idx := linkIndex(t, pod, "net1")
+	if len(rules) != 1 || rules[0].Table != podTable(idx) || rules[0].Src.IP.String() != res.IPs[0].Address.IP.String() {
+		t.Fatalf("rules after the retried ADD: %v, want one: from %s lookup %d", rules, res.IPs[0].Address.IP, podTable(idx))
+	}
+	c := *net1
+	c.StdinData = withPrevResult(t, stdin, res)
+	if _, err := in(t, host.ns, func() (any, error) { return nil, Check(ctx, &c) }); err != nil {
+		t.Fatalf("CHECK net1 after the retried ADD: %v", err)
 	}
 }

@@ -115,7 +115,11 @@ func (w *wiring) configurePod() error {
 		return fmt.Errorf("add default route via %s dev %s table %s: %w", Gateway, w.ifName, tableName(w.table), err)
 	}
 	if w.secondary {
-		// Deleting the link on a later failure takes its routes, not this.
+		// An interrupted earlier ADD may have left a rule whose interface
+		// is gone (deleting a link takes its routes, not its rule).
+		if err := deleteSourceRules(-1); err != nil {
+			return err
+		}
 		return addSourceRule(w.podIP, w.table)
 	}
 	return nil
