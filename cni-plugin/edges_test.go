@@ -471,8 +471,13 @@ func TestSecondaryRetriedAdd(t *testing.T) {
 			t.Fatalf("ADD %s: %v", a.IfName, err)
 		}
 	}
+	old := linkIndex(t, pod, "net1")
 	if err := pod.Do(func(ns.NetNS) error {
-		return netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "net1"}})
+		l, err := netlink.LinkByName("net1")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkDel(l)
 	}); err != nil {
 		t.Fatalf("delete net1: %v", err)
 	}
@@ -482,6 +487,9 @@ func TestSecondaryRetriedAdd(t *testing.T) {
 	}
 	rules := podRules(t, pod)
 	idx := linkIndex(t, pod, "net1")
+	if idx == old {
+		t.Fatalf("net1 came back with its old ifindex %d: the test shows nothing", idx)
+	}
 	if len(rules) != 1 || rules[0].Table != podTable(idx) || rules[0].Src.IP.String() != res.IPs[0].Address.IP.String() {
 		t.Fatalf("rules after the retried ADD: %v, want one: from %s lookup %d", rules, res.IPs[0].Address.IP, podTable(idx))
 	}
