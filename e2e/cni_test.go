@@ -704,7 +704,7 @@ func TestCNIGC(t *testing.T) {
 }
 
 func attachments(pods []*cniPod) []types.GCAttachment {
-	var out []types.GCAttachment
+	out := make([]types.GCAttachment, 0, len(pods)) // [] not null: GC refuses a null list
 	for _, p := range pods {
 		out = append(out, types.GCAttachment{ContainerID: p.rt.ContainerID, IfName: p.rt.IfName})
 	}
