@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -92,15 +91,16 @@ func (s *Speaker) Start(ctx context.Context) error {
 	if s.cfg.GRPCListen != "none" {
 		// GoBGP exits the process if it cannot listen; find out first and
 		// say so plainly.
-		l, err := net.Listen("tcp", s.cfg.GRPCListen)
-		if err != nil {
-			return fmt.Errorf("gRPC API address %s: %w", s.cfg.GRPCListen, err)
+		if err := prepareAPIListen(s.cfg); err != nil {
+			return err
 		}
-		l.Close()
-		opts = append(opts, server.GrpcListenAddress(s.cfg.GRPCListen))
+		opts = append(opts, server.GrpcListenAddress(s.cfg.GRPCListen), server.GrpcOption(s.apiServerOptions()))
 	}
 	s.srv = server.NewBgpServer(opts...)
 	go s.srv.Serve()
+	if err := s.warnAPIExposure(); err != nil {
+		return err
+	}
 
 	err := s.srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
 		Asn:              s.cfg.LocalAS,

@@ -20,7 +20,9 @@ import (
 
 // Defaults applied by Load/Normalize when a field is left empty.
 const (
-	DefaultGRPCListen     = "127.0.0.1:50051"
+	// DefaultGRPCListen is a unix socket only root can use: on loopback
+	// TCP every local user and every hostNetwork pod could reach it.
+	DefaultGRPCListen     = "unix:///run/nexthop/gobgp.sock"
 	DefaultBGPPort        = 179
 	DefaultHoldTime       = 9 * time.Second
 	DefaultInitialSync    = 30 * time.Second
@@ -189,9 +191,16 @@ type Config struct {
 	BGPPort  int32    `json:"bgpPort,omitempty"`
 	HoldTime Duration `json:"holdTime,omitempty"`
 	Peers    []Peer   `json:"peers,omitempty"`
-	// GRPCListen is where GoBGP's own gRPC API is served (for the gobgp CLI).
-	// Loopback by default; "none" disables it.
+	// GRPCListen is where GoBGP's own gRPC API is served (for the gobgp CLI):
+	// unix:///path (the default, usable by root only), host:port, or "none".
+	// The API is read-only and shows no passwords unless opted in below.
 	GRPCListen string `json:"grpcListen,omitempty"`
+	// GRPCAllowWrites lets the API change BGP state (add paths and peers,
+	// shut sessions down, ...), for debugging. The daemon still undoes, at
+	// each resync, whatever departs from its config.
+	GRPCAllowWrites bool `json:"grpcAllowWrites,omitempty"`
+	// GRPCAllowRemote lets grpcListen be a TCP address other than loopback.
+	GRPCAllowRemote bool `json:"grpcAllowRemote,omitempty"`
 	// MetricsListen serves Prometheus /metrics and the /status report that
 	// `nexthopd status` reads. Loopback by default; "none" disables it.
 	MetricsListen string `json:"metricsListen,omitempty"`
@@ -414,14 +423,13 @@ func (c *Config) Validate() error {
 	} else if c.MetricsListen != "none" && c.MetricsListen == c.GRPCListen {
 		bad("metricsListen", "%s is also grpcListen", c.MetricsListen)
 	}
-	if err := ValidateListen(c.GRPCListen); err != nil {
-		bad("grpcListen", "%v", err)
-	}
+	c.validateGRPC(bad)
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":
 	default:
 		bad("logLevel", "%q is not one of debug, info, warn, error", c.LogLevel)
 	}
+	c.validatePaths(bad)
 	seen := map[netip.Addr]bool{}
 	for i, p := range c.Peers {
 		f := fmt.Sprintf("peers[%d]", i)

@@ -55,7 +55,9 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 	}
 	defer stopNAT()
 
-	alloc, err := ipam.Open(ctx, filepath.Join(cfg.StateDir, "ipam.db"), cfg.PodCIDR, log)
+	// Checked against the pods wired in this namespace: a lost or damaged
+	// store is rebuilt from them, never a fresh start under live pods.
+	alloc, err := ipam.Open(ctx, filepath.Join(cfg.StateDir, "ipam.db"), cfg.PodCIDR, log, ipam.WithKernel(ipam.KernelPodRoutes))
 	if err != nil {
 		return fmt.Errorf("open IPAM store in %s: %w", cfg.StateDir, err)
 	}
@@ -195,6 +197,13 @@ func (n *node) loop(ctx context.Context) error {
 			n.fullSync(ctx)
 			if n.peersFailed {
 				n.setPeers(ctx, n.cfg.Peers)
+			}
+			// Only the API's writers (grpcAllowWrites) change GoBGP
+			// behind the config's back: undo what they did.
+			if n.cfg.GRPCAllowWrites {
+				if _, err := n.sp.Reconcile(ctx); err != nil {
+					n.log.Error("resync: put BGP state back to the config", "err", err)
+				}
 			}
 		}
 	}
