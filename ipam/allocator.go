@@ -42,6 +42,10 @@ type Allocation struct {
 	// attachment already held (zero if none did): a DEL recorded before it
 	// must not free it (see ReleaseUnclaimedSince).
 	Readded time.Time `json:"readded,omitzero"`
+	// HostVeth is set, and ContainerID and IfName are empty, when the
+	// address was recovered from the kernel (recover.go): the attachment is
+	// known only by its host veth's name, a hash of it.
+	HostVeth string `json:"hostVeth,omitempty"`
 	// OutOfBlock is set (never stored) when the node's block changed and IP
 	// is no longer allocatable in it. It stays held until released.
 	OutOfBlock bool `json:"-"`
@@ -108,7 +112,10 @@ type Allocator struct {
 	mu    sync.Mutex
 	byKey map[Attachment]*Allocation
 	byIP  map[netip.Addr]*Allocation
-	next  netip.Addr // where the next search starts
+	// byVeth holds the allocations recovered from the kernel whose
+	// attachment is not known yet, by host veth name.
+	byVeth map[string]*Allocation
+	next   netip.Addr // where the next search starts
 }
 
 // Open opens (creating if needed) the durable allocator for block at path.
@@ -116,7 +123,16 @@ type Allocator struct {
 // (kept for the node's own gateway/tunnel use) are never handed out. If the
 // stored block differs from block, allocations no longer inside it are logged
 // and reported by OutOfBlock, and are never reused.
-func Open(ctx context.Context, path string, block netip.Prefix, log *slog.Logger) (*Allocator, error) {
+//
+// A file bbolt cannot read safely is refused with a *CorruptError, before
+// bbolt touches it. With WithKernel, every pod address the kernel shows
+// that the store does not hold is held (recover.go): a missing or emptied
+// store is rebuilt from the pods on the node instead of starting afresh.
+func Open(ctx context.Context, path string, block netip.Prefix, log *slog.Logger, opts ...OpenOption) (*Allocator, error) {
+	o := openOptions{now: time.Now}
+	for _, f := range opts {
+		f(&o)
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -133,26 +149,38 @@ func Open(ctx context.Context, path string, block netip.Prefix, log *slog.Logger
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("ipam: create state dir: %w", err)
 	}
-	// A second daemon on the same file would break every guarantee: bbolt's
-	// flock makes it wait, the timeout makes it fail instead of hang.
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 10 * time.Second})
+	now := o.now().UTC() // UTC drops the monotonic reading, as stored
+	db, state, _, err := openFile(path, log, now)
 	if err != nil {
-		return nil, fmt.Errorf("ipam: open %s: %w", path, err)
+		return nil, err
 	}
 	a := &Allocator{
-		db:    db,
-		block: block,
-		size:  1<<(32-block.Bits()) - 3,
-		log:   log.With("block", block.String()),
-		byKey: map[Attachment]*Allocation{},
-		byIP:  map[netip.Addr]*Allocation{},
+		db:     db,
+		block:  block,
+		size:   1<<(32-block.Bits()) - 3,
+		log:    log.With("block", block.String()),
+		byKey:  map[Attachment]*Allocation{},
+		byIP:   map[netip.Addr]*Allocation{},
+		byVeth: map[string]*Allocation{},
 	}
 	a.first = block.Addr().Next().Next()
 	a.last = lastAddr(block).Prev()
 	a.next = a.first
-	if err := a.load(); err != nil {
+	if err := safely(path, a.load); err != nil {
 		db.Close()
+		var ce *CorruptError
+		if errors.As(err, &ce) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("ipam: load %s: %w", path, err)
+	}
+	if o.kernel != nil {
+		if err := a.reconcileKernel(o.kernel, state, now); err != nil {
+			db.Close()
+			return nil, err
+		}
+	} else if state != storeOK {
+		a.log.Warn("ipam: IPAM store "+state.String()+" and no kernel check was asked for: starting from what the file holds", "path", path)
 	}
 	return a, nil
 }
@@ -199,10 +227,13 @@ func (a *Allocator) load() error {
 		return allocs.ForEach(func(k, v []byte) error {
 			var al Allocation
 			if err := json.Unmarshal(v, &al); err != nil {
-				return fmt.Errorf("record %x: %w", k, err)
+				return &CorruptError{Detail: fmt.Sprintf("allocation record %x: %v", k, err)}
 			}
 			if len(k) != 4 || netip.AddrFrom4([4]byte(k)) != al.IP {
-				return fmt.Errorf("record %x holds %s under the wrong key", k, al.IP)
+				return &CorruptError{Detail: fmt.Sprintf("allocation record %x holds %s under the wrong key", k, al.IP)}
+			}
+			if (al.ContainerID == "" || al.IfName == "") && (al.HostVeth == "" || al.ContainerID != "" || al.IfName != "") {
+				return &CorruptError{Detail: fmt.Sprintf("allocation record %x for %s names no attachment", k, al.IP)}
 			}
 			al.OutOfBlock = !a.allocatable(al.IP)
 			if al.OutOfBlock {
@@ -211,6 +242,10 @@ func (a *Allocator) load() error {
 			}
 			p := &al
 			a.byIP[al.IP] = p
+			if al.ContainerID == "" {
+				a.byVeth[al.HostVeth] = p
+				return nil
+			}
 			if prev, dup := a.byKey[al.Attachment()]; dup {
 				// Cannot happen through this package; keep both held and say so.
 				a.log.Error("attachment holds two addresses", "attachment", al.Attachment(), "ip", al.IP, "other", prev.IP)
@@ -273,6 +308,23 @@ func (a *Allocator) Allocate(ctx context.Context, r Request) (Allocation, error)
 		*al = upd
 		return upd, nil
 	}
+	if al, ok := a.byVeth[HostVethName(r.ContainerID, r.IfName)]; ok {
+		// Recovered from the kernel: this is its attachment, now named.
+		upd := *al
+		upd.ContainerID, upd.IfName, upd.HostVeth = r.ContainerID, r.IfName, ""
+		upd.PodNamespace, upd.PodName = r.PodNamespace, r.PodName
+		upd.Readded = time.Now().UTC()
+		if upd.OutOfBlock {
+			return Allocation{}, &OutOfBlockError{Allocation: upd, Block: a.block}
+		}
+		if err := a.put(upd); err != nil {
+			return Allocation{}, fmt.Errorf("record re-allocation of recovered %s to %s: %w", al.IP, key, err)
+		}
+		delete(a.byVeth, al.HostVeth)
+		*al = upd
+		a.byKey[key] = al
+		return upd, nil
+	}
 	ip, ok := a.findFree()
 	if !ok {
 		return Allocation{}, &ExhaustedError{Block: a.block, Size: a.size}
@@ -329,7 +381,9 @@ func (a *Allocator) Get(containerID, ifName string) (Allocation, bool) {
 	defer a.mu.Unlock()
 	al, ok := a.byKey[Attachment{containerID, ifName}]
 	if !ok {
-		return Allocation{}, false
+		if al, ok = a.byVeth[HostVethName(containerID, ifName)]; !ok {
+			return Allocation{}, false
+		}
 	}
 	return *al, true
 }
@@ -369,7 +423,7 @@ func (a *Allocator) ReleaseUnclaimedSince(ctx context.Context, containerID, ifNa
 	}
 	key := Attachment{containerID, ifName}
 	out, err := a.Reclaim(ctx, func(c Allocation) bool {
-		if c.Attachment() != key {
+		if !c.heldBy(key) {
 			return true
 		}
 		if c.claimedSince(t) {
@@ -393,9 +447,8 @@ func (a *Allocator) Release(ctx context.Context, containerID, ifName string) (al
 	if containerID == "" || ifName == "" {
 		return Allocation{}, false, fmt.Errorf("%w: container ID and interface name are required", ErrInvalidArgument)
 	}
-	released, err := a.Reclaim(ctx, func(al Allocation) bool {
-		return al.ContainerID != containerID || al.IfName != ifName
-	})
+	key := Attachment{containerID, ifName}
+	released, err := a.Reclaim(ctx, func(al Allocation) bool { return !al.heldBy(key) })
 	if err != nil || len(released) == 0 {
 		return Allocation{}, false, err
 	}
@@ -405,10 +458,17 @@ func (a *Allocator) Release(ctx context.Context, containerID, ifName string) (al
 // GC releases every allocation whose attachment is not in valid (CNI GC).
 func (a *Allocator) GC(ctx context.Context, valid []Attachment) ([]Allocation, error) {
 	keep := make(map[Attachment]bool, len(valid))
+	keepVeth := make(map[string]bool, len(valid))
 	for _, v := range valid {
 		keep[v] = true
+		keepVeth[HostVethName(v.ContainerID, v.IfName)] = true
 	}
-	return a.Reclaim(ctx, func(al Allocation) bool { return keep[al.Attachment()] })
+	return a.Reclaim(ctx, func(al Allocation) bool {
+		if al.ContainerID == "" {
+			return keepVeth[al.HostVeth] // recovered: known by its veth only
+		}
+		return keep[al.Attachment()]
+	})
 }
 
 // Reclaim releases, in one durable transaction, every allocation for which
@@ -446,6 +506,9 @@ func (a *Allocator) Reclaim(ctx context.Context, keep func(Allocation) bool) ([]
 		delete(a.byIP, al.IP)
 		if cur := a.byKey[al.Attachment()]; cur == al {
 			delete(a.byKey, al.Attachment())
+		}
+		if cur := a.byVeth[al.HostVeth]; cur == al {
+			delete(a.byVeth, al.HostVeth)
 		}
 		out = append(out, *al)
 	}

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -46,8 +45,9 @@ func WithObserver(observe func(method string, took time.Duration, err error)) Se
 }
 
 // Serve serves the IPAM gRPC API on a root-only unix socket until ctx is done.
-// The socket's directory is created 0700 and the socket chmod'ed 0600: only
-// root (the container runtime running the plugin) may allocate addresses.
+// The socket is chmod'ed 0600: only root (the container runtime running the
+// plugin) may connect and allocate addresses. Its directory is created 0700
+// if missing; an existing one is never chmod'ed (see socketDir).
 func Serve(ctx context.Context, a *Allocator, socketPath string, log *slog.Logger, opts ...ServeOption) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -96,12 +96,8 @@ func Serve(ctx context.Context, a *Allocator, socketPath string, log *slog.Logge
 }
 
 func listen(socketPath string) (net.Listener, error) {
-	dir := filepath.Dir(socketPath)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("ipam: create socket dir: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("ipam: restrict socket dir: %w", err)
+	if err := socketDir(socketPath); err != nil {
+		return nil, err
 	}
 	if fi, err := os.Lstat(socketPath); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {

@@ -1,0 +1,55 @@
+package ipam
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// hostVethRE matches the CNI plugin's host veth names (HostVethName).
+var hostVethRE = regexp.MustCompile(`^nh[0-9a-f]{11}$`)
+
+// KernelPodRoutes is the Kernel of the network namespace the caller runs
+// in: every /32 route of the main table through one of the plugin's host
+// veths (`<podIP> dev nhXXXXXXXXXXX scope link`), as the plugin wires pods.
+var KernelPodRoutes Kernel = KernelFunc(kernelPodRoutes)
+
+func kernelPodRoutes() ([]PodRoute, error) {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	veths := map[int]string{}
+	for _, l := range links {
+		if _, ok := l.(*netlink.Veth); ok && hostVethRE.MatchString(l.Attrs().Name) {
+			veths[l.Attrs().Index] = l.Attrs().Name
+		}
+	}
+	if len(veths) == 0 {
+		return nil, nil
+	}
+	rs, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, fmt.Errorf("list routes: %w", err)
+	}
+	var out []PodRoute
+	for _, r := range rs {
+		name, ok := veths[r.LinkIndex]
+		if !ok || r.Dst == nil || r.Gw != nil || len(r.MultiPath) > 0 {
+			continue
+		}
+		if ones, bits := r.Dst.Mask.Size(); ones != 32 || bits != 32 {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(r.Dst.IP)
+		if !ok {
+			continue
+		}
+		out = append(out, PodRoute{IP: ip.Unmap(), HostVeth: name})
+	}
+	return out, nil
+}

@@ -1,0 +1,138 @@
+package ipam
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("CI=true: this test needs root (network namespaces)")
+	}
+	t.Skip("needs root: creates network namespaces, veths and routes")
+}
+
+// nodeNS creates a namespace "nhi-<random>" standing for a node, removed
+// when the test ends, and returns its name.
+func nodeNS(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 4)
+	rand.Read(b)
+	name := "nhi-" + hex.EncodeToString(b)
+	ipNS(t, "", "netns", "add", name)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	ipNS(t, name, "link", "set", "lo", "up")
+	return name
+}
+
+func ipNS(t *testing.T, netns string, args ...string) {
+	t.Helper()
+	if netns != "" {
+		args = append([]string{"-n", netns}, args...)
+	}
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// wirePod makes what the CNI plugin leaves for a pod: a veth pair whose host
+// end is HostVethName(id, ifName), the pod end in its own namespace, and
+// the host route "<ip> dev <host veth> scope link".
+func wirePod(t *testing.T, node, id, ifName, ip string) {
+	t.Helper()
+	pod := nodeNS(t)
+	host := HostVethName(id, ifName)
+	ipNS(t, node, "link", "add", host, "type", "veth", "peer", "name", ifName, "netns", pod)
+	ipNS(t, node, "link", "set", host, "up")
+	ipNS(t, pod, "addr", "add", ip+"/32", "dev", ifName)
+	ipNS(t, pod, "link", "set", ifName, "up")
+	ipNS(t, node, "route", "add", ip+"/32", "dev", host, "scope", "link")
+}
+
+// Item 3 with the kernel's real objects: pods wired in a node namespace,
+// the store removed, then emptied. The allocator opened in that namespace
+// (as the daemon opens it) holds the pods' addresses again, and ADDs over
+// the socket never get one of them.
+func TestStoreRebuiltFromRealPodRoutes(t *testing.T) {
+	needRoot(t)
+	node := nodeNS(t)
+	live := map[string]string{}
+	for i := range 4 {
+		ip := fmt.Sprintf("10.77.0.%d", 2+i)
+		wirePod(t, node, fmt.Sprintf("%064x", i+1), "eth0", ip)
+		live[ip] = HostVethName(fmt.Sprintf("%064x", i+1), "eth0")
+	}
+	// What must not count as a pod: a /32 through another veth, a
+	// wider route through a host veth, an "nh" name on a bridge.
+	ipNS(t, node, "link", "add", "other0", "type", "veth", "peer", "name", "other1")
+	ipNS(t, node, "link", "set", "other0", "up")
+	ipNS(t, node, "route", "add", "10.77.0.100/32", "dev", "other0")
+	ipNS(t, node, "route", "add", "10.77.5.0/24", "dev", HostVethName(fmt.Sprintf("%064x", 1), "eth0"))
+	ipNS(t, node, "link", "add", "nh0123456789a", "type", "bridge")
+	ipNS(t, node, "link", "set", "nh0123456789a", "up")
+	ipNS(t, node, "route", "add", "10.77.0.101/32", "dev", "nh0123456789a")
+
+	nsh, err := ns.GetNS("/run/netns/" + node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsh.Close()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ipam.db")
+	for _, how := range []string{"removed", "emptied"} {
+		t.Run(how, func(t *testing.T) {
+			if how == "removed" {
+				os.Remove(path)
+			} else {
+				os.WriteFile(path, nil, 0o600)
+			}
+			var a *Allocator
+			err := nsh.Do(func(ns.NetNS) error {
+				var err error
+				a, err = Open(context.Background(), path, netip.MustParsePrefix("10.77.0.0/24"), nil, WithKernel(KernelPodRoutes))
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, al := range a.List() {
+				got[al.IP.String()] = al.HostVeth
+			}
+			if fmt.Sprint(got) != fmt.Sprint(live) {
+				a.Close()
+				t.Fatalf("recovered %v, want the wired pods %v", got, live)
+			}
+			sock := filepath.Join(dir, "run", "nexthop.sock")
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- Serve(ctx, a, sock, nil) }()
+			defer func() { cancel(); <-done; a.Close() }()
+			waitSocket(t, sock)
+			c := clientT(t, sock)
+			for i := range 40 {
+				ip, _, _, err := c.Allocate(context.Background(), Request{ContainerID: fmt.Sprint(how, i), IfName: "eth0"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, used := live[ip.String()]; used {
+					t.Fatalf("ADD %d got %s, a live pod's address", i, ip)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,328 @@
+package ipam
+
+import (
+	"bytes"
+	"crypto/sha1"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/netip"
+	"os"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/google/renameio/v2"
+	bolt "go.etcd.io/bbolt"
+)
+
+// The store never silently forgets: at every start the allocator compares
+// itself with the pods wired on this node, whose /32 routes through host
+// veths are in the kernel, and holds every such address it does not hold
+// yet. A missing or emptied store is so rebuilt from the kernel; a store
+// that lost its last transaction (a zeroed newest meta page) gets the
+// address back; and no ADD can be given an address a live pod uses.
+
+// PodRoute is a pod's address as the kernel shows it: a /32 route through
+// the pod's host veth.
+type PodRoute struct {
+	IP       netip.Addr
+	HostVeth string
+}
+
+// Kernel reports the pods wired on this node (KernelPodRoutes in the node's
+// network namespace).
+type Kernel interface {
+	PodRoutes() ([]PodRoute, error)
+}
+
+// KernelFunc adapts a function to Kernel.
+type KernelFunc func() ([]PodRoute, error)
+
+func (f KernelFunc) PodRoutes() ([]PodRoute, error) { return f() }
+
+// OpenOption configures Open.
+type OpenOption func(*openOptions)
+
+type openOptions struct {
+	kernel Kernel
+	now    func() time.Time
+}
+
+// WithKernel makes Open hold every pod address k reports that the store
+// does not hold (see the package's recovery rules above). Without it the
+// store alone is trusted: for tests and tools, never for the daemon.
+func WithKernel(k Kernel) OpenOption { return func(o *openOptions) { o.kernel = k } }
+
+// HostVethName is the pod's host veth name the CNI plugin gives an
+// attachment: "nh" + 11 hex chars of sha1(containerID), or of
+// "containerID/ifName" for interfaces other than eth0. It must stay equal to
+// cniplugin.HostVethName (checked by a test): it is how an address
+// recovered from the kernel is matched with the attachment that holds it.
+func HostVethName(containerID, ifName string) string {
+	key := containerID
+	if ifName != "eth0" {
+		key += "/" + ifName
+	}
+	sum := sha1.Sum([]byte(key))
+	return "nh" + hex.EncodeToString(sum[:])[:11]
+}
+
+// heldBy reports whether the allocation belongs to attachment k. An
+// allocation recovered from the kernel knows only its host veth, whose name
+// is a hash of the attachment.
+func (al *Allocation) heldBy(k Attachment) bool {
+	if al.ContainerID != "" {
+		return al.Attachment() == k
+	}
+	return al.HostVeth != "" && al.HostVeth == HostVethName(k.ContainerID, k.IfName)
+}
+
+// storeState is what Open found before bbolt opened the file.
+type storeState int
+
+const (
+	storeOK storeState = iota
+	storeMissing
+	storeEmpty
+	storeDamagedMeta
+)
+
+// lockTimeout bounds the wait for another process holding the store.
+var lockTimeout = 10 * time.Second
+
+// openFile opens (creating) and locks the store file, checks its bytes and
+// opens it with bbolt. It returns the store's state for the log and, for a
+// damaged file it still opens, the backup it made first.
+func openFile(path string, log *slog.Logger, now time.Time) (db *bolt.DB, state storeState, backup string, err error) {
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		state = storeMissing
+	} else if err != nil {
+		return nil, 0, "", fmt.Errorf("ipam: stat %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, 0, "", fmt.Errorf("ipam: open %s: %w", path, err)
+	}
+	handed := false
+	defer func() {
+		if !handed {
+			f.Close()
+		}
+	}()
+	// A second daemon on the same file would break every guarantee. The
+	// lock comes before reading: a file being written is not corrupt.
+	if err := lockFile(f, lockTimeout); err != nil {
+		return nil, 0, "", fmt.Errorf("ipam: lock %s: %w", path, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, "", fmt.Errorf("ipam: stat %s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, 0, "", fmt.Errorf("ipam: %s is not a regular file", path)
+	}
+	if fi.Size() == 0 && state != storeMissing {
+		state = storeEmpty
+	}
+	if fi.Size() > 0 {
+		data, err := io.ReadAll(io.NewSectionReader(f, 0, fi.Size()))
+		if err != nil {
+			return nil, 0, "", fmt.Errorf("ipam: read %s: %w", path, err)
+		}
+		sc, err := verifyStore(data)
+		if err != nil {
+			var ce *CorruptError
+			if errors.As(err, &ce) {
+				ce.Path = path
+			}
+			return nil, 0, "", err
+		}
+		if sc.damagedMeta != "" {
+			// bbolt would open the older state without a word, and the next
+			// commit overwrites the damaged page: keep the file as it was.
+			state = storeDamagedMeta
+			backup = fmt.Sprintf("%s.corrupt-%s", path, now.UTC().Format("20060102T150405.000000000Z"))
+			if err := renameio.WriteFile(backup, data, 0o600); err != nil {
+				return nil, 0, "", fmt.Errorf("ipam: back up damaged store %s to %s: %w", path, backup, err)
+			}
+			log.Warn("ipam: IPAM store damaged: "+sc.damagedMeta+"; the last change may be lost, pod addresses are recovered from the kernel",
+				"path", path, "backup", backup)
+			if err := repairMeta(f, data, sc); err != nil {
+				return nil, 0, "", fmt.Errorf("ipam: repair meta page %d of %s (the damaged file is kept as %s): %w", sc.damagedSlot, path, backup, err)
+			}
+		}
+	}
+	err = safely(path, func() error {
+		var oerr error
+		db, oerr = bolt.Open(path, 0o600, &bolt.Options{
+			Timeout: lockTimeout,
+			// bbolt locks the descriptor already locked here: no window
+			// between the check above and the open.
+			OpenFile: func(string, int, os.FileMode) (*os.File, error) { handed = true; return f, nil },
+		})
+		return oerr
+	})
+	if err != nil {
+		if db == nil && handed {
+			// bbolt closes the file on its errors; after a panic it could not.
+			f.Close()
+		}
+		return nil, 0, "", corruptOr(path, err)
+	}
+	if err := safely(path, func() error { return checkDB(db) }); err != nil {
+		db.Close()
+		return nil, 0, "", corruptOr(path, err)
+	}
+	return db, state, backup, nil
+}
+
+// repairMeta overwrites the damaged meta page with the valid one, so both
+// name the state bbolt opens (bbolt asserts a meta page's header and would
+// panic on a zeroed page 1). The next commit writes a new meta as usual.
+func repairMeta(f *os.File, data []byte, sc storeCheck) error {
+	ps, good := sc.pageSize, 1-sc.damagedSlot
+	page := bytes.Clone(data[good*ps : (good+1)*ps])
+	binary.NativeEndian.PutUint64(page, uint64(sc.damagedSlot))
+	if _, err := f.WriteAt(page, int64(sc.damagedSlot*ps)); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// checkDB runs bbolt's own consistency check.
+func checkDB(db *bolt.DB) error {
+	return db.View(func(tx *bolt.Tx) error {
+		var errs []error
+		for err := range tx.Check() {
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// corruptOr names bbolt's complaints about the file as corruption, and
+// leaves errors of the system (permissions, I/O, a lock held) as they are.
+func corruptOr(path string, err error) error {
+	var ce *CorruptError
+	switch {
+	case errors.As(err, &ce):
+		if ce.Path == "" {
+			ce.Path = path
+		}
+		return err
+	case errors.Is(err, bolt.ErrInvalid), errors.Is(err, bolt.ErrChecksum), errors.Is(err, bolt.ErrVersionMismatch):
+		return &CorruptError{Path: path, Detail: err.Error()}
+	case errors.Is(err, bolt.ErrTimeout):
+		return fmt.Errorf("ipam: %s is locked by another process (another nexthopd?): %w", path, err)
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("ipam: open %s: %w", path, err)
+	}
+	return &CorruptError{Path: path, Detail: err.Error()}
+}
+
+// safely runs f, turning a panic or a memory fault (a SIGBUS in bbolt's
+// mmap) into a *CorruptError. verifyStore should leave nothing for this to
+// catch; it is the second line.
+func safely(path string, f func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = &CorruptError{Path: path, Detail: fmt.Sprintf("reading it failed: %v", r)}
+		}
+	}()
+	return f()
+}
+
+func lockFile(f *os.File, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("held by another process for %s (another nexthopd?)", timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// reconcileKernel holds every pod address the kernel shows that the store
+// does not. Called from Open before anyone is served.
+func (a *Allocator) reconcileKernel(k Kernel, state storeState, now time.Time) error {
+	routes, err := k.PodRoutes()
+	if err != nil {
+		return fmt.Errorf("ipam: read pod routes from the kernel (needed to check the store against the pods on this node): %w", err)
+	}
+	var add []Allocation
+	for _, r := range routes {
+		if !r.IP.Is4() {
+			continue
+		}
+		if have, ok := a.byIP[r.IP]; ok {
+			if have.ContainerID != "" && HostVethName(have.ContainerID, have.IfName) != r.HostVeth {
+				a.log.Warn("ipam: the kernel routes a held address to another pod's veth; keeping the store's record",
+					"ip", r.IP, "hostVeth", r.HostVeth, "container", have.ContainerID, "ifName", have.IfName)
+			}
+			continue
+		}
+		add = append(add, Allocation{IP: r.IP, HostVeth: r.HostVeth, Allocated: now, OutOfBlock: !a.allocatable(r.IP)})
+	}
+	switch {
+	case len(add) == 0 && (state == storeMissing || state == storeEmpty):
+		a.log.Info("ipam: new IPAM store: no pod routes in the kernel, nothing to recover", "state", state.String())
+		return nil
+	case len(add) == 0:
+		return nil
+	}
+	sortByIP(add)
+	err = a.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAllocs)
+		for _, al := range add {
+			v, err := json.Marshal(al)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(ipKey(al.IP), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("ipam: record %d pod addresses recovered from the kernel: %w", len(add), err)
+	}
+	for i := range add {
+		p := &add[i]
+		a.byIP[p.IP] = p
+		a.byVeth[p.HostVeth] = p
+		a.log.Warn("ipam: holding a pod address found in the kernel but not in the store",
+			"ip", p.IP, "hostVeth", p.HostVeth, "outOfBlock", p.OutOfBlock)
+	}
+	a.log.Warn(fmt.Sprintf("ipam: IPAM store %s: recovered %d pod addresses from the kernel's pod routes", state, len(add)),
+		"recovered", len(add), "held", len(a.byIP))
+	return nil
+}
+
+func (s storeState) String() string {
+	switch s {
+	case storeMissing:
+		return "was missing"
+	case storeEmpty:
+		return "was empty"
+	case storeDamagedMeta:
+		return "had a damaged meta page"
+	}
+	return "was intact but incomplete"
+}
