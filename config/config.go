@@ -429,6 +429,7 @@ func (c *Config) Validate() error {
 	default:
 		bad("logLevel", "%q is not one of debug, info, warn, error", c.LogLevel)
 	}
+	c.validatePaths(bad)
 	seen := map[netip.Addr]bool{}
 	for i, p := range c.Peers {
 		f := fmt.Sprintf("peers[%d]", i)
