@@ -92,12 +92,13 @@ The cluster is up. In another shell, as root:
   kubectl exec %s -- ping -c 3 %s
   kubectl -n nexthop-system get pods -o wide
   kubectl get bgpnodestatuses
-  ip netns exec %s %s -p 50051 neighbor      # gobgp on %s
+  kubectl -n nexthop-system exec ds/nexthop -- gobgp --target unix:///run/nexthop/gobgp.sock neighbor
+  ip netns exec %s %s --target unix://%s neighbor      # the same, on %s from the host
   ip -n %s route show proto 201
 
 (kubectl: %s)
 Ctrl-C removes everything.
-`, k.Kubeconfig, pods[0].Name, otherNodeIP(pods), n1.NS, filepath.Join(k.Bin, "gobgp"), n1.Name, n1.NS, k.KubectlPath())
+`, k.Kubeconfig, pods[0].Name, otherNodeIP(pods), n1.NS, filepath.Join(k.Bin, "gobgp"), n1.HostPath("/run/nexthop/gobgp.sock"), n1.Name, n1.NS, k.KubectlPath())
 	<-ctx.Done()
 	return 0
 }
