@@ -38,6 +38,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 // and address reclaim (see Options).
 func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Options) (err error) {
 	o.defaults()
+	if err := checkUnderlaySubnet(cfg, log); err != nil {
+		return err
+	}
 	// Pods on other nodes reach ours through this node: it must route.
 	if err := ensureForwarding(ipForwardPath); err != nil {
 		return err

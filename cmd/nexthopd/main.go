@@ -123,6 +123,9 @@ func main() {
 	if err := o.checkMode(kubeMode); err != nil {
 		usage(err)
 	}
+	if err := config.ValidateListen(o.healthListen); err != nil {
+		usage(fmt.Errorf("--health-listen: %w", err))
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -146,6 +149,9 @@ func main() {
 	case errors.Is(err, daemon.ErrRestartRequired):
 		log.Warn("exiting to apply a config change; the kubelet (or your service manager) restarts nexthopd", "err", err)
 		os.Exit(exitRestart)
+	case errors.Is(err, daemon.ErrConfig):
+		log.Error("nexthopd cannot start with this config", "err", err)
+		os.Exit(exitUsage)
 	default:
 		log.Error("nexthopd failed", "err", err)
 		os.Exit(exitFailure)
