@@ -463,12 +463,42 @@ func (a *Allocator) GC(ctx context.Context, valid []Attachment) ([]Allocation, e
 		keep[v] = true
 		keepVeth[HostVethName(v.ContainerID, v.IfName)] = true
 	}
-	return a.Reclaim(ctx, func(al Allocation) bool {
+	released, err := a.Reclaim(ctx, func(al Allocation) bool {
 		if al.ContainerID == "" {
 			return keepVeth[al.HostVeth] // recovered: known by its veth only
 		}
 		return keep[al.Attachment()]
 	})
+	if err != nil {
+		return released, err
+	}
+	return released, a.nameRecovered(valid)
+}
+
+// nameRecovered gives the allocations recovered from the kernel the
+// attachments the runtime just listed as valid, so that they show (and
+// match) as any other.
+func (a *Allocator) nameRecovered(valid []Attachment) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, v := range valid {
+		al, ok := a.byVeth[HostVethName(v.ContainerID, v.IfName)]
+		if !ok || v.ContainerID == "" || v.IfName == "" {
+			continue
+		}
+		if _, taken := a.byKey[v]; taken {
+			continue // cannot be: an attachment has one veth
+		}
+		upd := *al
+		upd.ContainerID, upd.IfName, upd.HostVeth = v.ContainerID, v.IfName, ""
+		if err := a.put(upd); err != nil {
+			return fmt.Errorf("record the attachment %s of recovered %s: %w", v, al.IP, err)
+		}
+		delete(a.byVeth, al.HostVeth)
+		*al = upd
+		a.byKey[v] = al
+	}
+	return nil
 }
 
 // Reclaim releases, in one durable transaction, every allocation for which

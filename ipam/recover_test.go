@@ -275,6 +275,15 @@ func TestMissingOrEmptyStoreRebuiltFromKernel(t *testing.T) {
 			if want := []string{"10.8.0.5", ips[4].String()}; fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Fatalf("GC released %v, want %v", got, want)
 			}
+			// GC named the recovered addresses it kept.
+			for _, al := range a.List() {
+				if al.ContainerID == "" || al.HostVeth != "" {
+					t.Fatalf("after GC, %s is still unnamed: %+v", al.IP, al)
+				}
+			}
+			if al, ok := a.Get("c3", "eth0"); !ok || al.IP != ips[3] {
+				t.Fatalf("Get(c3) after GC = %v %v", al, ok)
+			}
 			// What was recovered is durable without the kernel's help.
 			before := fmt.Sprint(a.List())
 			a.Close()
