@@ -100,6 +100,13 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 	if err != nil {
 		return err
 	}
+	// Take the routes of ours still in the kernel as installed (nothing is
+	// pruned before the initial sync), so each relearned one is found in
+	// place rather than re-added: an add that fails with EEXIST and a route
+	// lookup per prefix, minutes at 10,000 routes.
+	if err := rec.Sync(ctx); err != nil {
+		return fmt.Errorf("read routes of ours back from the kernel: %w", err)
+	}
 	if err := rec.SetLocalBlocks(ctx, []netip.Prefix{cfg.PodCIDR}); err != nil {
 		return fmt.Errorf("install blackhole for pod block %s: %w", cfg.PodCIDR, err)
 	}

@@ -116,19 +116,24 @@ func scalePrefixList(count int) []netip.Prefix {
 }
 
 // TestRestartKeepsLearnedRoutes (issue 11, item 2): with 10,000 routes
-// from the FRR ToR in node1's kernel, node1's daemon is stopped with
+// from the FRR ToR, its only peer, in node1's kernel, node1's daemon is stopped with
 // SIGTERM and restarted, then killed with SIGKILL and restarted. Sampled
 // every 20 ms through both restarts, node1's kernel never holds fewer than
 // all 10,000: the restarted daemon deletes nothing learned from a peer
-// before that peer's End-of-RIB has arrived.
+// before that peer's End-of-RIB has arrived. (A lookup such as `ip route
+// get` would not show a flush here: the node's default route points at
+// the same ToR. The count of proto-201 routes does.)
 func TestRestartKeepsLearnedRoutes(t *testing.T) {
 	requireBinaries(t)
-	c := newCluster(t, Options{Nodes: 2, ToR: true, NoPods: true})
+	// One node: the ToR is its only peer, so nothing but the ToR's own
+	// table holds the initial sync back (a second node's session takes
+	// seconds to return and would hide an early sync).
+	c := newCluster(t, Options{Nodes: 1, ToR: true, NoPods: true})
 	n1 := c.Nodes[0]
 	if err := c.StartDaemons(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, convergeTimeout, "FRR sessions with both nodes", func() error {
+	waitFor(t, convergeTimeout, "FRR's session with node1", func() error {
 		up, err := c.ToR.Established()
 		if err == nil && len(up) != len(c.Nodes) {
 			err = fmt.Errorf("FRR has %d established sessions, want %d", len(up), len(c.Nodes))
@@ -156,38 +161,12 @@ func TestRestartKeepsLearnedRoutes(t *testing.T) {
 		return nil
 	}
 	waitFor(t, 60*time.Second, "all 10,000 ToR routes in node1's kernel", count)
-	sample := netip.MustParseAddr("10.139.15.1") // in the last prefix announced
-	before, err := Exec(n1.NS, "ip", "route", "get", sample.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-
 	for _, stop := range []struct {
 		name string
 		do   func(*Node) error
 	}{{"SIGTERM", c.StopDaemon}, {"SIGKILL", c.KillDaemon}} {
 		t.Run(stop.name, func(t *testing.T) {
 			s := startRouteSampler(t, n1, inScale, 20*time.Millisecond)
-			var getMu sync.Mutex
-			var changed []string
-			getStop := make(chan struct{})
-			getDone := make(chan struct{})
-			go func() {
-				defer close(getDone)
-				for {
-					select {
-					case <-getStop:
-						return
-					case <-time.After(100 * time.Millisecond):
-					}
-					out, err := Exec(n1.NS, "ip", "route", "get", sample.String())
-					if err != nil || out != before {
-						getMu.Lock()
-						changed = append(changed, fmt.Sprintf("%s: %q %v", time.Now().Format("15:04:05.000"), out, err))
-						getMu.Unlock()
-					}
-				}
-			}()
 			time.Sleep(200 * time.Millisecond)
 			if err := stop.do(n1); err != nil {
 				t.Fatal(err)
@@ -199,8 +178,6 @@ func TestRestartKeepsLearnedRoutes(t *testing.T) {
 			waitFor(t, restartTimeout, "node1's initial sync", func() error { return n1.LogContains("initial sync:") })
 			// Past the sync, the deletions it made (none, we want) are in.
 			time.Sleep(time.Second)
-			close(getStop)
-			<-getDone
 			samples, min, minAt, errs := s.result()
 			t.Logf("%s restart: %d samples, lowest %d (at %s), %d interrupted dumps", stop.name, samples, min, minAt.Format("15:04:05.000"), errs)
 			if err := n1.LogContains("restarting=true"); err != nil {
@@ -214,9 +191,6 @@ func TestRestartKeepsLearnedRoutes(t *testing.T) {
 			}
 			if min != scalePrefixes {
 				t.Errorf("node1's kernel fell to %d of %d ToR routes across a %s restart", min, scalePrefixes, stop.name)
-			}
-			if len(changed) > 0 {
-				t.Errorf("`ip route get %s` changed during the restart (was %q):\n%s", sample, before, strings.Join(changed, "\n"))
 			}
 			if err := count(); err != nil {
 				t.Error(err)
