@@ -260,15 +260,15 @@ func (n *node) applyChanges(ctx context.Context) {
 // since is when the oldest of these changes was seen, for the latency metric;
 // full says best is the whole RIB rather than a batch of changes.
 func (n *node) program(ctx context.Context, since time.Time, best map[netip.Prefix][]netip.Addr, full bool, write func(map[netip.Prefix][]routes.Hop) error) {
-	upd, err := n.enc.hops(best)
+	d, err := n.enc.decide(best)
 	if err != nil {
 		n.log.Error("decide encapsulation", "err", err)
 		return
 	}
-	if err := n.enc.syncVXLANPeers(upd, best, full); err != nil {
+	if err := n.enc.syncVXLANPeers(d, full); err != nil {
 		n.log.Error("VXLAN forwarding entries", "err", err)
 	}
-	err = write(upd)
+	err = write(d.Hops)
 	if err != nil {
 		n.log.Error("program routes", "err", err)
 	}

@@ -7,153 +7,107 @@ import (
 	"net/netip"
 
 	"github.com/nexthop-net/nexthop/config"
-	"github.com/nexthop-net/nexthop/routes"
 	"github.com/nexthop-net/nexthop/tunnel"
 )
 
-// encap decides, route by route, between native routing and the tunnel in
-// force, and keeps the tunnel devices in line with the configuration.
+// encap applies the encapsulation tunnel.Options.Decide chooses: it gathers
+// the decision's inputs from the kernel and keeps the tunnel devices and
+// the VXLAN entries in line with it.
 type encap struct {
 	log    *slog.Logger
-	cfg    *config.Config
+	o      tunnel.Options
 	tm     *tunnel.Manager
 	under  tunnel.Underlay
-	kind   string // "", "ipip" or "vxlan"
-	mode   config.EncapMode
 	podMTU int
-	// vteps holds, per prefix routed through VXLAN, the entries it needs
-	// (remote VTEP address → remote underlay address); kept per prefix so a
-	// batch of changes touches only its own prefixes.
-	vteps map[netip.Prefix]map[netip.Addr]netip.Addr
-	// vxlanPeers is what the VXLAN device's static entries hold now.
+	// entries are the VXLAN entries the routes need; vxlanPeers is what
+	// the device holds now.
+	entries    tunnel.VXLANEntries
 	vxlanPeers map[netip.Addr]netip.Addr
+}
+
+// encapOptions is the part of cfg the encapsulation uses.
+func encapOptions(cfg *config.Config) tunnel.Options {
+	kind, mode := cfg.Encap()
+	return tunnel.Options{Kind: tunnel.Kind(kind), Mode: mode, VXLAN: cfg.VXLAN, Address: cfg.Address,
+		Block: cfg.PodCIDR, UnderlayInterface: cfg.UnderlayInterface, MTU: cfg.MTU}
 }
 
 // newEncap finds the underlay, sets up the device the configured mode needs
 // and takes our address off the one it no longer needs. A kernel without
 // the needed feature fails here, once, with the fix in the message.
 func newEncap(cfg *config.Config, log *slog.Logger) (*encap, error) {
+	o := encapOptions(cfg)
 	tm, err := tunnel.New(0, log)
 	if err != nil {
 		return nil, err
 	}
-	e := &encap{log: log, cfg: cfg, tm: tm}
-	e.kind, e.mode = cfg.Encap()
-	if e.under, err = tm.FindUnderlay(cfg.Address, cfg.UnderlayInterface); err != nil {
+	e := &encap{log: log, o: o, tm: tm}
+	if e.under, err = tm.FindUnderlay(o.Address, o.UnderlayInterface); err != nil {
 		tm.Close()
 		return nil, fmt.Errorf("find the underlay interface: %w", err)
 	}
-	overhead := 0
-	vtep := tunnel.VTEPAddr(cfg.PodCIDR)
-	switch e.kind {
-	case "ipip":
-		overhead = tunnel.IPIPOverhead
-		err = tm.EnsureIPIP(vtep, e.under.MTU-overhead)
-	default:
+	ipipMode, vxlanMode := config.Never, config.Never
+	switch o.Kind {
+	case tunnel.KindIPIP:
+		ipipMode = o.Mode
+	case tunnel.KindVXLAN:
+		vxlanMode = o.Mode
+	}
+	vtep := tunnel.VTEPAddr(o.Block)
+	mtu := e.under.MTU - o.Overhead()
+	if o.Kind == tunnel.KindIPIP {
+		err = tm.EnsureIPIP(vtep, mtu)
+	} else {
 		err = tm.RemoveIPIPAddress()
 	}
 	if err != nil {
 		tm.Close()
-		return nil, fmt.Errorf("ipipMode %s: %w", cfg.IPIPMode, err)
+		return nil, fmt.Errorf("ipipMode %s: %w", ipipMode, err)
 	}
-	switch e.kind {
-	case "vxlan":
-		overhead = tunnel.VXLANOverhead
-		err = tm.EnsureVXLAN(tunnel.VXLAN{Name: cfg.VXLAN.Device, VNI: cfg.VXLAN.VNI, Port: cfg.VXLAN.Port,
-			Local: cfg.Address, Underlay: e.under.Index, MTU: e.under.MTU - overhead, Addr: vtep})
-	default:
-		err = tm.RemoveVXLAN(cfg.VXLAN.Device)
+	if o.Kind == tunnel.KindVXLAN {
+		err = tm.EnsureVXLAN(tunnel.VXLAN{Name: o.VXLAN.Device, VNI: o.VXLAN.VNI, Port: o.VXLAN.Port,
+			Local: o.Address, Underlay: e.under.Index, MTU: mtu, Addr: vtep})
+	} else {
+		err = tm.RemoveVXLAN(o.VXLAN.Device)
 	}
 	if err != nil {
 		tm.Close()
-		return nil, fmt.Errorf("vxlanMode %s: %w", cfg.VXLANMode, err)
+		return nil, fmt.Errorf("vxlanMode %s: %w", vxlanMode, err)
 	}
-	e.podMTU = cfg.MTU
-	if e.podMTU == 0 {
-		e.podMTU = e.under.MTU - overhead
-	}
-	log.Info("encapsulation", "ipipMode", cfg.IPIPMode, "vxlanMode", cfg.VXLANMode,
+	e.podMTU = o.PodMTU(e.under.MTU)
+	log.Info("encapsulation", "ipipMode", ipipMode, "vxlanMode", vxlanMode,
 		"underlay", e.under.Name, "underlayMTU", e.under.MTU, "podMTU", e.podMTU)
 	return e, nil
 }
 
 func (e *encap) close() { e.tm.Close() }
 
-// hops turns best paths into kernel next hops: native where the mode allows
-// (Never, or CrossSubnet with the next hop on a connected subnet), else
-// through tunl0 on-link to the remote node, or through the VXLAN device
-// on-link to the remote node's VTEP address.
-func (e *encap) hops(best map[netip.Prefix][]netip.Addr) (map[netip.Prefix][]routes.Hop, error) {
-	out := make(map[netip.Prefix][]routes.Hop, len(best))
-	if e.mode == config.Never {
-		for p, gws := range best {
-			out[p] = routes.Gateways(gws...)
-		}
-		return out, nil
-	}
+// decide turns best paths into kernel next hops and the VXLAN entries they
+// need (see tunnel.Options.Decide), reading the connected subnets once for
+// the batch when the mode needs them.
+func (e *encap) decide(best map[netip.Prefix][]netip.Addr) (tunnel.Decision, error) {
 	var connected []netip.Prefix
-	if e.mode == config.CrossSubnet {
+	if e.o.NeedsConnected() {
 		var err error
-		if connected, err = e.tm.ConnectedSubnets(e.cfg.VXLAN.Device); err != nil {
-			return nil, err
+		if connected, err = e.tm.ConnectedSubnets(e.o.VXLAN.Device); err != nil {
+			return tunnel.Decision{}, err
 		}
 	}
-	for p, gws := range best {
-		hs := make([]routes.Hop, 0, len(gws))
-		for _, gw := range gws {
-			switch {
-			case e.mode == config.CrossSubnet && inAny(connected, gw):
-				hs = append(hs, routes.Hop{Gateway: gw})
-			case e.kind == "ipip":
-				hs = append(hs, routes.Hop{Gateway: gw, Device: tunnel.IPIPDevice})
-			default:
-				hs = append(hs, routes.Hop{Gateway: tunnel.VTEPAddr(p), Device: e.cfg.VXLAN.Device})
-			}
-		}
-		out[p] = hs
-	}
-	return out, nil
-}
-
-func inAny(ps []netip.Prefix, a netip.Addr) bool {
-	for _, p := range ps {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
+	return e.o.Decide(best, connected), nil
 }
 
 // syncVXLANPeers keeps the VXLAN device's static entries to the nodes that
-// routes go to through it: remote VTEP address → remote underlay address.
-// hops are the kernel next hops of the prefixes in best (a withdrawn prefix
-// has none); full says they are every learned prefix, not a batch.
-func (e *encap) syncVXLANPeers(hops map[netip.Prefix][]routes.Hop, best map[netip.Prefix][]netip.Addr, full bool) error {
-	if e.kind != "vxlan" {
+// routes go to through it; d is the decision for a batch, or for every
+// learned prefix when full.
+func (e *encap) syncVXLANPeers(d tunnel.Decision, full bool) error {
+	if e.o.Kind != tunnel.KindVXLAN {
 		return nil
 	}
-	if full || e.vteps == nil {
-		e.vteps = map[netip.Prefix]map[netip.Addr]netip.Addr{}
-	}
-	for p, hs := range hops {
-		delete(e.vteps, p)
-		for i, h := range hs {
-			if h.Device == e.cfg.VXLAN.Device && i < len(best[p]) {
-				if e.vteps[p] == nil {
-					e.vteps[p] = map[netip.Addr]netip.Addr{}
-				}
-				e.vteps[p][h.Gateway] = best[p][i]
-			}
-		}
-	}
-	want := map[netip.Addr]netip.Addr{}
-	for _, m := range e.vteps {
-		maps.Copy(want, m)
-	}
+	want := e.entries.Update(d, full)
 	if maps.Equal(want, e.vxlanPeers) {
 		return nil
 	}
-	if err := e.tm.SetVXLANPeers(e.cfg.VXLAN.Device, want); err != nil {
+	if err := e.tm.SetVXLANPeers(e.o.VXLAN.Device, want); err != nil {
 		return err
 	}
 	e.vxlanPeers = want
