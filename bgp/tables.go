@@ -120,7 +120,12 @@ func (s *Speaker) TablesPending(ctx context.Context) ([]string, error) {
 			out = append(out, fmt.Sprintf("%s (session %s)", a, sessionStateName(p.GetState().GetSessionState())))
 			return
 		}
-		if w := s.tables.waiting(a, sendsEndOfRIB(p), now); w != "" {
+		s.mu.Lock()
+		ours := s.peers[a].GracefulRestart.On()
+		s.mu.Unlock()
+		// End-of-RIB comes when both sides advertised graceful restart:
+		// FRR, for one, sends none to a peer that did not.
+		if w := s.tables.waiting(a, ours && sendsEndOfRIB(p), now); w != "" {
 			out = append(out, fmt.Sprintf("%s (%s)", a, w))
 		}
 	})
@@ -132,7 +137,7 @@ func (s *Speaker) TablesPending(ctx context.Context) ([]string, error) {
 
 // sendsEndOfRIB reports whether the peer's OPEN carried the graceful
 // restart capability, with or without address families: either way it
-// promises End-of-RIB after its initial update.
+// promises End-of-RIB after its initial update, if ours carried it too.
 func sendsEndOfRIB(p *api.Peer) bool {
 	caps, err := apiutil.UnmarshalCapabilities(p.GetState().GetRemoteCap())
 	if err != nil {
