@@ -1,7 +1,9 @@
 // Package tunnel owns the node's encapsulation devices: the kernel's
 // IP-in-IP fallback device tunl0 and a VXLAN device with static forwarding
 // entries for remote nodes. It also finds the underlay interface, whose
-// subnets decide CrossSubnet and whose MTU sizes the pods'.
+// subnets decide CrossSubnet and whose MTU sizes the pods', and decides
+// per next hop between native routing and the tunnel (Options.Decide, which
+// reads nothing from the kernel).
 package tunnel
 
 import (
