@@ -11,13 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync"
 
-	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -117,8 +117,14 @@ func sortHops(hs []hop) {
 
 // Reconciler keeps the kernel's main table in line with a desired set of
 // routes. It is safe for concurrent use.
+//
+// Like Calico felix's route table, it keeps the desired state (learned and
+// local) apart from the work: Apply checks, resolves and writes only the
+// prefixes it was given, against a view of the node's links and addresses
+// that is re-read only when the kernel says they changed. Sync is the full
+// resync, the safety net that reads every route of ours back.
 type Reconciler struct {
-	h   netlinksafe.Handle
+	k   kernelAPI
 	log *slog.Logger
 
 	mu sync.Mutex
@@ -133,6 +139,26 @@ type Reconciler struct {
 	// prune allows deleting routes of ours that nothing asked for; off until
 	// the speaker has had its chance to relearn routes after a restart.
 	prune bool
+	// view is the node's links and addresses as the safety checks see them.
+	view view
+}
+
+// view caches what the checks need from the node's interfaces. Kernel
+// notifications, drained before each batch, say when a part is out of date.
+type view struct {
+	// addrsKnown is false until the addresses are read, and while a
+	// re-read failed; linksStale says the devices need looking up again.
+	addrsKnown, linksStale bool
+	// connected are the node's connected IPv4 subnets, sorted.
+	connected []netip.Prefix
+	// localAddrs are the node's own IPv4 addresses.
+	localAddrs map[netip.Addr]bool
+	// index maps the devices hops name to their link index; missing are
+	// names looked up and not found. Both are checked again on a link change.
+	index   map[string]int
+	missing map[string]bool
+	// names maps link indexes back to names, for CountByKind.
+	names map[int]string
 }
 
 // Options configure a Reconciler.
@@ -142,33 +168,32 @@ type Options struct {
 	NetNS netns.NsHandle
 }
 
-// New opens a netlink handle for the reconciler.
+// New opens a netlink handle for the reconciler, and a socket on which the
+// kernel announces link and address changes.
 func New(opts Options) (*Reconciler, error) {
-	var h netlinksafe.Handle
-	var err error
-	if opts.NetNS > 0 { // fd 0 is never a namespace handle; NsHandle(0).IsOpen() is true
-		h, err = netlinksafe.NewHandleAt(opts.NetNS, unix.NETLINK_ROUTE)
-	} else {
-		h, err = netlinksafe.NewHandle(unix.NETLINK_ROUTE)
-	}
+	k, err := openKernel(opts.NetNS)
 	if err != nil {
-		return nil, fmt.Errorf("open netlink handle: %w", err)
+		return nil, err
 	}
-	log := opts.Log
+	return newReconciler(k, opts.Log), nil
+}
+
+func newReconciler(k kernelAPI, log *slog.Logger) *Reconciler {
 	if log == nil {
 		log = slog.Default()
 	}
 	return &Reconciler{
-		h:         h,
+		k:         k,
 		log:       log.With("component", "routes"),
 		learned:   map[netip.Prefix][]Hop{},
 		installed: map[netip.Prefix]entry{},
 		refused:   map[netip.Prefix]string{},
-	}, nil
+		view:      view{index: map[string]int{}, missing: map[string]bool{}, names: map[int]string{}},
+	}
 }
 
-// Close releases the netlink handle. Routes stay in the kernel.
-func (r *Reconciler) Close() { r.h.Close() }
+// Close releases the netlink sockets. Routes stay in the kernel.
+func (r *Reconciler) Close() { r.k.close() }
 
 // SetLocalBlocks declares the node's own pod blocks: each gets a blackhole
 // route so unassigned pod IPs never leak to the default route, and no peer
@@ -177,8 +202,12 @@ func (r *Reconciler) SetLocalBlocks(ctx context.Context, blocks []netip.Prefix) 
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	old := r.local
-	r.local = slices.Clone(blocks)
-	touched := append(slices.Clone(old), blocks...)
+	r.local = make([]netip.Prefix, len(blocks))
+	for i, b := range blocks {
+		r.local[i] = b.Masked()
+	}
+	// Every learned prefix is checked again: one may lie inside a new block.
+	touched := append(slices.Clone(old), r.local...)
 	for p := range r.learned {
 		touched = append(touched, p)
 	}
@@ -186,7 +215,10 @@ func (r *Reconciler) SetLocalBlocks(ctx context.Context, blocks []netip.Prefix) 
 }
 
 // Apply updates the desired state for the given prefixes: a prefix mapped to
-// no hops is withdrawn. Only these prefixes are touched in the kernel.
+// no hops is withdrawn. Only these prefixes are checked and touched in the
+// kernel, unless the node's links or addresses changed since the last batch:
+// then every learned prefix is checked again (in memory; only those whose
+// verdict changed are written).
 func (r *Reconciler) Apply(ctx context.Context, update map[netip.Prefix][]Hop) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -227,25 +259,28 @@ func (r *Reconciler) EnablePrune(ctx context.Context) error {
 	return r.Sync(ctx)
 }
 
-// Sync reads our routes back from the kernel and repairs any difference:
-// missing or changed routes are rewritten, and (once pruning is enabled)
-// routes of ours that nothing wants are deleted.
+// Sync is the full resync: it re-reads the node's links and addresses and
+// our routes from the kernel, and repairs any difference: missing or
+// changed routes are rewritten, and (once pruning is enabled) routes of
+// ours that nothing wants are deleted.
 func (r *Reconciler) Sync(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if _, err := r.refreshLocked(true); err != nil {
+		return err
+	}
 	actual, err := r.listOwned()
 	if err != nil {
 		return err
 	}
-	want, err := r.desiredLocked()
-	if err != nil {
-		return err
+	r.installed = actual
+	want := make(map[netip.Prefix]entry, len(r.learned)+len(r.local))
+	for _, p := range r.desiredPrefixesLocked(nil) {
+		if e, ok := r.desiredLocked(p); ok {
+			want[p] = e
+		}
 	}
 	var errs []error
-	r.installed = make(map[netip.Prefix]entry, len(actual))
-	for p, e := range actual {
-		r.installed[p] = e
-	}
 	for p, e := range actual {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -268,6 +303,7 @@ func (r *Reconciler) Sync(ctx context.Context) error {
 			return ctx.Err()
 		}
 		if cur, ok := actual[p]; ok && e.satisfies(cur) {
+			delete(r.refused, p)
 			continue
 		}
 		if err := r.installLocked(p, e); err != nil {
@@ -291,7 +327,6 @@ func (r *Reconciler) CountByKind() map[string]int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := map[string]int{}
-	names := map[int]string{}
 	for _, e := range r.installed {
 		kind := "native"
 		switch {
@@ -299,13 +334,15 @@ func (r *Reconciler) CountByKind() map[string]int {
 			kind = "blackhole"
 		case len(e.hops) > 0 && e.hops[0].onlink:
 			dev := e.hops[0].dev
-			if _, ok := names[dev]; !ok {
-				names[dev] = fmt.Sprintf("dev#%d", dev)
-				if l, err := r.h.LinkByIndex(dev); err == nil {
-					names[dev] = l.Attrs().Name
+			name, ok := r.view.names[dev]
+			if !ok {
+				name = fmt.Sprintf("dev#%d", dev)
+				if n, err := r.k.linkName(dev); err == nil {
+					name = n
+					r.view.names[dev] = n
 				}
 			}
-			kind = names[dev]
+			kind = name
 		}
 		out[kind]++
 	}
@@ -324,21 +361,26 @@ func (r *Reconciler) Installed() map[netip.Prefix]string {
 	return out
 }
 
-// applyLocked brings the kernel in line with the desired state for touched.
+// applyLocked brings the kernel in line with the desired state for touched
+// (and for every desired prefix when the node's interfaces changed).
 func (r *Reconciler) applyLocked(ctx context.Context, touched []netip.Prefix) error {
-	want, err := r.desiredLocked()
+	changed, err := r.refreshLocked(false)
 	if err != nil {
 		return err
+	}
+	if changed {
+		touched = r.desiredPrefixesLocked(touched)
 	}
 	var errs []error
 	for _, p := range touched {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		e, wanted := want[p]
+		e, wanted := r.desiredLocked(p)
 		cur, have := r.installed[p]
 		switch {
 		case wanted && have && e.satisfies(cur):
+			delete(r.refused, p)
 		case wanted:
 			if err := r.installLocked(p, e); err != nil {
 				errs = append(errs, err)
@@ -354,55 +396,57 @@ func (r *Reconciler) applyLocked(ctx context.Context, touched []netip.Prefix) er
 	return errors.Join(errs...)
 }
 
-// desiredLocked computes the routes to install: blackholes for local blocks
-// and every learned prefix that passes the safety filters.
-func (r *Reconciler) desiredLocked() (map[netip.Prefix]entry, error) {
-	connected, localAddrs, err := r.interfaces()
-	if err != nil {
-		return nil, err
+// desiredPrefixesLocked returns extra plus every local and learned prefix.
+func (r *Reconciler) desiredPrefixesLocked(extra []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(extra)+len(r.local)+len(r.learned))
+	out = append(append(out, extra...), r.local...)
+	for p := range r.learned {
+		out = append(out, p)
 	}
-	want := make(map[netip.Prefix]entry, len(r.learned)+len(r.local))
-	for _, b := range r.local {
-		want[b.Masked()] = entry{blackhole: true}
-	}
-	for p, hops := range r.learned {
-		if reason := r.refuse(p, hops, connected, localAddrs); reason != "" {
-			if r.refused[p] != reason {
-				r.refused[p] = reason
-				r.log.Warn("refusing learned route", "dst", p, "hops", hops, "reason", reason)
+	slices.SortFunc(out, netip.Prefix.Compare)
+	return slices.Compact(out)
+}
+
+// desiredLocked computes the route to install for p, if any: a blackhole
+// for a local block, or a learned route that passes the safety checks.
+func (r *Reconciler) desiredLocked(p netip.Prefix) (entry, bool) {
+	if hops, ok := r.learned[p]; ok {
+		msg, reason := "refusing learned route", r.refuse(p, hops)
+		if reason == "" {
+			e, err := r.resolve(hops)
+			if err == nil {
+				return e, true
 			}
-			continue
+			msg, reason = "cannot install learned route", err.Error()
 		}
-		e, err := r.resolve(hops, localAddrs)
-		if err != nil {
-			reason := err.Error()
-			if r.refused[p] != reason {
-				r.refused[p] = reason
-				r.log.Warn("cannot install learned route", "dst", p, "hops", hops, "reason", reason)
-			}
-			continue
+		if r.refused[p] != reason {
+			r.refused[p] = reason
+			r.log.Warn(msg, "dst", p, "hops", hops, "reason", reason)
 		}
+	} else {
 		delete(r.refused, p)
-		want[p] = e
 	}
-	return want, nil
+	if slices.Contains(r.local, p) {
+		return entry{blackhole: true}, true
+	}
+	return entry{}, false
 }
 
 // resolve turns hops into kernel terms: devices by index, our own
 // addresses dropped, sorted and deduplicated.
-func (r *Reconciler) resolve(hops []Hop, localAddrs map[netip.Addr]bool) (entry, error) {
+func (r *Reconciler) resolve(hops []Hop) (entry, error) {
 	var e entry
 	for _, h := range hops {
-		if localAddrs[h.Gateway] {
+		if r.view.localAddrs[h.Gateway] {
 			continue
 		}
 		kh := hop{gw: h.Gateway}
 		if h.Device != "" {
-			l, err := r.h.LinkByName(h.Device)
+			idx, err := r.linkIndexLocked(h.Device)
 			if err != nil {
 				return entry{}, fmt.Errorf("device %s for next hop %s: %w", h.Device, h.Gateway, err)
 			}
-			kh.dev, kh.onlink = l.Attrs().Index, true
+			kh.dev, kh.onlink = idx, true
 		}
 		e.hops = append(e.hops, kh)
 	}
@@ -411,8 +455,31 @@ func (r *Reconciler) resolve(hops []Hop, localAddrs map[netip.Addr]bool) (entry,
 	return e, nil
 }
 
+var errNoLink = errors.New("no such link")
+
+// linkIndexLocked returns the index of the named link, looked up once and
+// then cached until the kernel announces a link change.
+func (r *Reconciler) linkIndexLocked(name string) (int, error) {
+	if idx, ok := r.view.index[name]; ok {
+		return idx, nil
+	}
+	if r.view.missing[name] {
+		return 0, errNoLink
+	}
+	idx, found, err := r.k.linkIndex(name)
+	switch {
+	case err != nil:
+		return 0, err
+	case !found:
+		r.view.missing[name] = true
+		return 0, errNoLink
+	}
+	r.view.index[name] = idx
+	return idx, nil
+}
+
 // refuse says why a learned route must not be installed, or "" if it may.
-func (r *Reconciler) refuse(p netip.Prefix, hops []Hop, connected []netip.Prefix, localAddrs map[netip.Addr]bool) string {
+func (r *Reconciler) refuse(p netip.Prefix, hops []Hop) string {
 	if !p.Addr().Is4() {
 		return "not IPv4"
 	}
@@ -421,18 +488,18 @@ func (r *Reconciler) refuse(p netip.Prefix, hops []Hop, connected []netip.Prefix
 			return fmt.Sprintf("inside this node's own pod block %s", b)
 		}
 	}
-	for _, c := range connected {
+	for _, c := range r.view.connected {
 		if c.Bits() <= p.Bits() && c.Contains(p.Addr()) {
 			return fmt.Sprintf("inside connected subnet %s", c)
 		}
 	}
 	remote := 0
 	for _, h := range hops {
-		if localAddrs[h.Gateway] {
+		if r.view.localAddrs[h.Gateway] {
 			continue
 		}
 		remote++
-		if h.Device == "" && !inAny(connected, h.Gateway) {
+		if h.Device == "" && !inAny(r.view.connected, h.Gateway) {
 			return fmt.Sprintf("next hop %s is not on a connected subnet and no encapsulation is configured for it (ipipMode or vxlanMode CrossSubnet)", h.Gateway)
 		}
 	}
@@ -451,39 +518,71 @@ func inAny(ps []netip.Prefix, a netip.Addr) bool {
 	return false
 }
 
-// interfaces returns the node's connected IPv4 subnets and local addresses.
-func (r *Reconciler) interfaces() ([]netip.Prefix, map[netip.Addr]bool, error) {
-	links, err := r.h.LinkList()
-	if err != nil {
-		return nil, nil, fmt.Errorf("list links: %w", err)
+// refreshLocked brings the view up to date: it re-reads the addresses and
+// re-resolves the devices hops name only when the kernel announced a change
+// since the last call (always when force). changed reports whether the
+// checks could now give another verdict for some prefix.
+func (r *Reconciler) refreshLocked(force bool) (changed bool, err error) {
+	links, addrs := r.k.changes()
+	if force {
+		links, addrs = true, true
 	}
-	var connected []netip.Prefix
-	local := map[netip.Addr]bool{}
-	for _, l := range links {
-		addrs, err := r.h.AddrList(l, netlink.FAMILY_V4)
+	v := &r.view
+	if links {
+		v.linksStale = true
+	}
+	if v.linksStale {
+		clear(v.names)
+		old, oldMissing := v.index, v.missing
+		v.index, v.missing = map[string]int{}, map[string]bool{}
+		for name, was := range old {
+			idx, err := r.linkIndexLocked(name)
+			if err != nil && !errors.Is(err, errNoLink) {
+				// Keep the old answers and look again at the next batch.
+				v.index, v.missing = old, oldMissing
+				return changed, fmt.Errorf("look up link %s: %w", name, err)
+			}
+			changed = changed || idx != was
+		}
+		for name := range oldMissing {
+			if _, err := r.linkIndexLocked(name); err == nil {
+				changed = true
+			} else if !errors.Is(err, errNoLink) {
+				v.index, v.missing = old, oldMissing
+				return changed, fmt.Errorf("look up link %s: %w", name, err)
+			}
+		}
+		v.linksStale = false
+	}
+	if addrs || !v.addrsKnown {
+		v.addrsKnown = false
+		list, err := r.k.addrs()
 		if err != nil {
-			return nil, nil, fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
+			return changed, fmt.Errorf("list addresses: %w", err)
 		}
-		for _, a := range addrs {
-			ip, ok := netip.AddrFromSlice(a.IP.To4())
-			if !ok {
-				continue
-			}
-			local[ip] = true
-			ones, _ := a.Mask.Size()
+		local := make(map[netip.Addr]bool, len(list))
+		var connected []netip.Prefix
+		for _, a := range list {
+			local[a.Addr()] = true
 			// Loopback's 127/8 and /32s say nothing about the underlay.
-			if ones < 32 && !ip.IsLoopback() {
-				connected = append(connected, netip.PrefixFrom(ip, ones).Masked())
+			if a.Bits() < 32 && !a.Addr().IsLoopback() {
+				connected = append(connected, a.Masked())
 			}
 		}
+		slices.SortFunc(connected, netip.Prefix.Compare)
+		connected = slices.Compact(connected)
+		if !slices.Equal(connected, v.connected) || !maps.Equal(local, v.localAddrs) {
+			changed = true
+		}
+		v.connected, v.localAddrs, v.addrsKnown = connected, local, true
 	}
-	return connected, local, nil
+	return changed, nil
 }
 
 // listOwned reads every route of ours in the main table.
 func (r *Reconciler) listOwned() (map[netip.Prefix]entry, error) {
 	filter := &netlink.Route{Protocol: Protocol, Table: unix.RT_TABLE_MAIN}
-	krs, err := r.h.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	krs, err := r.k.routes(filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return nil, fmt.Errorf("list routes with protocol %d: %w", Protocol, err)
 	}
@@ -559,10 +658,10 @@ func kernelRoute(p netip.Prefix, e entry) *netlink.Route {
 func (r *Reconciler) installLocked(p netip.Prefix, e entry) error {
 	kr := kernelRoute(p, e)
 	if _, ours := r.installed[p]; ours {
-		if err := r.h.RouteReplace(kr); err != nil {
+		if err := r.k.replace(kr); err != nil {
 			return fmt.Errorf("replace route %s via %s: %w", p, e, err)
 		}
-	} else if err := r.h.RouteAdd(kr); err != nil {
+	} else if err := r.k.add(kr); err != nil {
 		if !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("add route %s via %s: %w", p, e, err)
 		}
@@ -578,7 +677,7 @@ func (r *Reconciler) installLocked(p netip.Prefix, e entry) error {
 			}
 			return nil
 		}
-		if err := r.h.RouteReplace(kr); err != nil {
+		if err := r.k.replace(kr); err != nil {
 			return fmt.Errorf("replace route %s via %s: %w", p, e, err)
 		}
 	}
@@ -590,7 +689,7 @@ func (r *Reconciler) installLocked(p netip.Prefix, e entry) error {
 // ownerOf returns the protocol of the existing main-table route for p.
 func (r *Reconciler) ownerOf(p netip.Prefix) (netlink.RouteProtocol, error) {
 	filter := &netlink.Route{Dst: kernelRoute(p, entry{}).Dst, Table: unix.RT_TABLE_MAIN}
-	krs, err := r.h.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	krs, err := r.k.routes(filter, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return 0, fmt.Errorf("look up existing route %s: %w", p, err)
 	}
@@ -606,7 +705,7 @@ func (r *Reconciler) deleteLocked(p netip.Prefix) error {
 	e := r.installed[p]
 	kr := kernelRoute(p, entry{blackhole: e.blackhole})
 	// Match on protocol too, so a route someone else put there since is safe.
-	if err := r.h.RouteDel(kr); err != nil && !errors.Is(err, unix.ESRCH) {
+	if err := r.k.del(kr); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("delete route %s: %w", p, err)
 	}
 	delete(r.installed, p)

@@ -244,3 +244,62 @@ func TestTunnelHopsOnlink(t *testing.T) {
 		t.Errorf("route through a missing device was installed: %q", got)
 	}
 }
+
+// The reconciler re-reads links and addresses only when the kernel says
+// they changed; each change must still be seen by the very next batch,
+// whichever prefixes that batch carries.
+func TestInterfaceChangesSeenByNextBatch(t *testing.T) {
+	ns, h := testNS(t)
+	ctx := context.Background()
+	r := newRec(t, h)
+	far := netip.MustParseAddr("198.51.100.7")
+	addVX := func() {
+		run(t, "ip", "-n", ns, "link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789", "dev", "ul0", "local", "192.0.2.1")
+		run(t, "ip", "-n", ns, "link", "set", "vx0", "up")
+	}
+	native := map[netip.Prefix][]Hop{pfx2: Gateways(gw2)}
+	if err := r.Apply(ctx, map[netip.Prefix][]Hop{pfx3: {{Gateway: far, Device: "vx0"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := kernel(t, ns); has(got, "10.244.3.0/24") {
+		t.Fatalf("route through a device that does not exist yet: %q", got)
+	}
+
+	// The device appears; the next batch, about another prefix, lets the
+	// waiting route in.
+	addVX()
+	if err := r.Apply(ctx, native); err != nil {
+		t.Fatal(err)
+	}
+	got := kernel(t, ns)
+	if !has(got, "10.244.3.0/24 via 198.51.100.7 dev vx0 onlink") || !has(got, "10.244.2.0/24 via 192.0.2.12 dev ul0") {
+		t.Fatalf("after vx0 appeared want both routes, got %q", got)
+	}
+
+	// The device is recreated under a new index: the kernel dropped our
+	// route with the old one, and the next batch puts it back.
+	run(t, "ip", "-n", ns, "link", "del", "vx0")
+	addVX()
+	if got := kernel(t, ns); has(got, "10.244.3.0/24") {
+		t.Fatalf("kernel kept a route through a deleted device: %q", got)
+	}
+	if err := r.Apply(ctx, native); err != nil {
+		t.Fatal(err)
+	}
+	if got := kernel(t, ns); !has(got, "10.244.3.0/24 via 198.51.100.7 dev vx0 onlink") {
+		t.Fatalf("route through the recreated vx0 not restored: %q", got)
+	}
+
+	// A new address makes 10.244.2.0/24 connected: the next batch, about
+	// the other prefix, removes our route for it.
+	run(t, "ip", "-n", ns, "addr", "add", "10.244.2.1/24", "dev", "ul1")
+	if err := r.Apply(ctx, map[netip.Prefix][]Hop{pfx3: {{Gateway: far, Device: "vx0"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := kernel(t, ns); has(got, "10.244.2.0/24") || !has(got, "10.244.3.0/24 via 198.51.100.7 dev vx0 onlink") {
+		t.Errorf("want only the tunnel route once 10.244.2.0/24 is connected, got %q", got)
+	}
+	if s := run(t, "ip", "-n", ns, "route", "show", "10.244.2.0/24"); !strings.Contains(s, "proto kernel") {
+		t.Errorf("the connected route must stay: %q", s)
+	}
+}
