@@ -155,7 +155,9 @@ func TestBatchTouchesOnlyItsPrefixes(t *testing.T) {
 		hop  func(i int) Hop
 	}{
 		{"native", func(i int) Hop { return Hop{Gateway: netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i%2)})} }},
-		{"tunnel", func(i int) Hop { return Hop{Gateway: netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + i%2)}), Device: "vx0"} }},
+		{"tunnel", func(i int) Hop {
+			return Hop{Gateway: netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + i%2)}), Device: "vx0"}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
