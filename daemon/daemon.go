@@ -17,6 +17,7 @@ import (
 	"github.com/nexthop-net/nexthop/config"
 	"github.com/nexthop-net/nexthop/ipam"
 	"github.com/nexthop-net/nexthop/routes"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // pendingReleaseEvery is how often the IPAM spool of DELs made while the
@@ -168,9 +169,16 @@ type node struct {
 	peersFailed bool
 }
 
+// resyncJitter is the most a full resync is delayed past resyncInterval, as
+// a fraction of it.
+const resyncJitter = 0.25
+
 // loop is the only writer of kernel routes, so updates apply in order.
 func (n *node) loop(ctx context.Context) error {
-	resync := time.NewTicker(n.cfg.ResyncInterval.Duration)
+	// Each wait is the interval plus up to resyncJitter more, drawn afresh,
+	// so nodes started together drift apart instead of all reading their
+	// whole table back in lockstep.
+	resync := time.NewTimer(wait.Jitter(n.cfg.ResyncInterval.Duration, resyncJitter))
 	defer resync.Stop()
 	check := time.NewTicker(250 * time.Millisecond)
 	defer check.Stop()
@@ -215,6 +223,7 @@ func (n *node) loop(ctx context.Context) error {
 					n.log.Error("resync: put BGP state back to the config", "err", err)
 				}
 			}
+			resync.Reset(wait.Jitter(n.cfg.ResyncInterval.Duration, resyncJitter))
 		}
 	}
 }
