@@ -58,9 +58,9 @@ demo: deps build
 bench: deps build
 	$(GO) run ./hack/benchreport
 
-## bench-routes: 10,000 routes through routes/ vs a bare netlink loop, same run
+## bench-routes: 10,000 routes, then 1,000 single-prefix updates at 10,000 (native, tunnel), each vs bare netlink in the same run
 bench-routes: build
-	$(GO) test -run '^$$' -bench Program10k -benchtime 5x -count 1 ./routes/
+	$(GO) test -run '^$$' -bench 'Program10k|Churn10k' -benchtime 5x -count 1 ./routes/
 
 ## bench-convergence: a node joins; session established -> its block in a peer's kernel
 bench-convergence: build
