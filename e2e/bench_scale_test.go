@@ -186,13 +186,17 @@ func BenchmarkDaemonRSS10k(b *testing.B) {
 func mib(kib uint64) float64 { return float64(kib) / 1024 }
 
 // vmRSS is VmRSS from /proc/<pid>/status, in KiB.
-func vmRSS(pid int) (uint64, error) {
+func vmRSS(pid int) (uint64, error) { return statusKiB(pid, "VmRSS") }
+
+// statusKiB is one "Key:  123 kB" line of /proc/<pid>/status (VmRSS,
+// RssAnon, ...), in KiB.
+func statusKiB(pid int, key string) (uint64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(l, key+":"); ok {
 			f := strings.Fields(rest)
 			if len(f) < 1 {
 				break
@@ -200,7 +204,7 @@ func vmRSS(pid int) (uint64, error) {
 			return strconv.ParseUint(f[0], 10, 64)
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+	return 0, fmt.Errorf("no %s in /proc/%d/status", key, pid)
 }
 
 // cpuTicks is utime+stime (fields 14 and 15) from /proc/<pid>/stat.
