@@ -916,4 +916,3 @@ func median(rs []scaleResult, get func(scaleResult) float64) float64 {
 	}
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
-
