@@ -509,6 +509,8 @@ func wantReject(cfg *config.Config, p config.Peer, x netip.Prefix) bool {
 	switch {
 	case within(x, cfg.PodCIDR):
 		return true
+	case inAny(config.Martians):
+		return true
 	case x.Bits() == 0 && !cfg.AcceptDefaultRoute:
 		return true
 	case p.IsNode(cfg.LocalAS):
