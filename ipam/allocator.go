@@ -116,6 +116,20 @@ type Allocator struct {
 	// attachment is not known yet, by host veth name.
 	byVeth map[string]*Allocation
 	next   netip.Addr // where the next search starts
+	// inflight holds the allocations whose change is queued for the store
+	// and not yet settled (commit.go). Only the change's owner touches one:
+	// anyone else needing it waits for done.
+	inflight map[*Allocation]*inflight
+
+	commits *groupCommit
+}
+
+// inflight is a queued change to one or more allocations.
+type inflight struct {
+	done chan struct{} // closed once the change is settled, in memory too
+	// fresh: a new allocation, not in the store until the change commits.
+	// It is invisible to List, Used and Reclaim until then.
+	fresh bool
 }
 
 // Open opens (creating if needed) the durable allocator for block at path.
@@ -162,7 +176,10 @@ func Open(ctx context.Context, path string, block netip.Prefix, log *slog.Logger
 		byKey:  map[Attachment]*Allocation{},
 		byIP:   map[netip.Addr]*Allocation{},
 		byVeth: map[string]*Allocation{},
+
+		inflight: map[*Allocation]*inflight{},
 	}
+	a.commits = newGroupCommit(db, &a.mu)
 	a.first = block.Addr().Next().Next()
 	a.last = lastAddr(block).Prev()
 	a.next = a.first
@@ -265,8 +282,11 @@ func (a *Allocator) after(ip netip.Addr) netip.Addr {
 	return a.first
 }
 
-// Close closes the store.
-func (a *Allocator) Close() error { return a.db.Close() }
+// Close settles the changes already queued, then closes the store.
+func (a *Allocator) Close() error {
+	a.commits.close()
+	return a.db.Close()
+}
 
 // Block is the node block addresses come from.
 func (a *Allocator) Block() netip.Prefix { return a.block }
@@ -284,50 +304,98 @@ func ipKey(ip netip.Addr) []byte { b := ip.As4(); return b[:] }
 // durably recording a new one if there is none. Addresses are handed out
 // round robin so a just-released address is not reused at once (stale
 // conntrack entries and ARP caches elsewhere still point at it).
+//
+// The address is picked in memory and its record committed with whatever
+// other changes are queued (commit.go): the call returns only once that
+// transaction is committed, so the record survives a crash before anyone
+// learns the address.
 func (a *Allocator) Allocate(ctx context.Context, r Request) (Allocation, error) {
 	if r.ContainerID == "" || r.IfName == "" {
 		return Allocation{}, fmt.Errorf("%w: container ID and interface name are required", ErrInvalidArgument)
 	}
-	if err := ctx.Err(); err != nil {
-		return Allocation{}, err
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	key := Attachment{r.ContainerID, r.IfName}
-	if al, ok := a.byKey[key]; ok {
-		if al.OutOfBlock {
-			return Allocation{}, &OutOfBlockError{Allocation: *al, Block: a.block}
+	for {
+		if err := ctx.Err(); err != nil {
+			return Allocation{}, err
 		}
-		// Durably note the claim: a pending release recorded by a DEL that
-		// began before this ADD may be processed after it (spool.go).
-		upd := *al
-		upd.Readded = time.Now().UTC()
-		if err := a.put(upd); err != nil {
-			return Allocation{}, fmt.Errorf("record re-allocation of %s to %s: %w", al.IP, key, err)
+		a.mu.Lock()
+		al, ok := a.byKey[key]
+		recovered := false
+		if !ok {
+			al, recovered = a.byVeth[HostVethName(r.ContainerID, r.IfName)]
 		}
-		*al = upd
-		return upd, nil
+		if f := a.inflight[al]; al != nil && f != nil {
+			// Another change to it is on its way to the store (a retried
+			// ADD, a release, GC naming it): decide once it has landed.
+			a.mu.Unlock()
+			if err := waitDone(ctx, f.done); err != nil {
+				return Allocation{}, err
+			}
+			continue
+		}
+		switch {
+		case ok:
+			if al.OutOfBlock {
+				a.mu.Unlock()
+				return Allocation{}, &OutOfBlockError{Allocation: *al, Block: a.block}
+			}
+			// Durably note the claim: a pending release recorded by a DEL
+			// that began before this ADD may be processed after it (spool.go).
+			upd := *al
+			upd.Readded = time.Now().UTC()
+			c, err := a.rewriteLocked(al, upd, nil)
+			a.mu.Unlock()
+			if err == nil {
+				err = wait(ctx, c)
+			}
+			if err != nil {
+				return Allocation{}, fmt.Errorf("record re-allocation of %s to %s: %w", upd.IP, key, err)
+			}
+			return upd, nil
+		case recovered:
+			// Recovered from the kernel: this is its attachment, now named.
+			upd := *al
+			upd.ContainerID, upd.IfName, upd.HostVeth = r.ContainerID, r.IfName, ""
+			upd.PodNamespace, upd.PodName = r.PodNamespace, r.PodName
+			upd.Readded = time.Now().UTC()
+			if upd.OutOfBlock {
+				a.mu.Unlock()
+				return Allocation{}, &OutOfBlockError{Allocation: upd, Block: a.block}
+			}
+			veth := al.HostVeth
+			c, err := a.rewriteLocked(al, upd, func() {
+				if a.byVeth[veth] == al {
+					delete(a.byVeth, veth)
+				}
+				a.byKey[key] = al
+			})
+			a.mu.Unlock()
+			if err == nil {
+				err = wait(ctx, c)
+			}
+			if err != nil {
+				return Allocation{}, fmt.Errorf("record re-allocation of recovered %s to %s: %w", upd.IP, key, err)
+			}
+			return upd, nil
+		}
+		fresh, c, err := a.reserveLocked(r)
+		a.mu.Unlock()
+		if err != nil {
+			return Allocation{}, err
+		}
+		if err := wait(ctx, c); err != nil {
+			return Allocation{}, fmt.Errorf("record allocation of %s to %s: %w", fresh.IP, key, err)
+		}
+		return fresh, nil
 	}
-	if al, ok := a.byVeth[HostVethName(r.ContainerID, r.IfName)]; ok {
-		// Recovered from the kernel: this is its attachment, now named.
-		upd := *al
-		upd.ContainerID, upd.IfName, upd.HostVeth = r.ContainerID, r.IfName, ""
-		upd.PodNamespace, upd.PodName = r.PodNamespace, r.PodName
-		upd.Readded = time.Now().UTC()
-		if upd.OutOfBlock {
-			return Allocation{}, &OutOfBlockError{Allocation: upd, Block: a.block}
-		}
-		if err := a.put(upd); err != nil {
-			return Allocation{}, fmt.Errorf("record re-allocation of recovered %s to %s: %w", al.IP, key, err)
-		}
-		delete(a.byVeth, al.HostVeth)
-		*al = upd
-		a.byKey[key] = al
-		return upd, nil
-	}
+}
+
+// reserveLocked picks a free address for r, holds it in memory and queues
+// its record. A failed commit frees it again.
+func (a *Allocator) reserveLocked(r Request) (Allocation, *change, error) {
 	ip, ok := a.findFree()
 	if !ok {
-		return Allocation{}, &ExhaustedError{Block: a.block, Size: a.size}
+		return Allocation{}, nil, &ExhaustedError{Block: a.block, Size: a.size}
 	}
 	al := Allocation{
 		ContainerID:  r.ContainerID,
@@ -340,11 +408,14 @@ func (a *Allocator) Allocate(ctx context.Context, r Request) (Allocation, error)
 	}
 	v, err := json.Marshal(al)
 	if err != nil {
-		return Allocation{}, fmt.Errorf("encode allocation: %w", err)
+		return Allocation{}, nil, fmt.Errorf("encode allocation: %w", err)
 	}
-	// bbolt fsyncs on commit: once Update returns nil the record survives a
-	// crash, and only then does anyone learn the address.
-	err = a.db.Update(func(tx *bolt.Tx) error {
+	p := &al
+	key := al.Attachment()
+	a.byKey[key] = p
+	a.byIP[ip] = p
+	a.next = a.after(ip)
+	c := a.queueLocked([]*Allocation{p}, true, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAllocs)
 		if b.Get(ipKey(ip)) != nil {
 			return fmt.Errorf("store already holds %s", ip) // memory and disk disagree: refuse
@@ -353,15 +424,79 @@ func (a *Allocator) Allocate(ctx context.Context, r Request) (Allocation, error)
 			return err
 		}
 		return tx.Bucket(bucketMeta).Put(keyLast, ipKey(ip))
+	}, func(err error) {
+		if err == nil {
+			return
+		}
+		if a.byIP[ip] == p {
+			delete(a.byIP, ip)
+		}
+		if a.byKey[key] == p {
+			delete(a.byKey, key)
+		}
 	})
-	if err != nil {
-		return Allocation{}, fmt.Errorf("record allocation of %s to %s: %w", ip, key, err)
+	return al, c, nil
+}
+
+// queueLocked marks als in flight and queues apply for the store; settle
+// (may be nil) then runs with the outcome, holding a.mu, before the marks
+// are lifted.
+func (a *Allocator) queueLocked(als []*Allocation, fresh bool, apply func(*bolt.Tx) error, settle func(error)) *change {
+	f := &inflight{done: make(chan struct{}), fresh: fresh}
+	for _, al := range als {
+		a.inflight[al] = f
 	}
-	p := &al
-	a.byKey[key] = p
-	a.byIP[ip] = p
-	a.next = a.after(ip)
-	return al, nil
+	c := &change{apply: apply, settle: func(err error) {
+		if settle != nil {
+			settle(err)
+		}
+		for _, al := range als {
+			delete(a.inflight, al)
+		}
+		close(f.done)
+	}}
+	a.commits.submit(c)
+	return c
+}
+
+// rewriteLocked queues the rewrite of al's stored record as upd; once it is
+// committed, al becomes upd and then (if set) named runs.
+func (a *Allocator) rewriteLocked(al *Allocation, upd Allocation, named func()) (*change, error) {
+	v, err := json.Marshal(upd)
+	if err != nil {
+		return nil, fmt.Errorf("encode allocation: %w", err)
+	}
+	return a.queueLocked([]*Allocation{al}, false, func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAllocs).Put(ipKey(upd.IP), v)
+	}, func(err error) {
+		if err != nil {
+			return
+		}
+		*al = upd
+		if named != nil {
+			named()
+		}
+	}), nil
+}
+
+// wait returns c's outcome. A caller that gives up (ctx) leaves the change
+// to be committed or undone all the same: its settle keeps memory right.
+func wait(ctx context.Context, c *change) error {
+	select {
+	case err := <-c.result:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func waitDone(ctx context.Context, done <-chan struct{}) error {
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (a *Allocator) findFree() (netip.Addr, bool) {
@@ -375,26 +510,28 @@ func (a *Allocator) findFree() (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// Get returns the allocation held by the attachment, if any.
+// Get returns the allocation held by the attachment, if any. A change to it
+// on its way to the store is waited for: what Get shows is stored.
 func (a *Allocator) Get(containerID, ifName string) (Allocation, bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	al, ok := a.byKey[Attachment{containerID, ifName}]
-	if !ok {
-		if al, ok = a.byVeth[HostVethName(containerID, ifName)]; !ok {
+	for {
+		a.mu.Lock()
+		al, ok := a.byKey[Attachment{containerID, ifName}]
+		if !ok {
+			al, ok = a.byVeth[HostVethName(containerID, ifName)]
+		}
+		if !ok {
+			a.mu.Unlock()
 			return Allocation{}, false
 		}
+		if f := a.inflight[al]; f != nil {
+			a.mu.Unlock()
+			<-f.done
+			continue
+		}
+		v := *al
+		a.mu.Unlock()
+		return v, true
 	}
-	return *al, true
-}
-
-// put rewrites the stored record of an address already held.
-func (a *Allocator) put(al Allocation) error {
-	v, err := json.Marshal(al)
-	if err != nil {
-		return fmt.Errorf("encode allocation: %w", err)
-	}
-	return a.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketAllocs).Put(ipKey(al.IP), v) })
 }
 
 // claimedSince reports whether an ADD allocated or re-claimed al at or after t.
@@ -422,15 +559,18 @@ func (a *Allocator) ReleaseUnclaimedSince(ctx context.Context, containerID, ifNa
 		return Allocation{}, false, false, fmt.Errorf("%w: container ID and interface name are required", ErrInvalidArgument)
 	}
 	key := Attachment{containerID, ifName}
-	out, err := a.Reclaim(ctx, func(c Allocation) bool {
-		if !c.heldBy(key) {
-			return true
+	out, err := a.reclaim(ctx, func() func(Allocation) bool {
+		al, kept = Allocation{}, false // a new pass: forget what the last one saw
+		return func(c Allocation) bool {
+			if !c.heldBy(key) {
+				return true
+			}
+			if c.claimedSince(t) {
+				al, kept = c, true
+				return true
+			}
+			return false
 		}
-		if c.claimedSince(t) {
-			al, kept = c, true
-			return true
-		}
-		return false
 	})
 	if err != nil {
 		return Allocation{}, false, false, err
@@ -472,86 +612,143 @@ func (a *Allocator) GC(ctx context.Context, valid []Attachment) ([]Allocation, e
 	if err != nil {
 		return released, err
 	}
-	return released, a.nameRecovered(valid)
+	return released, a.nameRecovered(ctx, valid)
 }
 
 // nameRecovered gives the allocations recovered from the kernel the
 // attachments the runtime just listed as valid, so that they show (and
 // match) as any other.
-func (a *Allocator) nameRecovered(valid []Attachment) error {
+func (a *Allocator) nameRecovered(ctx context.Context, valid []Attachment) error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	type naming struct {
+		c    *change
+		what string
+	}
+	var queued []naming
+	var errs []error
 	for _, v := range valid {
 		al, ok := a.byVeth[HostVethName(v.ContainerID, v.IfName)]
-		if !ok || v.ContainerID == "" || v.IfName == "" {
-			continue
+		if !ok || v.ContainerID == "" || v.IfName == "" || a.inflight[al] != nil {
+			continue // an ADD naming it (or a release) is on its way
 		}
 		if _, taken := a.byKey[v]; taken {
 			continue // cannot be: an attachment has one veth
 		}
 		upd := *al
 		upd.ContainerID, upd.IfName, upd.HostVeth = v.ContainerID, v.IfName, ""
-		if err := a.put(upd); err != nil {
-			return fmt.Errorf("record the attachment %s of recovered %s: %w", v, al.IP, err)
+		veth, ip := al.HostVeth, al.IP
+		c, err := a.rewriteLocked(al, upd, func() {
+			if a.byVeth[veth] == al {
+				delete(a.byVeth, veth)
+			}
+			a.byKey[v] = al
+		})
+		what := fmt.Sprintf("record the attachment %s of recovered %s", v, ip)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", what, err))
+			continue
 		}
-		delete(a.byVeth, al.HostVeth)
-		*al = upd
-		a.byKey[v] = al
+		queued = append(queued, naming{c, what})
 	}
-	return nil
+	a.mu.Unlock()
+	for _, q := range queued {
+		if err := wait(ctx, q.c); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", q.what, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Reclaim releases, in one durable transaction, every allocation for which
 // keep returns false, and returns them. keep is called with the allocator
-// locked: it must not call back into the allocator.
+// locked: it must not call back into the allocator. New allocations not yet
+// committed are left alone: they are ordered after this call.
 func (a *Allocator) Reclaim(ctx context.Context, keep func(Allocation) bool) ([]Allocation, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	var drop []*Allocation
-	for _, al := range a.byIP {
-		if !keep(*al) {
-			drop = append(drop, al)
-		}
-	}
-	if len(drop) == 0 {
-		return nil, nil
-	}
-	err := a.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketAllocs)
-		for _, al := range drop {
-			if err := b.Delete(ipKey(al.IP)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("record release of %d allocations: %w", len(drop), err)
-	}
-	out := make([]Allocation, 0, len(drop))
-	for _, al := range drop {
-		delete(a.byIP, al.IP)
-		if cur := a.byKey[al.Attachment()]; cur == al {
-			delete(a.byKey, al.Attachment())
-		}
-		if cur := a.byVeth[al.HostVeth]; cur == al {
-			delete(a.byVeth, al.HostVeth)
-		}
-		out = append(out, *al)
-	}
-	sortByIP(out)
-	return out, nil
+	return a.reclaim(ctx, func() func(Allocation) bool { return keep })
 }
 
-// List returns every allocation, ordered by address.
+// reclaim is Reclaim with a keep function per pass over the allocations: a
+// pass that would drop an allocation with a change on its way (a re-ADD, a
+// release) waits for that change to land, then starts again.
+func (a *Allocator) reclaim(ctx context.Context, pass func() func(Allocation) bool) ([]Allocation, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		a.mu.Lock()
+		keep := pass()
+		var drop []*Allocation
+		var out []Allocation
+		var busy chan struct{}
+		for _, al := range a.byIP {
+			f := a.inflight[al]
+			if f != nil && f.fresh {
+				continue
+			}
+			if keep(*al) {
+				continue
+			}
+			if f != nil {
+				busy = f.done
+				break
+			}
+			drop = append(drop, al)
+			out = append(out, *al)
+		}
+		if busy != nil {
+			a.mu.Unlock()
+			if err := waitDone(ctx, busy); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if len(drop) == 0 {
+			a.mu.Unlock()
+			return nil, nil
+		}
+		// Held in memory until the deletion is committed, so that no ADD is
+		// given an address whose release may yet fail.
+		c := a.queueLocked(drop, false, func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketAllocs)
+			for _, al := range drop {
+				if err := b.Delete(ipKey(al.IP)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, func(err error) {
+			if err != nil {
+				return
+			}
+			for _, al := range drop {
+				if a.byIP[al.IP] == al {
+					delete(a.byIP, al.IP)
+				}
+				if cur := a.byKey[al.Attachment()]; cur == al {
+					delete(a.byKey, al.Attachment())
+				}
+				if cur := a.byVeth[al.HostVeth]; cur == al {
+					delete(a.byVeth, al.HostVeth)
+				}
+			}
+		})
+		a.mu.Unlock()
+		if err := wait(ctx, c); err != nil {
+			return nil, fmt.Errorf("record release of %d allocations: %w", len(drop), err)
+		}
+		sortByIP(out)
+		return out, nil
+	}
+}
+
+// List returns every stored allocation, ordered by address.
 func (a *Allocator) List() []Allocation {
 	a.mu.Lock()
 	out := make([]Allocation, 0, len(a.byIP))
 	for _, al := range a.byIP {
-		out = append(out, *al)
+		if f := a.inflight[al]; f == nil || !f.fresh {
+			out = append(out, *al)
+		}
 	}
 	a.mu.Unlock()
 	sortByIP(out)
@@ -563,11 +760,18 @@ func (a *Allocator) OutOfBlock() []Allocation {
 	return slices.DeleteFunc(a.List(), func(al Allocation) bool { return !al.OutOfBlock })
 }
 
-// Used is how many addresses are held, including any out of the block.
+// Used is how many addresses are held (stored), including any out of the
+// block.
 func (a *Allocator) Used() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return len(a.byIP)
+	n := len(a.byIP)
+	for _, f := range a.inflight {
+		if f.fresh {
+			n--
+		}
+	}
+	return n
 }
 
 func sortByIP(s []Allocation) {

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // Environment that turns the test binary into a bare IPAM daemon, so the
@@ -24,6 +26,9 @@ const (
 	envServe = "NHC_IPAM_SERVE_DB"
 	envSock  = "NHC_IPAM_SERVE_SOCK"
 	envBlock = "NHC_IPAM_SERVE_BLOCK"
+	// envSlowCommit makes every transaction take that much longer (a
+	// time.Duration), as on a disk with a slow fsync.
+	envSlowCommit = "NHC_IPAM_SERVE_SLOW_COMMIT"
 )
 
 func TestMain(m *testing.M) {
@@ -42,6 +47,9 @@ func serveHelper(db, sock, block string) int {
 		return 1
 	}
 	defer a.Close()
+	if d, err := time.ParseDuration(os.Getenv(envSlowCommit)); err == nil {
+		a.commits.beforeCommit = func(*bolt.Tx, int) error { time.Sleep(d); return nil }
+	}
 	if err := Serve(ctx, a, sock, nil); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -155,50 +163,57 @@ func TestCrashSafety(t *testing.T) {
 	dir := t.TempDir()
 	db, sock, block := filepath.Join(dir, "ipam.db"), filepath.Join(dir, "run", "ipam.sock"), "10.9.0.0/24"
 
-	d := startCrashingDaemon(t, db, sock, block)
-
-	got := concurrently(t, 200, 50, func(i int) (netip.Addr, error) {
-		return retry(sock, func(ctx context.Context, c *Client) (netip.Addr, error) {
-			ip, _, _, err := c.Allocate(ctx, Request{ContainerID: fmt.Sprint("ctr-", i), IfName: "eth0"})
-			return ip, err
+	// Rounds of allocating 200 and releasing them, until each phase has
+	// seen enough kills: with group commit a round takes a few daemon
+	// lifetimes only.
+	var killsAlloc, killsRelease int64
+	for round := 0; round < 40 && (killsAlloc < 20 || killsRelease < 20); round++ {
+		d := startCrashingDaemon(t, db, sock, block)
+		got := concurrently(t, 200, 50, func(i int) (netip.Addr, error) {
+			return retry(sock, func(ctx context.Context, c *Client) (netip.Addr, error) {
+				ip, _, _, err := c.Allocate(ctx, Request{ContainerID: fmt.Sprint("ctr-", round, "-", i), IfName: "eth0"})
+				return ip, err
+			})
 		})
-	})
-	killsAlloc := d.kills.Load()
-	assertDistinct(t, got, netip.MustParsePrefix(block))
+		killsAlloc += d.kills.Load()
+		assertDistinct(t, got, netip.MustParsePrefix(block))
 
-	// What every client was told must be exactly what is on disk: nothing
-	// forgotten, nothing extra, nothing held twice.
-	d.Stop()
-	a := openT(t, db, block)
-	list := a.List()
-	if len(list) != 200 {
-		t.Fatalf("store holds %d allocations after crashes, want 200", len(list))
-	}
-	byKey := map[string]netip.Addr{}
-	for _, al := range list {
-		byKey[al.ContainerID+"/"+al.IfName] = al.IP
-	}
-	for i, ip := range got {
-		if stored := byKey[fmt.Sprint("ctr-", i, "/eth0")]; stored != ip {
-			t.Fatalf("ctr-%d was told %s but the store holds %s", i, ip, stored)
+		// What every client was told must be exactly what is on disk:
+		// nothing forgotten, nothing extra, nothing held twice.
+		d.Stop()
+		a := openT(t, db, block)
+		list := a.List()
+		if len(list) != 200 {
+			t.Fatalf("round %d: store holds %d allocations after crashes, want 200", round, len(list))
 		}
-	}
-	a.Close()
+		byKey := map[string]netip.Addr{}
+		for _, al := range list {
+			byKey[al.ContainerID+"/"+al.IfName] = al.IP
+		}
+		for i, ip := range got {
+			if stored := byKey[fmt.Sprint("ctr-", round, "-", i, "/eth0")]; stored != ip {
+				t.Fatalf("round %d: ctr-%d was told %s but the store holds %s", round, i, ip, stored)
+			}
+		}
+		a.Close()
 
-	// Release everything under the same crashes: the block ends up empty.
-	d = startCrashingDaemon(t, db, sock, block)
-	concurrently(t, 200, 50, func(i int) (netip.Addr, error) {
-		return retry(sock, func(ctx context.Context, c *Client) (netip.Addr, error) {
-			return c.Release(ctx, fmt.Sprint("ctr-", i), "eth0")
+		// Release everything under the same crashes: the block ends up empty.
+		d = startCrashingDaemon(t, db, sock, block)
+		concurrently(t, 200, 50, func(i int) (netip.Addr, error) {
+			return retry(sock, func(ctx context.Context, c *Client) (netip.Addr, error) {
+				return c.Release(ctx, fmt.Sprint("ctr-", round, "-", i), "eth0")
+			})
 		})
-	})
-	d.Stop()
-	b := openT(t, db, block)
-	if left := b.List(); len(left) != 0 {
-		t.Fatalf("after releasing all, %d allocations remain: %v", len(left), left)
+		d.Stop()
+		killsRelease += d.kills.Load()
+		b := openT(t, db, block)
+		if left := b.List(); len(left) != 0 {
+			t.Fatalf("round %d: after releasing all, %d allocations remain: %v", round, len(left), left)
+		}
+		b.Close()
+		t.Logf("round %d: daemon SIGKILLed %d times while allocating, %d while releasing so far", round, killsAlloc, killsRelease)
 	}
-	t.Logf("daemon SIGKILLed %d times while allocating, %d while releasing", killsAlloc, d.kills.Load())
-	if killsAlloc < 5 {
-		t.Errorf("only %d kills during allocation: the test did not exercise crashes", killsAlloc)
+	if killsAlloc < 20 || killsRelease < 20 {
+		t.Errorf("only %d kills during allocation, %d during release: the test did not exercise crashes", killsAlloc, killsRelease)
 	}
 }
