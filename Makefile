@@ -4,7 +4,7 @@ GO    ?= go
 BIN   := $(CURDIR)/bin
 export NEXTHOP_BIN := $(BIN)
 
-.PHONY: all build deps generate generate-kube kube-bin image image-tar cluster test unit e2e demo bench bench-routes bench-convergence bench-cni vet fmt clean fuzz fuzz-short soak
+.PHONY: all build deps generate generate-kube kube-bin image image-tar cluster test unit e2e demo bench bench-routes bench-convergence bench-cni bench-scale vet fmt clean fuzz fuzz-short soak
 
 all: build
 
@@ -62,10 +62,14 @@ bench: deps build
 bench-routes: build
 	$(GO) test -run '^$$' -bench 'Program10k|Churn10k' -benchtime 5x -count 1 ./routes/
 
-## bench-convergence: a node joins; session established -> its block in a peer's kernel
+## bench-convergence: a node joins; session established -> its block in a peer's kernel (100 runs: a real p99)
 bench-convergence: build
-	$(GO) test -run '^$$' -bench Convergence -benchtime 20x -count 1 -timeout 20m ./e2e/
+	$(GO) test -run '^$$' -bench Convergence -benchtime 100x -count 1 -timeout 30m ./e2e/
 	$(GO) test -run '^$$' -bench Throughput -benchtime 1x -count 1 ./e2e/
+
+## bench-scale: N-node iBGP mesh, 2 reflectors + clients, a node joining: nexthop vs BIRD 2 side by side (NEXTHOP_SCALE_N=10,30,60,100; NEXTHOP_SCALE_PAIRS=3)
+bench-scale: deps build
+	$(GO) test -run '^$$' -bench '^BenchmarkScale$$' -benchtime 1x -count 1 -timeout 90m ./e2e/
 
 ## bench-cni: ADD/DEL latency of nexthop vs the reference ptp + host-local, same run
 bench-cni: build

@@ -511,7 +511,7 @@ func (s *scaleCluster) watch(nodes []*Node, proto netlink.RouteProtocol) (*route
 				if u.Protocol != proto || u.Table != unix.RT_TABLE_MAIN || u.Dst == nil || u.Route.Type != unix.RTN_UNICAST {
 					continue
 				}
-				pfx, ok := netipx(u.Dst)
+				pfx, ok := toPrefix(u.Dst)
 				if !ok {
 					continue
 				}
@@ -522,7 +522,7 @@ func (s *scaleCluster) watch(nodes []*Node, proto netlink.RouteProtocol) (*route
 	return w, nil
 }
 
-func netipx(n *net.IPNet) (netip.Prefix, bool) {
+func toPrefix(n *net.IPNet) (netip.Prefix, bool) {
 	a, ok := netip.AddrFromSlice(n.IP)
 	if !ok {
 		return netip.Prefix{}, false
@@ -657,7 +657,14 @@ func (w *routeWatch) missing(i int) string {
 	if len(lack) > 5 {
 		lack = append(lack[:5], fmt.Sprintf("… (%d in all)", len(lack)))
 	}
-	return fmt.Sprintf("lacks %s; has extra %s", strings.Join(lack, " "), strings.Join(extra, " "))
+	var out []string
+	if len(lack) > 0 {
+		out = append(out, "lacks "+strings.Join(lack, " "))
+	}
+	if len(extra) > 0 {
+		out = append(out, "has extra "+strings.Join(extra, " "))
+	}
+	return strings.Join(out, "; ")
 }
 
 func (w *routeWatch) close() {
@@ -682,7 +689,7 @@ func (s *scaleCluster) verify(w *routeWatch, nodes []*Node) error {
 			if r.Dst == nil || r.Type != unix.RTN_UNICAST || (r.Protocol != RouteProtocol && r.Protocol != BIRDRouteProtocol) {
 				continue
 			}
-			if p, ok := netipx(r.Dst); ok && PodPool.Contains(p.Addr()) && p != n.PodCIDR() {
+			if p, ok := toPrefix(r.Dst); ok && PodPool.Contains(p.Addr()) && p != n.PodCIDR() {
 				got[p] = true
 			}
 		}

@@ -6,7 +6,8 @@ set -euo pipefail
 # nftables: `nft`, to look at the NAT table as a user would.
 # containerd, runc, busybox-static: the kubelet cluster's nodes (busybox is
 # the test workload's image).
-pkgs=(frr iproute2 iputils-ping tcpdump iptables nftables iperf3 containerd runc busybox-static)
+# bird2: the baseline of the scale benchmark and test (BIRD, as Calico runs it).
+pkgs=(frr iproute2 iputils-ping tcpdump iptables nftables iperf3 containerd runc busybox-static bird2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -35,4 +36,6 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$
 systemctl disable --now frr >/dev/null 2>&1 || service frr stop >/dev/null 2>&1 || true
 # Likewise containerd: every node of the kubelet cluster runs its own.
 systemctl disable --now containerd >/dev/null 2>&1 || true
+# Likewise BIRD: the benchmark runs one per node namespace.
+systemctl disable --now bird >/dev/null 2>&1 || true
 echo "deps: installed ${missing[*]}"

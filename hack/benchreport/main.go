@@ -40,9 +40,11 @@ type bench struct {
 
 var benches = []bench{
 	{ID: "routes", Pkg: "./routes/", Pattern: "Program10k", Benchtime: "5x", Timeout: "10m", Target: "bench-routes"},
-	{ID: "convergence", Pkg: "./e2e/", Pattern: "Convergence", Benchtime: "20x", Timeout: "20m", Target: "bench-convergence"},
+	{ID: "churn", Pkg: "./routes/", Pattern: "Churn10k", Benchtime: "5x", Timeout: "10m", Target: "bench-routes"},
+	{ID: "convergence", Pkg: "./e2e/", Pattern: "Convergence", Benchtime: "100x", Timeout: "30m", Target: "bench-convergence"},
 	{ID: "throughput", Pkg: "./e2e/", Pattern: "Throughput", Benchtime: "1x", Timeout: "10m", Target: "bench-convergence"},
 	{ID: "scale", Pkg: "./e2e/", Pattern: "DaemonRSS10k", Benchtime: "1x", Timeout: "10m"},
+	{ID: "mesh", Pkg: "./e2e/", Pattern: "^BenchmarkScale$", Benchtime: "1x", Timeout: "90m", Target: "bench-scale"},
 	{ID: "cni", Pkg: "./cni-plugin/", Pattern: "AddDel$", Benchtime: "100x", Timeout: "10m", Target: "bench-cni"},
 	{ID: "cni50", Pkg: "./cni-plugin/", Pattern: "AddDelParallel50", Benchtime: "2x", Timeout: "10m", Target: "bench-cni"},
 	{ID: "ipip", Pkg: "./e2e/vm/", Pattern: "IPIPThroughput", Benchtime: "1x", Timeout: "30m"},
@@ -64,8 +66,12 @@ func (b bench) Command() string {
 // result is what one invocation produced.
 type result struct {
 	bench
-	// Metrics maps "BenchmarkName[/sub]" to unit to value.
-	Metrics  map[string]map[string]float64
+	// Metrics maps "BenchmarkName[/sub]" to unit to value; Order lists
+	// those names as the output gave them.
+	Metrics map[string]map[string]float64
+	Order   []string
+	// Load is the load average (1, 5, 15 min) when the benchmark started.
+	Load     string
 	Skipped  string // the skip reason, if every benchmark skipped
 	Failed   string // why it failed (tail of the output)
 	Duration time.Duration
@@ -78,7 +84,7 @@ var (
 )
 
 func runBench(b bench) result {
-	r := result{bench: b, Metrics: map[string]map[string]float64{}}
+	r := result{bench: b, Metrics: map[string]map[string]float64{}, Load: loadAvg()}
 	start := time.Now()
 	cmd := exec.Command("go", b.args()...)
 	var out bytes.Buffer
@@ -114,6 +120,9 @@ func runBench(b bench) result {
 				if v, err := strconv.ParseFloat(f[j], 64); err == nil {
 					ms[f[j+1]] = v
 				}
+			}
+			if _, seen := r.Metrics[m[1]]; !seen {
+				r.Order = append(r.Order, m[1])
 			}
 			r.Metrics[m[1]] = ms
 		}
@@ -195,6 +204,21 @@ func loadAvg() string {
 	return strings.Join(f[:3], " ")
 }
 
+// scaleCase names a BenchmarkScale case: mesh100, rr2+98, join30.
+func scaleCase(name string) string {
+	_, sub, _ := strings.Cut(name, "/")
+	switch {
+	case strings.HasPrefix(sub, "mesh"):
+		return "full mesh, " + strings.TrimPrefix(sub, "mesh") + " nodes"
+	case strings.HasPrefix(sub, "rr"):
+		r, c, _ := strings.Cut(strings.TrimPrefix(sub, "rr"), "+")
+		return r + " reflectors + " + c + " clients"
+	case strings.HasPrefix(sub, "join"):
+		return "1 node joins a mesh of " + strings.TrimPrefix(sub, "join")
+	}
+	return sub
+}
+
 // fmtNum prints about three significant figures.
 func fmtNum(v float64) string {
 	switch a := math.Abs(v); {
@@ -242,7 +266,7 @@ func main() {
 
 	for i, b := range benches {
 		if onlyRE != nil && !onlyRE.MatchString(b.ID) {
-			results[b.ID] = result{bench: b, Metrics: map[string]map[string]float64{}, Failed: "not run (-only)"}
+			results[b.ID] = result{bench: b, Metrics: map[string]map[string]float64{}, Failed: "not run (-only)", Load: "n/a"}
 			continue
 		}
 		fmt.Printf("benchreport: [%d/%d] %s: go %s\n", i+1, len(benches), b.ID, strings.Join(b.args(), " "))
@@ -300,6 +324,20 @@ func templateFuncs(results map[string]result) template.FuncMap {
 		"x":    func(k, v float64) float64 { return k * v },
 		"div":  func(a, b float64) float64 { return a / b },
 		"took": func(id string) string { return results[id].Duration.Round(time.Second).String() },
+		// load is the load average when the benchmark started.
+		"load": func(id string) string { return results[id].Load },
+		// subs lists the sub-benchmarks of parent, in output order.
+		"subs": func(id, parent string) []string {
+			var out []string
+			for _, name := range results[id].Order {
+				if strings.HasPrefix(name, parent+"/") {
+					out = append(out, name)
+				}
+			}
+			return out
+		},
+		// scaleCase says in words what a BenchmarkScale sub-benchmark is.
+		"scaleCase": scaleCase,
 		// missing says why a benchmark has no figures ("" when it has).
 		"missing": func(id string) string {
 			r := results[id]
