@@ -175,6 +175,9 @@ func lastLogTime(path, needle1, needle2 string, since time.Time) (time.Time, err
 	defer f.Close()
 	var last time.Time
 	sc := bufio.NewScanner(f)
+	// A line past bufio's 64 KiB default would end the scan early and
+	// hide every line after it.
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {
 		l := sc.Text()
 		if !strings.Contains(l, needle1) || !strings.Contains(l, needle2) || !strings.HasPrefix(l, "time=") {
@@ -188,10 +191,13 @@ func lastLogTime(path, needle1, needle2 string, since time.Time) (time.Time, err
 			last = ts
 		}
 	}
+	if err := sc.Err(); err != nil {
+		return time.Time{}, fmt.Errorf("read %s: %w", path, err)
+	}
 	if last.IsZero() {
 		return last, fmt.Errorf("no log line with %q and %q in %s since %s", needle1, needle2, path, since.Format(time.RFC3339Nano))
 	}
-	return last, sc.Err()
+	return last, nil
 }
 
 func percentile(d []time.Duration, p int) time.Duration {
