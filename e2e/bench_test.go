@@ -45,10 +45,11 @@ const convergenceJoiners = 5
 //
 // node1 logs the session coming up from GoBGP's peer-state watcher and
 // installs routes from its best-path watcher: two goroutines, so the log
-// line may be written just after the route is in the kernel. The
-// benchmark waits for the line (instead of reading the log once the route
-// is seen, which failed now and then with "no log line") and counts those
-// runs (log-after-route); their established→kernel is 0.
+// line may be written after the route is in the kernel. The benchmark
+// waits for the line (it used to read the log once, the moment the route
+// showed, and failed now and then with "no log line") and counts those
+// runs (log-after-route) with an established→kernel of 0; a line that
+// never comes fails the run with node1's log.
 func BenchmarkConvergence(b *testing.B) {
 	if err := CheckTools(); err != nil {
 		b.Skipf("needs root and system tools: %v", err)
