@@ -57,9 +57,19 @@ func (s *Speaker) watchMD5(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
+		s.mu.Lock()
+		keyed := len(md5Keys(s.peers)) > 0
+		s.mu.Unlock()
+		if !keyed && len(downSince) == 0 {
+			last = nil // no peer with a password: nothing to explain
+			continue
+		}
 		now, err := md5Counters()
 		if err != nil {
 			continue
+		}
+		if last == nil {
+			last = now // counts from before a password peer existed say nothing
 		}
 		var grew []string
 		for k, v := range now {
@@ -68,11 +78,7 @@ func (s *Speaker) watchMD5(ctx context.Context, every time.Duration) {
 			}
 		}
 		last = now
-		peers, err := s.Peers(ctx)
-		if err != nil {
-			continue
-		}
-		for _, p := range peers {
+		for _, p := range s.Peers() {
 			s.mu.Lock()
 			cfg, ok := s.peers[p.Address]
 			s.mu.Unlock()

@@ -33,9 +33,6 @@ const maxRejectedLogged = 1000
 // rejectedSummaryEvery spaces the summary lines of a peer past its budget.
 const rejectedSummaryEvery = time.Minute
 
-// rejectedScanEvery is how often peers are checked for new paths.
-const rejectedScanEvery = 2 * time.Second
-
 type rejections struct {
 	mu    sync.Mutex
 	peers map[netip.Addr]*peerRejections
@@ -61,10 +58,11 @@ func (r *rejections) peer(a netip.Addr) *peerRejections {
 	return p
 }
 
-// watchRejected scans a peer again when it has received something new,
-// its session restarted or the policy changed, and drops what it knew of
-// peers no longer configured.
-func (s *Speaker) watchRejected(ctx context.Context, every time.Duration) {
+// watchCounts reads the peers' path counts every `every` (one ListPeer
+// for every reader of Peers), and scans a peer's Adj-RIB-In for refused
+// paths when it has received something new, its session restarted or the
+// policy changed; it drops what it knew of peers no longer configured.
+func (s *Speaker) watchCounts(ctx context.Context, every time.Duration) {
 	type mark struct {
 		received uint64
 		gen      int
@@ -79,10 +77,13 @@ func (s *Speaker) watchRejected(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
-		peers, err := s.Peers(ctx)
-		if err != nil {
+		if err := s.readCounts(ctx); err != nil {
+			if ctx.Err() == nil {
+				s.log.Debug("read path counts", "err", err)
+			}
 			continue
 		}
+		peers := s.peerTab.snapshot(time.Now())
 		s.mu.Lock()
 		gen := s.importGen
 		s.mu.Unlock()

@@ -2,7 +2,6 @@ package bgp
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -100,16 +99,13 @@ func TestRejectedAccounting(t *testing.T) {
 	// summary waits for its interval.
 	announce(t, nodes[1].sp, "192.0.2.0/24")
 	waitFor(t, "legit path accepted", func() error {
-		ps, err := sp.Peers(context.Background())
-		if err != nil {
-			return err
-		}
+		ps := sp.Peers()
 		if ps[0].Received != n+2 || ps[0].Accepted != 2 {
 			return fmt.Errorf("flooder received %d accepted %d, want %d and 2", ps[0].Received, ps[0].Accepted, n+2)
 		}
 		return nil
 	})
-	time.Sleep(2 * rejectedScanEvery)
+	time.Sleep(2 * countsEvery)
 	counts(fmt.Sprintf("map[%s:%d %s:0]", flooder, n, other))
 	announce(t, nodes[1].sp, "10.244.1.128/25")
 	counts(fmt.Sprintf("map[%s:%d %s:0]", flooder, n+1, other))

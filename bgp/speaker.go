@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -67,6 +68,18 @@ type Speaker struct {
 	tables         tableTracker
 	stopTableWatch context.CancelFunc
 	tablesIn       atomic.Bool
+
+	// peerTab is every configured peer's session, from GoBGP's events
+	// (peers.go).
+	peerTab sessionTable
+	// accept is GoBGP's accept channel and listener the speaker's own
+	// listener on it, opened once the configured peers are in (listen.go).
+	accept   chan *net.TCPConn
+	listener *bgpListener
+	// beforePeers, when set (tests), runs after GoBGP started and before
+	// the peers are added: the window in which GoBGP itself would already
+	// accept connections it has no configuration for.
+	beforePeers func()
 }
 
 // UnconfiguredConnections is how many connections to the BGP port came
@@ -97,23 +110,30 @@ func (s *Speaker) Start(ctx context.Context) error {
 		opts = append(opts, server.GrpcListenAddress(s.cfg.GRPCListen), server.GrpcOption(s.apiServerOptions()))
 	}
 	s.srv = server.NewBgpServer(opts...)
+	if s.cfg.BGPPort > 0 {
+		// Before Serve: its loop reads the channel (listen.go).
+		ch, err := acceptInto(s.srv)
+		if err != nil {
+			return err
+		}
+		s.accept = ch
+	}
 	go s.srv.Serve()
 	if err := s.warnAPIExposure(); err != nil {
 		return err
 	}
 
+	// No listener yet: the speaker listens once the peers are in.
 	err := s.srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
 		Asn:              s.cfg.LocalAS,
 		RouterId:         s.cfg.RouterID.String(),
-		ListenPort:       s.cfg.BGPPort,
+		ListenPort:       -1,
 		UseMultiplePaths: true,
 	}})
 	if err != nil {
-		return fmt.Errorf("start BGP (AS %d, router ID %s, port %d): %w", s.cfg.LocalAS, s.cfg.RouterID, s.cfg.BGPPort, err)
+		return fmt.Errorf("start BGP (AS %d, router ID %s): %w", s.cfg.LocalAS, s.cfg.RouterID, err)
 	}
-	s.log.Info("BGP speaker started", "as", s.cfg.LocalAS, "routerID", s.cfg.RouterID,
-		"port", s.cfg.BGPPort, "grpc", s.cfg.GRPCListen)
-	if err := s.logPeerChanges(ctx); err != nil {
+	if err := s.watchPeers(ctx); err != nil {
 		return err
 	}
 	if s.LocalRestart {
@@ -128,12 +148,52 @@ func (s *Speaker) Start(ctx context.Context) error {
 	if err := s.watchRestart(ctx); err != nil {
 		return err
 	}
-	go s.watchRejected(ctx, rejectedScanEvery)
-	go s.watchMD5(ctx, 5*time.Second)
+	if s.beforePeers != nil {
+		s.beforePeers()
+	}
 	if err := s.SetPeers(ctx, s.cfg.Peers); err != nil {
 		return err
 	}
-	return s.Announce(ctx, s.cfg.PodCIDR)
+	if err := s.Announce(ctx, s.cfg.PodCIDR); err != nil {
+		return err
+	}
+	if err := s.listen(); err != nil {
+		return err
+	}
+	s.log.Info("BGP speaker started", "as", s.cfg.LocalAS, "routerID", s.cfg.RouterID,
+		"port", s.cfg.BGPPort, "grpc", s.cfg.GRPCListen, "peers", len(s.cfg.Peers))
+	go s.watchCounts(ctx, countsEvery)
+	go s.watchMD5(ctx, 5*time.Second)
+	return nil
+}
+
+// listen opens the BGP port, with every configured peer already in GoBGP
+// and its MD5 key on the socket. A peer whose password cannot be set is
+// logged by SetPeers and left to fail its MD5 check rather than keep every
+// other peer out.
+func (s *Speaker) listen() error {
+	if s.accept == nil {
+		return nil // bgpPort -1: no listening
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, err := listenBGP(s.log, s.cfg.BGPPort, s.accept, md5Keys(s.peers))
+	if err != nil {
+		return err
+	}
+	s.listener = l
+	return nil
+}
+
+// md5Keys are the passwords of the peers that have one.
+func md5Keys(peers map[netip.Addr]config.Peer) map[netip.Addr]string {
+	keys := map[netip.Addr]string{}
+	for a, p := range peers {
+		if p.Password != "" {
+			keys[a] = p.Password
+		}
+	}
+	return keys
 }
 
 // Stop shuts the speaker down administratively: peers get a Cease and drop
@@ -143,6 +203,10 @@ func (s *Speaker) Stop() {
 	if s.srv == nil {
 		return
 	}
+	s.mu.Lock()
+	l := s.listener
+	s.mu.Unlock()
+	l.Close()
 	s.srv.Stop()
 	s.log.Info("BGP speaker stopped")
 }
@@ -212,13 +276,19 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []config.Peer) error {
 			continue
 		}
 		delete(s.peers, addr)
+		if _, ok := want[addr]; !ok {
+			s.peerTab.remove(addr)
+		}
 		s.log.Info("peer removed", "peer", addr)
 	}
 	for addr, p := range want {
 		if _, ok := s.peers[addr]; ok {
 			continue
 		}
+		// In the table before GoBGP's first event for it.
+		s.peerTab.configure(addr, p.AS)
 		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(p)}); err != nil {
+			s.peerTab.remove(addr)
 			errs = append(errs, fmt.Errorf("add peer %s (AS %d): %w", addr, p.AS, err))
 			continue
 		}
@@ -229,6 +299,9 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []config.Peer) error {
 			"routeReflectorClient", p.RouteReflectorClient)
 	}
 	if err := s.syncExportPolicyLocked(ctx, s.peers); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.listener.setKeys(md5Keys(s.peers)); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -440,37 +513,6 @@ func (s *Speaker) WatchBest(ctx context.Context, fn func([]netip.Prefix)) error 
 	})
 }
 
-// logPeerChanges logs each session coming up or going down, once.
-func (s *Speaker) logPeerChanges(ctx context.Context) error {
-	var mu sync.Mutex
-	up := map[string]bool{}
-	err := s.srv.WatchEvent(ctx, &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}, func(r *api.WatchEventResponse) {
-		ev := r.GetPeer()
-		if ev == nil || ev.GetType() != api.WatchEventResponse_PeerEvent_STATE {
-			return
-		}
-		st := ev.GetPeer().GetState()
-		addr := st.GetNeighborAddress()
-		est := st.GetSessionState() == api.PeerState_ESTABLISHED
-		mu.Lock()
-		defer mu.Unlock()
-		if up[addr] == est {
-			return
-		}
-		up[addr] = est
-		if est {
-			s.log.Info("peer session established", "peer", addr, "as", st.GetPeerAsn(), "routerID", st.GetRouterId())
-		} else {
-			s.log.Warn("peer session down", "peer", addr, "as", st.GetPeerAsn(), "state", sessionStateName(st.GetSessionState()))
-			go s.dropIfGone(ctx, addr)
-		}
-	})
-	if err != nil {
-		return fmt.Errorf("watch peer state: %w", err)
-	}
-	return nil
-}
-
 // dropIfGone tells a restarting peer from a vanished one. GoBGP keeps a
 // graceful-restart peer's routes as stale for its whole restart time after
 // any session loss, a hold-timer expiry included, so a node whose link died
@@ -512,43 +554,6 @@ func (s *Speaker) dropIfGone(ctx context.Context, addr string) {
 		delete(s.peers, a)
 		s.log.Error("re-add unreachable peer", "peer", addr, "err", err)
 	}
-}
-
-// PeerState is one neighbour's session as the speaker sees it.
-type PeerState struct {
-	Address     netip.Addr
-	AS          uint32
-	State       string // "established", "active", ...
-	Established bool
-	Uptime      time.Duration
-	Received    uint64
-	Accepted    uint64 // received and accepted by the import policy
-}
-
-// Peers lists every configured neighbour's state.
-func (s *Speaker) Peers(ctx context.Context) ([]PeerState, error) {
-	var out []PeerState
-	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: false}, func(p *api.Peer) {
-		st := PeerState{AS: p.GetConf().GetPeerAsn()}
-		st.Address, _ = netip.ParseAddr(p.GetConf().GetNeighborAddress())
-		ss := p.GetState().GetSessionState()
-		st.State = sessionStateName(ss)
-		st.Established = ss == api.PeerState_ESTABLISHED
-		if up := p.GetTimers().GetState().GetUptime(); st.Established && up != nil {
-			st.Uptime = time.Since(up.AsTime()).Truncate(time.Second)
-		}
-		for _, a := range p.GetAfiSafis() {
-			st.Received += a.GetState().GetReceived()
-			st.Accepted += a.GetState().GetAccepted()
-		}
-		out = append(out, st)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list peers: %w", err)
-	}
-	slices.SortFunc(out, func(a, b PeerState) int { return a.Address.Compare(b.Address) })
-	s.afterPolicy(out)
-	return out, nil
 }
 
 func sessionStateName(s api.PeerState_SessionState) string {

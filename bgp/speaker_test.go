@@ -210,11 +210,12 @@ func TestAnnounceMovesBlock(t *testing.T) {
 		}
 		return nil
 	})
-	peers, err := nodes[1].sp.Peers(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(peers) != 1 || !peers[0].Established || peers[0].Accepted != 1 {
-		t.Errorf("peer state: %+v", peers)
-	}
+	// Counts are read every countsEvery.
+	waitFor(t, "peer state", func() error {
+		peers := nodes[1].sp.Peers()
+		if len(peers) != 1 || !peers[0].Established || peers[0].Accepted != 1 {
+			return fmt.Errorf("peer state: %+v", peers)
+		}
+		return nil
+	})
 }

@@ -1,9 +1,10 @@
 package bgp
 
 import (
-	"context"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -108,31 +109,36 @@ func (t *tableTracker) waiting(a netip.Addr, sendsEoR bool, now time.Time) strin
 // the session, the peer's End-of-RIB (peers with graceful restart), or
 // its first burst of UPDATEs to settle (peers without). Empty means every
 // peer's routes are in the RIB, and routes missing from it are really gone.
-func (s *Speaker) TablesPending(ctx context.Context) ([]string, error) {
+// It reads the speaker's own peer table, not GoBGP: the daemon calls it
+// often until the initial sync.
+func (s *Speaker) TablesPending() []string {
 	var out []string
 	now := time.Now()
-	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
-		a, err := netip.ParseAddr(p.GetConf().GetNeighborAddress())
-		if err != nil {
-			return
-		}
-		if p.GetState().GetSessionState() != api.PeerState_ESTABLISHED {
-			out = append(out, fmt.Sprintf("%s (session %s)", a, sessionStateName(p.GetState().GetSessionState())))
-			return
-		}
-		s.mu.Lock()
-		ours := s.peers[a].GracefulRestart.On()
-		s.mu.Unlock()
-		// End-of-RIB comes when both sides advertised graceful restart:
-		// FRR, for one, sends none to a peer that did not.
-		if w := s.tables.waiting(a, ours && sendsEndOfRIB(p), now); w != "" {
-			out = append(out, fmt.Sprintf("%s (%s)", a, w))
-		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list peers for their initial tables: %w", err)
+	s.mu.Lock()
+	peers := slices.SortedFunc(maps.Keys(s.peers), netip.Addr.Compare)
+	gr := make(map[netip.Addr]bool, len(peers))
+	for _, a := range peers {
+		gr[a] = s.peers[a].GracefulRestart.On()
 	}
-	return out, nil
+	s.mu.Unlock()
+	for _, a := range peers {
+		st, up, caps, sendsEoR, ok := s.peerTab.session(a)
+		switch {
+		case !ok:
+			continue
+		case up.IsZero():
+			out = append(out, fmt.Sprintf("%s (session %s)", a, sessionStateName(st)))
+		case !caps:
+			out = append(out, fmt.Sprintf("%s (its capabilities)", a))
+		default:
+			// End-of-RIB comes when both sides advertised graceful
+			// restart: FRR, for one, sends none to a peer that did not.
+			if w := s.tables.waiting(a, gr[a] && sendsEoR, now); w != "" {
+				out = append(out, fmt.Sprintf("%s (%s)", a, w))
+			}
+		}
+	}
+	return out
 }
 
 // sendsEndOfRIB reports whether the peer's OPEN carried the graceful

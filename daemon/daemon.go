@@ -291,11 +291,7 @@ func (n *node) program(ctx context.Context, since time.Time, best map[netip.Pref
 // peer never gets there. Before it nothing learned is deleted, so a
 // restart never flushes routes a peer has yet to send again.
 func (n *node) maybeInitialSync(ctx context.Context) {
-	waiting, err := n.sp.TablesPending(ctx)
-	if err != nil {
-		n.log.Error("initial sync: list peers", "err", err)
-		return
-	}
+	waiting := n.sp.TablesPending()
 	waited := time.Since(n.started)
 	switch {
 	case len(waiting) == 0:

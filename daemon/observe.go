@@ -64,22 +64,19 @@ func (o *observer) programmed(since time.Time, err error) {
 	o.m.RouteProgramming.Observe(time.Since(since).Seconds())
 }
 
-func (o *observer) peers(ctx context.Context) ([]metrics.Peer, error) {
+func (o *observer) peers() []metrics.Peer {
 	n := o.node.Load()
 	if n == nil {
-		return nil, nil
+		return nil
 	}
-	ps, err := n.sp.Peers(ctx)
-	if err != nil {
-		return nil, err
-	}
+	ps := n.sp.Peers()
 	rejected := n.sp.RejectedCounts()
 	out := make([]metrics.Peer, 0, len(ps))
 	for _, p := range ps {
 		out = append(out, metrics.Peer{Address: p.Address, AS: p.AS, Established: p.Established, Uptime: p.Uptime,
 			Received: p.Received, Accepted: p.Accepted, Rejected: rejected[p.Address]})
 	}
-	return out, nil
+	return out
 }
 
 // unconfigured counts connections to the BGP port from unconfigured addresses.
@@ -114,7 +111,7 @@ func (o *observer) ipam() metrics.IPAM {
 }
 
 // report is the /status document.
-func (o *observer) report(ctx context.Context) (status.Report, error) {
+func (o *observer) report() status.Report {
 	r := status.Report{
 		Node: o.cfg.NodeName, Address: o.cfg.Address.String(), AS: o.cfg.LocalAS, PodCIDR: o.cfg.PodCIDR.String(),
 		IPIPMode: string(o.cfg.IPIPMode), VXLANMode: string(o.cfg.VXLANMode), PodMTU: o.enc.podMTU,
@@ -124,19 +121,16 @@ func (o *observer) report(ctx context.Context) (status.Report, error) {
 	r.IPAM = status.IPAM{Block: st.Block.String(), Size: st.Size, Allocated: st.Allocated}
 	n := o.node.Load()
 	if n == nil {
-		return r, nil
+		return r
 	}
 	r.Synced = n.syncedFlag.Load()
-	ps, err := n.sp.Peers(ctx)
-	if err != nil {
-		return r, err
-	}
+	ps := n.sp.Peers()
 	rejected := n.sp.RejectedCounts()
 	for _, p := range ps {
 		r.Peers = append(r.Peers, status.Peer{Address: p.Address.String(), AS: p.AS, State: p.State,
 			UptimeSeconds: p.Uptime.Seconds(), Received: p.Received, Accepted: p.Accepted, Rejected: rejected[p.Address]})
 	}
-	return r, nil
+	return r
 }
 
 // serve listens on cfg.MetricsListen until ctx ends. A listen failure is an
@@ -152,11 +146,7 @@ func (o *observer) serve(ctx context.Context, wg *sync.WaitGroup) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", o.m.Handler())
 	mux.HandleFunc(status.Path, func(w http.ResponseWriter, r *http.Request) {
-		rep, err := o.report(r.Context())
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
+		rep := o.report()
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(rep)
 	})

@@ -183,8 +183,8 @@ func (n *node) startBackground(ctx context.Context, wg *sync.WaitGroup, alloc *i
 }
 
 // statusLoop publishes session states on every change of who is up, and
-// every StatusInterval. Polling the in-process speaker once a second costs
-// nothing and needs no hook in GoBGP's event stream.
+// every StatusInterval. It reads the speaker's event-fed peer table once a
+// second, which costs GoBGP nothing.
 func (n *node) statusLoop(ctx context.Context) {
 	t := time.NewTicker(statusPoll)
 	defer t.Stop()
@@ -195,36 +195,32 @@ func (n *node) statusLoop(ctx context.Context) {
 		failing   bool
 	)
 	for {
-		peers, err := n.sp.Peers(ctx)
-		if err == nil {
-			up := make(map[netip.Addr]bool, len(peers))
-			for _, p := range peers {
-				up[p.Address] = p.Established
-			}
-			now := time.Now()
-			due := !maps.Equal(up, last) || now.Sub(published) >= n.o.StatusInterval
-			if failing && now.Sub(failedAt) < statusRetry {
-				due = false
-			}
-			if due {
-				if err := n.o.Status(ctx, n.running.Load(), peers); err != nil {
-					if ctx.Err() != nil {
-						return
-					}
-					if !failing {
-						n.log.Warn("publish BGP status; retrying", "err", err)
-					}
-					failing, failedAt = true, now
-				} else {
-					if failing {
-						n.log.Info("BGP status published again")
-					}
-					failing = false
-					last, published = up, now
+		peers := n.sp.Peers()
+		up := make(map[netip.Addr]bool, len(peers))
+		for _, p := range peers {
+			up[p.Address] = p.Established
+		}
+		now := time.Now()
+		due := !maps.Equal(up, last) || now.Sub(published) >= n.o.StatusInterval
+		if failing && now.Sub(failedAt) < statusRetry {
+			due = false
+		}
+		if due {
+			if err := n.o.Status(ctx, n.running.Load(), peers); err != nil {
+				if ctx.Err() != nil {
+					return
 				}
+				if !failing {
+					n.log.Warn("publish BGP status; retrying", "err", err)
+				}
+				failing, failedAt = true, now
+			} else {
+				if failing {
+					n.log.Info("BGP status published again")
+				}
+				failing = false
+				last, published = up, now
 			}
-		} else if ctx.Err() == nil {
-			n.log.Debug("status: list peers", "err", err)
 		}
 		select {
 		case <-ctx.Done():

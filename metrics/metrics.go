@@ -5,7 +5,6 @@
 package metrics
 
 import (
-	"context"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -34,9 +33,10 @@ type IPAM struct {
 	Allocated int
 }
 
-// Sources are read at every scrape. Any of them may be nil.
+// Sources are read at every scrape. Any of them may be nil. They must be
+// cheap: Peers reads the daemon's event-fed peer table, not the speaker.
 type Sources struct {
-	Peers  func(context.Context) ([]Peer, error)
+	Peers  func() []Peer
 	Routes func() map[string]int // installed routes by kind: native, ipip, vxlan, blackhole
 	IPAM   func() IPAM
 	// UnconfiguredConnections counts connections to the BGP port from
@@ -124,13 +124,7 @@ func (s *state) Describe(ch chan<- *prometheus.Desc) {
 
 func (s *state) Collect(ch chan<- prometheus.Metric) {
 	if s.src.Peers != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		peers, err := s.src.Peers(ctx)
-		cancel()
-		if err != nil {
-			ch <- prometheus.NewInvalidMetric(descUp, err)
-		}
-		for _, p := range peers {
+		for _, p := range s.src.Peers() {
 			addr := p.Address.String()
 			up := 0.0
 			if p.Established {

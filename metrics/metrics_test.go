@@ -1,7 +1,6 @@
 package metrics
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -15,11 +14,11 @@ import (
 
 func TestScrapeReadsSources(t *testing.T) {
 	m := New(Sources{
-		Peers: func(context.Context) ([]Peer, error) {
+		Peers: func() []Peer {
 			return []Peer{
 				{Address: netip.MustParseAddr("192.0.2.12"), AS: 64512, Established: true, Uptime: 90 * time.Second, Received: 3, Accepted: 3, Rejected: 2},
 				{Address: netip.MustParseAddr("192.0.2.254"), AS: 65000},
-			}, nil
+			}
 		},
 		Routes: func() map[string]int { return map[string]int{"native": 2, "blackhole": 1} },
 		IPAM: func() IPAM {
