@@ -198,8 +198,12 @@ func TestPendingReleaseRacingReAdd(t *testing.T) {
 		if _, err := a.ReleasePending(ctx, dir, nil); err != nil {
 			t.Fatal(err)
 		}
-		if al, ok := a.Get(id, "eth0"); !ok || al.IP != ip {
-			t.Fatalf("%s: re-added attachment lost %s to a DEL that began before the ADD: %+v %v", id, ip, al, ok)
+		// The record may be processed before the re-ADD arrives (then the
+		// ADD rightly gets a fresh address) or after it (then it must
+		// spare the re-ADD's address): either way the attachment ends up
+		// holding an address.
+		if al, ok := a.Get(id, "eth0"); !ok {
+			t.Fatalf("%s: re-added attachment (first %s) lost its address to a DEL that began before the ADD: %+v", id, ip, al)
 		}
 	}
 	cancel()
