@@ -65,6 +65,9 @@ var readOnlyMethods = map[string]bool{
 type apiGuard struct {
 	allowWrites bool
 	log         *slog.Logger
+	// listenPort is the BGP port the speaker listens on itself: GoBGP,
+	// started with none (listen.go), would report -1.
+	listenPort int32
 }
 
 // check refuses method (a full gRPC method name) unless it is a read, or
@@ -113,6 +116,11 @@ func (g *apiGuard) unary(ctx context.Context, req any, info *grpc.UnaryServerInf
 	resp, err := handler(ctx, req)
 	if m, ok := resp.(proto.Message); ok && err == nil {
 		resp = redacted(m)
+	}
+	if b, ok := resp.(*api.GetBgpResponse); ok && b.GetGlobal() != nil && g.listenPort != 0 {
+		b = proto.CloneOf(b)
+		b.Global.ListenPort = g.listenPort
+		resp = b
 	}
 	return resp, err
 }
@@ -256,7 +264,7 @@ func peerCred(c *net.UnixConn) (uid, pid int, err error) {
 
 // apiServerOptions are the gRPC server options for GoBGP's API.
 func (s *Speaker) apiServerOptions() []grpc.ServerOption {
-	g := &apiGuard{allowWrites: s.cfg.GRPCAllowWrites, log: s.log.With("api", "gobgp")}
+	g := &apiGuard{allowWrites: s.cfg.GRPCAllowWrites, log: s.log.With("api", "gobgp"), listenPort: s.cfg.BGPPort}
 	return []grpc.ServerOption{
 		grpc.Creds(ownerOnly{TransportCredentials: insecure.NewCredentials(), uid: os.Geteuid(), log: g.log}),
 		grpc.ChainUnaryInterceptor(g.unary),

@@ -213,8 +213,12 @@ func TestAPIReadOnlyAndRedacted(t *testing.T) {
 	if inside != "md5-s3cret-key" {
 		t.Fatalf("GoBGP itself should hold the password (else this test proves nothing), has %q", inside)
 	}
-	if _, err := c.GetBgp(ctx, &api.GetBgpRequest{}); err != nil {
+	// `gobgp global` shows the port the speaker listens on, not GoBGP's
+	// own "none" (listen.go).
+	if b, err := c.GetBgp(ctx, &api.GetBgpRequest{}); err != nil {
 		t.Errorf("GetBgp: %v", err)
+	} else if got := b.GetGlobal().GetListenPort(); got != sp.cfg.BGPPort {
+		t.Errorf("GetBgp says listen port %d, want %d", got, sp.cfg.BGPPort)
 	}
 
 	rib := func() []string {

@@ -120,3 +120,50 @@ func TestDialerFirst(t *testing.T) {
 		t.Errorf("saw the sessions of %d node pairs, want %d: %v", len(states), n*(n-1), states)
 	}
 }
+
+// TestListenerMD5Keys changes the password of a session live, then removes
+// it: the passive side's listener, the speaker's own, must carry each new
+// key (and drop the old one) for the session to come back.
+func TestListenerMD5Keys(t *testing.T) {
+	ctx := t.Context()
+	nodes := speakers(t, []struct {
+		as    uint32
+		block string
+	}{{64512, "10.244.1.0/24"}, {64512, "10.244.2.0/24"}}, [][2]int{{0, 1}},
+		func(_ int, c *config.Config) { c.Peers[0].Password = "first-key" })
+	// up waits for a session that came up after since.
+	up := func(what string, since time.Time) {
+		t.Helper()
+		waitFor(t, what, func() error {
+			for _, n := range nodes {
+				a := n.cfg.Peers[0].Address
+				if st, at, _, _, _ := n.sp.peerTab.session(a); !at.After(since) {
+					return fmt.Errorf("%s: session with %s %s, up since %v", n.cfg.Address, a, sessionStateName(st), at)
+				}
+			}
+			return nil
+		})
+	}
+	up("session with the first password", time.Time{})
+	for _, pw := range []string{"second-key", ""} {
+		changed := time.Now()
+		for _, n := range nodes {
+			peers := slices.Clone(n.cfg.Peers)
+			peers[0].Password = pw
+			if err := n.sp.SetPeers(ctx, peers); err != nil {
+				t.Fatal(err)
+			}
+		}
+		nodes[1].sp.mu.Lock()
+		keys := fmt.Sprint(nodes[1].sp.listener.keys)
+		nodes[1].sp.mu.Unlock()
+		want := "map[]"
+		if pw != "" {
+			want = "map[127.0.0.1:" + pw + "]"
+		}
+		if keys != want {
+			t.Errorf("passive side's listener keys %s, want %s", keys, want)
+		}
+		up(fmt.Sprintf("session with password %q", pw), changed)
+	}
+}
