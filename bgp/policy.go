@@ -73,11 +73,12 @@ func (s *Speaker) importPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 			sts = append(sts, act(n(name+"-"+strings.ToLower(rt.String())), cc, api.RouteAction_REJECT))
 		}
 	}
+	scope := s.importScopeLocked()
 	sets = append(sets, prefixSet(n("own"), []netip.Prefix{s.cfg.PodCIDR}))
 	learned("own-block", &api.Conditions{PrefixSet: match(n("own"), api.MatchSet_ANY)})
 	sets = append(sets, prefixSet(n("martians"), config.Martians))
 	learned("martians", &api.Conditions{PrefixSet: match(n("martians"), api.MatchSet_ANY)})
-	if !s.cfg.AcceptDefaultRoute {
+	if !scope.AcceptDefaultRoute {
 		sets = append(sets, exactPrefixSet(n("default"), netip.MustParsePrefix("0.0.0.0/0")))
 		learned("default-route", &api.Conditions{PrefixSet: match(n("default"), api.MatchSet_ANY)})
 	}
@@ -95,9 +96,9 @@ func (s *Speaker) importPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 			external = append(external, addr)
 		}
 	}
-	pools := len(s.cfg.Pools) > 0
+	pools := len(scope.Pools) > 0
 	if pools {
-		sets = append(sets, prefixSet(n("pools"), s.cfg.Pools))
+		sets = append(sets, prefixSet(n("pools"), scope.Pools))
 	}
 	if pools && len(nodes) > 0 {
 		sets = append(sets, neighborSet(n("nodes"), nodes))
@@ -133,7 +134,7 @@ func (s *Speaker) syncImportPolicyLocked(ctx context.Context, peers map[netip.Ad
 	if err != nil || !changed {
 		return err
 	}
-	if len(s.cfg.Pools) == 0 {
+	if len(s.importScopeLocked().Pools) == 0 {
 		s.log.Warn("no pod pools configured: accepting any prefix from nodes (set pools to restrict)")
 	}
 	// Paths already received were judged by the old policy.

@@ -51,6 +51,8 @@ type Speaker struct {
 	cfg       *config.Config
 	peers     map[netip.Addr]config.Peer
 	announced netip.Prefix
+	// scope is the import policy's, once SetImportScope set it (scope.go).
+	scope *ImportScope
 	// Generations of the import and export policies in force, and their
 	// content, to skip rebuilding an equal one.
 	importGen, exportGen int
