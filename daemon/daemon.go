@@ -53,11 +53,11 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 	}
 	defer enc.close()
 	// Before any pod gets an address, so its first packet out is NATed.
-	stopNAT, err := setupNAT(cfg, log)
+	natOut, err := setupNAT(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer stopNAT()
+	defer natOut.stop()
 
 	// Checked against the pods wired in this namespace: a lost or damaged
 	// store is rebuilt from them, never a fresh start under live pods.
@@ -128,7 +128,7 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 	changes.addAll()
 
 	n := &node{cfg: cfg, log: log, sp: sp, rec: rec, enc: enc, changes: changes, started: time.Now(),
-		ipamDone: served, best: map[netip.Prefix][]netip.Addr{}, o: o, obs: obs}
+		ipamDone: served, best: map[netip.Prefix][]netip.Addr{}, o: o, obs: obs, nat: natOut}
 	obs.attach(n)
 	n.running.Store(cfg)
 	o.Health.speakerStarted()
@@ -167,6 +167,11 @@ type node struct {
 	// peersFailed means the last SetPeers did not fully apply; the next
 	// resync tries again.
 	peersFailed bool
+	// nat, scopeFailed (like peersFailed) and restart: live changes and
+	// restarts (live.go).
+	nat         *natOutgoing
+	scopeFailed bool
+	restart     pendingRestart
 }
 
 // resyncJitter is the most a full resync is delayed past resyncInterval, as
@@ -202,9 +207,9 @@ func (n *node) loop(ctx context.Context) error {
 		case <-n.changes.ready:
 			n.applyChanges(ctx)
 		case next := <-n.o.Updates:
-			if err := n.update(ctx, next); err != nil {
-				return err
-			}
+			n.update(ctx, next)
+		case <-n.restart.due():
+			return n.restartNow()
 		case <-check.C:
 			n.o.Health.Beat()
 			if !n.synced {
@@ -213,9 +218,7 @@ func (n *node) loop(ctx context.Context) error {
 			n.checkIPAMSocket()
 		case <-resync.C:
 			n.fullSync(ctx)
-			if n.peersFailed {
-				n.setPeers(ctx, n.cfg.Peers)
-			}
+			n.retryLive(ctx)
 			// Only the API's writers (grpcAllowWrites) change GoBGP
 			// behind the config's back: undo what they did.
 			if n.cfg.GRPCAllowWrites {

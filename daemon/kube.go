@@ -38,8 +38,9 @@ var errSourceStopped = errors.New("kubernetes config source stopped")
 
 // RunKubernetes runs the node with its config from the Kubernetes API: it
 // waits for the first complete config (the Node needs spec.podCIDR and an
-// InternalIP), starts the node with it, applies later peer changes live and
-// returns ErrRestartRequired on any other change. It writes the node's
+// InternalIP), starts the node with it, applies later changes live where
+// it can (peers, pools, NAT) and returns ErrRestartRequired, after a random
+// delay, on a change that needs a restart (live.go). It writes the node's
 // BGPNodeStatus and releases the addresses of pods deleted from the node.
 func RunKubernetes(ctx context.Context, o KubeOptions, log *slog.Logger) error {
 	src, err := kube.NewSource(o.Rest, o.NodeName, o.Base, log, o.SourceOptions...)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/nexthop-net/nexthop/config"
@@ -26,59 +27,140 @@ func natRules(cfg *config.Config) nat.Rules {
 	}
 }
 
-// setupNAT puts the node's outgoing NAT (table ip nexthop-nat) in line
-// with cfg before pods get addresses, then re-checks it every
-// resyncInterval, repairing whatever was changed behind our back. With
-// natOutgoing off it removes the table a former run left. The returned
-// stop ends the re-checks and leaves the table in place: a restart keeps
-// pods' outgoing connections, and the next start reconciles.
-func setupNAT(cfg *config.Config, log *slog.Logger) (stop func(), err error) {
+func sameRules(a, b nat.Rules) bool {
+	return a.Enabled == b.Enabled && slices.Equal(a.Sources, b.Sources) && slices.Equal(a.Exclude, b.Exclude)
+}
+
+// natWant is what the NAT goroutine keeps in force, and how often it checks.
+type natWant struct {
+	rules nat.Rules
+	every time.Duration
+}
+
+// natOutgoing keeps the node's outgoing NAT (table ip nexthop-nat) in line
+// with the config: set at start, re-checked every resyncInterval
+// (repairing whatever was changed behind our back), and changed live when
+// the pools, natOutgoing or natOutgoingExclude change.
+type natOutgoing struct {
+	log *slog.Logger
+	// want delivers new settings to the goroutine; only the latest counts.
+	want   chan natWant
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// setupNAT puts the NAT in line with cfg before pods get addresses and
+// starts the goroutine that keeps it so. With natOutgoing off it removes
+// the table a former run left. stop ends the goroutine and leaves the table
+// in place: a restart keeps pods' outgoing connections, and the next start
+// reconciles.
+func setupNAT(cfg *config.Config, log *slog.Logger) (*natOutgoing, error) {
 	rules := natRules(cfg)
 	m, err := nat.New(0, log)
 	if err != nil {
-		if !rules.Enabled {
-			log.Warn("natOutgoing off; cannot check for a NAT table left by a former run", "err", err)
-			return func() {}, nil
+		if rules.Enabled {
+			return nil, fmt.Errorf("natOutgoing: %w", err)
 		}
-		return nil, fmt.Errorf("natOutgoing: %w", err)
-	}
-	if err := m.Sync(context.Background(), rules); err != nil {
+		log.Warn("natOutgoing off; cannot check for a NAT table left by a former run", "err", err)
+		m = nil
+	} else if err := m.Sync(context.Background(), rules); err != nil {
 		m.Close()
-		if !rules.Enabled {
-			// A kernel without nf_tables has no table of ours either.
-			log.Warn("natOutgoing off; could not remove a NAT table left by a former run", "table", "ip "+nat.Table, "err", err)
-			return func() {}, nil
+		if rules.Enabled {
+			return nil, fmt.Errorf("natOutgoing: set up table ip %s (needs nf_tables and nf_nat in the kernel): %w", nat.Table, err)
 		}
-		return nil, fmt.Errorf("natOutgoing: set up table ip %s (needs nf_tables and nf_nat in the kernel): %w", nat.Table, err)
+		// A kernel without nf_tables has no table of ours either.
+		log.Warn("natOutgoing off; could not remove a NAT table left by a former run", "table", "ip "+nat.Table, "err", err)
+		m = nil
 	}
-	if !rules.Enabled {
-		m.Close()
+	if rules.Enabled {
+		log.Info("natOutgoing on", "table", "ip "+nat.Table, "sources", rules.Sources, "exclude", rules.Exclude)
+	} else {
 		log.Info("natOutgoing off")
-		return func() {}, nil
 	}
-	log.Info("natOutgoing on", "table", "ip "+nat.Table, "sources", rules.Sources, "exclude", rules.Exclude)
-
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(cfg.ResyncInterval.Duration)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				// Sync logs what it repairs.
-				if err := m.Sync(ctx, rules); err != nil && ctx.Err() == nil {
-					log.Error("natOutgoing: resync", "table", "ip "+nat.Table, "err", err)
-				}
-			}
+	o := &natOutgoing{log: log, want: make(chan natWant, 1), cancel: cancel, done: make(chan struct{})}
+	go o.run(ctx, m, natWant{rules: rules, every: cfg.ResyncInterval.Duration})
+	return o, nil
+}
+
+// set has the goroutine apply cfg's NAT settings; it does not block.
+func (o *natOutgoing) set(cfg *config.Config) {
+	w := natWant{rules: natRules(cfg), every: cfg.ResyncInterval.Duration}
+	for {
+		select {
+		case o.want <- w:
+			return
+		default:
+		}
+		select {
+		case <-o.want: // superseded
+		default:
+		}
+	}
+}
+
+func (o *natOutgoing) stop() {
+	o.cancel()
+	<-o.done
+}
+
+func (o *natOutgoing) run(ctx context.Context, m *nat.Manager, cur natWant) {
+	defer close(o.done)
+	defer func() {
+		if m != nil {
+			m.Close()
 		}
 	}()
-	return func() {
-		cancel()
-		<-done
-		m.Close()
-	}, nil
+	t := time.NewTicker(cur.every)
+	defer t.Stop()
+	// failed: the last sync did not apply; the next tick tries again.
+	failed := false
+	sync := func() {
+		if m == nil {
+			var err error
+			if m, err = nat.New(0, o.log); err != nil {
+				o.log.Error("natOutgoing: open nftables; trying again every resyncInterval", "err", err)
+				failed = true
+				return
+			}
+		}
+		// Sync logs what it repairs.
+		if err := m.Sync(ctx, cur.rules); err != nil {
+			if ctx.Err() == nil {
+				o.log.Error("natOutgoing: sync; trying again every resyncInterval", "table", "ip "+nat.Table, "err", err)
+			}
+			failed = true
+			return
+		}
+		failed = false
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case w := <-o.want:
+			if w.every != cur.every {
+				t.Reset(w.every)
+			}
+			changed := !sameRules(w.rules, cur.rules)
+			cur = w
+			if !changed {
+				continue
+			}
+			sync()
+			if failed {
+				continue
+			}
+			if cur.rules.Enabled {
+				o.log.Info("natOutgoing on (applied live)", "table", "ip "+nat.Table, "sources", cur.rules.Sources, "exclude", cur.rules.Exclude)
+			} else {
+				o.log.Info("natOutgoing off (applied live)")
+			}
+		case <-t.C:
+			// Off, nothing is left to repair once the table is gone.
+			if cur.rules.Enabled || failed {
+				sync()
+			}
+		}
+	}
 }

@@ -8,8 +8,6 @@ import (
 	"maps"
 	"net/netip"
 	"os"
-	"reflect"
-	"strings"
 	"sync"
 	"time"
 
@@ -39,9 +37,11 @@ var ErrRestartRequired = errors.New("config change needs a restart")
 // standalone daemon: one config, no status, no reclaim.
 type Options struct {
 	// Updates delivers later configs for the same node, each complete and
-	// validated. Peer changes apply live; any other change ends the run
-	// with ErrRestartRequired.
-	Updates <-chan *config.Config
+	// validated. What can change live applies live (live.go); a change to
+	// a field that needs a restart ends the run with ErrRestartRequired
+	// after a random delay of up to RestartSpread (0: DefaultRestartSpread).
+	Updates       <-chan *config.Config
+	RestartSpread time.Duration
 	// Health, when set, follows the run for /healthz and /readyz.
 	Health *Health
 	// Status, when set, is given every session's state whenever a session
@@ -61,6 +61,9 @@ func (o *Options) defaults() {
 	}
 	if o.ReclaimInterval <= 0 {
 		o.ReclaimInterval = DefaultReclaimInterval
+	}
+	if o.RestartSpread <= 0 {
+		o.RestartSpread = DefaultRestartSpread
 	}
 }
 
@@ -82,57 +85,6 @@ func ensureForwarding(path string) error {
 		}
 		return fmt.Errorf("net.ipv4.ip_forward is %s and cannot be set here (in Kubernetes the init container sets it): %w", state, werr)
 	}
-	return nil
-}
-
-// restartReason lists the fields that differ between cur and next other
-// than the peers, which apply live; empty when there are none. Every other
-// field (address, AS, pod CIDR, port, cluster ID, encapsulation, paths) is
-// fixed at start by the speaker, the reconciler, the tunnel or the IPAM.
-func restartReason(cur, next *config.Config) string {
-	a, b := *cur, *next
-	a.Peers, b.Peers = nil, nil
-	if reflect.DeepEqual(a, b) {
-		return ""
-	}
-	var diffs []string
-	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
-	for i := range va.NumField() {
-		if reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
-			continue
-		}
-		f := va.Type().Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		if name == "" {
-			name = f.Name
-		}
-		diffs = append(diffs, fmt.Sprintf("%s %s -> %s", name, show(va.Field(i)), show(vb.Field(i))))
-	}
-	return strings.Join(diffs, ", ")
-}
-
-// show prints a config value for a log line; a zero value is "unset"
-// rather than netip's "invalid IP" or an empty string.
-func show(v reflect.Value) string {
-	if v.IsZero() {
-		return "unset"
-	}
-	return fmt.Sprint(v.Interface())
-}
-
-// update takes over a later config: peers live, anything else by exiting.
-func (n *node) update(ctx context.Context, next *config.Config) error {
-	if next == nil {
-		return nil
-	}
-	if why := restartReason(n.cfg, next); why != "" {
-		n.log.Warn("config changed in a way a running node cannot apply; exiting to be restarted (routes stay, peers hold ours by graceful restart)",
-			"changes", why)
-		return fmt.Errorf("%w: %s", ErrRestartRequired, why)
-	}
-	n.cfg = next
-	n.running.Store(next)
-	n.setPeers(ctx, next.Peers)
 	return nil
 }
 

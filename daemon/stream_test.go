@@ -25,39 +25,6 @@ func testConfig() *config.Config {
 	return c
 }
 
-func TestRestartReason(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		change func(*config.Config)
-		want   string // substring; "" means live
-	}{
-		{"nothing", func(*config.Config) {}, ""},
-		{"peer added", func(c *config.Config) {
-			c.Peers = append(c.Peers, config.Peer{Address: netip.MustParseAddr("192.0.2.254"), AS: 65000})
-			c.Normalize()
-		}, ""},
-		{"peers removed", func(c *config.Config) { c.Peers = nil }, ""},
-		{"peer becomes a route-reflector client", func(c *config.Config) { c.Peers[0].RouteReflectorClient = true }, ""},
-		{"pod CIDR", func(c *config.Config) { c.PodCIDR = netip.MustParsePrefix("10.244.9.0/24") }, "podCIDR 10.244.1.0/24 -> 10.244.9.0/24"},
-		{"address", func(c *config.Config) { c.Address = netip.MustParseAddr("192.0.2.99") }, "address"},
-		{"AS", func(c *config.Config) { c.LocalAS = 65010 }, "localAS 64512 -> 65010"},
-		{"port", func(c *config.Config) { c.BGPPort = 1179 }, "bgpPort"},
-		{"cluster ID", func(c *config.Config) { c.RouteReflectorClusterID = netip.MustParseAddr("224.0.0.1") }, "routeReflectorClusterID"},
-		{"encapsulation", func(c *config.Config) { c.IPIPMode = config.Always }, "ipipMode Never -> Always"},
-		{"cluster ID shown", func(c *config.Config) { c.RouteReflectorClusterID = netip.MustParseAddr("224.0.0.1") }, "routeReflectorClusterID unset -> 224.0.0.1"},
-		{"VXLAN settings", func(c *config.Config) { c.VXLAN.VNI = 7 }, "vxlan"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			cur, next := testConfig(), testConfig()
-			tc.change(next)
-			got := restartReason(cur, next)
-			if tc.want == "" && got != "" || tc.want != "" && !strings.Contains(got, tc.want) {
-				t.Fatalf("restartReason = %q, want %q", got, tc.want)
-			}
-		})
-	}
-}
-
 func TestEnsureForwarding(t *testing.T) {
 	dir := t.TempDir()
 	on := filepath.Join(dir, "on")
