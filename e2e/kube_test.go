@@ -380,13 +380,17 @@ func TestKubernetes(t *testing.T) {
 		}
 	}
 
+	k.poolChangesApplyLive(n1, n2, all, pids)
+
 	// The mesh off, node1 a route reflector: routes still reach every node.
 	// Becoming a reflector changes node1's own BGP identity (cluster ID),
 	// which needs a restart: its daemon exits non-zero and, as the kubelet
 	// would, the test starts it again.
 	k.mustKubectl("", "label", "node", n1.Name, nexthopv1.LabelRouteReflector+"=true")
 	k.mustKubectl(meshOffYAML, "apply", "-f", "-")
-	waitFor(t, convergeTimeout, "node1's daemon exiting to become a route reflector", func() error {
+	// Each node waits a random 1-30 s (daemon.DefaultRestartSpread) before
+	// it exits, so that nodes do not all restart at once.
+	waitFor(t, convergeTimeout+30*time.Second, "node1's daemon exiting to become a route reflector", func() error {
 		exited, code := n1.DaemonExit()
 		if !exited {
 			return errors.New("still running")
@@ -433,4 +437,92 @@ func TestKubernetes(t *testing.T) {
 		return nil
 	})
 	k.mustKubectl("", "get", "bgpnodestatuses")
+}
+
+// secondPoolYAML is a pool holding no node's block, disabled or not.
+func secondPoolYAML(disabled bool) string {
+	return fmt.Sprintf(`apiVersion: nexthop.io/v1
+kind: IPPool
+metadata:
+  name: second
+spec:
+  cidr: 10.250.0.0/16
+  disabled: %v
+`, disabled)
+}
+
+// poolChangesApplyLive: IPPools created, disabled and changed while the
+// daemons run restart none of them, and the import scope follows. The ToR
+// (a BGPPeer of the rack-a nodes n1 and n2) sends 10.250.1.0/24: outside
+// every pool, an external route the rack-a nodes install. A second pool
+// covering it makes it a pod range, which only nodes may send: it leaves
+// their kernels. The pool disabled, the route is back. natOutgoing turned
+// on and off in the nodes' pool applies live too.
+func (k *kubeCluster) poolChangesApplyLive(n1, n2 *Node, all []*Node, pids map[*Node]int) {
+	t, c := k.t, k.c
+	t.Helper()
+	ext := netip.MustParsePrefix("10.250.1.0/24")
+	rackA := []*Node{n1, n2}
+	hasExt := func(want bool) func() error {
+		return func() error {
+			for _, n := range rackA {
+				rs, err := c.NexthopRoutes(n)
+				if err != nil {
+					return err
+				}
+				has := slices.ContainsFunc(rs, func(r Route) bool { return r.Dst == ext })
+				if has != want {
+					return fmt.Errorf("%s has a route to %s: %v, want %v (routes %v)", n.Name, ext, has, want, rs)
+				}
+			}
+			return nil
+		}
+	}
+	k.mustKubectl(torPeerYAML, "apply", "-f", "-")
+	if err := c.ToR.Announce(ext); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, convergeTimeout, "the ToR's 10.250.1.0/24, outside every pool, in the rack-a kernels", hasExt(true))
+
+	k.mustKubectl(secondPoolYAML(false), "apply", "-f", "-")
+	waitFor(t, convergeTimeout, "10.250.1.0/24 refused from the ToR once a pool holds it", hasExt(false))
+	k.mustKubectl(secondPoolYAML(true), "apply", "-f", "-")
+	waitFor(t, convergeTimeout, "10.250.1.0/24 accepted from the ToR again once its pool is disabled", hasExt(true))
+	for _, n := range rackA {
+		if err := n.LogContains("import scope applied live"); err != nil {
+			t.Error(err)
+		}
+	}
+
+	// natOutgoing in the nodes' own pool.
+	for _, on := range []bool{true, false} {
+		k.mustKubectl("", "patch", "ippool", "default", "--type=merge", "-p", fmt.Sprintf(`{"spec":{"natOutgoing":%v}}`, on))
+		want := "natOutgoing off (applied live)"
+		if on {
+			want = "natOutgoing on (applied live)"
+		}
+		waitFor(t, convergeTimeout, "every node: "+want, func() error {
+			var errs []error
+			for _, n := range all {
+				errs = append(errs, n.LogContains(want))
+			}
+			return errors.Join(errs...)
+		})
+	}
+
+	if err := c.ToR.Withdraw(ext); err != nil {
+		t.Fatal(err)
+	}
+	k.mustKubectl("", "delete", "bgppeer", "tor-rack-a")
+	k.mustKubectl("", "delete", "ippool", "second")
+	waitFor(t, convergeTimeout, "the mesh alone again", func() error { return meshConverged(c, all) })
+	for _, n := range all {
+		if n.DaemonPid() != pids[n] || !n.Running() {
+			exited, code := n.DaemonExit()
+			t.Fatalf("%s's daemon restarted for IPPool changes (pid %d, was %d; exited %v, code %d)", n.Name, n.DaemonPid(), pids[n], exited, code)
+		}
+		if err := n.LogContains("exiting to be restarted"); err == nil {
+			t.Fatalf("%s's daemon scheduled a restart for IPPool changes", n.Name)
+		}
+	}
 }
