@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
+	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -161,12 +165,39 @@ func TestRestartKeepsLearnedRoutes(t *testing.T) {
 		return nil
 	}
 	waitFor(t, 60*time.Second, "all 10,000 ToR routes in node1's kernel", count)
+	// Traffic that only the learned routes carry: a server at 10.100.0.10
+	// behind the ToR (inside its first announced /24), and node1 without
+	// its default route.
+	inet, err := c.AddInternet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := netip.MustParseAddr("10.100.0.10")
+	for _, s := range [][]string{
+		{"ip", "-n", inet, "addr", "add", target.String() + "/32", "dev", "eth0"},
+		{"ip", "-n", c.ToR.NS, "route", "add", prefixes[0].String(), "via", InternetServer.String()},
+		{"ip", "-n", n1.NS, "route", "del", "default"},
+	} {
+		if out, err := run(s...); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+	}
+	if out, err := Exec(n1.NS, "ping", "-n", "-c", "2", "-W", "2", target.String()); err != nil {
+		t.Fatalf("node1 cannot reach %s over its learned route: %v\n%s", target, err, out)
+	}
 	for _, stop := range []struct {
 		name string
 		do   func(*Node) error
 	}{{"SIGTERM", c.StopDaemon}, {"SIGKILL", c.KillDaemon}} {
 		t.Run(stop.name, func(t *testing.T) {
 			s := startRouteSampler(t, n1, inScale, 20*time.Millisecond)
+			// 50 pings a second over one of the learned routes.
+			ping := exec.Command("ip", "netns", "exec", n1.NS, "ping", "-n", "-i", "0.02", "-W", "1", target.String())
+			var pingOut bytes.Buffer
+			ping.Stdout, ping.Stderr = &pingOut, &pingOut
+			if err := ping.Start(); err != nil {
+				t.Fatal(err)
+			}
 			time.Sleep(200 * time.Millisecond)
 			if err := stop.do(n1); err != nil {
 				t.Fatal(err)
@@ -178,6 +209,16 @@ func TestRestartKeepsLearnedRoutes(t *testing.T) {
 			waitFor(t, restartTimeout, "node1's initial sync", func() error { return n1.LogContains("initial sync:") })
 			// Past the sync, the deletions it made (none, we want) are in.
 			time.Sleep(time.Second)
+			ping.Process.Signal(syscall.SIGINT)
+			ping.Wait()
+			m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`).FindStringSubmatch(pingOut.String())
+			if m == nil {
+				t.Fatalf("no ping summary:\n%s", pingOut.String())
+			}
+			t.Logf("%s restart: %s pings sent to %s, %s received", stop.name, m[1], target, m[2])
+			if m[1] != m[2] {
+				t.Errorf("pings over a learned route lost across a %s restart: %s sent, %s received", stop.name, m[1], m[2])
+			}
 			samples, min, minAt, errs := s.result()
 			t.Logf("%s restart: %d samples, lowest %d (at %s), %d interrupted dumps", stop.name, samples, min, minAt.Format("15:04:05.000"), errs)
 			if err := n1.LogContains("restarting=true"); err != nil {
