@@ -1,7 +1,6 @@
 package cniplugin
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/nexthop-net/nexthop/config"
+	"github.com/nexthop-net/nexthop/internal/syncbuf"
 	"github.com/nexthop-net/nexthop/ipam"
 )
 
@@ -35,25 +34,8 @@ type ipamDaemon struct {
 	sock  string
 
 	alloc *ipam.Allocator
-	logs  *syncBuffer
+	logs  *syncbuf.Buffer
 	stop  func()
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func newIPAMDaemon(t *testing.T, block string) *ipamDaemon {
@@ -82,7 +64,7 @@ func (d *ipamDaemon) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.alloc = a
-	d.logs = &syncBuffer{}
+	d.logs = &syncbuf.Buffer{}
 	log := slog.New(slog.NewTextHandler(d.logs, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,12 +12,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nexthop-net/nexthop/bgp"
 	"github.com/nexthop-net/nexthop/config"
+	"github.com/nexthop-net/nexthop/internal/syncbuf"
 )
 
 // The tests of issue #11, item 1: GoBGP's API is for inspection.
@@ -272,23 +271,7 @@ func TestGobgpAPIReadOnly(t *testing.T) {
 	})
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncbuf.Buffer is a bytes.Buffer safe for a logger and a reader at once.
 
 // The default API address is a unix socket only root may use: the stock
 // CLI reaches it with --target as root, and a user who is not root cannot,
@@ -315,7 +298,7 @@ func TestGobgpAPIUnixSocketRootOnly(t *testing.T) {
 	cfg.Normalize()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var logBuf syncBuffer
+	var logBuf syncbuf.Buffer
 	sp := bgp.New(cfg, slog.New(slog.NewTextHandler(&logBuf, nil)))
 	if err := sp.Start(ctx); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package kube
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -23,6 +22,7 @@ import (
 
 	nexthopv1 "github.com/nexthop-net/nexthop/api/v1"
 	"github.com/nexthop-net/nexthop/config"
+	"github.com/nexthop-net/nexthop/internal/syncbuf"
 	"github.com/nexthop-net/nexthop/kubetest"
 )
 
@@ -121,24 +121,7 @@ type watcher struct {
 	cur *Desired
 	n   int
 	ch  chan struct{}
-	log *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	log *syncbuf.Buffer
 }
 
 func base() config.Config {
@@ -150,7 +133,7 @@ func (c *cluster) watch(node string, rc *rest.Config, opts ...Option) *watcher {
 	if rc == nil {
 		rc = c.env.Config
 	}
-	w := &watcher{t: c.t, ch: make(chan struct{}, 1), log: &syncBuffer{}}
+	w := &watcher{t: c.t, ch: make(chan struct{}, 1), log: &syncbuf.Buffer{}}
 	h := slog.NewTextHandler(w.log, &slog.HandlerOptions{Level: slog.LevelDebug})
 	src, err := NewSource(rc, node, base(), slog.New(h), opts...)
 	if err != nil {
