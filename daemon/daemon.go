@@ -128,7 +128,8 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 	changes.addAll()
 
 	n := &node{cfg: cfg, log: log, sp: sp, rec: rec, enc: enc, changes: changes, started: time.Now(),
-		ipamDone: served, best: map[netip.Prefix][]netip.Addr{}, o: o, obs: obs, nat: natOut}
+		ipamDone: served, o: o, obs: obs, nat: natOut,
+		prog: newProgramming(log, sp, enc, rec, obs.programmed)}
 	obs.attach(n)
 	n.running.Store(cfg)
 	o.Health.speakerStarted()
@@ -151,8 +152,8 @@ type node struct {
 	rec     *routes.Reconciler
 	enc     *encap
 	changes *pending
-	// best is every learned prefix's best-path next hops, as last read.
-	best    map[netip.Prefix][]netip.Addr
+	// prog reads, decides and writes best paths, and retries what failed.
+	prog    *programming
 	started time.Time
 	synced  bool
 	// syncedFlag mirrors synced for readers beside the loop (status).
@@ -205,7 +206,10 @@ func (n *node) loop(ctx context.Context) error {
 			}
 			return fmt.Errorf("IPAM server on %s stopped: %w", n.cfg.IPAMSocket, err)
 		case <-n.changes.ready:
-			n.applyChanges(ctx)
+			prefixes, all, since := n.changes.take()
+			n.prog.changes(ctx, prefixes, all, since)
+		case <-n.prog.due():
+			n.prog.retryDue(ctx)
 		case next := <-n.o.Updates:
 			n.update(ctx, next)
 		case <-n.restart.due():
@@ -217,7 +221,7 @@ func (n *node) loop(ctx context.Context) error {
 			}
 			n.checkIPAMSocket()
 		case <-resync.C:
-			n.fullSync(ctx)
+			n.prog.fullSync(ctx, time.Now())
 			n.retryLive(ctx)
 			// Only the API's writers (grpcAllowWrites) change GoBGP
 			// behind the config's back: undo what they did.
@@ -229,62 +233,6 @@ func (n *node) loop(ctx context.Context) error {
 			resync.Reset(wait.Jitter(n.cfg.ResyncInterval.Duration, resyncJitter))
 		}
 	}
-}
-
-func (n *node) applyChanges(ctx context.Context) {
-	prefixes, all, since := n.changes.take()
-	var best map[netip.Prefix][]netip.Addr
-	var err error
-	if all || len(prefixes) > fullRefreshAbove {
-		best, err = n.sp.BestPaths(ctx, nil)
-	} else {
-		best, err = n.sp.BestPaths(ctx, prefixes)
-	}
-	if err != nil {
-		n.log.Error("read best paths", "prefixes", len(prefixes), "err", err)
-		if all {
-			n.changes.addAll()
-		}
-		n.changes.add(prefixes) // try again
-		return
-	}
-	if all || len(prefixes) > fullRefreshAbove {
-		for p := range n.best {
-			if _, ok := best[p]; !ok {
-				prefixes = append(prefixes, p)
-			}
-		}
-	}
-	for p, gws := range best {
-		n.best[p] = gws
-	}
-	for _, p := range prefixes {
-		if _, ok := best[p]; !ok {
-			delete(n.best, p)
-			best[p] = nil // withdrawn
-		}
-	}
-	n.program(ctx, since, best, false, func(upd map[netip.Prefix][]routes.Hop) error { return n.rec.Apply(ctx, upd) })
-}
-
-// program turns best paths into kernel next hops, brings the tunnel's
-// forwarding entries up to date first, then writes the routes with write.
-// since is when the oldest of these changes was seen, for the latency metric;
-// full says best is the whole RIB rather than a batch of changes.
-func (n *node) program(ctx context.Context, since time.Time, best map[netip.Prefix][]netip.Addr, full bool, write func(map[netip.Prefix][]routes.Hop) error) {
-	d, err := n.enc.decide(best)
-	if err != nil {
-		n.log.Error("decide encapsulation", "err", err)
-		return
-	}
-	if err := n.enc.syncVXLANPeers(d, full); err != nil {
-		n.log.Error("VXLAN forwarding entries", "err", err)
-	}
-	err = write(d.Hops)
-	if err != nil {
-		n.log.Error("program routes", "err", err)
-	}
-	n.obs.programmed(since, err)
 }
 
 // maybeInitialSync runs the first full sync, which deletes our stale routes,
@@ -307,22 +255,18 @@ func (n *node) maybeInitialSync(ctx context.Context) {
 	n.sp.TablesIn()
 	n.synced = true
 	n.syncedFlag.Store(true)
-	n.fullSync(ctx)
+	n.prog.fullSync(ctx, time.Now())
 	if err := n.rec.EnablePrune(ctx); err != nil {
 		n.log.Error("initial sync: prune stale routes", "err", err)
+		// What it could not write is tried again with backoff; anything
+		// else waits for the next resync.
+		var pe routes.PrefixErrors
+		if errors.As(err, &pe) {
+			n.prog.failed(pe, time.Now(), time.Now())
+			n.prog.arm()
+		}
 	}
 	n.o.Health.routesSynced()
-}
-
-// fullSync reconciles the whole kernel state with the whole RIB.
-func (n *node) fullSync(ctx context.Context) {
-	best, err := n.sp.BestPaths(ctx, nil)
-	if err != nil {
-		n.log.Error("resync: read best paths", "err", err)
-		return
-	}
-	n.best = best
-	n.program(ctx, time.Now(), best, true, func(all map[netip.Prefix][]routes.Hop) error { return n.rec.Replace(ctx, all) })
 }
 
 // pending collects changed prefixes from GoBGP's event goroutine without

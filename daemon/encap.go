@@ -7,6 +7,7 @@ import (
 	"net/netip"
 
 	"github.com/nexthop-net/nexthop/config"
+	"github.com/nexthop-net/nexthop/routes"
 	"github.com/nexthop-net/nexthop/tunnel"
 )
 
@@ -94,6 +95,20 @@ func (e *encap) decide(best map[netip.Prefix][]netip.Addr) (tunnel.Decision, err
 		}
 	}
 	return e.o.Decide(best, connected), nil
+}
+
+// hops is the loop's hopDecider: the decision's next hops, once the VXLAN
+// entries they need are in place (a failure there is logged and the
+// routes are written anyway, as the next batch or resync tries again).
+func (e *encap) hops(best map[netip.Prefix][]netip.Addr, full bool) (map[netip.Prefix][]routes.Hop, error) {
+	d, err := e.decide(best)
+	if err != nil {
+		return nil, fmt.Errorf("decide encapsulation: %w", err)
+	}
+	if err := e.syncVXLANPeers(d, full); err != nil {
+		e.log.Error("VXLAN forwarding entries", "err", err)
+	}
+	return d.Hops, nil
 }
 
 // syncVXLANPeers keeps the VXLAN device's static entries to the nodes that

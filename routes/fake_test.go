@@ -23,6 +23,8 @@ type fakeKernel struct {
 	// linkEv and addrEv are the notifications not yet drained.
 	linkEv, addrEv bool
 	calls          map[string]int
+	// failAdd makes adds of these prefixes fail with the error.
+	failAdd map[netip.Prefix]error
 }
 
 func newFake() *fakeKernel {
@@ -90,6 +92,9 @@ func (f *fakeKernel) routes(filter *netlink.Route, mask uint64) ([]netlink.Route
 func (f *fakeKernel) add(kr *netlink.Route) error {
 	f.calls["add"]++
 	p, _ := prefixOf(kr.Dst)
+	if err := f.failAdd[p]; err != nil {
+		return err
+	}
 	if _, ok := f.table[p]; ok {
 		return unix.EEXIST
 	}
@@ -333,5 +338,32 @@ func TestSyncReadsEverythingBack(t *testing.T) {
 	wantCalls(t, "full resync", f.take(), map[string]int{"addrs": 1, "routes": 1, "add": 1})
 	if got := f.via(nth(0)); got != gw2.String() {
 		t.Errorf("Sync did not repair the deleted route: %s", got)
+	}
+}
+
+// TestApplyPartialFailure: a batch in which one route cannot be added
+// writes the others and names just the failed prefix in its error.
+func TestApplyPartialFailure(t *testing.T) {
+	ctx := context.Background()
+	k := newFake()
+	r := newReconciler(k, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	gw := Gateways(netip.MustParseAddr("192.0.2.11"))
+	bad := nth(1)
+	k.failAdd = map[netip.Prefix]error{bad: unix.ENOBUFS}
+	err := r.Apply(ctx, map[netip.Prefix][]Hop{nth(0): gw, bad: gw, nth(2): gw})
+	var pe PrefixErrors
+	if !errors.As(err, &pe) || len(pe) != 1 || pe[bad] == nil || !errors.Is(err, unix.ENOBUFS) {
+		t.Fatalf("Apply = %v, want PrefixErrors naming only %s", err, bad)
+	}
+	if _, ok := k.table[nth(0)]; !ok {
+		t.Fatalf("%s not written beside the failure", nth(0))
+	}
+	if _, ok := k.table[nth(2)]; !ok {
+		t.Fatalf("%s not written beside the failure", nth(2))
+	}
+	// Once the kernel takes it, the same batch again is clean.
+	k.failAdd = nil
+	if err := r.Apply(ctx, map[netip.Prefix][]Hop{bad: gw}); err != nil {
+		t.Fatalf("retry of %s: %v", bad, err)
 	}
 }

@@ -280,7 +280,7 @@ func (r *Reconciler) Sync(ctx context.Context) error {
 			want[p] = e
 		}
 	}
-	var errs []error
+	failed := PrefixErrors{}
 	for p, e := range actual {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -293,7 +293,7 @@ func (r *Reconciler) Sync(ctx context.Context) error {
 			continue
 		}
 		if err := r.deleteLocked(p); err != nil {
-			errs = append(errs, err)
+			failed[p] = err
 		} else {
 			r.log.Info("removed stale route", "dst", p, "route", e)
 		}
@@ -307,10 +307,10 @@ func (r *Reconciler) Sync(ctx context.Context) error {
 			continue
 		}
 		if err := r.installLocked(p, e); err != nil {
-			errs = append(errs, err)
+			failed[p] = err
 		}
 	}
-	return errors.Join(errs...)
+	return failed.orNil()
 }
 
 // OwnedInKernel counts the routes of ours the kernel holds right now. At
@@ -371,7 +371,7 @@ func (r *Reconciler) applyLocked(ctx context.Context, touched []netip.Prefix) er
 	if changed {
 		touched = r.desiredPrefixesLocked(touched)
 	}
-	var errs []error
+	failed := PrefixErrors{}
 	for _, p := range touched {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -383,17 +383,48 @@ func (r *Reconciler) applyLocked(ctx context.Context, touched []netip.Prefix) er
 			delete(r.refused, p)
 		case wanted:
 			if err := r.installLocked(p, e); err != nil {
-				errs = append(errs, err)
+				failed[p] = err
 			}
 		case have:
 			// A withdraw removes the route whether or not pruning is on:
 			// the speaker told us explicitly it is gone.
 			if err := r.deleteLocked(p); err != nil {
-				errs = append(errs, err)
+				failed[p] = err
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return failed.orNil()
+}
+
+// PrefixErrors is the error of an Apply or Sync that wrote every prefix
+// but these: each failed prefix and why. Any other error means the call
+// wrote nothing it was asked to, or stopped part way (ctx ended).
+type PrefixErrors map[netip.Prefix]error
+
+// prefixErrorsShown bounds the message: a batch of thousands failing for
+// one reason should not make a log line of thousands.
+const prefixErrorsShown = 3
+
+func (e PrefixErrors) Error() string {
+	ps := slices.SortedFunc(maps.Keys(e), netip.Prefix.Compare)
+	parts := make([]string, 0, prefixErrorsShown+1)
+	for i, p := range ps {
+		if i == prefixErrorsShown {
+			parts = append(parts, fmt.Sprintf("and %d more", len(ps)-i))
+			break
+		}
+		parts = append(parts, e[p].Error())
+	}
+	return fmt.Sprintf("%d of the routes failed: %s", len(e), strings.Join(parts, "; "))
+}
+
+func (e PrefixErrors) Unwrap() []error { return slices.Collect(maps.Values(e)) }
+
+func (e PrefixErrors) orNil() error {
+	if len(e) == 0 {
+		return nil
+	}
+	return e
 }
 
 // desiredPrefixesLocked returns extra plus every local and learned prefix.
