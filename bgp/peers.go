@@ -22,8 +22,15 @@ import (
 // capabilities once per session for that peer alone.
 
 // countsEvery is how often the path counts are read (and new paths looked
-// at for the rejected-path accounting).
-const countsEvery = 2 * time.Second
+// at for the rejected-path accounting) while they change. Reads that find
+// nothing changed double the wait up to countsIdleEvery; a session event,
+// an import policy change or a read that finds a change brings it back to
+// countsEvery. An idle node's ListPeer marshals every peer's whole
+// configuration, which was the daemon's largest idle cost at N=30.
+const (
+	countsEvery     = 2 * time.Second
+	countsIdleEvery = 16 * time.Second
+)
 
 // PeerState is one neighbour's session as the speaker sees it.
 type PeerState struct {
@@ -33,7 +40,8 @@ type PeerState struct {
 	Established bool
 	Uptime      time.Duration
 	// Received and Accepted are as of the last read (at most countsEvery
-	// ago); Accepted counts paths the import policy accepts too.
+	// ago while paths or sessions change, countsIdleEvery once they have
+	// settled); Accepted counts paths the import policy accepts too.
 	Received uint64
 	Accepted uint64
 }
@@ -104,14 +112,18 @@ func (t *sessionTable) setCaps(a netip.Addr, up time.Time, sendsEoR bool) {
 	}
 }
 
-// setCounts records path counts read from GoBGP.
-func (t *sessionTable) setCounts(counts map[netip.Addr][2]uint64) {
+// setCounts records path counts read from GoBGP, and reports whether any
+// changed.
+func (t *sessionTable) setCounts(counts map[netip.Addr][2]uint64) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	changed := false
 	for a, e := range t.peers {
 		c := counts[a]
+		changed = changed || e.received != c[0] || e.accepted != c[1]
 		e.received, e.accepted = c[0], c[1]
 	}
+	return changed
 }
 
 // snapshot returns every configured peer's state, by address.
@@ -166,8 +178,12 @@ func (s *Speaker) watchPeers(ctx context.Context) error {
 		ss := st.GetSessionState()
 		est := ss == api.PeerState_ESTABLISHED
 		if a, err := netip.ParseAddr(addr); err == nil {
-			if since, ok := s.peerTab.event(a, ss, time.Now()); ok && est {
+			since, ok := s.peerTab.event(a, ss, time.Now())
+			if ok && est {
 				go s.readCaps(ctx, a, since)
+			}
+			if ok {
+				s.readCountsSoon()
 			}
 		}
 		mu.Lock()
@@ -210,8 +226,18 @@ func (s *Speaker) readCaps(ctx context.Context, a netip.Addr, up time.Time) {
 	// next coming up reads them anew.
 }
 
-// readCounts reads every peer's path counts in one ListPeer.
-func (s *Speaker) readCounts(ctx context.Context) error {
+// readCountsSoon has watchCounts read the path counts at once and return
+// to countsEvery; it does not block.
+func (s *Speaker) readCountsSoon() {
+	select {
+	case s.countsDue <- struct{}{}:
+	default:
+	}
+}
+
+// readCounts reads every peer's path counts in one ListPeer. It reports
+// whether any count differs from the previous read.
+func (s *Speaker) readCounts(ctx context.Context) (bool, error) {
 	counts := map[netip.Addr][2]uint64{}
 	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
 		a, err := netip.ParseAddr(p.GetConf().GetNeighborAddress())
@@ -226,8 +252,7 @@ func (s *Speaker) readCounts(ctx context.Context) error {
 		counts[a] = c
 	})
 	if err != nil {
-		return fmt.Errorf("read peers' path counts: %w", err)
+		return false, fmt.Errorf("read peers' path counts: %w", err)
 	}
-	s.peerTab.setCounts(counts)
-	return nil
+	return s.peerTab.setCounts(counts), nil
 }

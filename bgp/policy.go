@@ -191,6 +191,7 @@ func (s *Speaker) swapPolicy(ctx context.Context, kind string, dir api.PolicyDir
 		s.deletePolicyGen(ctx, kind, *gen)
 	}
 	*gen, *key = next, k
+	s.readCountsSoon() // what the import policy refuses may have changed
 	return true, nil
 }
 

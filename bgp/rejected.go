@@ -58,31 +58,44 @@ func (r *rejections) peer(a netip.Addr) *peerRejections {
 	return p
 }
 
-// watchCounts reads the peers' path counts every `every` (one ListPeer
-// for every reader of Peers), and scans a peer's Adj-RIB-In for refused
-// paths when it has received something new, its session restarted or the
-// policy changed; it drops what it knew of peers no longer configured.
-func (s *Speaker) watchCounts(ctx context.Context, every time.Duration) {
+// watchCounts reads the peers' path counts (one ListPeer for every reader
+// of Peers) every `every` while they change, backing off to idleEvery
+// while they do not (countsEvery), and scans a peer's Adj-RIB-In for
+// refused paths when it has received something new, its session restarted
+// or the policy changed; it drops what it knew of peers no longer
+// configured.
+func (s *Speaker) watchCounts(ctx context.Context, every, idleEvery time.Duration) {
 	type mark struct {
 		received uint64
 		gen      int
 		uptime   time.Duration
 	}
 	last := map[netip.Addr]mark{}
-	t := time.NewTicker(every)
+	wait := every
+	t := time.NewTimer(wait)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-s.countsDue:
+			wait = every
 		}
-		if err := s.readCounts(ctx); err != nil {
+		changed, err := s.readCounts(ctx)
+		if err != nil {
 			if ctx.Err() == nil {
 				s.log.Debug("read path counts", "err", err)
 			}
+			t.Reset(every)
 			continue
 		}
+		if changed {
+			wait = every
+		} else {
+			wait = min(2*wait, idleEvery)
+		}
+		t.Reset(wait)
 		peers := s.peerTab.snapshot(time.Now())
 		s.mu.Lock()
 		gen := s.importGen

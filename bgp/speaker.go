@@ -74,6 +74,9 @@ type Speaker struct {
 	// peerTab is every configured peer's session, from GoBGP's events
 	// (peers.go).
 	peerTab sessionTable
+	// countsDue asks watchCounts for a read now: a session changed or the
+	// import policy did (peers.go, rejected.go).
+	countsDue chan struct{}
 	// accept is GoBGP's accept channel and listener the speaker's own
 	// listener on it, opened once the configured peers are in (listen.go).
 	accept   chan *net.TCPConn
@@ -94,9 +97,10 @@ func New(cfg *config.Config, log *slog.Logger) *Speaker {
 		log = slog.Default()
 	}
 	return &Speaker{
-		log:   log.With("component", "bgp"),
-		cfg:   cfg,
-		peers: map[netip.Addr]config.Peer{},
+		log:       log.With("component", "bgp"),
+		cfg:       cfg,
+		peers:     map[netip.Addr]config.Peer{},
+		countsDue: make(chan struct{}, 1),
 	}
 }
 
@@ -164,7 +168,7 @@ func (s *Speaker) Start(ctx context.Context) error {
 	}
 	s.log.Info("BGP speaker started", "as", s.cfg.LocalAS, "routerID", s.cfg.RouterID,
 		"port", s.cfg.BGPPort, "grpc", s.cfg.GRPCListen, "peers", len(s.cfg.Peers))
-	go s.watchCounts(ctx, countsEvery)
+	go s.watchCounts(ctx, countsEvery, countsIdleEvery)
 	go s.watchMD5(ctx, 5*time.Second)
 	return nil
 }
