@@ -177,11 +177,13 @@ func (g *programming) batch(ctx context.Context, prefixes []netip.Prefix, since 
 	if ctx.Err() != nil {
 		return // stopping: what failed was cut short, not broken
 	}
+	ok := 0
 	for _, p := range prefixes {
-		if _, bad := failed[p]; !bad {
-			g.succeeded(p)
+		if _, bad := failed[p]; !bad && g.succeeded(p) {
+			ok++
 		}
 	}
+	g.recovered(ok)
 	g.failed(failed, since, time.Now())
 	g.arm()
 }
@@ -220,11 +222,13 @@ func (g *programming) readAll(ctx context.Context, prefixes []netip.Prefix, sinc
 	if ctx.Err() != nil {
 		return
 	}
+	ok := 0
 	for p := range upd {
-		if _, bad := failed[p]; !bad {
-			g.succeeded(p)
+		if _, bad := failed[p]; !bad && g.succeeded(p) {
+			ok++
 		}
 	}
+	g.recovered(ok)
 	g.failed(failed, since, time.Now())
 	g.arm()
 }
@@ -257,11 +261,13 @@ func (g *programming) fullSync(ctx context.Context, since time.Time) {
 		return
 	}
 	g.all = nil
+	ok := 0
 	for p := range g.pending {
-		if _, bad := failed[p]; !bad {
-			delete(g.pending, p)
+		if _, bad := failed[p]; !bad && g.succeeded(p) {
+			ok++
 		}
 	}
+	g.recovered(ok)
 	g.failed(failed, since, time.Now())
 	g.arm()
 }
@@ -335,14 +341,20 @@ func (g *programming) failed(failed map[netip.Prefix]error, since, now time.Time
 		"failed", len(failed), "pending", len(g.pending), "in", next.Round(time.Millisecond), "err", routes.PrefixErrors(failed))
 }
 
-// succeeded ends the retry of p, if it had one.
-func (g *programming) succeeded(p netip.Prefix) {
-	r, ok := g.pending[p]
-	if !ok {
-		return
+// succeeded ends the retry of p, if it had one, and says whether it had.
+func (g *programming) succeeded(p netip.Prefix) bool {
+	if _, ok := g.pending[p]; !ok {
+		return false
 	}
 	delete(g.pending, p)
-	g.log.Info("route programmed after retries", "dst", p, "failures", r.steps)
+	return true
+}
+
+// recovered logs, once per batch, the prefixes written after failing.
+func (g *programming) recovered(n int) {
+	if n > 0 {
+		g.log.Info("routes programmed after retries", "count", n, "pending", len(g.pending))
+	}
 }
 
 // arm sets the timer to the earliest retry, or stops it.
