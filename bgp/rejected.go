@@ -72,30 +72,42 @@ func (s *Speaker) watchCounts(ctx context.Context, every, idleEvery time.Duratio
 	}
 	last := map[netip.Addr]mark{}
 	wait := every
+	next := time.Now().Add(wait)
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
 		case <-s.countsDue:
+			// Back to reading every `every`, but not at once: a mesh
+			// coming up makes hundreds of session events, and a read
+			// for each would cost more than the polling this replaces.
 			wait = every
+			if time.Until(next) > every {
+				next = time.Now().Add(every)
+				t.Reset(every)
+			}
+			continue
+		case <-t.C:
 		}
 		changed, err := s.readCounts(ctx)
-		if err != nil {
+		switch {
+		case err != nil:
 			if ctx.Err() == nil {
 				s.log.Debug("read path counts", "err", err)
 			}
-			t.Reset(every)
-			continue
-		}
-		if changed {
 			wait = every
-		} else {
+		case changed:
+			wait = every
+		default:
 			wait = min(2*wait, idleEvery)
 		}
+		next = time.Now().Add(wait)
 		t.Reset(wait)
+		if err != nil {
+			continue
+		}
 		peers := s.peerTab.snapshot(time.Now())
 		s.mu.Lock()
 		gen := s.importGen
