@@ -220,6 +220,11 @@ func (n *node) loop(ctx context.Context) error {
 				n.maybeInitialSync(ctx)
 			}
 			n.checkIPAMSocket()
+			// Synced and serving, this turn only beats for /healthz:
+			// once a second is plenty and saves an idle node wake-ups.
+			if n.synced && (n.o.Health == nil || n.o.Health.ipamReady()) {
+				check.Reset(time.Second)
+			}
 		case <-resync.C:
 			n.prog.fullSync(ctx, time.Now())
 			n.retryLive(ctx)
