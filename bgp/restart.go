@@ -166,8 +166,11 @@ func (s *Speaker) rearmRestart(ctx context.Context) {
 		}
 		ss := p.GetState().GetSessionState()
 		seen[a] = peerNow{
-			cleared:     !p.GetGracefulRestart().GetLocalRestarting(),
-			established: ss == api.PeerState_ESTABLISHED,
+			cleared: !p.GetGracefulRestart().GetLocalRestarting(),
+			// A session past Connect/Active has already sent its OPEN
+			// (or is about to be up): deleting it now would only cut a
+			// session that is coming back, as a Cease, for nothing.
+			established: ss == api.PeerState_ESTABLISHED || ss == api.PeerState_OPENSENT || ss == api.PeerState_OPENCONFIRM,
 			state:       sessionStateName(ss),
 		}
 	})
@@ -185,7 +188,8 @@ func (s *Speaker) rearmRestart(ctx context.Context) {
 			continue
 		}
 		if st.established {
-			// Up already: its own state event takes it off the list.
+			// Up already, or its OPEN already sent: its own state event
+			// takes it off the list.
 			s.log.Debug("graceful restart: peer came up as GoBGP ended the restart", "peer", a)
 			continue
 		}
