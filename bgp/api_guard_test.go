@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nexthop-net/nexthop/config"
+	"github.com/nexthop-net/nexthop/internal/poll"
 )
 
 // knownWrites are the GobgpApi methods that change state, classified by
@@ -340,9 +341,17 @@ func TestReconcileUndoesAPIWrites(t *testing.T) {
 	if !slices.Equal(local, []string{"10.244.1.0/24 via 127.0.0.1"}) {
 		t.Errorf("local paths after Reconcile: %v, want only the own block via 127.0.0.1", local)
 	}
-	peers := listPeers(t, c)
-	if len(peers) != 1 || peers[0].GetConf().GetNeighborAddress() != "127.0.0.2" || peers[0].GetState().GetAdminState() != api.PeerState_UP {
-		t.Errorf("peers after Reconcile: %v", peers)
+	// GoBGP applies an admin-state change asynchronously, queued behind
+	// the disable the test made: wait for it to land.
+	var peers []*api.Peer
+	if err := poll.Until(5*time.Second, 20*time.Millisecond, func() error {
+		peers = listPeers(t, c)
+		if len(peers) != 1 || peers[0].GetConf().GetNeighborAddress() != "127.0.0.2" || peers[0].GetState().GetAdminState() != api.PeerState_UP {
+			return fmt.Errorf("peers after Reconcile: %v", peers)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
 	}
 	var assigned []string
 	sp.srv.ListPolicyAssignment(ctx, &api.ListPolicyAssignmentRequest{Name: "global", Direction: api.PolicyDirection_IMPORT}, func(a *api.PolicyAssignment) {
