@@ -167,18 +167,9 @@ func linksAndRoutes(t *testing.T, n ns.NetNS) string {
 // working; DEL of eth0 leaves nothing.
 func TestSecondInterface(t *testing.T) {
 	requireRoot(t)
-	host := newTestHost(t, "10.88.0.0/24")
-	pod := newNetNS(t, "pod")
+	host, pod, conf, eth0, net1 := twoInterfacePod(t, "10.88.0.0/24")
 	ctx := context.Background()
-	stdin := netConf(t, host.sock, nil)
-	conf, _ := parseConfig(stdin)
-	ctr := "nhc-ctr-" + randSuffix()
-	eth0 := &skel.CmdArgs{ContainerID: ctr, Netns: pod.Path(), IfName: "eth0", StdinData: stdin}
-	net1 := &skel.CmdArgs{ContainerID: ctr, Netns: pod.Path(), IfName: "net1", StdinData: stdin}
-	t.Cleanup(func() {
-		in(t, host.ns, func() (any, error) { return nil, Del(ctx, net1) })
-		in(t, host.ns, func() (any, error) { return nil, Del(ctx, eth0) })
-	})
+	ctr := eth0.ContainerID
 	res0, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, conf, eth0) })
 	if err != nil {
 		t.Fatalf("ADD eth0: %v", err)
@@ -221,7 +212,7 @@ func TestSecondInterface(t *testing.T) {
 
 	check := func(a *skel.CmdArgs, res *current.Result) error {
 		c := *a
-		c.StdinData = withPrevResult(t, stdin, res)
+		c.StdinData = withPrevResult(t, eth0.StdinData, res)
 		_, err := in(t, host.ns, func() (any, error) { return nil, Check(ctx, &c) })
 		return err
 	}
@@ -454,18 +445,8 @@ func TestStdinCap(t *testing.T) {
 // and leaves exactly one rule, for the new interface.
 func TestSecondaryRetriedAdd(t *testing.T) {
 	requireRoot(t)
-	host := newTestHost(t, "10.92.0.0/24")
-	pod := newNetNS(t, "pod")
+	host, pod, conf, eth0, net1 := twoInterfacePod(t, "10.92.0.0/24")
 	ctx := context.Background()
-	stdin := netConf(t, host.sock, nil)
-	conf, _ := parseConfig(stdin)
-	ctr := "nhc-ctr-" + randSuffix()
-	eth0 := &skel.CmdArgs{ContainerID: ctr, Netns: pod.Path(), IfName: "eth0", StdinData: stdin}
-	net1 := &skel.CmdArgs{ContainerID: ctr, Netns: pod.Path(), IfName: "net1", StdinData: stdin}
-	t.Cleanup(func() {
-		in(t, host.ns, func() (any, error) { return nil, Del(ctx, net1) })
-		in(t, host.ns, func() (any, error) { return nil, Del(ctx, eth0) })
-	})
 	for _, a := range []*skel.CmdArgs{eth0, net1} {
 		if _, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, conf, a) }); err != nil {
 			t.Fatalf("ADD %s: %v", a.IfName, err)
@@ -494,8 +475,27 @@ func TestSecondaryRetriedAdd(t *testing.T) {
 		t.Fatalf("rules after the retried ADD: %v, want one: from %s lookup %d", rules, res.IPs[0].Address.IP, podTable(idx))
 	}
 	c := *net1
-	c.StdinData = withPrevResult(t, stdin, res)
+	c.StdinData = withPrevResult(t, eth0.StdinData, res)
 	if _, err := in(t, host.ns, func() (any, error) { return nil, Check(ctx, &c) }); err != nil {
 		t.Fatalf("CHECK net1 after the retried ADD: %v", err)
 	}
+}
+
+// twoInterfacePod is a node (IPAM on block) and a pod with the CNI args of
+// its eth0 and net1, both deleted when the test ends.
+func twoInterfacePod(t *testing.T, block string) (host *testHost, pod ns.NetNS, conf *NetConf, eth0, net1 *skel.CmdArgs) {
+	t.Helper()
+	host = newTestHost(t, block)
+	pod = newNetNS(t, "pod")
+	stdin := netConf(t, host.sock, nil)
+	conf, _ = parseConfig(stdin)
+	ctr := "nhc-ctr-" + randSuffix()
+	eth0 = &skel.CmdArgs{ContainerID: ctr, Netns: pod.Path(), IfName: "eth0", StdinData: stdin}
+	net1 = &skel.CmdArgs{ContainerID: ctr, Netns: pod.Path(), IfName: "net1", StdinData: stdin}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		in(t, host.ns, func() (any, error) { return nil, Del(ctx, net1) })
+		in(t, host.ns, func() (any, error) { return nil, Del(ctx, eth0) })
+	})
+	return host, pod, conf, eth0, net1
 }
