@@ -154,13 +154,15 @@ func (s *Speaker) Start(ctx context.Context) error {
 	if err := s.watchRestart(ctx); err != nil {
 		return err
 	}
+	// The block is in the table before any session can come up, so it
+	// goes out in the peer's initial UPDATE rather than one sent later.
+	if err := s.Announce(ctx, s.cfg.PodCIDR); err != nil {
+		return err
+	}
 	if s.beforePeers != nil {
 		s.beforePeers()
 	}
 	if err := s.SetPeers(ctx, s.cfg.Peers); err != nil {
-		return err
-	}
-	if err := s.Announce(ctx, s.cfg.PodCIDR); err != nil {
 		return err
 	}
 	if err := s.listen(); err != nil {

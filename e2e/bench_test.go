@@ -78,12 +78,26 @@ func BenchmarkConvergence(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer h.Close()
-	updates := make(chan netlink.RouteUpdate, 256)
+	raw := make(chan netlink.RouteUpdate, 256)
 	done := make(chan struct{})
 	defer close(done)
-	if err := netlink.RouteSubscribeAt(h, updates, done); err != nil {
+	if err := netlink.RouteSubscribeAt(h, raw, done); err != nil {
 		b.Fatalf("subscribe to routes in %s: %v", n1.NS, err)
 	}
+	// Each event is timed as it arrives, on its own goroutine: timed where
+	// it is read, it would wait for StartDaemon's readiness check to
+	// return (about a second after the start), and the route would look
+	// that much late.
+	type stampedUpdate struct {
+		netlink.RouteUpdate
+		at time.Time
+	}
+	updates := make(chan stampedUpdate, 256)
+	go func() {
+		for u := range raw {
+			updates <- stampedUpdate{u, time.Now()}
+		}
+	}()
 	isBlock := func(u netlink.RouteUpdate, n *Node) bool {
 		return u.Dst != nil && u.Dst.String() == n.PodCIDR().String() && u.Protocol == RouteProtocol
 	}
@@ -119,8 +133,8 @@ func BenchmarkConvergence(b *testing.B) {
 		for tRoute.IsZero() {
 			select {
 			case u := <-updates:
-				if u.Type == unix.RTM_NEWROUTE && isBlock(u, j) {
-					tRoute = time.Now()
+				if u.Type == unix.RTM_NEWROUTE && isBlock(u.RouteUpdate, j) {
+					tRoute = u.at
 				}
 			case <-time.After(30 * time.Second):
 				b.Fatalf("%s's block %s never reached node1's kernel\n%s", j.Name, j.PodCIDR(), c.LogTails(20))
@@ -147,7 +161,7 @@ func BenchmarkConvergence(b *testing.B) {
 		for gone := false; !gone; {
 			select {
 			case u := <-updates:
-				gone = u.Type == unix.RTM_DELROUTE && isBlock(u, j)
+				gone = u.Type == unix.RTM_DELROUTE && isBlock(u.RouteUpdate, j)
 			case <-time.After(30 * time.Second):
 				b.Fatalf("%s's block was not withdrawn from node1 after SIGKILL", j.Name)
 			}
