@@ -23,8 +23,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
-
-	"github.com/nexthop-net/nexthop/config"
 )
 
 // GoBGP's gRPC API is served for inspection with the stock gobgp CLI. It
@@ -275,12 +273,12 @@ func (s *Speaker) apiServerOptions() []grpc.ServerOption {
 // prepareAPIListen checks that GoBGP will be able to listen where the
 // config says (GoBGP exits the process when it cannot), and clears a
 // socket file left behind by an earlier run.
-func prepareAPIListen(cfg *config.Config) error {
-	path := cfg.GRPCSocket()
+func prepareAPIListen(o Options) error {
+	path := o.GRPCSocket()
 	if path == "" {
-		l, err := net.Listen("tcp", cfg.GRPCListen)
+		l, err := net.Listen("tcp", o.GRPCListen)
 		if err != nil {
-			return fmt.Errorf("gRPC API address %s: %w", cfg.GRPCListen, err)
+			return fmt.Errorf("gRPC API address %s: %w", o.GRPCListen, err)
 		}
 		return l.Close()
 	}

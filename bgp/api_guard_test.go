@@ -156,7 +156,7 @@ func apiSpeaker(t *testing.T, change func(*config.Config)) (*Speaker, api.GobgpA
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	sp := New(cfg, nil)
+	sp := New(optionsOf(cfg), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := sp.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -418,18 +418,18 @@ func TestOwnerOnlyRefusesOtherUIDs(t *testing.T) {
 func TestPrepareAPIListen(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "gobgp.sock")
-	cfg := &config.Config{GRPCListen: "unix://" + sock}
+	o := Options{GRPCListen: "unix://" + sock}
 
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := prepareAPIListen(cfg); err == nil || !strings.Contains(err.Error(), "another process is serving it") {
+	if err := prepareAPIListen(o); err == nil || !strings.Contains(err.Error(), "another process is serving it") {
 		t.Errorf("a live socket: got %v", err)
 	}
 	l.(*net.UnixListener).SetUnlinkOnClose(false)
 	l.Close() // as after kill -9: the file stays
-	if err := prepareAPIListen(cfg); err != nil {
+	if err := prepareAPIListen(o); err != nil {
 		t.Errorf("a stale socket: %v", err)
 	}
 	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
@@ -439,7 +439,7 @@ func TestPrepareAPIListen(t *testing.T) {
 	if err := os.WriteFile(sock, []byte("keep me"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := prepareAPIListen(cfg); err == nil || !strings.Contains(err.Error(), "is not a socket") {
+	if err := prepareAPIListen(o); err == nil || !strings.Contains(err.Error(), "is not a socket") {
 		t.Errorf("a regular file at the socket path: got %v", err)
 	}
 	if b, _ := os.ReadFile(sock); string(b) != "keep me" {
@@ -450,22 +450,22 @@ func TestPrepareAPIListen(t *testing.T) {
 	if err := os.Chmod(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	if err := prepareAPIListen(cfg); err == nil || !strings.Contains(err.Error(), "writable by other users") {
+	if err := prepareAPIListen(o); err == nil || !strings.Contains(err.Error(), "writable by other users") {
 		t.Errorf("a world-writable directory: got %v", err)
 	}
 	if err := os.Chmod(dir, 0o777|fs.ModeSticky); err != nil {
 		t.Fatal(err)
 	}
-	if err := prepareAPIListen(cfg); err != nil {
+	if err := prepareAPIListen(o); err != nil {
 		t.Errorf("a sticky directory such as /tmp: %v", err)
 	}
 
 	// A missing directory is created, for root only.
-	cfg.GRPCListen = "unix://" + filepath.Join(t.TempDir(), "new", "gobgp.sock")
-	if err := prepareAPIListen(cfg); err != nil {
+	o.GRPCListen = "unix://" + filepath.Join(t.TempDir(), "new", "gobgp.sock")
+	if err := prepareAPIListen(o); err != nil {
 		t.Fatal(err)
 	}
-	if fi, err := os.Stat(filepath.Dir(cfg.GRPCSocket())); err != nil || fi.Mode().Perm() != 0o700 {
+	if fi, err := os.Stat(filepath.Dir(o.GRPCSocket())); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Errorf("created directory: %v %v, want 0700", fi.Mode(), err)
 	}
 
@@ -475,8 +475,8 @@ func TestPrepareAPIListen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tl.Close()
-	cfg.GRPCListen = tl.Addr().String()
-	if err := prepareAPIListen(cfg); err == nil || !strings.Contains(err.Error(), "gRPC API address") {
+	o.GRPCListen = tl.Addr().String()
+	if err := prepareAPIListen(o); err == nil || !strings.Contains(err.Error(), "gRPC API address") {
 		t.Errorf("a TCP port in use: got %v", err)
 	}
 }

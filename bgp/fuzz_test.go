@@ -274,7 +274,7 @@ func appears(text, secret string) bool {
 // speaker is a Speaker for cfg on the shared server, its import policy
 // generation following the one in force.
 func (fz *fuzzServer) speaker(cfg *config.Config) *Speaker {
-	sp := New(cfg, slog.New(fz.log))
+	sp := New(optionsOf(cfg), slog.New(fz.log))
 	sp.srv = fz.srv
 	sp.importGen, sp.exportGen = fz.importGen, fz.exportGen
 	return sp

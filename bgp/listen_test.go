@@ -56,7 +56,7 @@ func TestDialerFirst(t *testing.T) {
 	states := map[string][]api.PeerState_SessionState{}
 	var sps []*Speaker
 	for i, c := range cfgs {
-		sp := New(c, nil)
+		sp := New(optionsOf(c), nil)
 		sp.beforePeers = func() {
 			// Before any peer is added: no state of a session is missed.
 			err := sp.srv.WatchEvent(ctx, &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}, func(r *api.WatchEventResponse) {

@@ -30,11 +30,11 @@ func (s *Speaker) SetImportScope(ctx context.Context, sc ImportScope) error {
 	return s.syncImportPolicyLocked(ctx, s.peers)
 }
 
-// importScopeLocked is the scope in force: the config's until
+// importScopeLocked is the scope in force: the options' until
 // SetImportScope is called.
 func (s *Speaker) importScopeLocked() ImportScope {
 	if s.scope != nil {
 		return *s.scope
 	}
-	return ImportScope{Pools: s.cfg.Pools, AcceptDefaultRoute: s.cfg.AcceptDefaultRoute}
+	return s.cfg.Scope
 }

@@ -48,7 +48,7 @@ type Speaker struct {
 	srv *server.BgpServer
 
 	mu        sync.Mutex
-	cfg       *config.Config
+	cfg       Options // options.go
 	peers     map[netip.Addr]config.Peer
 	announced netip.Prefix
 	// scope is the import policy's, once SetImportScope set it (scope.go).
@@ -91,14 +91,14 @@ type Speaker struct {
 // from addresses that are no configured peer.
 func (s *Speaker) UnconfiguredConnections() uint64 { return s.conns.total.Load() }
 
-// New makes a speaker for cfg; Start brings it up.
-func New(cfg *config.Config, log *slog.Logger) *Speaker {
+// New makes a speaker with options o; Start brings it up.
+func New(o Options, log *slog.Logger) *Speaker {
 	if log == nil {
 		log = slog.Default()
 	}
 	return &Speaker{
 		log:       log.With("component", "bgp"),
-		cfg:       cfg,
+		cfg:       o.clone(),
 		peers:     map[netip.Addr]config.Peer{},
 		countsDue: make(chan struct{}, 1),
 	}

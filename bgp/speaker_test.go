@@ -63,7 +63,7 @@ func speakers(t *testing.T, specs []struct {
 		if err := n.cfg.Validate(); err != nil {
 			t.Fatal(err)
 		}
-		n.sp = New(n.cfg, nil)
+		n.sp = New(optionsOf(n.cfg), nil)
 		if err := n.sp.Start(context.Background()); err != nil {
 			t.Fatal(err)
 		}

@@ -12,20 +12,27 @@ import (
 const UnixScheme = "unix://"
 
 // GRPCSocket returns the socket path of a unix:// grpcListen, or "".
-func (c *Config) GRPCSocket() string {
-	if p, ok := strings.CutPrefix(c.GRPCListen, UnixScheme); ok {
+func (c *Config) GRPCSocket() string { return GRPCSocket(c.GRPCListen) }
+
+// GRPCRemote reports whether grpcListen is a TCP address reachable from
+// other hosts (anything but loopback, a unix socket or "none").
+func (c *Config) GRPCRemote() bool { return GRPCRemote(c.GRPCListen) }
+
+// GRPCSocket returns the socket path of a unix:// grpcListen value, or "".
+func GRPCSocket(listen string) string {
+	if p, ok := strings.CutPrefix(listen, UnixScheme); ok {
 		return p
 	}
 	return ""
 }
 
-// GRPCRemote reports whether grpcListen is a TCP address reachable from
-// other hosts (anything but loopback, a unix socket or "none").
-func (c *Config) GRPCRemote() bool {
-	if c.GRPCListen == "none" || strings.HasPrefix(c.GRPCListen, UnixScheme) {
+// GRPCRemote reports whether a grpcListen value is a TCP address reachable
+// from other hosts (anything but loopback, a unix socket or "none").
+func GRPCRemote(listen string) bool {
+	if listen == "none" || strings.HasPrefix(listen, UnixScheme) {
 		return false
 	}
-	host, _, err := net.SplitHostPort(c.GRPCListen)
+	host, _, err := net.SplitHostPort(listen)
 	if err != nil {
 		return false // refused by validateGRPC anyway
 	}

@@ -47,13 +47,13 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 		return err
 	}
 
-	enc, err := newEncap(cfg, log)
+	enc, err := newEncap(encapOptions(cfg), log)
 	if err != nil {
 		return err
 	}
 	defer enc.close()
 	// Before any pod gets an address, so its first packet out is NATed.
-	natOut, err := setupNAT(cfg, log)
+	natOut, err := setupNAT(natOptions(cfg), log)
 	if err != nil {
 		return err
 	}
@@ -112,7 +112,7 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 		return fmt.Errorf("install blackhole for pod block %s: %w", cfg.PodCIDR, err)
 	}
 
-	sp := bgp.New(cfg, log)
+	sp := bgp.New(speakerOptions(cfg), log)
 	// Our routes still in the kernel: this is a restart, and graceful
 	// restart lets the data plane run on while sessions come back.
 	sp.LocalRestart = owned > 0

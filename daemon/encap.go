@@ -26,18 +26,10 @@ type encap struct {
 	vxlanPeers map[netip.Addr]netip.Addr
 }
 
-// encapOptions is the part of cfg the encapsulation uses.
-func encapOptions(cfg *config.Config) tunnel.Options {
-	kind, mode := cfg.Encap()
-	return tunnel.Options{Kind: tunnel.Kind(kind), Mode: mode, VXLAN: cfg.VXLAN, Address: cfg.Address,
-		Block: cfg.PodCIDR, UnderlayInterface: cfg.UnderlayInterface, MTU: cfg.MTU}
-}
-
-// newEncap finds the underlay, sets up the device the configured mode needs
-// and takes our address off the one it no longer needs. A kernel without
-// the needed feature fails here, once, with the fix in the message.
-func newEncap(cfg *config.Config, log *slog.Logger) (*encap, error) {
-	o := encapOptions(cfg)
+// newEncap finds the underlay, sets up the device o's mode needs and takes
+// our address off the one it no longer needs. A kernel without the needed
+// feature fails here, once, with the fix in the message.
+func newEncap(o tunnel.Options, log *slog.Logger) (*encap, error) {
 	tm, err := tunnel.New(0, log)
 	if err != nil {
 		return nil, err

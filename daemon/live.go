@@ -9,7 +9,6 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/nexthop-net/nexthop/bgp"
 	"github.com/nexthop-net/nexthop/config"
 )
 
@@ -155,14 +154,14 @@ func (n *node) applyLive(ctx context.Context, next *config.Config) {
 	if !slices.Equal(cur.Pools, next.Pools) || cur.AcceptDefaultRoute != next.AcceptDefaultRoute || n.scopeFailed {
 		n.setImportScope(ctx)
 	}
-	n.nat.set(next)
+	n.nat.set(natOptions(next))
 	n.setPeers(ctx, next.Peers)
 }
 
 // setImportScope applies the pools and acceptDefaultRoute to the import
 // policy; what fails is tried again at the next resync.
 func (n *node) setImportScope(ctx context.Context) {
-	sc := bgp.ImportScope{Pools: n.cfg.Pools, AcceptDefaultRoute: n.cfg.AcceptDefaultRoute}
+	sc := importScope(n.cfg)
 	if err := n.sp.SetImportScope(ctx, sc); err != nil {
 		n.scopeFailed = true
 		n.log.Error("apply the import scope (pools, acceptDefaultRoute); trying again at the next resync", "err", err)

@@ -4,34 +4,18 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"slices"
 	"time"
 
-	"github.com/nexthop-net/nexthop/config"
 	"github.com/nexthop-net/nexthop/nat"
 )
-
-// natRules is the node's outgoing NAT as cfg asks for it: the node's own
-// block is masqueraded towards everything outside the pools, the block
-// itself and natOutgoingExclude.
-func natRules(cfg *config.Config) nat.Rules {
-	if !cfg.NATOutgoing {
-		return nat.Rules{}
-	}
-	exclude := append([]netip.Prefix{cfg.PodCIDR}, cfg.Pools...)
-	return nat.Rules{
-		Enabled: true,
-		Sources: []netip.Prefix{cfg.PodCIDR},
-		Exclude: append(exclude, cfg.NATOutgoingExclude...),
-	}
-}
 
 func sameRules(a, b nat.Rules) bool {
 	return a.Enabled == b.Enabled && slices.Equal(a.Sources, b.Sources) && slices.Equal(a.Exclude, b.Exclude)
 }
 
-// natWant is what the NAT goroutine keeps in force, and how often it checks.
+// natWant is the NAT's options: what its goroutine keeps in force, and how
+// often it checks (natOptions builds them from the config).
 type natWant struct {
 	rules nat.Rules
 	every time.Duration
@@ -49,13 +33,13 @@ type natOutgoing struct {
 	done   chan struct{}
 }
 
-// setupNAT puts the NAT in line with cfg before pods get addresses and
+// setupNAT puts the NAT in line with o before pods get addresses and
 // starts the goroutine that keeps it so. With natOutgoing off it removes
 // the table a former run left. stop ends the goroutine and leaves the table
 // in place: a restart keeps pods' outgoing connections, and the next start
 // reconciles.
-func setupNAT(cfg *config.Config, log *slog.Logger) (*natOutgoing, error) {
-	rules := natRules(cfg)
+func setupNAT(o natWant, log *slog.Logger) (*natOutgoing, error) {
+	rules := o.rules
 	m, err := nat.New(0, log)
 	if err != nil {
 		if rules.Enabled {
@@ -78,14 +62,13 @@ func setupNAT(cfg *config.Config, log *slog.Logger) (*natOutgoing, error) {
 		log.Info("natOutgoing off")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	o := &natOutgoing{log: log, want: make(chan natWant, 1), cancel: cancel, done: make(chan struct{})}
-	go o.run(ctx, m, natWant{rules: rules, every: cfg.ResyncInterval.Duration})
-	return o, nil
+	n := &natOutgoing{log: log, want: make(chan natWant, 1), cancel: cancel, done: make(chan struct{})}
+	go n.run(ctx, m, o)
+	return n, nil
 }
 
-// set has the goroutine apply cfg's NAT settings; it does not block.
-func (o *natOutgoing) set(cfg *config.Config) {
-	w := natWant{rules: natRules(cfg), every: cfg.ResyncInterval.Duration}
+// set has the goroutine apply w; it does not block.
+func (o *natOutgoing) set(w natWant) {
 	for {
 		select {
 		case o.want <- w:

@@ -1,0 +1,21 @@
+package bgp
+
+import "github.com/nexthop-net/nexthop/config"
+
+// optionsOf is the speaker's part of cfg, as the daemon builds it
+// (daemon/options.go; bgp's tests cannot import the daemon).
+func optionsOf(cfg *config.Config) Options {
+	return Options{
+		Address:                 cfg.Address,
+		RouterID:                cfg.RouterID,
+		LocalAS:                 cfg.LocalAS,
+		RouteReflectorClusterID: cfg.RouteReflectorClusterID,
+		PodCIDR:                 cfg.PodCIDR,
+		BGPPort:                 cfg.BGPPort,
+		Peers:                   cfg.Peers,
+		Scope:                   ImportScope{Pools: cfg.Pools, AcceptDefaultRoute: cfg.AcceptDefaultRoute},
+		GRPCListen:              cfg.GRPCListen,
+		GRPCAllowWrites:         cfg.GRPCAllowWrites,
+		ResyncInterval:          cfg.ResyncInterval.Duration,
+	}
+}

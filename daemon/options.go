@@ -1,0 +1,65 @@
+package daemon
+
+import (
+	"net/netip"
+
+	"github.com/nexthop-net/nexthop/bgp"
+	"github.com/nexthop-net/nexthop/config"
+	"github.com/nexthop-net/nexthop/nat"
+	"github.com/nexthop-net/nexthop/tunnel"
+)
+
+// The one place where the node's config is cut into each component's
+// options. What a running node changes live goes through the same
+// functions: importScope for SetImportScope, natOptions for the NAT's set,
+// cfg.Peers as it is for SetPeers.
+
+// speakerOptions is the part of cfg the BGP speaker uses.
+func speakerOptions(cfg *config.Config) bgp.Options {
+	return bgp.Options{
+		Address:                 cfg.Address,
+		RouterID:                cfg.RouterID,
+		LocalAS:                 cfg.LocalAS,
+		RouteReflectorClusterID: cfg.RouteReflectorClusterID,
+		PodCIDR:                 cfg.PodCIDR,
+		BGPPort:                 cfg.BGPPort,
+		Peers:                   cfg.Peers,
+		Scope:                   importScope(cfg),
+		GRPCListen:              cfg.GRPCListen,
+		GRPCAllowWrites:         cfg.GRPCAllowWrites,
+		ResyncInterval:          cfg.ResyncInterval.Duration,
+	}
+}
+
+// importScope is what the speaker's import policy judges paths by.
+func importScope(cfg *config.Config) bgp.ImportScope {
+	return bgp.ImportScope{Pools: cfg.Pools, AcceptDefaultRoute: cfg.AcceptDefaultRoute}
+}
+
+// encapOptions is the part of cfg the encapsulation uses.
+func encapOptions(cfg *config.Config) tunnel.Options {
+	kind, mode := cfg.Encap()
+	return tunnel.Options{Kind: tunnel.Kind(kind), Mode: mode, VXLAN: cfg.VXLAN, Address: cfg.Address,
+		Block: cfg.PodCIDR, UnderlayInterface: cfg.UnderlayInterface, MTU: cfg.MTU}
+}
+
+// natOptions is what the outgoing NAT keeps in force, and how often it
+// checks it.
+func natOptions(cfg *config.Config) natWant {
+	return natWant{rules: natRules(cfg), every: cfg.ResyncInterval.Duration}
+}
+
+// natRules is the node's outgoing NAT as cfg asks for it: the node's own
+// block is masqueraded towards everything outside the pools, the block
+// itself and natOutgoingExclude.
+func natRules(cfg *config.Config) nat.Rules {
+	if !cfg.NATOutgoing {
+		return nat.Rules{}
+	}
+	exclude := append([]netip.Prefix{cfg.PodCIDR}, cfg.Pools...)
+	return nat.Rules{
+		Enabled: true,
+		Sources: []netip.Prefix{cfg.PodCIDR},
+		Exclude: append(exclude, cfg.NATOutgoingExclude...),
+	}
+}

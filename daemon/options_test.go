@@ -1,0 +1,58 @@
+package daemon
+
+import (
+	"net/netip"
+	"reflect"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nexthop-net/nexthop/bgp"
+	"github.com/nexthop-net/nexthop/config"
+)
+
+// The speaker gets every setting it uses from the config, defaults applied;
+// a field added to bgp.Options and left unset here fails the test.
+func TestSpeakerOptions(t *testing.T) {
+	cfg := testConfig()
+	cfg.RouterID = netip.MustParseAddr("192.0.2.99")
+	cfg.RouteReflectorClusterID = netip.MustParseAddr("224.0.0.1")
+	cfg.Pools = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+	cfg.AcceptDefaultRoute = true
+	cfg.GRPCAllowWrites = true
+	cfg.ResyncInterval.Duration = 7 * time.Second
+	want := bgp.Options{
+		Address:                 netip.MustParseAddr("192.0.2.11"),
+		RouterID:                netip.MustParseAddr("192.0.2.99"),
+		LocalAS:                 64512,
+		RouteReflectorClusterID: netip.MustParseAddr("224.0.0.1"),
+		PodCIDR:                 netip.MustParsePrefix("10.244.1.0/24"),
+		BGPPort:                 config.DefaultBGPPort,
+		Peers:                   cfg.Peers,
+		Scope:                   bgp.ImportScope{Pools: cfg.Pools, AcceptDefaultRoute: true},
+		GRPCListen:              config.DefaultGRPCListen,
+		GRPCAllowWrites:         true,
+		ResyncInterval:          7 * time.Second,
+	}
+	got := speakerOptions(cfg)
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("speakerOptions =\n%+v\nwant\n%+v", got, want)
+	}
+	v := reflect.ValueOf(got)
+	for i := range v.NumField() {
+		if v.Field(i).IsZero() {
+			t.Errorf("bgp.Options.%s is not set from the config", v.Type().Field(i).Name)
+		}
+	}
+}
+
+// The NAT is re-checked every resyncInterval, with the config's rules.
+func TestNATOptions(t *testing.T) {
+	cfg := testConfig()
+	cfg.NATOutgoing = true
+	cfg.ResyncInterval.Duration = 7 * time.Second
+	o := natOptions(cfg)
+	if o.every != 7*time.Second || !o.rules.Enabled || !slices.Equal(o.rules.Sources, []netip.Prefix{cfg.PodCIDR}) {
+		t.Fatalf("natOptions = %+v, want the node's block masqueraded, checked every 7s", o)
+	}
+}
