@@ -376,31 +376,19 @@ func (s *Speaker) apiPeer(p config.Peer) *api.Peer {
 // several are equal, for ECMP) learned from peers, per prefix. With no
 // prefixes it returns the whole table; otherwise only those prefixes, and a
 // prefix with no path left, or whose best path is our own, is absent.
+// A PrefixErrors error names the prefixes whose paths could not be read:
+// they are absent too, and every other prefix was read. Any other error
+// with a non-nil map is a failure no prefix accounts for.
 func (s *Speaker) BestPaths(ctx context.Context, prefixes []netip.Prefix) (map[netip.Prefix][]netip.Addr, error) {
 	req := &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4}
 	for _, p := range prefixes {
 		req.Prefixes = append(req.Prefixes, &api.TableLookupPrefix{Prefix: p.String(), Type: api.TableLookupPrefix_EXACT})
 	}
-	out := map[netip.Prefix][]netip.Addr{}
-	var errs []error
-	err := s.srv.ListPath(ctx, req, func(d *api.Destination) {
-		pfx, err := netip.ParsePrefix(d.Prefix)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("parse prefix %q from RIB: %w", d.Prefix, err))
-			return
-		}
-		nhs, err := s.multipath(d.Paths)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("paths for %s: %w", pfx, err))
-		}
-		if len(nhs) > 0 {
-			out[pfx] = nhs
-		}
-	})
-	if err != nil {
+	b := s.newBestRead()
+	if err := s.srv.ListPath(ctx, req, b.add); err != nil {
 		return nil, fmt.Errorf("list RIB paths: %w", err)
 	}
-	return out, errors.Join(errs...)
+	return b.result()
 }
 
 // multipath returns the next hops of the best path and of every path that

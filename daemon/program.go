@@ -6,8 +6,10 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"slices"
 	"time"
 
+	"github.com/nexthop-net/nexthop/bgp"
 	"github.com/nexthop-net/nexthop/routes"
 	"k8s.io/apimachinery/pkg/util/wait"
 )
@@ -16,8 +18,10 @@ import (
 // fakes and without root (as felix tests its route table with a netlink
 // shim).
 
-// bestPathSource is where best paths are read: the BGP speaker. A non-nil
-// map with an error means the other prefixes were read.
+// bestPathSource is where best paths are read: the BGP speaker. A
+// bgp.PrefixErrors error names the prefixes that could not be read, every
+// other one was; any other error with a non-nil map means some prefixes
+// were read, without saying which failed.
 type bestPathSource interface {
 	BestPaths(ctx context.Context, prefixes []netip.Prefix) (map[netip.Prefix][]netip.Addr, error)
 }
@@ -129,21 +133,24 @@ func (g *programming) changes(ctx context.Context, prefixes []netip.Prefix, all 
 	g.batch(ctx, prefixes, since)
 }
 
-// batch reads and writes the best paths of prefixes. When some prefixes
-// cannot be read, each is read alone to tell them apart; the others are
-// written, and the failed ones wait for their retry.
+// batch reads and writes the best paths of prefixes. The prefixes that
+// cannot be read wait for their retry, and the others are written; when
+// the read does not say which failed, each is read alone to tell them apart.
 func (g *programming) batch(ctx context.Context, prefixes []netip.Prefix, since time.Time) {
 	best, err := g.src.BestPaths(ctx, prefixes)
 	failed := map[netip.Prefix]error{}
+	var pe bgp.PrefixErrors
 	switch {
 	case err != nil && best == nil:
 		for _, p := range prefixes {
 			failed[p] = err
 		}
 		best = map[netip.Prefix][]netip.Addr{}
+	case errors.As(err, &pe):
+		maps.Copy(failed, pe)
 	case err != nil:
-		// The speaker's error does not say which prefixes failed, and a
-		// failed one may come with part of its next hops: look each up alone.
+		// The error does not say which prefixes failed, and a failed one
+		// may come with part of its next hops: look each up alone.
 		best = map[netip.Prefix][]netip.Addr{}
 		for _, p := range prefixes {
 			one, err := g.src.BestPaths(ctx, []netip.Prefix{p})
@@ -189,24 +196,30 @@ func (g *programming) batch(ctx context.Context, prefixes []netip.Prefix, since 
 }
 
 // readAll reads the whole table and writes what changed; prefixes are the
-// changes that asked for it (a prefix not in the table is withdrawn). A
-// read that fails, even in part, leaves the table to be read again with
-// backoff: absence from a partial read does not mean withdrawn.
+// changes that asked for it (a prefix not in the table is withdrawn). The
+// prefixes a read names as failed keep their routes and are tried again
+// alone, with backoff. A read that fails otherwise, even in part, leaves
+// the table to be read again with backoff: absence from a partial read
+// does not mean withdrawn.
 func (g *programming) readAll(ctx context.Context, prefixes []netip.Prefix, since time.Time) {
 	best, err := g.src.BestPaths(ctx, nil)
-	if err != nil {
+	var pe bgp.PrefixErrors
+	switch {
+	case err == nil || errors.As(err, &pe):
+		for p := range g.best {
+			if _, ok := best[p]; !ok {
+				prefixes = append(prefixes, p)
+			}
+		}
+		// Not read is not withdrawn.
+		prefixes = slices.DeleteFunc(prefixes, func(p netip.Prefix) bool { _, bad := pe[p]; return bad })
+	default:
 		g.failAll(since, "read best paths", err)
 		if best == nil {
 			g.arm()
 			return
 		}
 		prefixes = nil
-	} else {
-		for p := range g.best {
-			if _, ok := best[p]; !ok {
-				prefixes = append(prefixes, p)
-			}
-		}
 	}
 	upd := maps.Clone(best)
 	for p, gws := range best {
@@ -218,7 +231,7 @@ func (g *programming) readAll(ctx context.Context, prefixes []netip.Prefix, sinc
 			upd[p] = nil // withdrawn
 		}
 	}
-	failed := g.writeBatch(ctx, since, upd)
+	failed := merge(g.writeBatch(ctx, since, upd), pe)
 	if ctx.Err() != nil {
 		return
 	}
@@ -235,8 +248,19 @@ func (g *programming) readAll(ctx context.Context, prefixes []netip.Prefix, sinc
 
 // fullSync reconciles the whole kernel state with the whole table: the
 // safety net, which also repairs every prefix still waiting for a retry.
+// The prefixes a read names as failed keep the paths last read for them
+// (a prefix never read has none to keep) and are tried again alone.
 func (g *programming) fullSync(ctx context.Context, since time.Time) {
 	best, err := g.src.BestPaths(ctx, nil)
+	var pe bgp.PrefixErrors
+	if errors.As(err, &pe) && best != nil {
+		for p := range pe {
+			if gws, ok := g.best[p]; ok {
+				best[p] = gws
+			}
+		}
+		err = nil
+	}
 	if err != nil {
 		// A partial table must not be a Replace: what is missing from it
 		// would be deleted. Write what was read; the resync comes again.
@@ -261,6 +285,7 @@ func (g *programming) fullSync(ctx context.Context, since time.Time) {
 		return
 	}
 	g.all = nil
+	failed = merge(failed, pe)
 	ok := 0
 	for p := range g.pending {
 		if _, bad := failed[p]; !bad && g.succeeded(p) {
@@ -270,6 +295,19 @@ func (g *programming) fullSync(ctx context.Context, since time.Time) {
 	g.recovered(ok)
 	g.failed(failed, since, time.Now())
 	g.arm()
+}
+
+// merge is the prefixes of a and b that failed (b's reason where both did).
+func merge(a map[netip.Prefix]error, b bgp.PrefixErrors) map[netip.Prefix]error {
+	if len(b) == 0 {
+		return a
+	}
+	out := maps.Clone(a)
+	if out == nil {
+		out = make(map[netip.Prefix]error, len(b))
+	}
+	maps.Copy(out, b)
+	return out
 }
 
 // write decides the hops of best and writes them (full: as the whole

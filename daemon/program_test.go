@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nexthop-net/nexthop/bgp"
 	"github.com/nexthop-net/nexthop/routes"
 )
 
@@ -313,5 +314,128 @@ func TestPartialReadWritesTheRest(t *testing.T) {
 	f.runRetries(t, ctx, 5*time.Second)
 	if f.g.all != nil || len(f.g.pending) != 0 || f.kernel.get(p2) == nil {
 		t.Fatalf("after the resync retry: all %v pending %v kernel %v", f.g.all, keys(f.g.pending), f.kernel.routes)
+	}
+}
+
+func (f *fakeRIB) del(p netip.Prefix) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.table, p)
+}
+
+// unreadableRIB is the speaker when some prefixes' paths cannot be read:
+// it names them in a bgp.PrefixErrors, the next fails[p] reads of each,
+// and leaves them out. It records every read.
+type unreadableRIB struct {
+	*fakeRIB
+	mu    sync.Mutex
+	fails map[netip.Prefix]int
+	reads [][]netip.Prefix
+}
+
+func (r *unreadableRIB) BestPaths(ctx context.Context, ps []netip.Prefix) (map[netip.Prefix][]netip.Addr, error) {
+	out, _ := r.fakeRIB.BestPaths(ctx, ps)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reads = append(r.reads, slices.Clone(ps))
+	pe := bgp.PrefixErrors{}
+	for p, n := range r.fails {
+		if n == 0 || (ps != nil && !slices.Contains(ps, p)) {
+			continue
+		}
+		if _, ok := out[p]; !ok && ps == nil {
+			continue // not in the table
+		}
+		r.fails[p] = n - 1
+		delete(out, p)
+		pe[p] = errors.New("paths for " + p.String() + ": no IPv4 next hop")
+	}
+	if len(pe) > 0 {
+		return out, pe
+	}
+	return out, nil
+}
+
+func (r *unreadableRIB) readLog() [][]netip.Prefix {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.reads)
+}
+
+// TestPrefixErrorsRetryOnlyThose: a read that names the prefixes it could
+// not read has the others written at once, from that one read, and only
+// the named ones read again, alone, with the backoff.
+func TestPrefixErrorsRetryOnlyThose(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture()
+	rib := &unreadableRIB{fakeRIB: f.rib, fails: map[netip.Prefix]int{p2: 3}}
+	f.g.src = rib
+	for _, p := range []netip.Prefix{p1, p2, p3} {
+		f.rib.set(p, gwA)
+	}
+	f.g.changes(ctx, []netip.Prefix{p1, p2, p3}, false, time.Now())
+	if f.kernel.get(p1) == nil || f.kernel.get(p3) == nil || len(f.kernel.tries(p2)) != 0 {
+		t.Fatalf("kernel %v: want %s, %s written and %s untouched", f.kernel.routes, p1, p3, p2)
+	}
+	if reads := rib.readLog(); len(reads) != 1 || len(f.g.pending) != 1 || f.g.pending[p2] == nil {
+		t.Fatalf("reads %v, pending %v: want one read of the batch and only %s pending", reads, keys(f.g.pending), p2)
+	}
+	start := time.Now()
+	f.runRetries(t, ctx, 5*time.Second)
+	if got := f.kernel.get(p2); len(got) != 1 || got[0].Gateway != gwA {
+		t.Fatalf("%s after retries = %v, want via %s", p2, got, gwA)
+	}
+	// The batch's read and the first 2 retries fail, the third works:
+	// after 100+200+400 ms of backoff, with up to 10 % jitter.
+	reads := rib.readLog()[1:]
+	for _, r := range reads {
+		if !slices.Equal(r, []netip.Prefix{p2}) {
+			t.Fatalf("retry read %v, want %s alone", r, p2)
+		}
+	}
+	if took := time.Since(start); len(reads) != 3 || took < 600*time.Millisecond || took > 2*time.Second {
+		t.Fatalf("%d retry reads over %v, want 3 over about 700 ms", len(reads), took)
+	}
+	if len(f.kernel.tries(p1)) != 1 || len(f.kernel.tries(p3)) != 1 {
+		t.Fatalf("%s, %s written again while only %s was retried", p1, p3, p2)
+	}
+}
+
+// TestPrefixErrorsFullReads: in a whole-table read (a large batch) and in
+// the resync, a prefix that cannot be read keeps its route, and is not
+// withdrawn nor deleted by the Replace, while everything else is applied;
+// only it is retried, and it then gets its new path.
+func TestPrefixErrorsFullReads(t *testing.T) {
+	ctx := context.Background()
+	for _, full := range []bool{false, true} {
+		f := newFixture()
+		rib := &unreadableRIB{fakeRIB: f.rib, fails: map[netip.Prefix]int{}}
+		f.g.src = rib
+		f.rib.set(p1, gwA)
+		f.rib.set(p2, gwA)
+		f.g.fullSync(ctx, time.Now())
+		// p1 is withdrawn, p2 moves but cannot be read, p3 is new.
+		f.rib.del(p1)
+		f.rib.set(p2, gwB)
+		f.rib.set(p3, gwA)
+		rib.fails[p2] = 1
+		if full {
+			f.g.fullSync(ctx, time.Now())
+		} else {
+			f.g.changes(ctx, []netip.Prefix{p1, p2, p3}, true, time.Now())
+		}
+		if f.kernel.get(p1) != nil || f.kernel.get(p3) == nil {
+			t.Fatalf("full %v: kernel %v, want %s withdrawn and %s written", full, f.kernel.routes, p1, p3)
+		}
+		if got := f.kernel.get(p2); len(got) != 1 || got[0].Gateway != gwA {
+			t.Fatalf("full %v: %s = %v, want its route via %s kept while it cannot be read", full, p2, got, gwA)
+		}
+		if f.g.all != nil || len(f.g.pending) != 1 || f.g.pending[p2] == nil {
+			t.Fatalf("full %v: whole-table retry %v, pending %v: want only %s pending", full, f.g.all, keys(f.g.pending), p2)
+		}
+		f.runRetries(t, ctx, 5*time.Second)
+		if got := f.kernel.get(p2); len(got) != 1 || got[0].Gateway != gwB {
+			t.Fatalf("full %v: %s after its retry = %v, want via %s", full, p2, got, gwB)
+		}
 	}
 }
