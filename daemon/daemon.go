@@ -145,11 +145,41 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 	return n.loop(ctx)
 }
 
+// speaker is the BGP speaker as the node uses it (*bgp.Speaker): the loop
+// reads best paths and the initial tables, and puts BGP back to the
+// config; live changes set the peers and the import scope; status and
+// metrics read the sessions. A fake stands in for it in unit tests.
+type speaker interface {
+	bestPathSource
+	TablesPending() []string
+	TablesIn()
+	Reconcile(ctx context.Context) (int, error)
+	SetPeers(ctx context.Context, peers []config.Peer) error
+	SetImportScope(ctx context.Context, sc bgp.ImportScope) error
+	Peers() []bgp.PeerState
+	RejectedCounts() map[netip.Addr]int
+	UnconfiguredConnections() uint64
+}
+
+// routeTable is the kernel route reconciler as the node uses it
+// (*routes.Reconciler): the loop writes through it and turns pruning on
+// at the initial sync; metrics count its routes.
+type routeTable interface {
+	programmer
+	EnablePrune(ctx context.Context) error
+	CountByKind() map[string]int
+}
+
+var (
+	_ speaker    = (*bgp.Speaker)(nil)
+	_ routeTable = (*routes.Reconciler)(nil)
+)
+
 type node struct {
 	cfg     *config.Config
 	log     *slog.Logger
-	sp      *bgp.Speaker
-	rec     *routes.Reconciler
+	sp      speaker
+	rec     routeTable
 	enc     *encap
 	changes *pending
 	// prog reads, decides and writes best paths, and retries what failed.
