@@ -74,7 +74,7 @@ bench-scale: deps build
 ## bench-cni: ADD/DEL latency of nexthop vs the reference ptp + host-local, same run
 bench-cni: build
 	$(GO) test -run '^$$' -bench 'AddDel$$' -benchtime 100x -count 1 ./cni-plugin/
-	$(GO) test -run '^$$' -bench AddDelParallel50 -benchtime 2x -count 1 ./cni-plugin/
+	$(GO) test -run '^$$' -bench AddDelParallel50 -benchtime 6x -count 1 ./cni-plugin/
 
 ## generate: the IPAM gRPC code (needs protobuf-compiler)
 generate:

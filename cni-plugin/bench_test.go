@@ -44,6 +44,8 @@ func BenchmarkAddDel(b *testing.B) {
 // BenchmarkAddDelParallel50 adds 50 pods at once, then deletes them at once,
 // for each plugin in turn, every iteration: latency under concurrency, where
 // nexthop's IPAM serialises durable writes and host-local takes a file lock.
+// Run it -benchtime 6x or more (make bench-cni): 300 samples per plugin,
+// so that the p99 is not one unlucky ADD among 100.
 func BenchmarkAddDelParallel50(b *testing.B) {
 	const pods = 50
 	e := newBenchEnv(b)

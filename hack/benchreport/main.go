@@ -46,7 +46,7 @@ var benches = []bench{
 	{ID: "scale", Pkg: "./e2e/", Pattern: "DaemonRSS10k", Benchtime: "1x", Timeout: "10m"},
 	{ID: "mesh", Pkg: "./e2e/", Pattern: "^BenchmarkScale$", Benchtime: "1x", Timeout: "90m", Target: "bench-scale"},
 	{ID: "cni", Pkg: "./cni-plugin/", Pattern: "AddDel$", Benchtime: "100x", Timeout: "10m", Target: "bench-cni"},
-	{ID: "cni50", Pkg: "./cni-plugin/", Pattern: "AddDelParallel50", Benchtime: "2x", Timeout: "10m", Target: "bench-cni"},
+	{ID: "cni50", Pkg: "./cni-plugin/", Pattern: "AddDelParallel50", Benchtime: "6x", Timeout: "10m", Target: "bench-cni"},
 	{ID: "ipip", Pkg: "./e2e/vm/", Pattern: "IPIPThroughput", Benchtime: "1x", Timeout: "30m"},
 }
 
