@@ -424,7 +424,7 @@ func TestKubernetes(t *testing.T) {
 		}
 	}
 	pingAll("route reflector", all)
-	waitFor(t, convergeTimeout, "every BGPNodeStatus showing the reflector topology", func() error {
+	reflectorTopology := func() error {
 		for _, n := range all {
 			want := map[netip.Addr]bool{n1.Address: true}
 			if n == n1 {
@@ -435,7 +435,33 @@ func TestKubernetes(t *testing.T) {
 			}
 		}
 		return nil
+	}
+	waitFor(t, convergeTimeout, "every BGPNodeStatus showing the reflector topology", reflectorTopology)
+
+	// A new client: node3's Node goes and comes back. The reflector takes
+	// it on as a client live, and every other client learns its block
+	// through the reflector; no daemon restarts, the reflector included.
+	pids = map[*Node]int{}
+	for _, n := range all {
+		pids[n] = n.DaemonPid()
+	}
+	k.mustKubectl("", "delete", "node", n3.Name)
+	waitFor(t, convergeTimeout, "node3's block gone from the other kernels, reflector topology", func() error {
+		return kernelsConverged(c, []*Node{n1, n2})
 	})
+	k.createNode(n3)
+	waitFor(t, convergeTimeout, "the new client's block in every kernel through the reflector", func() error {
+		if err := kernelsConverged(c, all); err != nil {
+			return err
+		}
+		return reflectorTopology()
+	})
+	for _, n := range all {
+		if n.DaemonPid() != pids[n] || !n.Running() {
+			t.Fatalf("%s's daemon restarted (pid %d, was %d) when a client joined the reflector", n.Name, n.DaemonPid(), pids[n])
+		}
+	}
+	pingAll("route reflector, new client", all)
 	k.mustKubectl("", "get", "bgpnodestatuses")
 }
 
