@@ -55,6 +55,7 @@ func TestImportPolicy(t *testing.T) {
 			c.Pools = pools
 		}
 	})
+	nodes[0].sp.TablesIn() // as the daemon does after its initial sync: counts are read from then on
 	announce(t, nodes[1].sp, "10.99.0.0/24", "0.0.0.0/0", "10.244.1.0/24", "10.244.1.128/25")
 	// An external peer may send anything outside the pools, but no martian.
 	martians := []string{"0.0.0.0/8", "0.1.2.0/24", "127.0.0.0/8", "127.1.2.3/32", "169.254.0.0/16", "169.254.1.1/32",

@@ -66,6 +66,7 @@ func TestRejectedAccounting(t *testing.T) {
 		{65001, "198.51.100.0/24"},
 	}, [][2]int{{0, 1}, {0, 2}})
 	sp := nodes[0].sp
+	sp.TablesIn() // as the daemon does after its initial sync: counts are read from then on
 	flooder, other := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
 
 	const n = maxRejectedLogged + 150

@@ -141,6 +141,7 @@ func isIPv4Unicast(f *api.Family) bool {
 func (s *Speaker) TablesIn() {
 	s.tablesIn.Store(true)
 	s.stopWatchIfDone()
+	s.readCountsSoon()
 }
 
 func (s *Speaker) stopWatchIfDone() {

@@ -210,7 +210,8 @@ func TestAnnounceMovesBlock(t *testing.T) {
 		}
 		return nil
 	})
-	// Counts are read every countsEvery.
+	// Counts are read every countsEvery once the initial sync is done.
+	nodes[1].sp.TablesIn()
 	waitFor(t, "peer state", func() error {
 		peers := nodes[1].sp.Peers()
 		if len(peers) != 1 || !peers[0].Established || peers[0].Accepted != 1 {
