@@ -4,7 +4,7 @@ GO    ?= go
 BIN   := $(CURDIR)/bin
 export NEXTHOP_BIN := $(BIN)
 
-.PHONY: all build deps generate generate-kube kube-bin image image-tar cluster test unit e2e demo bench bench-routes bench-convergence bench-cni bench-scale vet fmt clean fuzz fuzz-short soak
+.PHONY: all build deps generate generate-kube kube-bin image image-tar cluster test unit e2e demo bench bench-routes bench-convergence bench-cni bench-scale profile-scale vet fmt clean fuzz fuzz-short soak
 
 all: build
 
@@ -70,6 +70,14 @@ bench-convergence: build
 ## bench-scale: N-node iBGP mesh, 2 reflectors + clients, a node joining: nexthop vs BIRD 2 side by side (NEXTHOP_SCALE_N=10,30,60,100; NEXTHOP_SCALE_PAIRS=3)
 bench-scale: deps build
 	$(GO) test -run '^$$' -bench '^BenchmarkScale$$' -benchtime 1x -count 1 -timeout 90m ./e2e/
+
+## profile-scale: where nexthopd's CPU goes in a 100-node mesh (needs perf: apt-get install linux-perf); one pair of runs under perf record -a
+profile-scale: deps build
+	@command -v perf >/dev/null || { echo "profile-scale needs perf: apt-get install linux-perf"; exit 1; }
+	$(GO) test -c -o $(BIN)/e2e.test ./e2e/
+	cd e2e && NEXTHOP_SCALE_N=$${NEXTHOP_SCALE_N:-100} NEXTHOP_SCALE_PAIRS=1 perf record -q -F 199 -g -a -o $(BIN)/scale.perf -- \
+		$(BIN)/e2e.test -test.run '^$$' -test.bench 'BenchmarkScale/mesh[0-9]+$$' -test.benchtime 1x
+	perf script -i $(BIN)/scale.perf 2>/dev/null | $(GO) run ./hack/perfsummary -comm nexthopd
 
 ## bench-cni: ADD/DEL latency of nexthop vs the reference ptp + host-local, same run
 bench-cni: build

@@ -4,13 +4,15 @@
 // reproduces it. `make bench` runs it from the repository root (as root:
 // the e2e and CNI benchmarks build network namespaces).
 //
-//	go run ./hack/benchreport [-o docs/benchmarks.md] [-only regexp]
+//	go run ./hack/benchreport [-o docs/benchmarks.md] [-only regexp] [-save docs/benchmarks.json]
+//	go run ./hack/benchreport -render docs/benchmarks.json   # the template again, same figures
 package main
 
 import (
 	"bufio"
 	"bytes"
 	_ "embed"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -236,7 +238,16 @@ func fmtNum(v float64) string {
 func main() {
 	outPath := flag.String("o", "docs/benchmarks.md", "file to write")
 	only := flag.String("only", "", "run only the benchmarks whose ID matches this regexp (the others show as not run)")
+	savePath := flag.String("save", "docs/benchmarks.json", "file the run's figures are kept in, to render again with -render")
+	renderPath := flag.String("render", "", "run nothing: render the template again from the figures a run saved (-save)")
 	flag.Parse()
+	if *renderPath != "" {
+		if err := render(*renderPath, *outPath); err != nil {
+			fmt.Fprintln(os.Stderr, "benchreport:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var onlyRE *regexp.Regexp
 	if *only != "" {
 		onlyRE = regexp.MustCompile(*only)
@@ -282,6 +293,16 @@ func main() {
 		results[b.ID] = r
 	}
 	data["Total"] = time.Since(start).Round(time.Second).String()
+	if *savePath != "" {
+		b, err := json.MarshalIndent(saved{Data: data, Results: results}, "", "  ")
+		if err == nil {
+			err = os.WriteFile(*savePath, append(b, '\n'), 0o644)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "benchreport: keep the figures:", err)
+			os.Exit(1)
+		}
+	}
 
 	var buf bytes.Buffer
 	if err := tmpl.Execute(&buf, data); err != nil {
@@ -303,6 +324,38 @@ func main() {
 		fmt.Printf("benchreport: %d benchmark(s) failed; their sections say so\n", failed)
 		os.Exit(1)
 	}
+}
+
+// saved is one run's figures, as -save writes them and -render reads them.
+type saved struct {
+	Data    map[string]any
+	Results map[string]result
+}
+
+// render writes out from the template and the figures in path: a template
+// edited after a run is rendered with that run's figures, not new ones.
+func render(path, out string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var sv saved
+	if err := json.Unmarshal(b, &sv); err != nil {
+		return fmt.Errorf("read figures from %s: %w", path, err)
+	}
+	tmpl, err := template.New("benchmarks.md").Funcs(templateFuncs(sv.Results)).Parse(templateText)
+	if err != nil {
+		return fmt.Errorf("template: %w", err)
+	}
+	var buf bytes.Buffer
+	if err := tmpl.Execute(&buf, sv.Data); err != nil {
+		return fmt.Errorf("template: %w", err)
+	}
+	if err := os.WriteFile(out, buf.Bytes(), 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("benchreport: wrote %s from the figures in %s\n", out, path)
+	return nil
 }
 
 // templateFuncs are the template's functions over the results (filled in
