@@ -83,11 +83,12 @@ type Change struct {
 
 // Status is a snapshot of one session.
 type Status struct {
-	Peer, Local                   netip.Addr
-	State, RemoteState            State
-	Diag, RemoteDiag              Diag
-	LocalDiscr, RemoteDiscr       uint32
-	Timers                        Timers
+	Peer, Local             netip.Addr
+	State, RemoteState      State
+	Diag, RemoteDiag        Diag
+	LocalDiscr, RemoteDiscr uint32
+	// Timers are ours; RemoteTimers the peer's last advertised ones.
+	Timers, RemoteTimers          Timers
 	RemoteControlPlaneIndependent bool
 	// TxInterval is the negotiated transmit interval (before jitter),
 	// DetectTime how long the peer may be silent before Down.
@@ -352,6 +353,7 @@ func (s *Server) run(p *peer, m *session) {
 			log.Debug("BFD send", "error", err)
 		}
 	}
+	m.nextTx = time.Now() // the first packet goes out at once
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -404,7 +406,8 @@ func (p *peer) snapshot(m *session) *Status {
 	return &Status{
 		Peer: p.opts.Peer, Local: p.opts.Local, State: m.state, RemoteState: m.remoteState,
 		Diag: m.diag, RemoteDiag: m.remoteDiag, LocalDiscr: m.discr, RemoteDiscr: m.remoteDiscr,
-		Timers: m.cfg, RemoteControlPlaneIndependent: m.remoteCPI,
-		TxInterval: m.txInterval(), DetectTime: m.detectTime(), Polling: m.polling,
+		Timers: m.cfg, RemoteTimers: Timers{MinTx: m.remoteMinTx, MinRx: m.remoteMinRx, Multiplier: m.remoteMult},
+		RemoteControlPlaneIndependent: m.remoteCPI,
+		TxInterval:                    m.txInterval(), DetectTime: m.detectTime(), Polling: m.polling,
 	}
 }
