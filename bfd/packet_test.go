@@ -7,12 +7,12 @@ import (
 	"time"
 )
 
-// frrPacket is a Down packet as FRR's bfdd 8.4 sends it at start
-// (captured): diag 0, state Down, detect mult 3, your discr 0,
-// 1 s desired TX, 300 ms required RX, 50 ms required echo RX.
+// frrPacket is the first packet FRR's bfdd 8.4 sent a new peer
+// (tcpdump): diag 0, state Down, detect mult 3, your discr 0, 1 s desired
+// TX and required RX while Down, 50 ms required echo RX.
 var frrPacket = []byte{
-	0x20, 0x40, 0x03, 0x18, 0xbe, 0x84, 0x6f, 0x78, 0x00, 0x00, 0x00, 0x00,
-	0x00, 0x0f, 0x42, 0x40, 0x00, 0x04, 0x93, 0xe0, 0x00, 0x00, 0xc3, 0x50,
+	0x20, 0x40, 0x03, 0x18, 0x6b, 0x2f, 0xcb, 0xa4, 0x00, 0x00, 0x00, 0x00,
+	0x00, 0x0f, 0x42, 0x40, 0x00, 0x0f, 0x42, 0x40, 0x00, 0x00, 0xc3, 0x50,
 }
 
 func TestParseFRRPacket(t *testing.T) {
@@ -20,8 +20,8 @@ func TestParseFRRPacket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Packet{State: Down, DetectMult: 3, MyDiscr: 0xbe846f78, DesiredMinTx: time.Second,
-		RequiredMinRx: 300 * time.Millisecond, RequiredMinEchoRx: 50 * time.Millisecond}
+	want := Packet{State: Down, DetectMult: 3, MyDiscr: 0x6b2fcba4, DesiredMinTx: time.Second,
+		RequiredMinRx: time.Second, RequiredMinEchoRx: 50 * time.Millisecond}
 	if p != want {
 		t.Fatalf("Parse = %+v, want %+v", p, want)
 	}
