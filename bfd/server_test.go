@@ -163,3 +163,22 @@ func TestServerSetTimers(t *testing.T) {
 		t.Error("the session went Down during renegotiation")
 	}
 }
+
+// The same over IPv6, whose hop limit plays the TTL's part.
+func TestServersIPv6(t *testing.T) {
+	tn := newTestNet(t, 0)
+	a6, b6 := netip.MustParseAddr("fd00:201::a"), netip.MustParseAddr("fd00:201::b")
+	for ns, addr := range map[string]netip.Addr{tn.A: a6, tn.B: b6} {
+		sh(t, "", "ip", "-n", ns, "addr", "add", addr.String()+"/64", "dev", "bfd0", "nodad")
+	}
+	var ra, rb recorder
+	a, b := startServer(t, tn.A, &ra), startServer(t, tn.B, &rb)
+	add(t, a, PeerOptions{Local: a6, Peer: b6})
+	add(t, b, PeerOptions{Local: b6, Peer: a6})
+	waitState(t, a, b6, Up, 5*time.Second)
+	waitState(t, b, a6, Up, 5*time.Second)
+	tn.cut(t)
+	if st := waitState(t, b, a6, Down, 1200*time.Millisecond); st.Diag != DiagControlDetectExpired {
+		t.Errorf("diag %s", st.Diag)
+	}
+}
