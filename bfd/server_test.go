@@ -11,7 +11,13 @@ import (
 func TestServersUpAndCut(t *testing.T) {
 	tn := newTestNet(t, 1)
 	var ra, rb recorder
-	a, b := startServer(t, tn.A, &ra), startServer(t, tn.B, &rb)
+	a := startServer(t, tn.A, &ra)
+	// b's BFD says it survives a control-plane restart (C bit).
+	b, err := New(t.Context(), ServerOptions{Namespace: nsPath(tn.B), OnChange: rb.add, ControlPlaneIndependent: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
 	add(t, a, PeerOptions{Local: addrA(1), Peer: addrB(1), MinTx: 300 * time.Millisecond, MinRx: 300 * time.Millisecond, Multiplier: 3})
 	add(t, b, PeerOptions{Local: addrB(1), Peer: addrA(1)})
 	waitState(t, a, addrB(1), Up, 5*time.Second)
@@ -43,6 +49,13 @@ func TestServersUpAndCut(t *testing.T) {
 			t.Fatalf("no Up->Down change reported: %+v", ch)
 		}
 		t.Logf("%s: Down %s after the cut (300 ms x 3)", c.peer(1), ch.At.Sub(cutAt).Round(time.Millisecond))
+	}
+	// The Down a reports carries b's C bit, and the other way round.
+	if ca, _ := ra.first(addrB(1), Down, cutAt); !ca.RemoteControlPlaneIndependent {
+		t.Errorf("a's Down does not carry b's C bit: %+v", ca)
+	}
+	if cb, _ := rb.first(addrA(1), Down, cutAt); cb.RemoteControlPlaneIndependent {
+		t.Errorf("b's Down carries a C bit a never sent: %+v", cb)
 	}
 
 	tn.restore(t)

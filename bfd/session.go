@@ -147,7 +147,8 @@ func (s *session) tick(now time.Time) (send bool) {
 }
 
 // expire: nothing valid heard for a detection time (RFC 5880 6.8.4).
-// The peer is forgotten, down to its timers.
+// The peer is forgotten, down to its timers, but for its C bit: the user
+// needs it to judge this very Down.
 func (s *session) expire(now time.Time) {
 	s.detectAt = time.Time{}
 	s.remoteDiscr, s.remoteState, s.remoteDemand = 0, Down, false
