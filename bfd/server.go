@@ -189,6 +189,7 @@ func (s *Server) Stats() Stats {
 
 // Add starts a session to o.Peer. A session to that peer must not exist.
 func (s *Server) Add(ctx context.Context, o PeerOptions) error {
+	o.Local, o.Peer = o.Local.Unmap(), o.Peer.Unmap()
 	t, err := o.timers()
 	if err != nil {
 		return err
@@ -209,7 +210,7 @@ func (s *Server) Add(ctx context.Context, o PeerOptions) error {
 		tx.Close()
 		return errors.New("add BFD session: the server is closed")
 	}
-	if _, ok := s.byPeer[o.Peer]; ok {
+	if _, ok := s.byPeer[key(o.Peer)]; ok {
 		tx.Close()
 		return fmt.Errorf("add BFD session to %s: it exists", o.Peer)
 	}
@@ -218,7 +219,7 @@ func (s *Server) Add(ctx context.Context, o PeerOptions) error {
 	for p.discr == 0 || s.byDiscr[p.discr] != nil {
 		p.discr = rand.Uint32()
 	}
-	s.byPeer[o.Peer], s.byDiscr[p.discr] = p, p
+	s.byPeer[key(o.Peer)], s.byDiscr[p.discr] = p, p
 	m := newSession(p.discr, t, s.opts.ControlPlaneIndependent)
 	p.status.Store(p.snapshot(m))
 	s.wg.Go(func() { s.run(p, m) })
@@ -228,9 +229,9 @@ func (s *Server) Add(ctx context.Context, o PeerOptions) error {
 // Remove takes the session to peer AdminDown, tells the peer, and ends it.
 func (s *Server) Remove(peer netip.Addr) error {
 	s.mu.Lock()
-	p, ok := s.byPeer[peer]
+	p, ok := s.byPeer[key(peer)]
 	if ok {
-		delete(s.byPeer, peer)
+		delete(s.byPeer, key(peer))
 		delete(s.byDiscr, p.discr)
 	}
 	s.mu.Unlock()
@@ -245,12 +246,13 @@ func (s *Server) Remove(peer netip.Addr) error {
 // SetTimers changes the timers of the session to o.Peer; an Up session
 // renegotiates them with a Poll sequence. o.Local must not change.
 func (s *Server) SetTimers(ctx context.Context, o PeerOptions) error {
+	o.Local, o.Peer = o.Local.Unmap(), o.Peer.Unmap()
 	t, err := o.timers()
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
-	p, ok := s.byPeer[o.Peer]
+	p, ok := s.byPeer[key(o.Peer)]
 	s.mu.Unlock()
 	switch {
 	case !ok:
@@ -282,13 +284,18 @@ func (s *Server) Sessions() []Status {
 // Session returns the session to peer.
 func (s *Server) Session(peer netip.Addr) (Status, bool) {
 	s.mu.Lock()
-	p, ok := s.byPeer[peer]
+	p, ok := s.byPeer[key(peer)]
 	s.mu.Unlock()
 	if !ok {
 		return Status{}, false
 	}
 	return *p.status.Load(), true
 }
+
+// key is how sessions and received packets are matched: by address,
+// without an IPv6 zone (which received packets do not carry) and with
+// IPv4-mapped addresses as IPv4.
+func key(a netip.Addr) netip.Addr { return a.Unmap().WithZone("") }
 
 // read receives packets and hands each to its session: by your
 // discriminator, or, before the peer knows ours, by source address
@@ -320,7 +327,7 @@ func (s *Server) read(c rxConn) {
 			p = s.byDiscr[pkt.YourDiscr]
 		}
 		s.mu.Unlock()
-		if p == nil || p.opts.Peer != src {
+		if p == nil || key(p.opts.Peer) != src {
 			s.unknown.Add(1)
 			continue
 		}
