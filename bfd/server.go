@@ -23,7 +23,7 @@ type ServerOptions struct {
 	ControlPlaneIndependent bool
 	// OnChange is called on every session state change, in order for any
 	// one peer, from that session's goroutine: it must not block (BFD
-	// stops transmitting while it runs).
+	// stops transmitting while it runs) nor call the Server.
 	OnChange func(Change)
 	Logger   *slog.Logger
 }
@@ -365,17 +365,12 @@ func (s *Server) run(p *peer, m *session) {
 	defer timer.Stop()
 	for {
 		before := Change{Peer: p.opts.Peer, Old: m.state}
+		stopping := false
 		select {
 		case <-s.ctx.Done():
-			m.setAdminDown(time.Now(), true)
-			send(false)
-			s.report(p, m, before)
-			return
+			stopping = true
 		case <-p.stop:
-			m.setAdminDown(time.Now(), true)
-			send(false)
-			s.report(p, m, before)
-			return
+			stopping = true
 		case pkt := <-p.rx:
 			if m.receive(time.Now(), &pkt) {
 				send(true)
@@ -385,6 +380,12 @@ func (s *Server) run(p *peer, m *session) {
 		case <-timer.C:
 		}
 		now := time.Now()
+		if stopping {
+			m.setAdminDown(now, true)
+			send(false)
+			s.report(p, m, before)
+			return
+		}
 		if m.tick(now) {
 			send(false)
 		}
