@@ -49,6 +49,7 @@ var benches = []bench{
 	{ID: "mesh", Pkg: "./e2e/", Pattern: "^BenchmarkScale$", Benchtime: "1x", Timeout: "90m", Target: "bench-scale"},
 	{ID: "cni", Pkg: "./cni-plugin/", Pattern: "AddDel$", Benchtime: "100x", Timeout: "10m", Target: "bench-cni"},
 	{ID: "cni50", Pkg: "./cni-plugin/", Pattern: "AddDelParallel50", Benchtime: "6x", Timeout: "10m", Target: "bench-cni"},
+	{ID: "bfd", Pkg: "./bfd/", Pattern: "Sessions100", Benchtime: "1x", Timeout: "10m"},
 	{ID: "ipip", Pkg: "./e2e/vm/", Pattern: "IPIPThroughput", Benchtime: "1x", Timeout: "30m"},
 }
 
@@ -388,6 +389,16 @@ func templateFuncs(results map[string]result) template.FuncMap {
 				}
 			}
 			return out
+		},
+		// met says whether a ratio is within its target (v <= limit).
+		"met": func(v, limit float64) string {
+			switch {
+			case math.IsNaN(v):
+				return "not measured"
+			case v <= limit:
+				return "met"
+			}
+			return "**missed**"
 		},
 		// scaleCase says in words what a BenchmarkScale sub-benchmark is.
 		"scaleCase": scaleCase,
