@@ -3,12 +3,11 @@ package bgp
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
-	"slices"
-	"strings"
 
 	api "github.com/osrg/gobgp/v3/api"
+
+	"github.com/nexthop-net/nexthop/internal/prefixerr"
 )
 
 // PrefixErrors is the error of a BestPaths that read every prefix but
@@ -16,24 +15,11 @@ import (
 // programs the rest and tries these again on their own.
 type PrefixErrors map[netip.Prefix]error
 
-// prefixErrorsShown bounds the message: a table of thousands failing for
-// one reason should not make a log line of thousands.
-const prefixErrorsShown = 3
-
 func (e PrefixErrors) Error() string {
-	ps := slices.SortedFunc(maps.Keys(e), netip.Prefix.Compare)
-	parts := make([]string, 0, prefixErrorsShown+1)
-	for i, p := range ps {
-		if i == prefixErrorsShown {
-			parts = append(parts, fmt.Sprintf("and %d more", len(ps)-i))
-			break
-		}
-		parts = append(parts, e[p].Error())
-	}
-	return fmt.Sprintf("best paths of %d prefixes could not be read: %s", len(e), strings.Join(parts, "; "))
+	return prefixerr.Message(fmt.Sprintf("best paths of %d prefixes could not be read", len(e)), e)
 }
 
-func (e PrefixErrors) Unwrap() []error { return slices.Collect(maps.Values(e)) }
+func (e PrefixErrors) Unwrap() []error { return prefixerr.Unwrap(e) }
 
 // bestRead gathers BestPaths' answer from the RIB's destinations.
 type bestRead struct {

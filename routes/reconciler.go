@@ -21,6 +21,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/nexthop-net/nexthop/internal/prefixerr"
 )
 
 // Protocol tags every route nexthop writes (`ip route` shows it as
@@ -401,24 +403,11 @@ func (r *Reconciler) applyLocked(ctx context.Context, touched []netip.Prefix) er
 // wrote nothing it was asked to, or stopped part way (ctx ended).
 type PrefixErrors map[netip.Prefix]error
 
-// prefixErrorsShown bounds the message: a batch of thousands failing for
-// one reason should not make a log line of thousands.
-const prefixErrorsShown = 3
-
 func (e PrefixErrors) Error() string {
-	ps := slices.SortedFunc(maps.Keys(e), netip.Prefix.Compare)
-	parts := make([]string, 0, prefixErrorsShown+1)
-	for i, p := range ps {
-		if i == prefixErrorsShown {
-			parts = append(parts, fmt.Sprintf("and %d more", len(ps)-i))
-			break
-		}
-		parts = append(parts, e[p].Error())
-	}
-	return fmt.Sprintf("%d of the routes failed: %s", len(e), strings.Join(parts, "; "))
+	return prefixerr.Message(fmt.Sprintf("%d of the routes failed", len(e)), e)
 }
 
-func (e PrefixErrors) Unwrap() []error { return slices.Collect(maps.Values(e)) }
+func (e PrefixErrors) Unwrap() []error { return prefixerr.Unwrap(e) }
 
 func (e PrefixErrors) orNil() error {
 	if len(e) == 0 {
