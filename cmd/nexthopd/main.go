@@ -292,8 +292,9 @@ func parseLevel(s string) slog.Level {
 // GOMAXPROCS says otherwise. Its work is sequential: GoBGP's server loop is
 // one goroutine and the route loop is the only writer, as BIRD is one
 // thread. A second processor only adds wake-ups across threads: on the
-// 2-core machine of docs/benchmarks.md, one cut the CPU of a 100-node mesh
-// by about a quarter and its idle cost (keepalives) by about 40 %.
+// 2-core machine of docs/benchmarks.md, one processor took a converged
+// 100-node mesh's idle cost (keepalives) from 73 % to 58 % of a core, and
+// its start-up CPU moved within the noise.
 func oneProcessor() {
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
