@@ -31,6 +31,9 @@ type Options struct {
 	Peers []config.Peer
 	// Scope is the import policy's scope at start (see SetImportScope).
 	Scope ImportScope
+	// Advertisement is what is announced besides the block, and the
+	// communities, at start (see SetAdvertisement).
+	Advertisement Advertisement
 	// GRPCListen is where GoBGP's own gRPC API is served: unix:///path,
 	// host:port, or "none". GRPCAllowWrites lets it change BGP state.
 	GRPCListen      string
@@ -50,5 +53,6 @@ func (o Options) GRPCRemote() bool { return config.GRPCRemote(o.GRPCListen) }
 func (o Options) clone() Options {
 	o.Peers = slices.Clone(o.Peers)
 	o.Scope.Pools = slices.Clone(o.Scope.Pools)
+	o.Advertisement = o.Advertisement.clone()
 	return o
 }

@@ -202,7 +202,9 @@ func (s *Speaker) swapPolicy(ctx context.Context, kind string, dir api.PolicyDir
 //     learned from other nodes (GoBGP would pass those on with third-party
 //     next hops) nor routes learned from other external peers;
 //   - nodes do not get routes learned from external peers: each node hears
-//     its own ToR, and other nodes would only refuse them (outside pools).
+//     its own ToR, and other nodes would only refuse them (outside pools);
+//   - nodes get no route this node originates but its block: service
+//     prefixes go to external peers only.
 func (s *Speaker) exportPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*api.DefinedSet, *api.Policy) {
 	n := func(what string) string { return fmt.Sprintf("nexthop-export-%d-%s", gen, what) }
 	var nodes, external []netip.Addr
@@ -227,6 +229,16 @@ func (s *Speaker) exportPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 	if len(nodes) > 0 {
 		sets = append(sets, neighborSet(n("nodes"), nodes))
 		reject("nodes", api.Conditions_ROUTE_TYPE_EXTERNAL)
+		// Of its own routes a node tells other nodes only its block: the
+		// service prefixes are for the ToRs, which spread them by ECMP.
+		// Fixed for the speaker's life, so services come and go without
+		// a policy change.
+		sets = append(sets, exactPrefixSet(n("own"), s.cfg.PodCIDR))
+		sts = append(sts, act(n("nodes-local-not-block"), &api.Conditions{
+			NeighborSet: match(n("nodes"), api.MatchSet_ANY),
+			RouteType:   api.Conditions_ROUTE_TYPE_LOCAL,
+			PrefixSet:   match(n("own"), api.MatchSet_INVERT),
+		}, api.RouteAction_REJECT))
 	}
 	return sets, &api.Policy{Name: n("policy"), Statements: sts}
 }

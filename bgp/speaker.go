@@ -51,6 +51,12 @@ type Speaker struct {
 	cfg       Options // options.go
 	peers     map[netip.Addr]config.Peer
 	announced netip.Prefix
+	// adv is the advertisement in force, services the service prefixes
+	// in GoBGP, advDirty that the last change failed in part
+	// (advertise.go).
+	adv      Advertisement
+	services map[netip.Prefix]bool
+	advDirty bool
 	// scope is the import policy's, once SetImportScope set it (scope.go).
 	scope *ImportScope
 	// Generations of the import and export policies in force, and their
@@ -100,6 +106,8 @@ func New(o Options, log *slog.Logger) *Speaker {
 		log:       log.With("component", "bgp"),
 		cfg:       o.clone(),
 		peers:     map[netip.Addr]config.Peer{},
+		adv:       o.Advertisement.clone(),
+		services:  map[netip.Prefix]bool{},
 		countsDue: make(chan struct{}, 1),
 	}
 }
@@ -157,6 +165,14 @@ func (s *Speaker) Start(ctx context.Context) error {
 	// The block is in the table before any session can come up, so it
 	// goes out in the peer's initial UPDATE rather than one sent later.
 	if err := s.Announce(ctx, s.cfg.PodCIDR); err != nil {
+		return err
+	}
+	// Service prefixes likewise; the export policy in force before any
+	// peer exists keeps them from nodes.
+	s.mu.Lock()
+	err = s.advertiseLocked(ctx, s.adv)
+	s.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	if s.beforePeers != nil {
@@ -253,6 +269,9 @@ func (s *Speaker) localPath(block netip.Prefix, withdraw bool) (*api.Path, error
 	attrs := []bgp.PathAttributeInterface{
 		bgp.NewPathAttributeOrigin(bgp.BGP_ORIGIN_ATTR_TYPE_IGP),
 		bgp.NewPathAttributeNextHop(s.cfg.Address.String()),
+	}
+	if !withdraw {
+		attrs = append(attrs, communityAttrs(s.adv.communitiesFor(block))...)
 	}
 	p, err := apiutil.NewPath(nlri, withdraw, attrs, time.Now())
 	if err != nil {

@@ -187,6 +187,18 @@ type Config struct {
 	// own address: other cluster ranges such as the service CIDR, or the
 	// underlay when pods must reach other nodes untranslated.
 	NATOutgoingExclude []netip.Prefix `json:"natOutgoingExclude,omitempty"`
+	// ServiceCIDRs are announced to external peers (those that are not
+	// nodes: ToRs) with this node as next hop, never to other nodes or
+	// reflectors, so that the ToR spreads service traffic over the nodes
+	// by ECMP, as Calico's serviceClusterIPs do. In Kubernetes they come
+	// from BGPConfiguration, per-Service /32s included.
+	ServiceCIDRs []netip.Prefix `json:"serviceCIDRs,omitempty"`
+	// Communities go on every route the node advertises (its block and
+	// ServiceCIDRs): standard "AS:value" or large "AS:value:value".
+	Communities []string `json:"communities,omitempty"`
+	// PrefixAdvertisements add communities to the advertised routes inside
+	// a CIDR, on top of Communities.
+	PrefixAdvertisements []PrefixAdvertisement `json:"prefixAdvertisements,omitempty"`
 	// BGPPort the speaker listens on; 0 means 179, -1 disables listening.
 	BGPPort  int32    `json:"bgpPort,omitempty"`
 	HoldTime Duration `json:"holdTime,omitempty"`
@@ -289,6 +301,12 @@ func (c *Config) Normalize() {
 	for i := range c.NATOutgoingExclude {
 		c.NATOutgoingExclude[i] = c.NATOutgoingExclude[i].Masked()
 	}
+	for i := range c.ServiceCIDRs {
+		c.ServiceCIDRs[i] = c.ServiceCIDRs[i].Masked()
+	}
+	for i := range c.PrefixAdvertisements {
+		c.PrefixAdvertisements[i].CIDR = c.PrefixAdvertisements[i].CIDR.Masked()
+	}
 	for i := range c.Peers {
 		p := &c.Peers[i]
 		if p.HoldTime.Duration == 0 {
@@ -376,6 +394,7 @@ func (c *Config) Validate() error {
 			bad(f, "%s excludes every destination: set natOutgoing: false instead", p)
 		}
 	}
+	c.validateAdvertisement(bad)
 	if c.RouteReflectorClusterID.IsValid() && !c.RouteReflectorClusterID.Is4() {
 		bad("routeReflectorClusterID", "%s is not an IPv4-style cluster ID", c.RouteReflectorClusterID)
 	}
