@@ -156,6 +156,7 @@ type speaker interface {
 	Reconcile(ctx context.Context) (int, error)
 	SetPeers(ctx context.Context, peers []config.Peer) error
 	SetImportScope(ctx context.Context, sc bgp.ImportScope) error
+	SetAdvertisement(ctx context.Context, a bgp.Advertisement) error
 	Peers() []bgp.PeerState
 	RejectedCounts() map[netip.Addr]int
 	UnconfiguredConnections() uint64
@@ -198,10 +199,11 @@ type node struct {
 	// peersFailed means the last SetPeers did not fully apply; the next
 	// resync tries again.
 	peersFailed bool
-	// nat, scopeFailed (like peersFailed) and restart: live changes and
-	// restarts (live.go).
+	// nat, scopeFailed and advFailed (like peersFailed) and restart: live
+	// changes and restarts (live.go).
 	nat         *natOutgoing
 	scopeFailed bool
+	advFailed   bool
 	restart     pendingRestart
 }
 

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -59,11 +60,12 @@ var restartFields = []configField{
 
 // liveFields apply without a restart (see applyLive): peers by SetPeers
 // (holdTime too: Normalize copies it into every peer), the import scope by
-// SetImportScope, the NAT by its own sync, and the timers are read afresh
-// at each use.
+// SetImportScope, service prefixes and communities by SetAdvertisement,
+// the NAT by its own sync, and the timers are read afresh at each use.
 var liveFields = []string{
 	"peers", "holdTime",
 	"pools", "acceptDefaultRoute",
+	"serviceCIDRs", "communities", "prefixAdvertisements",
 	"natOutgoing", "natOutgoingExclude",
 	"initialSync", "resyncInterval",
 }
@@ -156,6 +158,24 @@ func (n *node) applyLive(ctx context.Context, next *config.Config) {
 	}
 	n.nat.set(natOptions(next))
 	n.setPeers(ctx, next.Peers)
+	// After the peers: a new peer's export policy is in place before the
+	// new prefixes go out (the policy keeps them from nodes either way).
+	if !reflect.DeepEqual(advertisement(cur), advertisement(next)) || n.advFailed {
+		n.setAdvertisement(ctx)
+	}
+}
+
+// setAdvertisement applies the service prefixes and communities; what
+// fails is tried again at the next resync.
+func (n *node) setAdvertisement(ctx context.Context) {
+	a := advertisement(n.cfg)
+	if err := n.sp.SetAdvertisement(ctx, a); err != nil {
+		n.advFailed = true
+		n.log.Error("apply the service prefixes and communities; trying again at the next resync", "err", err)
+		return
+	}
+	n.advFailed = false
+	n.log.Debug("service prefixes and communities applied live", "services", len(a.Services), "communities", len(a.Communities))
 }
 
 // setImportScope applies the pools and acceptDefaultRoute to the import
@@ -178,5 +198,8 @@ func (n *node) retryLive(ctx context.Context) {
 	}
 	if n.peersFailed {
 		n.setPeers(ctx, n.cfg.Peers)
+	}
+	if n.advFailed {
+		n.setAdvertisement(ctx)
 	}
 }

@@ -51,12 +51,13 @@ func (s *fakeSpeaker) told() bool {
 	return s.tablesIn
 }
 
-func (s *fakeSpeaker) Reconcile(context.Context) (int, error)                { return 0, nil }
-func (s *fakeSpeaker) SetPeers(context.Context, []config.Peer) error         { return nil }
-func (s *fakeSpeaker) SetImportScope(context.Context, bgp.ImportScope) error { return nil }
-func (s *fakeSpeaker) Peers() []bgp.PeerState                                { return nil }
-func (s *fakeSpeaker) RejectedCounts() map[netip.Addr]int                    { return nil }
-func (s *fakeSpeaker) UnconfiguredConnections() uint64                       { return 0 }
+func (s *fakeSpeaker) Reconcile(context.Context) (int, error)                    { return 0, nil }
+func (s *fakeSpeaker) SetPeers(context.Context, []config.Peer) error             { return nil }
+func (s *fakeSpeaker) SetImportScope(context.Context, bgp.ImportScope) error     { return nil }
+func (s *fakeSpeaker) SetAdvertisement(context.Context, bgp.Advertisement) error { return nil }
+func (s *fakeSpeaker) Peers() []bgp.PeerState                                    { return nil }
+func (s *fakeSpeaker) RejectedCounts() map[netip.Addr]int                        { return nil }
+func (s *fakeSpeaker) UnconfiguredConnections() uint64                           { return 0 }
 
 // fakeRoutes is a route table that, like the reconciler, keeps routes it
 // was not asked for until pruning is enabled; the first prune fails for

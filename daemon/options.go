@@ -11,7 +11,8 @@ import (
 
 // The one place where the node's config is cut into each component's
 // options. What a running node changes live goes through the same
-// functions: importScope for SetImportScope, natOptions for the NAT's set,
+// functions: importScope for SetImportScope, advertisement for
+// SetAdvertisement, natOptions for the NAT's set,
 // cfg.Peers as it is for SetPeers.
 
 // speakerOptions is the part of cfg the BGP speaker uses.
@@ -25,6 +26,7 @@ func speakerOptions(cfg *config.Config) bgp.Options {
 		BGPPort:                 cfg.BGPPort,
 		Peers:                   cfg.Peers,
 		Scope:                   importScope(cfg),
+		Advertisement:           advertisement(cfg),
 		GRPCListen:              cfg.GRPCListen,
 		GRPCAllowWrites:         cfg.GRPCAllowWrites,
 		ResyncInterval:          cfg.ResyncInterval.Duration,
@@ -34,6 +36,27 @@ func speakerOptions(cfg *config.Config) bgp.Options {
 // importScope is what the speaker's import policy judges paths by.
 func importScope(cfg *config.Config) bgp.ImportScope {
 	return bgp.ImportScope{Pools: cfg.Pools, AcceptDefaultRoute: cfg.AcceptDefaultRoute}
+}
+
+// advertisement is what the speaker announces besides the block: the
+// service prefixes for external peers, and the communities. The strings
+// passed Validate.
+func advertisement(cfg *config.Config) bgp.Advertisement {
+	a := bgp.Advertisement{Services: cfg.ServiceCIDRs, Communities: communities(cfg.Communities)}
+	for _, pa := range cfg.PrefixAdvertisements {
+		a.PrefixCommunities = append(a.PrefixCommunities, bgp.PrefixCommunities{CIDR: pa.CIDR, Communities: communities(pa.Communities)})
+	}
+	return a
+}
+
+func communities(ss []string) []config.Community {
+	var out []config.Community
+	for _, s := range ss {
+		if c, err := config.ParseCommunity(s); err == nil {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // encapOptions is the part of cfg the encapsulation uses.

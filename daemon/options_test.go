@@ -21,6 +21,12 @@ func TestSpeakerOptions(t *testing.T) {
 	cfg.AcceptDefaultRoute = true
 	cfg.GRPCAllowWrites = true
 	cfg.ResyncInterval.Duration = 7 * time.Second
+	cfg.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}
+	cfg.Communities = []string{"65000:100", "65000:1:2"}
+	cfg.PrefixAdvertisements = []config.PrefixAdvertisement{{CIDR: netip.MustParsePrefix("10.244.0.0/16"), Communities: []string{"65000:200"}}}
+	std, _ := config.ParseCommunity("65000:100")
+	large, _ := config.ParseCommunity("65000:1:2")
+	pool, _ := config.ParseCommunity("65000:200")
 	want := bgp.Options{
 		Address:                 netip.MustParseAddr("192.0.2.11"),
 		RouterID:                netip.MustParseAddr("192.0.2.99"),
@@ -30,9 +36,14 @@ func TestSpeakerOptions(t *testing.T) {
 		BGPPort:                 config.DefaultBGPPort,
 		Peers:                   cfg.Peers,
 		Scope:                   bgp.ImportScope{Pools: cfg.Pools, AcceptDefaultRoute: true},
-		GRPCListen:              config.DefaultGRPCListen,
-		GRPCAllowWrites:         true,
-		ResyncInterval:          7 * time.Second,
+		Advertisement: bgp.Advertisement{
+			Services:          cfg.ServiceCIDRs,
+			Communities:       []config.Community{std, large},
+			PrefixCommunities: []bgp.PrefixCommunities{{CIDR: netip.MustParsePrefix("10.244.0.0/16"), Communities: []config.Community{pool}}},
+		},
+		GRPCListen:      config.DefaultGRPCListen,
+		GRPCAllowWrites: true,
+		ResyncInterval:  7 * time.Second,
 	}
 	got := speakerOptions(cfg)
 	if !reflect.DeepEqual(got, want) {
