@@ -231,9 +231,13 @@ func (s *Speaker) exportPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 		reject("nodes", api.Conditions_ROUTE_TYPE_EXTERNAL)
 		// Of its own routes a node tells other nodes only its block: the
 		// service prefixes are for the ToRs, which spread them by ECMP.
-		// Fixed for the speaker's life, so services come and go without
-		// a policy change.
-		sets = append(sets, exactPrefixSet(n("own"), s.cfg.PodCIDR))
+		// It changes with the block only (Announce), so services come and
+		// go without a policy change.
+		block := s.announced
+		if !block.IsValid() {
+			block = s.cfg.PodCIDR
+		}
+		sets = append(sets, exactPrefixSet(n("own"), block))
 		sts = append(sts, act(n("nodes-local-not-block"), &api.Conditions{
 			NeighborSet: match(n("nodes"), api.MatchSet_ANY),
 			RouteType:   api.Conditions_ROUTE_TYPE_LOCAL,

@@ -29,6 +29,12 @@ func TestSetImportScope(t *testing.T) {
 		if i < 2 {
 			c.Pools = pools
 		}
+		if i == 1 {
+			// Its own export policy would keep 10.250.1.0/24 from a node.
+			for j := range c.Peers {
+				c.Peers[j].Node = new(false)
+			}
+		}
 	})
 	announce(t, nodes[1].sp, "10.250.1.0/24")
 	announce(t, nodes[2].sp, "10.250.2.0/24", "0.0.0.0/0")

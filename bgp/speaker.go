@@ -251,6 +251,11 @@ func (s *Speaker) Announce(ctx context.Context, block netip.Prefix) error {
 		return fmt.Errorf("announce %s: %w", block, err)
 	}
 	if old := s.announced; old.IsValid() {
+		// The export policy lets nodes hear the new block, not the old.
+		s.announced = block
+		if err := s.syncExportPolicyLocked(ctx, s.peers); err != nil {
+			return fmt.Errorf("move block %s to %s: %w", old, block, err)
+		}
 		w, err := s.localPath(old, true)
 		if err != nil {
 			return err

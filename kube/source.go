@@ -45,18 +45,14 @@ const DefaultNamespace = "nexthop-system"
 const settle = 100 * time.Millisecond
 
 // Desired is one node's complete desired state: the config.Config every
-// consumer understands, plus what config.Config does not carry (yet): the
-// pool the node's block belongs to, communities and service CIDRs.
+// consumer understands (service prefixes and communities included), plus
+// the pool the node's block belongs to.
 type Desired struct {
 	Config config.Config
 	// Pool is the enabled IPPool that contains the node's pod CIDR; nil
 	// when the cluster has no pools. Its encapsulation modes are already
 	// in Config.
 	Pool *Pool
-	// Communities to attach to advertised routes.
-	Communities []string
-	// ServiceCIDRs to advertise to external peers.
-	ServiceCIDRs []netip.Prefix
 }
 
 // Pool is the part of an IPPool a node applies to its block.
@@ -87,6 +83,8 @@ type Source struct {
 
 	nodes    listersv1.NodeLister
 	secrets  listersv1.SecretLister
+	services listersv1.ServiceLister
+	slices   cache.Indexer // EndpointSlices, indexed by Service (services.go)
 	bgpConfs cache.Store
 	peers    cache.Store
 	pools    cache.Store
@@ -178,6 +176,20 @@ func NewSource(rc *rest.Config, nodeName string, base config.Config, log *slog.L
 		return nil, fmt.Errorf("kube: set node transform: %w", err)
 	}
 	s.nodes = nodeInf.Lister()
+	// Services and their EndpointSlices: which service addresses this node
+	// announces (services.go).
+	svcInf := s.core.Core().V1().Services()
+	sliceInf := s.core.Discovery().V1().EndpointSlices()
+	for _, inf := range []cache.SharedIndexInformer{svcInf.Informer(), sliceInf.Informer()} {
+		if err := inf.SetTransform(trimMeta); err != nil {
+			return nil, fmt.Errorf("kube: set service transform: %w", err)
+		}
+	}
+	if err := sliceInf.Informer().AddIndexers(cache.Indexers{sliceServiceIndex: sliceService}); err != nil {
+		return nil, fmt.Errorf("kube: index EndpointSlices by Service: %w", err)
+	}
+	s.services = svcInf.Lister()
+	s.slices = sliceInf.Informer().GetIndexer()
 	s.secretF = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(s.namespace))
 	s.secrets = s.secretF.Core().V1().Secrets().Lister()
 	s.crds = dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
@@ -187,7 +199,7 @@ func NewSource(rc *rest.Config, nodeName string, base config.Config, log *slog.L
 		UpdateFunc: func(any, any) { s.trigger() },
 		DeleteFunc: func(any) { s.trigger() },
 	}
-	infs := []cache.SharedIndexInformer{nodeInf.Informer(), s.secretF.Core().V1().Secrets().Informer()}
+	infs := []cache.SharedIndexInformer{nodeInf.Informer(), s.secretF.Core().V1().Secrets().Informer(), svcInf.Informer(), sliceInf.Informer()}
 	for _, r := range []struct {
 		gvr   schema.GroupVersionResource
 		store *cache.Store
@@ -364,9 +376,8 @@ func (s *Source) compute() (*Desired, error) {
 	}
 
 	d := &Desired{
-		Config:      s.base,
-		Pool:        pool,
-		Communities: slices.Clone(bc.Spec.Communities),
+		Config: s.base,
+		Pool:   pool,
 	}
 	c := &d.Config
 	c.NodeName = me.name
@@ -400,10 +411,26 @@ func (s *Source) compute() (*Desired, error) {
 	if bc.Spec.ListenPort != nil {
 		c.BGPPort = *bc.Spec.ListenPort
 	}
-	for _, b := range append(slices.Clone(bc.Spec.ServiceClusterIPs), bc.Spec.ServiceExternalIPs...) {
-		if p, err := netip.ParsePrefix(b.CIDR); err == nil {
-			d.ServiceCIDRs = append(d.ServiceCIDRs, p.Masked())
+	ranges, err := rangesOf(&bc)
+	if err != nil {
+		return nil, err
+	}
+	c.ServiceCIDRs = s.servicePrefixes(self, ranges)
+	c.Communities = nil
+	for _, cm := range bc.Spec.Communities {
+		c.Communities = append(c.Communities, string(cm))
+	}
+	c.PrefixAdvertisements = nil
+	for i, pa := range bc.Spec.PrefixAdvertisements {
+		cidr, err := netip.ParsePrefix(pa.CIDR)
+		if err != nil {
+			return nil, fmt.Errorf("BGPConfiguration prefixAdvertisements[%d]: %w", i, err)
 		}
+		a := config.PrefixAdvertisement{CIDR: cidr.Masked()}
+		for _, cm := range pa.Communities {
+			a.Communities = append(a.Communities, string(cm))
+		}
+		c.PrefixAdvertisements = append(c.PrefixAdvertisements, a)
 	}
 	if me.rr && !mesh {
 		id := me.address

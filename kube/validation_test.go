@@ -33,6 +33,11 @@ func TestAPIServerRejectsInvalidObjects(t *testing.T) {
 		mut(&p.Spec)
 		return p
 	}
+	bgpConf := func(mut func(*nexthopv1.BGPConfigurationSpec)) runtime.Object {
+		bc := &nexthopv1.BGPConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
+		mut(&bc.Spec)
+		return bc
+	}
 	for _, tc := range []struct {
 		name string
 		gvr  schema.GroupVersionResource
@@ -71,12 +76,36 @@ func TestAPIServerRejectsInvalidObjects(t *testing.T) {
 		{"bad service CIDR", nexthopv1.BGPConfigurationsResource, &nexthopv1.BGPConfiguration{
 			ObjectMeta: metav1.ObjectMeta{Name: "default"},
 			Spec:       nexthopv1.BGPConfigurationSpec{ServiceClusterIPs: []nexthopv1.ServiceIPBlock{{CIDR: "10.96.0.1/12"}}},
-		}, "cidr must be a network address in CIDR notation"},
-		{"valid BGPConfiguration", nexthopv1.BGPConfigurationsResource, &nexthopv1.BGPConfiguration{
-			ObjectMeta: metav1.ObjectMeta{Name: "default"},
-			Spec: nexthopv1.BGPConfigurationSpec{ASNumber: ptr[int64](64512), RouteReflectorClusterID: "224.0.0.1",
-				ServiceClusterIPs: []nexthopv1.ServiceIPBlock{{CIDR: "10.96.0.0/12"}}, Communities: []string{"64512:100", "64512:1:2"}},
-		}, ""},
+		}, "cidr must be an IPv4 network address in CIDR notation"},
+		{"IPv6 load-balancer CIDR", nexthopv1.BGPConfigurationsResource, bgpConf(func(s *nexthopv1.BGPConfigurationSpec) {
+			s.ServiceLoadBalancerIPs = []nexthopv1.ServiceIPBlock{{CIDR: "2001:db8::/64"}}
+		}), "cidr must be an IPv4 network address"},
+		{"external IPs everywhere", nexthopv1.BGPConfigurationsResource, bgpConf(func(s *nexthopv1.BGPConfigurationSpec) {
+			s.ServiceExternalIPs = []nexthopv1.ServiceIPBlock{{CIDR: "0.0.0.0/0"}}
+		}), "other than 0.0.0.0/0"},
+		{"standard community part over 65535", nexthopv1.BGPConfigurationsResource, bgpConf(func(s *nexthopv1.BGPConfigurationSpec) {
+			s.Communities = []nexthopv1.Community{"65000:70000"}
+		}), "a standard community is AS:value with each part 0-65535"},
+		{"large community part over 2^32-1", nexthopv1.BGPConfigurationsResource, bgpConf(func(s *nexthopv1.BGPConfigurationSpec) {
+			s.Communities = []nexthopv1.Community{"65000:1:4294967296"}
+		}), "a large one AS:value:value with each part 0-4294967295"},
+		{"community not a number", nexthopv1.BGPConfigurationsResource, bgpConf(func(s *nexthopv1.BGPConfigurationSpec) {
+			s.Communities = []nexthopv1.Community{"no-export"}
+		}), "spec.communities[0]"},
+		{"prefix advertisement without communities", nexthopv1.BGPConfigurationsResource, bgpConf(func(s *nexthopv1.BGPConfigurationSpec) {
+			s.PrefixAdvertisements = []nexthopv1.PrefixAdvertisement{{CIDR: "10.244.0.0/16"}}
+		}), "spec.prefixAdvertisements[0].communities"},
+		{"prefix advertisement host bits", nexthopv1.BGPConfigurationsResource, bgpConf(func(s *nexthopv1.BGPConfigurationSpec) {
+			s.PrefixAdvertisements = []nexthopv1.PrefixAdvertisement{{CIDR: "10.244.0.1/16", Communities: []nexthopv1.Community{"65000:1"}}}
+		}), "cidr must be an IPv4 network address"},
+		{"valid BGPConfiguration", nexthopv1.BGPConfigurationsResource, bgpConf(func(s *nexthopv1.BGPConfigurationSpec) {
+			s.ASNumber, s.RouteReflectorClusterID = ptr[int64](64512), "224.0.0.1"
+			s.ServiceClusterIPs = []nexthopv1.ServiceIPBlock{{CIDR: "10.96.0.0/12"}}
+			s.ServiceExternalIPs = []nexthopv1.ServiceIPBlock{{CIDR: "203.0.113.0/24"}, {CIDR: "198.51.100.7/32"}}
+			s.ServiceLoadBalancerIPs = []nexthopv1.ServiceIPBlock{{CIDR: "198.51.100.0/25"}}
+			s.Communities = []nexthopv1.Community{"64512:100", "65535:65535", "4294967295:0:4294967295"}
+			s.PrefixAdvertisements = []nexthopv1.PrefixAdvertisement{{CIDR: "10.244.0.0/16", Communities: []nexthopv1.Community{"64512:200"}}}
+		}), ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := c.create(tc.gvr, tc.obj)

@@ -55,32 +55,75 @@ type BGPConfigurationSpec struct {
 	ListenPort *int32 `json:"listenPort,omitempty"`
 
 	// ServiceClusterIPs are CIDRs (normally the service cluster IP range)
-	// every node advertises to its external peers.
+	// every node announces to its external peers (BGPPeers that are not
+	// nodes: ToRs), never to other nodes, so the ToR spreads traffic to
+	// them over the nodes by ECMP. A Service with internalTrafficPolicy
+	// Local also gets its cluster IP announced as a /32 by the nodes that
+	// run a ready endpoint of it. A /32 entry is announced only for the
+	// Services that use it (see manifests/README.md).
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=16
 	ServiceClusterIPs []ServiceIPBlock `json:"serviceClusterIPs,omitempty"`
 
-	// ServiceExternalIPs are CIDRs of service external IPs to advertise.
+	// ServiceExternalIPs are CIDRs of Service spec.externalIPs, announced
+	// like serviceClusterIPs. A Service with externalTrafficPolicy Local
+	// gets its external IPs announced as /32s by the nodes that run a
+	// ready endpoint of it. External IPs outside these CIDRs are never
+	// announced.
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=64
 	ServiceExternalIPs []ServiceIPBlock `json:"serviceExternalIPs,omitempty"`
 
-	// Communities are added to every route the nodes advertise: standard
-	// "AS:value" (each part 0-65535) or large "AS:value:value".
+	// ServiceLoadBalancerIPs are CIDRs of LoadBalancer Service ingress
+	// addresses (status.loadBalancer.ingress[].ip), announced like
+	// serviceExternalIPs, /32s of externalTrafficPolicy Local Services
+	// included.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=64
+	ServiceLoadBalancerIPs []ServiceIPBlock `json:"serviceLoadBalancerIPs,omitempty"`
+
+	// Communities are added to every route the nodes advertise (their pod
+	// blocks and service routes): standard "AS:value" (each part
+	// 0-65535) or large "AS:value:value" (each part 0-4294967295).
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=32
-	// +kubebuilder:validation:items:MaxLength=32
-	// +kubebuilder:validation:items:Pattern=`^[0-9]{1,10}:[0-9]{1,10}(:[0-9]{1,10})?$`
-	Communities []string `json:"communities,omitempty"`
+	Communities []Community `json:"communities,omitempty"`
+
+	// PrefixAdvertisements add communities to the routes advertised inside
+	// a CIDR (an IPPool's, or a service range), on top of communities, as
+	// Calico's prefixAdvertisements do.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=64
+	PrefixAdvertisements []PrefixAdvertisement `json:"prefixAdvertisements,omitempty"`
+}
+
+// Community is a BGP community: standard "AS:value" or large
+// "AS:value:value".
+// +kubebuilder:validation:MaxLength=32
+// +kubebuilder:validation:Pattern=`^[0-9]{1,10}:[0-9]{1,10}(:[0-9]{1,10})?$`
+// +kubebuilder:validation:XValidation:rule="self.split(':').size() == 3 ? self.split(':').all(p, int(p) <= 4294967295) : self.split(':').all(p, int(p) <= 65535)",message="a standard community is AS:value with each part 0-65535; a large one AS:value:value with each part 0-4294967295"
+type Community string
+
+// PrefixAdvertisement adds communities to the routes inside one CIDR.
+type PrefixAdvertisement struct {
+	// +kubebuilder:validation:MaxLength=18
+	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self).ip().family() == 4 && cidr(self) == cidr(self).masked()",message="cidr must be an IPv4 network address in CIDR notation, e.g. 10.244.0.0/16"
+	CIDR string `json:"cidr"`
+	// +listType=atomic
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=16
+	Communities []Community `json:"communities"`
 }
 
 // ServiceIPBlock is one CIDR to advertise.
 type ServiceIPBlock struct {
-	// +kubebuilder:validation:MaxLength=43
-	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self) == cidr(self).masked()",message="cidr must be a network address in CIDR notation, e.g. 10.96.0.0/12"
+	// +kubebuilder:validation:MaxLength=18
+	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self).ip().family() == 4 && cidr(self) == cidr(self).masked() && cidr(self).prefixLength() > 0",message="cidr must be an IPv4 network address in CIDR notation other than 0.0.0.0/0, e.g. 10.96.0.0/12"
 	CIDR string `json:"cidr"`
 }
 
