@@ -134,18 +134,25 @@ func peerDiff(want, got *api.Peer) string {
 }
 
 func (s *Speaker) reconcilePathsLocked(ctx context.Context) (int, error) {
+	// What this node originates: its block and the service prefixes.
+	want := map[netip.Prefix]bool{}
+	if s.announced.IsValid() {
+		want[s.announced] = false
+	}
+	for p := range s.services {
+		want[p] = false
+	}
 	var stray []*api.Path
-	ownOK := false
 	err := s.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4}, func(d *api.Destination) {
 		pfx, err := netip.ParsePrefix(d.Prefix)
 		for _, p := range d.Paths {
 			if !isLocal(p) || p.IsWithdraw {
 				continue
 			}
-			if err == nil && pfx == s.announced {
-				// An altered own block is replaced by re-announcing it,
+			if _, ok := want[pfx]; err == nil && ok {
+				// An altered own path is replaced by re-announcing it,
 				// without a withdraw in between.
-				ownOK = ownOK || s.isOwnPath(p)
+				want[pfx] = want[pfx] || s.isOwnPath(p, pfx)
 				continue
 			}
 			stray = append(stray, p)
@@ -166,42 +173,45 @@ func (s *Speaker) reconcilePathsLocked(ctx context.Context) (int, error) {
 		fixed++
 		s.log.Warn("resync: withdrew a path this node does not originate", "prefix", what, "nextHop", nextHopOf(p))
 	}
-	if s.announced.IsValid() && !ownOK {
-		p, err := s.localPath(s.announced, false)
-		if err == nil {
-			_, err = s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: p})
+	for _, pfx := range slices.SortedFunc(maps.Keys(want), comparePrefix) {
+		if want[pfx] {
+			continue
 		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("reconcile paths: re-announce %s: %w", s.announced, err))
-		} else {
-			fixed++
-			s.log.Warn("resync: re-announced the node's pod block, which was withdrawn or altered", "prefix", s.announced, "nextHop", s.cfg.Address)
+		if err := s.addLocal(ctx, pfx); err != nil {
+			errs = append(errs, fmt.Errorf("reconcile paths: re-announce %s: %w", pfx, err))
+			continue
 		}
+		fixed++
+		msg := "resync: re-announced a service prefix, which was withdrawn or altered"
+		if pfx == s.announced {
+			msg = "resync: re-announced the node's pod block, which was withdrawn or altered"
+		}
+		s.log.Warn(msg, "prefix", pfx, "nextHop", s.cfg.Address)
 	}
 	return fixed, errors.Join(errs...)
 }
 
-// isOwnPath reports whether p is the announcement localPath makes: next
-// hop this node, origin IGP, nothing else.
-func (s *Speaker) isOwnPath(p *api.Path) bool {
-	attrs, err := apiutil.GetNativePathAttributes(p)
-	if err != nil || len(attrs) != 2 {
+// isOwnPath reports whether p is the announcement localPath makes for pfx:
+// next hop this node, origin IGP, the communities, nothing else.
+func (s *Speaker) isOwnPath(p *api.Path, pfx netip.Prefix) bool {
+	want, err := s.localPath(pfx, false)
+	if err != nil {
 		return false
 	}
-	ok := 0
-	for _, a := range attrs {
-		switch a := a.(type) {
-		case *bgp.PathAttributeOrigin:
-			if a.Value == bgp.BGP_ORIGIN_ATTR_TYPE_IGP {
-				ok++
-			}
-		case *bgp.PathAttributeNextHop:
-			if nh, _ := netip.AddrFromSlice(a.Value.To4()); nh == s.cfg.Address {
-				ok++
-			}
-		}
+	a, err1 := apiutil.GetNativePathAttributes(p)
+	b, err2 := apiutil.GetNativePathAttributes(want)
+	if err1 != nil || err2 != nil || len(a) != len(b) {
+		return false
 	}
-	return ok == 2
+	str := func(attrs []bgp.PathAttributeInterface) []string {
+		var out []string
+		for _, x := range attrs {
+			out = append(out, x.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	return slices.Equal(str(a), str(b))
 }
 
 func nextHopOf(p *api.Path) string {
