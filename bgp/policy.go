@@ -22,7 +22,10 @@ import (
 //   - nodes may send only prefixes inside the pod pools;
 //   - an external peer with an Accept list may send only those prefixes;
 //   - other external peers may send anything but pod-pool prefixes, which
-//     belong to nodes.
+//     belong to nodes, unless AcceptPodBlocks (a ToR relaying other
+//     nodes' blocks); with an Accept list too, the pools join the list;
+//   - then each peer's own filters (config.Peer.Filters), in order: they
+//     can only narrow what the rules above let through.
 //
 // GoBGP applies per-neighbour policies only in route-server mode, so this
 // is one global policy whose statements match neighbour sets. A set is
@@ -92,6 +95,8 @@ func (s *Speaker) importPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 			nodes = append(nodes, addr)
 		case len(p.Accept) > 0:
 			accepting = append(accepting, p)
+		case p.AcceptPodBlocks:
+			// Anything but what every peer is refused.
 		default:
 			external = append(external, addr)
 		}
@@ -109,7 +114,11 @@ func (s *Speaker) importPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 	}
 	for i, p := range accepting {
 		peerSet, acceptSet := n(fmt.Sprintf("peer%d", i)), n(fmt.Sprintf("accept%d", i))
-		sets = append(sets, neighborSet(peerSet, []netip.Addr{p.Address}), prefixSet(acceptSet, p.Accept))
+		accept := p.Accept
+		if p.AcceptPodBlocks {
+			accept = append(slices.Clone(accept), scope.Pools...)
+		}
+		sets = append(sets, neighborSet(peerSet, []netip.Addr{p.Address}), prefixSet(acceptSet, accept))
 		sts = append(sts, act(n(fmt.Sprintf("peer%d-not-accepted", i)), &api.Conditions{
 			NeighborSet: match(peerSet, api.MatchSet_ANY),
 			PrefixSet:   match(acceptSet, api.MatchSet_INVERT),
@@ -122,7 +131,66 @@ func (s *Speaker) importPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 			PrefixSet:   match(n("pools"), api.MatchSet_ANY),
 		}, api.RouteAction_REJECT))
 	}
-	return sets, &api.Policy{Name: n("policy"), Statements: sts}
+	// Last: a filter's Accept ends the policy, so it must not come before
+	// any safety rule.
+	fs, fst := filterStatements(n, peers, func(f config.Filter) []config.FilterRule { return f.ImportV4 })
+	return append(sets, fs...), &api.Policy{Name: n("policy"), Statements: append(sts, fst...)}
+}
+
+// filterStatements turns every peer's filter rules of one direction into
+// statements, in order, each limited to its peer.
+func filterStatements(n func(string) string, peers map[netip.Addr]config.Peer, rules func(config.Filter) []config.FilterRule) ([]*api.DefinedSet, []*statement) {
+	var sets []*api.DefinedSet
+	var sts []*statement
+	for i, addr := range slices.SortedFunc(maps.Keys(peers), netip.Addr.Compare) {
+		peerSet := n(fmt.Sprintf("filter-peer%d", i))
+		k := 0
+		for _, f := range peers[addr].Filters {
+			for _, r := range rules(f) {
+				if k == 0 {
+					sets = append(sets, neighborSet(peerSet, []netip.Addr{addr}))
+				}
+				name := n(fmt.Sprintf("filter-peer%d-rule%d", i, k))
+				k++
+				cidr, t := r.CIDR, api.MatchSet_ANY
+				if !cidr.IsValid() {
+					cidr = netip.MustParsePrefix("0.0.0.0/0")
+				}
+				lo, hi := r.Lengths()
+				switch r.MatchOperator {
+				case config.MatchEqual, config.MatchNotEqual:
+					lo, hi = cidr.Bits(), cidr.Bits()
+				}
+				if r.MatchOperator == config.MatchNotEqual || r.MatchOperator == config.MatchNotIn {
+					t = api.MatchSet_INVERT
+				}
+				sets = append(sets, &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: name,
+					Prefixes: []*api.Prefix{{IpPrefix: cidr.String(), MaskLengthMin: uint32(lo), MaskLengthMax: uint32(hi)}}})
+				a := api.RouteAction_ACCEPT
+				if r.Action == config.FilterReject {
+					a = api.RouteAction_REJECT
+				}
+				sts = append(sts, act(name, &api.Conditions{
+					NeighborSet: match(peerSet, api.MatchSet_ANY),
+					PrefixSet:   match(name, t),
+				}, a))
+			}
+		}
+	}
+	return sets, sts
+}
+
+// filterVerdict finds the first of p's rules (of one direction) matching
+// pfx: its filter's name, its index in that filter, and the rule.
+func filterVerdict(p config.Peer, pfx netip.Prefix, rules func(config.Filter) []config.FilterRule) (string, int, config.FilterRule, bool) {
+	for _, f := range p.Filters {
+		for j, r := range rules(f) {
+			if r.Matches(pfx) {
+				return f.Name, j, r, true
+			}
+		}
+	}
+	return "", 0, config.FilterRule{}, false
 }
 
 // syncImportPolicyLocked installs the import policy for peers when it
@@ -244,7 +312,28 @@ func (s *Speaker) exportPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 			PrefixSet:   match(n("own"), api.MatchSet_INVERT),
 		}, api.RouteAction_REJECT))
 	}
-	return sets, &api.Policy{Name: n("policy"), Statements: sts}
+	// Per-peer changes to what passes: no route action, so evaluation
+	// goes on to the filters.
+	for i, addr := range slices.SortedFunc(maps.Keys(peers), netip.Addr.Compare) {
+		p := peers[addr]
+		if p.ASPathPrepend == 0 && !p.KeepOriginalNextHop {
+			continue
+		}
+		set := n(fmt.Sprintf("modify-peer%d", i))
+		sets = append(sets, neighborSet(set, []netip.Addr{addr}))
+		a := &api.Actions{}
+		if p.ASPathPrepend > 0 {
+			a.AsPrepend = &api.AsPrependAction{Asn: s.cfg.LocalAS, Repeat: uint32(p.ASPathPrepend)}
+		}
+		if p.KeepOriginalNextHop {
+			// GoBGP sets the session's source address on eBGP; this
+			// puts back the node address the block was announced with.
+			a.Nexthop = &api.NexthopAction{Unchanged: true}
+		}
+		sts = append(sts, &statement{Name: set, Conditions: &api.Conditions{NeighborSet: match(set, api.MatchSet_ANY)}, Actions: a})
+	}
+	fs, fst := filterStatements(n, peers, func(f config.Filter) []config.FilterRule { return f.ExportV4 })
+	return append(sets, fs...), &api.Policy{Name: n("policy"), Statements: append(sts, fst...)}
 }
 
 // deletePolicyGen removes an old generation's policy and sets.
@@ -282,6 +371,7 @@ func policyKey(kind string, sets []*api.DefinedSet, pol *api.Policy, gen int) st
 func (s *Speaker) rejectReason(peer netip.Addr, pfx netip.Prefix) string {
 	s.mu.Lock()
 	p := s.peers[peer]
+	pools := s.importScopeLocked().Pools
 	s.mu.Unlock()
 	inside := func(ps []netip.Prefix) bool {
 		for _, x := range ps {
@@ -300,9 +390,13 @@ func (s *Speaker) rejectReason(peer netip.Addr, pfx netip.Prefix) string {
 		return "default route (acceptDefaultRoute is off)"
 	case p.IsNode(s.cfg.LocalAS):
 		return "outside every pod pool"
-	case len(p.Accept) > 0:
+	case len(p.Accept) > 0 && !inside(p.Accept) && !(p.AcceptPodBlocks && inside(pools)):
 		return "not in the peer's accept list"
-	default:
-		return "inside a pod pool, which belongs to the nodes"
+	case len(p.Accept) == 0 && !p.AcceptPodBlocks && inside(pools):
+		return "inside a pod pool, which belongs to the nodes (acceptPodBlocks is off)"
 	}
+	if name, j, r, ok := filterVerdict(p, pfx, func(f config.Filter) []config.FilterRule { return f.ImportV4 }); ok && r.Action == config.FilterReject {
+		return fmt.Sprintf("rejected by filter %s importV4[%d]", name, j)
+	}
+	return "refused by the import policy"
 }

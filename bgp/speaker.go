@@ -339,9 +339,17 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []config.Peer) error {
 	return errors.Join(errs...)
 }
 
-// samePeer reports whether a peer's settings are unchanged (DeepEqual
-// follows the pointer fields, so every field counts).
-func samePeer(a, b config.Peer) bool { return reflect.DeepEqual(a, b) }
+// samePeer reports whether a peer's session settings are unchanged
+// (DeepEqual follows the pointer fields, so every field counts). What only
+// the policies read is left out: a change there is a policy swap and a
+// soft reset, not a new session.
+func samePeer(a, b config.Peer) bool { return reflect.DeepEqual(sessionPart(a), sessionPart(b)) }
+
+func sessionPart(p config.Peer) config.Peer {
+	p.Accept, p.AcceptPodBlocks, p.Filters = nil, false, nil
+	p.ASPathPrepend, p.KeepOriginalNextHop = 0, false
+	return p
+}
 
 func (s *Speaker) apiPeer(p config.Peer) *api.Peer {
 	gr := p.GracefulRestart.On()
@@ -356,6 +364,7 @@ func (s *Speaker) apiPeer(p config.Peer) *api.Peer {
 			PeerAsn:         p.AS,
 			AuthPassword:    p.Password,
 			Description:     p.Description,
+			AllowOwnAsn:     uint32(p.NumAllowedLocalASNumbers),
 		},
 		Timers: &api.Timers{Config: &api.TimersConfig{
 			HoldTime:          uint64(p.HoldTime.Seconds()),
@@ -363,7 +372,7 @@ func (s *Speaker) apiPeer(p config.Peer) *api.Peer {
 			ConnectRetry:      connectRetry,
 		}},
 		Transport: &api.Transport{
-			LocalAddress: s.cfg.Address.String(),
+			LocalAddress: p.LocalAddress(s.cfg.Address).String(),
 			RemotePort:   uint32(p.Port),
 			PassiveMode:  p.IsPassive(s.cfg.Address, s.cfg.LocalAS),
 		},
@@ -386,6 +395,13 @@ func (s *Speaker) apiPeer(p config.Peer) *api.Peer {
 			DeferralTime:    deferralTime,
 		}
 		afi.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
+	}
+	if m := p.EBGPMultihop; m != nil {
+		peer.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(m.TTL)}
+	}
+	if p.TTLSecurity > 0 {
+		// GoBGP takes the lowest TTL accepted: 255 for a direct neighbour.
+		peer.TtlSecurity = &api.TtlSecurity{Enabled: true, TtlMin: uint32(256 - int(p.TTLSecurity))}
 	}
 	if p.RouteReflectorClient {
 		peer.RouteReflector = &api.RouteReflector{
@@ -552,7 +568,7 @@ func (s *Speaker) dropIfGone(ctx context.Context, addr string) {
 	if !ok || !p.GracefulRestart.On() {
 		return
 	}
-	res := probeAlive(ctx, s.cfg.Address, netip.AddrPortFrom(a, p.Port), ProbeWindow, probeEvery)
+	res := probeAlive(ctx, p.LocalAddress(s.cfg.Address), netip.AddrPortFrom(a, p.Port), ProbeWindow, probeEvery)
 	if res.Alive || ctx.Err() != nil {
 		// The host is there: a restart, graceful restart holds its routes.
 		s.log.Debug("peer's host answers after its session dropped: holding its routes for graceful restart",

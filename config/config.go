@@ -128,6 +128,141 @@ type Peer struct {
 	// keep rejecting each other in their fixed 5 s idle-hold windows
 	// (osrg/gobgp#2336); external peers are always connected to.
 	Passive *bool `json:"passive,omitempty"`
+	// EBGPMultihop lets an external peer be up to TTL hops away (GoBGP
+	// sends eBGP with TTL 1 otherwise). Not with TTLSecurity.
+	EBGPMultihop *Multihop `json:"ebgpMultihop,omitempty"`
+	// TTLSecurity is GTSM (RFC 5082): packets go out with TTL 255 and
+	// only those that crossed at most this many hops are accepted.
+	TTLSecurity uint8 `json:"ttlSecurity,omitempty"`
+	// SourceAddress is the session's local address (an address of this
+	// node, e.g. a loopback); unset means the node's address.
+	SourceAddress netip.Addr `json:"sourceAddress,omitempty"`
+	// KeepOriginalNextHop sends this node's block to an external peer
+	// with the node's address as next hop instead of the session's
+	// source address.
+	KeepOriginalNextHop bool `json:"keepOriginalNextHop,omitempty"`
+	// NumAllowedLocalASNumbers accepts paths that carry this node's AS up
+	// to that many times (allowas-in), for one AS per rack.
+	NumAllowedLocalASNumbers uint8 `json:"numAllowedLocalASNumbers,omitempty"`
+	// AcceptPodBlocks lets an external peer send prefixes inside the pod
+	// pools (other nodes' blocks, relayed by a ToR), which are refused
+	// otherwise. Never this node's own block.
+	AcceptPodBlocks bool `json:"acceptPodBlocks,omitempty"`
+	// ASPathPrepend adds this node's AS that many extra times to what it
+	// sends the peer.
+	ASPathPrepend uint8 `json:"asPathPrepend,omitempty"`
+	// Filters apply, in order, after the built-in safety rules: the first
+	// rule matching a prefix decides; a prefix no rule matches passes.
+	Filters []Filter `json:"filters,omitempty"`
+}
+
+// Multihop is how far an eBGP peer may be.
+type Multihop struct {
+	TTL uint8 `json:"ttl"`
+}
+
+// Filter is a named list of import and export rules (Calico's BGPFilter).
+type Filter struct {
+	Name     string       `json:"name,omitempty"`
+	ImportV4 []FilterRule `json:"importV4,omitempty"`
+	ExportV4 []FilterRule `json:"exportV4,omitempty"`
+}
+
+// Filter rule actions and match operators.
+const (
+	FilterAccept   = "Accept"
+	FilterReject   = "Reject"
+	MatchEqual     = "Equal"
+	MatchNotEqual  = "NotEqual"
+	MatchIn        = "In"
+	MatchNotIn     = "NotIn"
+	maxPathPrepend = 10
+)
+
+// FilterRule matches prefixes by CIDR and length. Without a CIDR it
+// matches every prefix (of PrefixLength, if set).
+type FilterRule struct {
+	Action string       `json:"action"`
+	CIDR   netip.Prefix `json:"cidr,omitempty"`
+	// MatchOperator: Equal (exactly CIDR), NotEqual, In (CIDR or a
+	// more-specific, within PrefixLength), NotIn. Required with CIDR.
+	MatchOperator string        `json:"matchOperator,omitempty"`
+	PrefixLength  *PrefixLength `json:"prefixLength,omitempty"`
+}
+
+// PrefixLength bounds the length of matched prefixes; 0 means unbounded.
+type PrefixLength struct {
+	Min uint8 `json:"min,omitempty"`
+	Max uint8 `json:"max,omitempty"`
+}
+
+// Lengths is the range of prefix lengths r matches (In, NotIn and no CIDR).
+func (r FilterRule) Lengths() (lo, hi int) {
+	lo, hi = 0, 32
+	if r.CIDR.IsValid() {
+		lo = r.CIDR.Bits()
+	}
+	if r.PrefixLength != nil {
+		if r.PrefixLength.Min > 0 {
+			lo = max(lo, int(r.PrefixLength.Min))
+		}
+		if r.PrefixLength.Max > 0 {
+			hi = int(r.PrefixLength.Max)
+		}
+	}
+	return lo, hi
+}
+
+// Matches reports whether r applies to pfx.
+func (r FilterRule) Matches(pfx netip.Prefix) bool {
+	lo, hi := r.Lengths()
+	in := pfx.Bits() >= lo && pfx.Bits() <= hi && (!r.CIDR.IsValid() || r.CIDR.Contains(pfx.Addr()))
+	switch r.MatchOperator {
+	case MatchEqual:
+		return pfx.Masked() == r.CIDR
+	case MatchNotEqual:
+		return pfx.Masked() != r.CIDR
+	case MatchNotIn:
+		return !in
+	}
+	return in
+}
+
+// validateRule reports what is wrong with r, or "".
+func validateRule(r FilterRule) string {
+	if r.Action != FilterAccept && r.Action != FilterReject {
+		return fmt.Sprintf("action %q is not one of Accept, Reject", r.Action)
+	}
+	switch r.MatchOperator {
+	case "":
+		if r.CIDR.IsValid() {
+			return "cidr needs a matchOperator (Equal, NotEqual, In, NotIn)"
+		}
+	case MatchEqual, MatchNotEqual, MatchIn, MatchNotIn:
+		if !r.CIDR.IsValid() {
+			return fmt.Sprintf("matchOperator %s needs a cidr", r.MatchOperator)
+		}
+	default:
+		return fmt.Sprintf("matchOperator %q is not one of Equal, NotEqual, In, NotIn", r.MatchOperator)
+	}
+	if r.CIDR.IsValid() && !r.CIDR.Addr().Is4() {
+		return fmt.Sprintf("cidr %s is not IPv4", r.CIDR)
+	}
+	if pl := r.PrefixLength; pl != nil {
+		if r.MatchOperator == MatchEqual || r.MatchOperator == MatchNotEqual {
+			return "prefixLength applies to In, NotIn or a rule without cidr, not to " + r.MatchOperator
+		}
+		lo, hi := r.Lengths()
+		switch {
+		case pl.Min > 32 || pl.Max > 32:
+			return fmt.Sprintf("prefixLength %d-%d: lengths are 0-32", pl.Min, pl.Max)
+		case r.CIDR.IsValid() && pl.Min > 0 && int(pl.Min) < r.CIDR.Bits():
+			return fmt.Sprintf("prefixLength.min %d is shorter than cidr %s", pl.Min, r.CIDR)
+		case lo > hi:
+			return fmt.Sprintf("prefixLength: min %d is above max %d", lo, hi)
+		}
+	}
+	return ""
 }
 
 // GracefulRestart configures RFC 4724 graceful restart with one peer.
@@ -155,7 +290,7 @@ func (p Peer) IsPassive(local netip.Addr, localAS uint32) bool {
 	if p.Passive != nil {
 		return *p.Passive
 	}
-	return p.AS == localAS && local.Compare(p.Address) > 0
+	return p.AS == localAS && p.LocalAddress(local).Compare(p.Address) > 0
 }
 
 // Config is everything one node daemon needs.
@@ -321,7 +456,24 @@ func (c *Config) Normalize() {
 		for j := range p.Accept {
 			p.Accept[j] = p.Accept[j].Masked()
 		}
+		for j := range p.Filters {
+			f := &p.Filters[j]
+			for _, rs := range [][]FilterRule{f.ImportV4, f.ExportV4} {
+				for k := range rs {
+					rs[k].CIDR = rs[k].CIDR.Masked()
+				}
+			}
+		}
 	}
+}
+
+// LocalAddress is the session's source address: SourceAddress, or the
+// node's address.
+func (p Peer) LocalAddress(node netip.Addr) netip.Addr {
+	if p.SourceAddress.IsValid() {
+		return p.SourceAddress
+	}
+	return node
 }
 
 // Encap returns the encapsulation in force and its mode: "" and Never when
@@ -498,6 +650,69 @@ func (c *Config) Validate() error {
 		if len(p.Password) > 80 {
 			bad(f+".password", "longer than 80 bytes (TCP MD5 key limit)")
 		}
+		c.validatePeerOptions(f, p, bad)
 	}
 	return errors.Join(errs...)
+}
+
+// validatePeerOptions checks the session and policy options of peer p
+// (field path f).
+func (c *Config) validatePeerOptions(f string, p Peer, bad func(field, format string, a ...any)) {
+	ebgp := p.AS != c.LocalAS
+	if m := p.EBGPMultihop; m != nil {
+		switch {
+		case !ebgp:
+			bad(f+".ebgpMultihop", "only for eBGP peers: iBGP sessions are not limited to one hop")
+		case m.TTL < 1:
+			bad(f+".ebgpMultihop.ttl", "%d out of range 1-255", m.TTL)
+		case p.TTLSecurity > 0:
+			bad(f+".ebgpMultihop", "not together with ttlSecurity, which sends TTL 255 and sets the hop count itself")
+		}
+	}
+	if p.TTLSecurity > 254 {
+		bad(f+".ttlSecurity", "%d out of range 1-254 hops", p.TTLSecurity)
+	}
+	if a := p.SourceAddress; a.IsValid() {
+		switch {
+		case !a.Is4():
+			bad(f+".sourceAddress", "%s is not IPv4", a)
+		case a == p.Address:
+			bad(f+".sourceAddress", "%s is the peer's own address", a)
+		case unusableHost(a) != "" && !a.IsLoopback():
+			bad(f+".sourceAddress", "%s is %s", a, unusableHost(a))
+		case c.PodCIDR.IsValid() && c.PodCIDR.Contains(a):
+			bad(f+".sourceAddress", "%s is inside podCIDR %s", a, c.PodCIDR)
+		}
+	}
+	if p.KeepOriginalNextHop && !ebgp {
+		bad(f+".keepOriginalNextHop", "only for eBGP peers: iBGP keeps the next hop already")
+	}
+	if p.NumAllowedLocalASNumbers > 10 {
+		bad(f+".numAllowedLocalASNumbers", "%d out of range 0-10", p.NumAllowedLocalASNumbers)
+	}
+	if p.AcceptPodBlocks && p.IsNode(c.LocalAS) {
+		bad(f+".acceptPodBlocks", "only for external peers: nodes send pod blocks already")
+	}
+	if p.ASPathPrepend > 0 && !ebgp {
+		bad(f+".asPathPrepend", "only for eBGP peers: an iBGP peer would refuse a path with its own AS")
+	}
+	if p.ASPathPrepend > maxPathPrepend {
+		bad(f+".asPathPrepend", "%d out of range 0-%d", p.ASPathPrepend, maxPathPrepend)
+	}
+	for i, fl := range p.Filters {
+		ff := fmt.Sprintf("%s.filters[%d]", f, i)
+		if len(fl.ImportV4) == 0 && len(fl.ExportV4) == 0 {
+			bad(ff, "has no rules")
+		}
+		for _, d := range []struct {
+			name  string
+			rules []FilterRule
+		}{{"importV4", fl.ImportV4}, {"exportV4", fl.ExportV4}} {
+			for j, r := range d.rules {
+				if why := validateRule(r); why != "" {
+					bad(fmt.Sprintf("%s.%s[%d]", ff, d.name, j), "%s", why)
+				}
+			}
+		}
+	}
 }
