@@ -604,55 +604,75 @@ func (c *Config) Validate() error {
 	seen := map[netip.Addr]bool{}
 	for i, p := range c.Peers {
 		f := fmt.Sprintf("peers[%d]", i)
-		switch {
-		case !p.Address.IsValid():
-			bad(f+".address", "required")
-		case !p.Address.Is4():
-			bad(f+".address", "%s is not IPv4", p.Address)
-		case p.Address == c.Address:
-			bad(f+".address", "%s is this node's own address", p.Address)
-		case peerProblem(p.Address, c.Address) != "":
-			bad(f+".address", "%s is %s", p.Address, peerProblem(p.Address, c.Address))
-		case c.PodCIDR.IsValid() && c.PodCIDR.Contains(p.Address):
-			bad(f+".address", "%s is inside podCIDR %s, whose blackhole route would cut the session off", p.Address, c.PodCIDR)
-		case seen[p.Address]:
+		if seen[p.Address] {
 			bad(f+".address", "%s listed twice", p.Address)
 		}
 		seen[p.Address] = true
-		if p.AS == 0 {
-			bad(f+".as", "required")
-		}
-		if why := holdTimeProblem(p.HoldTime.Duration); why != "" {
-			bad(f+".holdTime", "%s %s", p.HoldTime, why)
-		}
-		if p.Keepalive.Duration <= 0 || p.Keepalive.Duration > p.HoldTime.Duration/3 {
-			bad(f+".keepalive", "%s must be positive and at most a third of the hold time %s", p.Keepalive, p.HoldTime)
-		}
-		if rt := p.GracefulRestart.RestartTime.Duration; rt < time.Second || rt > 4095*time.Second {
-			bad(f+".gracefulRestart.restartTime", "%s out of range 1s-4095s", p.GracefulRestart.RestartTime)
-		}
-		if p.RouteReflectorClient {
-			if !c.RouteReflectorClusterID.IsValid() {
-				bad(f+".routeReflectorClient", "needs routeReflectorClusterID set on this node")
-			}
-			if p.AS != c.LocalAS {
-				bad(f+".routeReflectorClient", "a route reflector client must be in this node's AS %d, not %d", c.LocalAS, p.AS)
-			}
-		}
-		for j, a := range p.Accept {
-			if !a.IsValid() || !a.Addr().Is4() {
-				bad(fmt.Sprintf("%s.accept[%d]", f, j), "%s is not an IPv4 prefix", a)
-			}
-		}
-		if len(p.Accept) > 0 && p.IsNode(c.LocalAS) {
-			bad(f+".accept", "only for external peers: nodes may send pod-pool prefixes only")
-		}
-		if len(p.Password) > 80 {
-			bad(f+".password", "longer than 80 bytes (TCP MD5 key limit)")
-		}
-		c.validatePeerOptions(f, p, bad)
+		c.validatePeer(f, p, bad)
 	}
 	return errors.Join(errs...)
+}
+
+// PeerProblems checks one peer against this node's config as Validate
+// would, defaults filled in: a source of peers (kube) can leave out a bad
+// one instead of refusing the whole config.
+func (c *Config) PeerProblems(p Peer) error {
+	cc := Config{HoldTime: c.HoldTime, Peers: []Peer{p}}
+	cc.HoldTime.Duration = cmp.Or(cc.HoldTime.Duration, DefaultHoldTime)
+	cc.Normalize()
+	var errs []error
+	c.validatePeer("", cc.Peers[0], func(field, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", strings.TrimPrefix(field, "."), fmt.Sprintf(format, a...)))
+	})
+	return errors.Join(errs...)
+}
+
+// validatePeer checks peer p (field path f) of this node.
+func (c *Config) validatePeer(f string, p Peer, bad func(field, format string, a ...any)) {
+	switch {
+	case !p.Address.IsValid():
+		bad(f+".address", "required")
+	case !p.Address.Is4():
+		bad(f+".address", "%s is not IPv4", p.Address)
+	case p.Address == c.Address:
+		bad(f+".address", "%s is this node's own address", p.Address)
+	case peerProblem(p.Address, c.Address) != "":
+		bad(f+".address", "%s is %s", p.Address, peerProblem(p.Address, c.Address))
+	case c.PodCIDR.IsValid() && c.PodCIDR.Contains(p.Address):
+		bad(f+".address", "%s is inside podCIDR %s, whose blackhole route would cut the session off", p.Address, c.PodCIDR)
+	}
+	if p.AS == 0 {
+		bad(f+".as", "required")
+	}
+	if why := holdTimeProblem(p.HoldTime.Duration); why != "" {
+		bad(f+".holdTime", "%s %s", p.HoldTime, why)
+	}
+	if p.Keepalive.Duration <= 0 || p.Keepalive.Duration > p.HoldTime.Duration/3 {
+		bad(f+".keepalive", "%s must be positive and at most a third of the hold time %s", p.Keepalive, p.HoldTime)
+	}
+	if rt := p.GracefulRestart.RestartTime.Duration; rt < time.Second || rt > 4095*time.Second {
+		bad(f+".gracefulRestart.restartTime", "%s out of range 1s-4095s", p.GracefulRestart.RestartTime)
+	}
+	if p.RouteReflectorClient {
+		if !c.RouteReflectorClusterID.IsValid() {
+			bad(f+".routeReflectorClient", "needs routeReflectorClusterID set on this node")
+		}
+		if p.AS != c.LocalAS {
+			bad(f+".routeReflectorClient", "a route reflector client must be in this node's AS %d, not %d", c.LocalAS, p.AS)
+		}
+	}
+	for j, a := range p.Accept {
+		if !a.IsValid() || !a.Addr().Is4() {
+			bad(fmt.Sprintf("%s.accept[%d]", f, j), "%s is not an IPv4 prefix", a)
+		}
+	}
+	if len(p.Accept) > 0 && p.IsNode(c.LocalAS) {
+		bad(f+".accept", "only for external peers: nodes may send pod-pool prefixes only")
+	}
+	if len(p.Password) > 80 {
+		bad(f+".password", "longer than 80 bytes (TCP MD5 key limit)")
+	}
+	c.validatePeerOptions(f, p, bad)
 }
 
 // validatePeerOptions checks the session and policy options of peer p

@@ -88,6 +88,7 @@ type Source struct {
 	bgpConfs cache.Store
 	peers    cache.Store
 	pools    cache.Store
+	filters  cache.Store
 
 	// defaultPool, when set, is created before the first config if the
 	// cluster has no IPPool at all (see WithDefaultPool).
@@ -207,6 +208,7 @@ func NewSource(rc *rest.Config, nodeName string, base config.Config, log *slog.L
 		{nexthopv1.BGPConfigurationsResource, &s.bgpConfs},
 		{nexthopv1.BGPPeersResource, &s.peers},
 		{nexthopv1.IPPoolsResource, &s.pools},
+		{nexthopv1.BGPFiltersResource, &s.filters},
 	} {
 		inf := s.crds.ForResource(r.gvr).Informer()
 		*r.store = inf.GetStore()
@@ -521,6 +523,11 @@ func (s *Source) compute() (*Desired, error) {
 		if p.Address == me.address {
 			continue
 		}
+		if err := c.PeerProblems(p); err != nil {
+			// One bad BGPPeer must not cost the node its other sessions.
+			s.warn("ignoring BGPPeer", "bgppeer", bp.Name, "err", err)
+			continue
+		}
 		if prev, ok := explicit[p.Address]; ok {
 			s.warn("two BGPPeers select this node for the same address; keeping the first by name",
 				"address", p.Address, "kept", prev, "ignored", bp.Name)
@@ -724,7 +731,80 @@ func (s *Source) peerFrom(bp *nexthopv1.BGPPeer) (config.Peer, error) {
 	if bp.Spec.MaxPrefixes != nil {
 		p.MaxPrefixes = uint32(min(max(*bp.Spec.MaxPrefixes, 0), int64(^uint32(0))))
 	}
+	if m := bp.Spec.EBGPMultihop; m != nil {
+		p.EBGPMultihop = &config.Multihop{TTL: uint8(min(max(m.TTL, 0), 255))}
+	}
+	if v := bp.Spec.TTLSecurity; v != nil {
+		p.TTLSecurity = uint8(min(max(*v, 0), 255))
+	}
+	switch sa := bp.Spec.SourceAddress; sa {
+	case "", "UseNodeIP":
+	default:
+		a, err := netip.ParseAddr(sa)
+		if err != nil || !a.Is4() {
+			return config.Peer{}, fmt.Errorf("sourceAddress %q is neither UseNodeIP nor an IPv4 address", sa)
+		}
+		if bp.Spec.Node == "" {
+			return config.Peer{}, fmt.Errorf("sourceAddress %s needs node: it is one node's address", sa)
+		}
+		p.SourceAddress = a
+	}
+	p.KeepOriginalNextHop = bp.Spec.KeepOriginalNextHop
+	if v := bp.Spec.NumAllowedLocalASNumbers; v != nil {
+		p.NumAllowedLocalASNumbers = uint8(min(max(*v, 0), 255))
+	}
+	p.AcceptPodBlocks = bp.Spec.AcceptPodBlocks
+	if v := bp.Spec.ASPathPrepend; v != nil {
+		p.ASPathPrepend = uint8(min(max(*v, 0), 255))
+	}
+	for _, name := range bp.Spec.Filters {
+		f, err := s.filter(name)
+		if err != nil {
+			return config.Peer{}, err
+		}
+		p.Filters = append(p.Filters, f)
+	}
 	return p, nil
+}
+
+// filter reads BGPFilter name into config's form. A filter that is missing
+// or unreadable is an error: peering without it would pass what it refuses.
+func (s *Source) filter(name string) (config.Filter, error) {
+	obj, ok, err := s.filters.GetByKey(name)
+	if err != nil || !ok {
+		return config.Filter{}, fmt.Errorf("filters: BGPFilter %q not found", name)
+	}
+	var bf nexthopv1.BGPFilter
+	if err := fromUnstructured(obj, &bf); err != nil {
+		return config.Filter{}, fmt.Errorf("filters: %w", err)
+	}
+	f := config.Filter{Name: name}
+	for _, d := range []struct {
+		in  []nexthopv1.BGPFilterRuleV4
+		out *[]config.FilterRule
+	}{{bf.Spec.ImportV4, &f.ImportV4}, {bf.Spec.ExportV4, &f.ExportV4}} {
+		for i, r := range d.in {
+			cr := config.FilterRule{Action: string(r.Action), MatchOperator: string(r.MatchOperator)}
+			if r.CIDR != "" {
+				c, err := netip.ParsePrefix(r.CIDR)
+				if err != nil {
+					return config.Filter{}, fmt.Errorf("BGPFilter %s rule %d: cidr %q: %w", name, i, r.CIDR, err)
+				}
+				cr.CIDR = c
+			}
+			if pl := r.PrefixLength; pl != nil {
+				cr.PrefixLength = &config.PrefixLength{}
+				if pl.Min != nil {
+					cr.PrefixLength.Min = uint8(min(max(*pl.Min, 0), 255))
+				}
+				if pl.Max != nil {
+					cr.PrefixLength.Max = uint8(min(max(*pl.Max, 0), 255))
+				}
+			}
+			*d.out = append(*d.out, cr)
+		}
+	}
+	return f, nil
 }
 
 func fromUnstructured(obj any, into runtime.Object) error {

@@ -18,6 +18,7 @@ var (
 	BGPPeersResource          = SchemeGroupVersion.WithResource("bgppeers")
 	IPPoolsResource           = SchemeGroupVersion.WithResource("ippools")
 	BGPNodeStatusesResource   = SchemeGroupVersion.WithResource("bgpnodestatuses")
+	BGPFiltersResource        = SchemeGroupVersion.WithResource("bgpfilters")
 )
 
 var (
@@ -31,6 +32,7 @@ func addKnownTypes(s *runtime.Scheme) error {
 		&BGPPeer{}, &BGPPeerList{},
 		&IPPool{}, &IPPoolList{},
 		&BGPNodeStatus{}, &BGPNodeStatusList{},
+		&BGPFilter{}, &BGPFilterList{},
 	)
 	metav1.AddToGroupVersion(s, SchemeGroupVersion)
 	return nil

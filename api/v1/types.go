@@ -158,6 +158,8 @@ type BGPConfigurationList struct {
 
 // BGPPeerSpec is one external (or explicitly configured) BGP neighbour and
 // the nodes that peer with it.
+// +kubebuilder:validation:XValidation:rule="!has(self.sourceAddress) || self.sourceAddress == 'UseNodeIP' || has(self.node)",message="sourceAddress as an address needs node: it is one node's address"
+// +kubebuilder:validation:XValidation:rule="!has(self.ebgpMultihop) || !has(self.ttlSecurity)",message="ebgpMultihop and ttlSecurity are mutually exclusive: ttlSecurity sets the TTL itself"
 // +kubebuilder:validation:XValidation:rule="!(has(self.node) && has(self.nodeSelector))",message="node and nodeSelector are mutually exclusive: set one of them, or neither to peer from every node"
 // +kubebuilder:validation:XValidation:rule="!has(self.holdTime) || duration(self.holdTime) >= duration('3s')",message="holdTime must be at least 3s"
 // +kubebuilder:validation:XValidation:rule="!has(self.keepaliveTime) || duration(self.keepaliveTime) > duration('0s')",message="keepaliveTime must be positive"
@@ -223,6 +225,68 @@ type BGPPeerSpec struct {
 	// Passive makes the nodes wait for the neighbour to connect.
 	// +optional
 	Passive *bool `json:"passive,omitempty"`
+
+	// EBGPMultihop lets an eBGP neighbour be up to ttl hops away (e.g. a
+	// loopback behind a router); eBGP is sent with TTL 1 otherwise.
+	// +optional
+	EBGPMultihop *EBGPMultihop `json:"ebgpMultihop,omitempty"`
+
+	// TTLSecurity enables GTSM (RFC 5082): packets are sent with TTL 255
+	// and only those that crossed at most this many hops are accepted.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=254
+	TTLSecurity *int32 `json:"ttlSecurity,omitempty"`
+
+	// SourceAddress is the session's local address: UseNodeIP (the
+	// default), or an IPv4 address of the one node this BGPPeer names in
+	// node, such as a loopback.
+	// +optional
+	// +kubebuilder:validation:MaxLength=15
+	// +kubebuilder:validation:XValidation:rule="self == 'UseNodeIP' || (isIP(self) && ip(self).family() == 4)",message="sourceAddress must be UseNodeIP or an IPv4 address"
+	SourceAddress string `json:"sourceAddress,omitempty"`
+
+	// KeepOriginalNextHop sends the node's block with the node address as
+	// next hop rather than the session's source address (eBGP only).
+	// +optional
+	KeepOriginalNextHop bool `json:"keepOriginalNextHop,omitempty"`
+
+	// NumAllowedLocalASNumbers accepts paths carrying the node's own AS up
+	// to that many times (allowas-in): with one AS per rack, the nodes of
+	// a rack learn each other's blocks back through their ToR.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=10
+	NumAllowedLocalASNumbers *int32 `json:"numAllowedLocalASNumbers,omitempty"`
+
+	// AcceptPodBlocks lets the neighbour send prefixes inside the enabled
+	// IPPools: the blocks of other nodes, relayed by a ToR when the mesh
+	// is off. Never the node's own block. Refused otherwise.
+	// +optional
+	AcceptPodBlocks bool `json:"acceptPodBlocks,omitempty"`
+
+	// ASPathPrepend adds the node's AS that many extra times to the routes
+	// sent to this neighbour (eBGP only), to make them less preferred.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=10
+	ASPathPrepend *int32 `json:"asPathPrepend,omitempty"`
+
+	// Filters names BGPFilters applied in order after the built-in safety
+	// rules, which they can narrow but never widen. A missing BGPFilter
+	// keeps this BGPPeer out until it exists.
+	// +optional
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=atomic
+	Filters []string `json:"filters,omitempty"`
+}
+
+// EBGPMultihop is how far an eBGP neighbour may be.
+type EBGPMultihop struct {
+	// TTL is the most hops to the neighbour.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=255
+	TTL int32 `json:"ttl"`
 }
 
 // BGPPassword names where a session's TCP MD5 key is kept.
@@ -437,4 +501,83 @@ type BGPNodeStatusList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []BGPNodeStatus `json:"items"`
+}
+
+// ---------------------------------------------------------------------------
+// BGPFilter
+
+// BGPFilterAction is what a matching rule does.
+// +kubebuilder:validation:Enum=Accept;Reject
+type BGPFilterAction string
+
+// BGPFilterMatchOperator relates a prefix to a rule's cidr.
+// +kubebuilder:validation:Enum=Equal;NotEqual;In;NotIn
+type BGPFilterMatchOperator string
+
+// BGPFilterRuleV4 matches IPv4 prefixes. Without cidr it matches every
+// prefix (within prefixLength, if set).
+// +kubebuilder:validation:XValidation:rule="has(self.cidr) == has(self.matchOperator)",message="cidr and matchOperator go together"
+// +kubebuilder:validation:XValidation:rule="!has(self.prefixLength) || !has(self.matchOperator) || self.matchOperator == 'In' || self.matchOperator == 'NotIn'",message="prefixLength applies to In, NotIn or a rule without cidr"
+type BGPFilterRuleV4 struct {
+	Action BGPFilterAction `json:"action"`
+	// CIDR the prefix is compared with.
+	// +optional
+	// +kubebuilder:validation:MaxLength=18
+	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self).ip().family() == 4",message="cidr must be an IPv4 CIDR, e.g. 10.244.0.0/16"
+	CIDR string `json:"cidr,omitempty"`
+	// MatchOperator: Equal (exactly cidr), NotEqual, In (cidr or a
+	// more-specific of it), NotIn.
+	// +optional
+	MatchOperator BGPFilterMatchOperator `json:"matchOperator,omitempty"`
+	// PrefixLength bounds the matched prefixes' length.
+	// +optional
+	PrefixLength *BGPFilterPrefixLengthV4 `json:"prefixLength,omitempty"`
+}
+
+// BGPFilterPrefixLengthV4 bounds a prefix length.
+// +kubebuilder:validation:XValidation:rule="!has(self.min) || !has(self.max) || self.min <= self.max",message="prefixLength.min must not exceed max"
+type BGPFilterPrefixLengthV4 struct {
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=32
+	Min *int32 `json:"min,omitempty"`
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=32
+	Max *int32 `json:"max,omitempty"`
+}
+
+// BGPFilterSpec lists rules for routes received from (import) and sent to
+// (export) the BGPPeers that name the filter. In each list the first
+// matching rule decides; a prefix no rule matches passes on.
+type BGPFilterSpec struct {
+	// +optional
+	// +kubebuilder:validation:MaxItems=256
+	// +listType=atomic
+	ImportV4 []BGPFilterRuleV4 `json:"importV4,omitempty"`
+	// +optional
+	// +kubebuilder:validation:MaxItems=256
+	// +listType=atomic
+	ExportV4 []BGPFilterRuleV4 `json:"exportV4,omitempty"`
+}
+
+// BGPFilter is a list of accept/reject rules by prefix, applied to the
+// BGPPeers that name it on top of the built-in safety rules.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,categories=nexthop
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type BGPFilter struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec BGPFilterSpec `json:"spec"`
+}
+
+// BGPFilterList is a list of BGPFilter.
+// +kubebuilder:object:root=true
+type BGPFilterList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []BGPFilter `json:"items"`
 }
