@@ -316,7 +316,12 @@ func (s *Speaker) exportPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 	// goes on to the filters.
 	for i, addr := range slices.SortedFunc(maps.Keys(peers), netip.Addr.Compare) {
 		p := peers[addr]
-		if p.ASPathPrepend == 0 && !p.KeepOriginalNextHop {
+		// GoBGP keeps the node address it was announced with as the next
+		// hop; towards an eBGP peer reached from another source address
+		// (a loopback) the next hop is that address, as BIRD's and
+		// Calico's "next hop self", unless keepOriginalNextHop.
+		self := p.AS != s.cfg.LocalAS && p.SourceAddress.IsValid() && !p.KeepOriginalNextHop
+		if p.ASPathPrepend == 0 && !self {
 			continue
 		}
 		set := n(fmt.Sprintf("modify-peer%d", i))
@@ -325,10 +330,8 @@ func (s *Speaker) exportPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 		if p.ASPathPrepend > 0 {
 			a.AsPrepend = &api.AsPrependAction{Asn: s.cfg.LocalAS, Repeat: uint32(p.ASPathPrepend)}
 		}
-		if p.KeepOriginalNextHop {
-			// GoBGP sets the session's source address on eBGP; this
-			// puts back the node address the block was announced with.
-			a.Nexthop = &api.NexthopAction{Unchanged: true}
+		if self {
+			a.Nexthop = &api.NexthopAction{Self: true}
 		}
 		sts = append(sts, &statement{Name: set, Conditions: &api.Conditions{NeighborSet: match(set, api.MatchSet_ANY)}, Actions: a})
 	}

@@ -139,7 +139,8 @@ type Peer struct {
 	SourceAddress netip.Addr `json:"sourceAddress,omitempty"`
 	// KeepOriginalNextHop sends this node's block to an external peer
 	// with the node's address as next hop instead of the session's
-	// source address.
+	// source address (with SourceAddress; the next hop is the node's
+	// address anyway otherwise).
 	KeepOriginalNextHop bool `json:"keepOriginalNextHop,omitempty"`
 	// NumAllowedLocalASNumbers accepts paths that carry this node's AS up
 	// to that many times (allowas-in), for one AS per rack.
@@ -704,8 +705,11 @@ func (c *Config) validatePeerOptions(f string, p Peer, bad func(field, format st
 			bad(f+".sourceAddress", "%s is inside podCIDR %s", a, c.PodCIDR)
 		}
 	}
-	if p.KeepOriginalNextHop && !ebgp {
+	switch {
+	case p.KeepOriginalNextHop && !ebgp:
 		bad(f+".keepOriginalNextHop", "only for eBGP peers: iBGP keeps the next hop already")
+	case p.KeepOriginalNextHop && !p.SourceAddress.IsValid():
+		bad(f+".keepOriginalNextHop", "only with sourceAddress: without it the next hop is the node address already")
 	}
 	if p.NumAllowedLocalASNumbers > 10 {
 		bad(f+".numAllowedLocalASNumbers", "%d out of range 0-10", p.NumAllowedLocalASNumbers)

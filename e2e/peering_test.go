@@ -61,6 +61,7 @@ func multihopFabric(t *testing.T, frrNeighbor string) (*Cluster, *ToR) {
 		{far, []string{"addr", "add", farLoopback.String() + "/32", "dev", "lo"}},
 		{far, []string{"route", "add", "default", "via", "198.51.100.1"}},
 		{rtr, []string{"route", "add", nodeLoop.String() + "/32", "via", n.Address.String()}},
+		{rtr, []string{"route", "add", farLoopback.String() + "/32", "via", "198.51.100.2"}},
 		{n.NS, []string{"addr", "add", nodeLoop.String() + "/32", "dev", "lo"}},
 		{n.NS, []string{"route", "add", "198.51.100.0/24", "via", rtrAddress.String()}},
 	} {
@@ -191,6 +192,7 @@ func TestPeeringFilters(t *testing.T) {
 			rule(config.FilterReject, config.MatchEqual, "198.18.1.0/24"),
 			{Action: config.FilterAccept, CIDR: netip.MustParsePrefix("198.18.0.0/16"), MatchOperator: config.MatchIn,
 				PrefixLength: &config.PrefixLength{Max: 24}},
+			rule(config.FilterReject, config.MatchIn, "198.18.0.0/16"), // the longer ones
 			rule(config.FilterReject, config.MatchNotIn, "0.0.0.0/0"), // matches nothing
 			rule(config.FilterReject, config.MatchIn, "100.64.0.0/10"),
 			rule(config.FilterAccept, "", ""), // everything else, safety permitting
@@ -203,14 +205,20 @@ func TestPeeringFilters(t *testing.T) {
 		"198.18.0.0/24", "198.18.1.0/24", "198.18.2.0/25", // In, Equal, too long
 		"100.64.1.0/24",                  // rejected
 		"192.168.7.0/24",                 // the catch-all Accept
-		"10.244.9.0/24", "10.244.0.0/25", // a pod block (no acceptPodBlocks), the node's own
+		"10.244.9.0/24", "10.244.1.0/25", // a pod block (no acceptPodBlocks), the node's own
 		"127.5.0.0/16", // a martian
 	}
 	var ps []netip.Prefix
 	for _, a := range announced {
 		ps = append(ps, netip.MustParsePrefix(a))
 	}
-	if err := far.Configure(fmt.Sprintf("router bgp %d", farAS), "no bgp network import-check", "address-family ipv4 unicast"); err != nil {
+	// The routes point at the router, on the node's subnet: the node
+	// installs next hops it reaches directly (or through a tunnel) only.
+	if err := far.Configure("route-map NH permit 10", "set ip next-hop "+rtrAddress.String()); err != nil {
+		t.Fatal(err)
+	}
+	if err := far.Configure(fmt.Sprintf("router bgp %d", farAS), "no bgp network import-check", "address-family ipv4 unicast",
+		fmt.Sprintf("neighbor %s route-map NH out", nodeLoop)); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range ps {
@@ -218,7 +226,7 @@ func TestPeeringFilters(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	want := "198.18.0.0/24 via 198.51.100.100,192.168.7.0/24 via 198.51.100.100"
+	want := "192.168.7.0/24 via 192.0.2.250,198.18.0.0/24 via 192.0.2.250"
 	waitFor(t, convergeTimeout, "exactly the filtered prefixes in the kernel", func() error {
 		rs, err := c.NexthopRoutes(n)
 		if err != nil {
@@ -252,12 +260,11 @@ func TestPeeringFilters(t *testing.T) {
 		return nil
 	})
 	for pfx, reason := range map[string]string{
-		"198.18.1.0/24": "filter far importV4[0]", "100.64.1.0/24": "filter far importV4[3]",
-		"10.244.9.0/24": "inside a pod pool", "10.244.0.0/25": "own pod block", "127.5.0.0/16": "martian",
+		"198.18.1.0/24": "rejected by filter far importV4[0]", "198.18.2.0/25": "rejected by filter far importV4[2]",
+		"100.64.1.0/24": "rejected by filter far importV4[4]",
+		"10.244.9.0/24": "inside a pod pool", "10.244.1.0/25": "this node's own pod block", "127.5.0.0/16": "a martian",
 	} {
-		if err := n.LogContains(fmt.Sprintf("prefix=%s reason=", pfx)); err != nil {
-			t.Errorf("refusal of %s not logged: %v", pfx, err)
-		} else if err := n.LogContains(reason); err != nil {
+		if err := n.LogContains(fmt.Sprintf(`prefix=%s reason="%s`, pfx, reason)); err != nil {
 			t.Errorf("refusal of %s: %v", pfx, err)
 		}
 	}

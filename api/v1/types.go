@@ -159,6 +159,7 @@ type BGPConfigurationList struct {
 // BGPPeerSpec is one external (or explicitly configured) BGP neighbour and
 // the nodes that peer with it.
 // +kubebuilder:validation:XValidation:rule="!has(self.sourceAddress) || self.sourceAddress == 'UseNodeIP' || has(self.node)",message="sourceAddress as an address needs node: it is one node's address"
+// +kubebuilder:validation:XValidation:rule="!has(self.keepOriginalNextHop) || !self.keepOriginalNextHop || (has(self.sourceAddress) && self.sourceAddress != 'UseNodeIP')",message="keepOriginalNextHop needs a sourceAddress other than UseNodeIP: the next hop is the node address already"
 // +kubebuilder:validation:XValidation:rule="!has(self.ebgpMultihop) || !has(self.ttlSecurity)",message="ebgpMultihop and ttlSecurity are mutually exclusive: ttlSecurity sets the TTL itself"
 // +kubebuilder:validation:XValidation:rule="!(has(self.node) && has(self.nodeSelector))",message="node and nodeSelector are mutually exclusive: set one of them, or neither to peer from every node"
 // +kubebuilder:validation:XValidation:rule="!has(self.holdTime) || duration(self.holdTime) >= duration('3s')",message="holdTime must be at least 3s"
@@ -247,7 +248,8 @@ type BGPPeerSpec struct {
 	SourceAddress string `json:"sourceAddress,omitempty"`
 
 	// KeepOriginalNextHop sends the node's block with the node address as
-	// next hop rather than the session's source address (eBGP only).
+	// next hop rather than the session's source address (eBGP, with a
+	// sourceAddress other than UseNodeIP).
 	// +optional
 	KeepOriginalNextHop bool `json:"keepOriginalNextHop,omitempty"`
 
