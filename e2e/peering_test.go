@@ -193,7 +193,7 @@ func TestPeeringFilters(t *testing.T) {
 			{Action: config.FilterAccept, CIDR: netip.MustParsePrefix("198.18.0.0/16"), MatchOperator: config.MatchIn,
 				PrefixLength: &config.PrefixLength{Max: 24}},
 			rule(config.FilterReject, config.MatchIn, "198.18.0.0/16"), // the longer ones
-			rule(config.FilterReject, config.MatchNotIn, "0.0.0.0/0"), // matches nothing
+			rule(config.FilterReject, config.MatchNotIn, "0.0.0.0/0"),  // matches nothing
 			rule(config.FilterReject, config.MatchIn, "100.64.0.0/10"),
 			rule(config.FilterAccept, "", ""), // everything else, safety permitting
 		}}}
