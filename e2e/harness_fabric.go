@@ -12,14 +12,23 @@ import (
 // namespace between the underlay and further namespaces, and FRR speakers
 // with a config of the test's own in any namespace.
 
-// AddRouter creates namespace <prefix><name>, plugged into the underlay at
-// addr, forwarding.
-func (c *Cluster) AddRouter(name string, addr netip.Addr) (string, error) {
+// PlugNS creates namespace <prefix><name>, plugged into the underlay at
+// addr, not forwarding (a ToR that only speaks BGP, like the harness's).
+func (c *Cluster) PlugNS(name string, addr netip.Addr) (string, error) {
 	ns := c.Prefix + name
 	if err := c.addNS(ns); err != nil {
 		return "", err
 	}
 	if err := c.plugUnderlay(ns, name, addr); err != nil {
+		return "", err
+	}
+	return ns, setSysctls(ns, "net.ipv4.ip_forward", "0")
+}
+
+// AddRouter is PlugNS, forwarding.
+func (c *Cluster) AddRouter(name string, addr netip.Addr) (string, error) {
+	ns, err := c.PlugNS(name, addr)
+	if err != nil {
 		return "", err
 	}
 	if err := setSysctls(ns, "net.ipv4.ip_forward", "1", "net.ipv4.conf.all.rp_filter", "0", "net.ipv4.conf.default.rp_filter", "0"); err != nil {

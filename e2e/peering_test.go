@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -276,4 +277,55 @@ func joinAddrs(as []netip.Addr) string {
 		s = append(s, a.String())
 	}
 	return strings.Join(s, ",")
+}
+
+// TestPeeringAllowASIn: one AS per rack. Two nodes of AS 64512 peer only
+// with their eBGP ToR (no mesh), which relays each one's block to the
+// other with 64512 in the path. Without numAllowedLocalASNumbers the nodes
+// refuse it as a loop; with 1 they install it and their pods reach each
+// other.
+func TestPeeringAllowASIn(t *testing.T) {
+	c := newCluster(t, Options{Nodes: 2, ToR: true})
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	torOnly := func(allow uint8) func(*config.Config) {
+		return func(cfg *config.Config) {
+			cfg.Peers = []config.Peer{{Address: ToRAddress, AS: ToRAS, HoldTime: config.Duration{Duration: HoldTime},
+				Description: "tor", AcceptPodBlocks: true, NumAllowedLocalASNumbers: allow}}
+		}
+	}
+	for _, n := range c.Nodes {
+		torOnly(0)(&n.Config)
+	}
+	// The harness's ToR does not forward: it hands on each block with its
+	// owner as next hop (all share the underlay subnet).
+	if err := c.ToR.Configure(fmt.Sprintf("router bgp %d", ToRAS), "address-family ipv4 unicast",
+		"neighbor NODES attribute-unchanged next-hop"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartDaemons(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, convergeTimeout, "the ToR has both blocks", func() error {
+		for _, n := range c.Nodes {
+			if _, err := frrPath(c.ToR, n.PodCIDR()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	stays(t, 3*time.Second, "without allowas-in no node installs the other's block", func() error {
+		return errors.Join(checkKernel(c, n1, []*Node{n1}), checkKernel(c, n2, []*Node{n2}))
+	})
+
+	for _, n := range c.Nodes {
+		if err := c.RestartDaemon(n, torOnly(1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, convergeTimeout, "with allowas-in each node has the other's block, via its owner", func() error {
+		return kernelsConverged(c, c.Nodes)
+	})
+	waitFor(t, convergeTimeout, "pod1 ↔ pod2 across the ToR-learned routes", func() error {
+		return errors.Join(Ping(n1.Pod, n2.Pod.IP, 1), Ping(n2.Pod, n1.Pod.IP, 1))
+	})
 }
