@@ -1,15 +1,23 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	nexthopv1 "github.com/nexthop-net/nexthop/api/v1"
 	"github.com/nexthop-net/nexthop/config"
+	"github.com/nexthop-net/nexthop/kubetest"
 )
 
 // Addresses of the multihop topology: node0 ── underlay ── rtr ── far.
@@ -327,5 +335,198 @@ func TestPeeringAllowASIn(t *testing.T) {
 	})
 	waitFor(t, convergeTimeout, "pod1 ↔ pod2 across the ToR-learned routes", func() error {
 		return errors.Join(Ping(n1.Pod, n2.Pod.IP, 1), Ping(n2.Pod, n1.Pod.IP, 1))
+	})
+}
+
+// Two racks for the Kubernetes ToR-only fabric: each rack its own AS
+// behind its own ToR, the ToRs eBGP neighbours of each other.
+var racks = []struct {
+	name   string
+	nodeAS uint32
+	torAS  uint32
+	tor    netip.Addr
+}{
+	{"a", 64601, 65001, netip.MustParseAddr("192.0.2.252")},
+	{"b", 64602, 65002, netip.MustParseAddr("192.0.2.253")},
+}
+
+// rackToRConfig is a ToR of rack r: its nodes and the other ToR as eBGP
+// neighbours. It does not forward, so it hands routes on with their
+// next hops unchanged (everything shares the underlay subnet).
+func rackToRConfig(r, other int, nodes []*Node) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `frr defaults datacenter
+hostname tor-%s
+log stdout informational
+router bgp %d
+ bgp router-id %s
+ no bgp ebgp-requires-policy
+ neighbor NODES peer-group
+ neighbor NODES remote-as %d
+ neighbor NODES timers 1 3
+ neighbor NODES timers connect 1
+ neighbor %s remote-as %d
+ neighbor %s timers 1 3
+ neighbor %s timers connect 1
+`, racks[r].name, racks[r].torAS, racks[r].tor, racks[r].nodeAS, racks[other].tor, racks[other].torAS, racks[other].tor, racks[other].tor)
+	for _, n := range nodes {
+		fmt.Fprintf(&b, " neighbor %s peer-group NODES\n", n.Address)
+	}
+	fmt.Fprintf(&b, ` address-family ipv4 unicast
+  neighbor NODES activate
+  neighbor NODES attribute-unchanged next-hop
+  neighbor %s activate
+  neighbor %s attribute-unchanged next-hop
+ exit-address-family
+`, racks[other].tor, racks[other].tor)
+	return b.String()
+}
+
+// rackPeerYAML is rack r's BGPPeer towards its ToR, with extra spec lines.
+func rackPeerYAML(r int, extra ...string) string {
+	y := fmt.Sprintf(`apiVersion: nexthop.io/v1
+kind: BGPPeer
+metadata:
+  name: tor-%s
+spec:
+  peerIP: %s
+  asNumber: %d
+  holdTime: 3s
+  numAllowedLocalASNumbers: 1
+  nodeSelector:
+    matchLabels:
+      rack: %s
+`, racks[r].name, racks[r].tor, racks[r].torAS, racks[r].name)
+	for _, e := range extra {
+		y += "  " + e + "\n"
+	}
+	return y
+}
+
+// TestPeeringKubernetesToROnly: Kubernetes mode, mesh off, no reflectors,
+// two racks (one AS each) behind two ToRs. The BGPPeers towards the ToRs
+// first lack acceptPodBlocks: the ToRs hold every block and every node
+// refuses them ("inside a pod pool"). Set live, acceptPodBlocks makes
+// every kernel hold every other block via its owner, without a daemon
+// restart, and pods ping across racks and within one (allowas-in). A
+// BGPFilter named by one BGPPeer then takes one block away from that rack
+// only.
+func TestPeeringKubernetesToROnly(t *testing.T) {
+	requireHarness(t)
+	requireBinaries(t)
+	requireKube(t)
+	env := kubetest.Start(t)
+	k := &kubeCluster{t: t, env: env, cs: kubernetes.NewForConfigOrDie(env.Config), dc: dynamic.NewForConfigOrDie(env.Config)}
+	k.mustKubectl("", "apply", "-k", filepath.Join(sourceRoot(), "manifests"))
+	k.mustKubectl(poolYAML, "apply", "-f", "-")
+	k.mustKubectl(meshOffYAML, "apply", "-f", "-")
+
+	c := newCluster(t, Options{Nodes: 4})
+	k.c = c
+	rackOf := func(n *Node) int { return (n.Index - 1) / 2 }
+	apiAddr := strings.TrimPrefix(env.URL, "https://")
+	ctx := context.Background()
+	for _, n := range c.Nodes {
+		r := rackOf(n)
+		k.createNode(n)
+		node, err := k.cs.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		node.Labels = map[string]string{"rack": racks[r].name}
+		node.Annotations = map[string]string{nexthopv1.AnnotationAS: fmt.Sprint(racks[r].nodeAS)}
+		if _, err := k.cs.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.UseKubernetes(n, apiAddr, env.DaemonConfig().BearerToken); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tors := make([]*ToR, len(racks))
+	for r := range racks {
+		ns, err := c.PlugNS("tor"+racks[r].name, racks[r].tor)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var nodes []*Node
+		for _, n := range c.Nodes {
+			if rackOf(n) == r {
+				nodes = append(nodes, n)
+			}
+		}
+		if tors[r], err = c.StartFRR("tor"+racks[r].name, ns, racks[r].tor, rackToRConfig(r, 1-r, nodes)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for r := range racks {
+		k.mustKubectl(rackPeerYAML(r), "apply", "-f", "-")
+	}
+	if err := c.StartDaemons(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, convergeTimeout, "both ToRs hold every block", func() error {
+		for _, tor := range tors {
+			for _, n := range c.Nodes {
+				if _, err := frrPath(tor, n.PodCIDR()); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	stays(t, 3*time.Second, "without acceptPodBlocks every node refuses the relayed blocks", func() error {
+		var errs []error
+		for _, n := range c.Nodes {
+			errs = append(errs, checkKernel(c, n, []*Node{n}))
+		}
+		return errors.Join(errs...)
+	})
+	for _, n := range c.Nodes {
+		if err := n.LogContains("inside a pod pool"); err != nil {
+			t.Errorf("%s: %v", n.Name, err)
+		}
+	}
+	pids := map[*Node]int{}
+	for _, n := range c.Nodes {
+		pids[n] = n.DaemonPid()
+	}
+
+	for r := range racks {
+		k.mustKubectl(rackPeerYAML(r, "acceptPodBlocks: true"), "apply", "-f", "-")
+	}
+	waitFor(t, convergeTimeout, "every kernel has every other block via its owner", func() error { return kernelsConverged(c, c.Nodes) })
+	for _, a := range c.Nodes {
+		for _, b := range c.Nodes {
+			if a == b {
+				continue
+			}
+			if err := WaitFor(20*time.Second, 500*time.Millisecond, func() error { return Ping(a.Pod, b.Pod.IP, 1) }); err != nil {
+				t.Fatalf("pod on %s (rack %s) -> pod on %s (rack %s): %v", a.Name, racks[rackOf(a)].name, b.Name, racks[rackOf(b)].name, err)
+			}
+		}
+	}
+	for _, n := range c.Nodes {
+		if pid := n.DaemonPid(); pid != pids[n] {
+			t.Errorf("%s: daemon restarted (pid %d, was %d)", n.Name, pid, pids[n])
+		}
+	}
+
+	// A BGPFilter on rack a's BGPPeer: rack a loses node3's block, rack b
+	// keeps everything.
+	k.mustKubectl(`apiVersion: nexthop.io/v1
+kind: BGPFilter
+metadata:
+  name: no-node3
+spec:
+  importV4:
+  - action: Reject
+    cidr: `+c.Nodes[2].PodCIDR().String()+`
+    matchOperator: Equal
+`, "apply", "-f", "-")
+	k.mustKubectl(rackPeerYAML(0, "acceptPodBlocks: true", "filters: [no-node3]"), "apply", "-f", "-")
+	waitFor(t, convergeTimeout, "rack a without node3's block, rack b unchanged", func() error {
+		without := []*Node{c.Nodes[0], c.Nodes[1], c.Nodes[3]}
+		return errors.Join(checkKernel(c, c.Nodes[0], without), checkKernel(c, c.Nodes[1], without),
+			checkKernel(c, c.Nodes[2], c.Nodes), checkKernel(c, c.Nodes[3], c.Nodes))
 	})
 }
