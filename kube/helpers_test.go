@@ -93,7 +93,7 @@ func (c *cluster) create(gvr schema.GroupVersionResource, obj runtime.Object) er
 	}
 	u := &unstructured.Unstructured{Object: m}
 	u.SetAPIVersion(nexthopv1.SchemeGroupVersion.String())
-	kind := map[string]string{"bgppeers": "BGPPeer", "ippools": "IPPool", "bgpconfigurations": "BGPConfiguration", "bgpnodestatuses": "BGPNodeStatus"}[gvr.Resource]
+	kind := map[string]string{"bgppeers": "BGPPeer", "ippools": "IPPool", "bgpconfigurations": "BGPConfiguration", "bgpnodestatuses": "BGPNodeStatus", "bgpfilters": "BGPFilter"}[gvr.Resource]
 	u.SetKind(kind)
 	_, err = c.dc.Resource(gvr).Create(context.Background(), u, metav1.CreateOptions{})
 	return err

@@ -28,6 +28,9 @@ func TestAPIServerRejectsInvalidObjects(t *testing.T) {
 		mut(&p.Spec)
 		return p
 	}
+	filter := func(name string, rules ...nexthopv1.BGPFilterRuleV4) runtime.Object {
+		return &nexthopv1.BGPFilter{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: nexthopv1.BGPFilterSpec{ImportV4: rules}}
+	}
 	pool := func(name string, mut func(*nexthopv1.IPPoolSpec)) runtime.Object {
 		p := &nexthopv1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: nexthopv1.IPPoolSpec{CIDR: "10.244.0.0/16"}}
 		mut(&p.Spec)
@@ -58,6 +61,30 @@ func TestAPIServerRejectsInvalidObjects(t *testing.T) {
 		{"graceful restart too long", nexthopv1.BGPPeersResource, peer("gr", func(s *nexthopv1.BGPPeerSpec) {
 			s.GracefulRestart = &nexthopv1.GracefulRestart{Enabled: true, RestartTime: dur("2h")}
 		}), "restartTime must be between 1s and 4095s"},
+
+		{"valid fabric options", nexthopv1.BGPPeersResource, peer("fabric", func(s *nexthopv1.BGPPeerSpec) {
+			s.Node, s.SourceAddress, s.KeepOriginalNextHop = "node1", "203.0.113.10", true
+			s.EBGPMultihop = &nexthopv1.EBGPMultihop{TTL: 2}
+			s.NumAllowedLocalASNumbers, s.ASPathPrepend, s.AcceptPodBlocks = ptr[int32](1), ptr[int32](3), true
+			s.Filters = []string{"tor-in"}
+		}), ""},
+		{"multihop and GTSM", nexthopv1.BGPPeersResource, peer("mhgtsm", func(s *nexthopv1.BGPPeerSpec) {
+			s.EBGPMultihop, s.TTLSecurity = &nexthopv1.EBGPMultihop{TTL: 2}, ptr[int32](2)
+		}), "ebgpMultihop and ttlSecurity are mutually exclusive"},
+		{"source address for every node", nexthopv1.BGPPeersResource, peer("srcall", func(s *nexthopv1.BGPPeerSpec) { s.SourceAddress = "203.0.113.10" }), "sourceAddress as an address needs node"},
+		{"bad source address", nexthopv1.BGPPeersResource, peer("srcbad", func(s *nexthopv1.BGPPeerSpec) { s.Node, s.SourceAddress = "node1", "loopback" }), "sourceAddress must be UseNodeIP or an IPv4 address"},
+		{"keep next hop without source", nexthopv1.BGPPeersResource, peer("keepnh", func(s *nexthopv1.BGPPeerSpec) { s.KeepOriginalNextHop = true }), "keepOriginalNextHop needs a sourceAddress"},
+		{"ttlSecurity 255", nexthopv1.BGPPeersResource, peer("ttl255", func(s *nexthopv1.BGPPeerSpec) { s.TTLSecurity = ptr[int32](255) }), "spec.ttlSecurity"},
+		{"prepend 11", nexthopv1.BGPPeersResource, peer("prep", func(s *nexthopv1.BGPPeerSpec) { s.ASPathPrepend = ptr[int32](11) }), "spec.asPathPrepend"},
+		{"valid filter", nexthopv1.BGPFiltersResource, filter("ok", nexthopv1.BGPFilterRuleV4{Action: "Accept", CIDR: "10.0.0.0/8", MatchOperator: "In",
+			PrefixLength: &nexthopv1.BGPFilterPrefixLengthV4{Min: ptr[int32](16), Max: ptr[int32](24)}}), ""},
+		{"filter cidr without operator", nexthopv1.BGPFiltersResource, filter("noop", nexthopv1.BGPFilterRuleV4{Action: "Accept", CIDR: "10.0.0.0/8"}), "cidr and matchOperator go together"},
+		{"filter bad action", nexthopv1.BGPFiltersResource, filter("act", nexthopv1.BGPFilterRuleV4{Action: "Drop"}), `supported values: "Accept", "Reject"`},
+		{"filter bad cidr", nexthopv1.BGPFiltersResource, filter("cidr", nexthopv1.BGPFilterRuleV4{Action: "Accept", CIDR: "10.0.0.0", MatchOperator: "In"}), "cidr must be an IPv4 CIDR"},
+		{"filter lengths with Equal", nexthopv1.BGPFiltersResource, filter("eqlen", nexthopv1.BGPFilterRuleV4{Action: "Accept", CIDR: "10.0.0.0/8", MatchOperator: "Equal",
+			PrefixLength: &nexthopv1.BGPFilterPrefixLengthV4{Max: ptr[int32](24)}}), "prefixLength applies to In, NotIn"},
+		{"filter min above max", nexthopv1.BGPFiltersResource, filter("minmax", nexthopv1.BGPFilterRuleV4{Action: "Reject",
+			PrefixLength: &nexthopv1.BGPFilterPrefixLengthV4{Min: ptr[int32](25), Max: ptr[int32](24)}}), "prefixLength.min must not exceed max"},
 
 		{"valid pool", nexthopv1.IPPoolsResource, pool("ok", func(*nexthopv1.IPPoolSpec) {}), ""},
 		{"IPIP and VXLAN", nexthopv1.IPPoolsResource, pool("both", func(s *nexthopv1.IPPoolSpec) {
