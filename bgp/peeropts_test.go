@@ -77,6 +77,9 @@ func TestPeerFiltersOnTopOfSafety(t *testing.T) {
 			c.Pools = pools
 			c.Peers[0].AcceptPodBlocks = true
 			c.Peers[0].ASPathPrepend = 2
+			// Session options, for the resync to find as configured.
+			c.Peers[0].EBGPMultihop = &config.Multihop{TTL: 2}
+			c.Peers[0].NumAllowedLocalASNumbers = 1
 			c.Peers[0].Filters = []config.Filter{filter, {Name: "out", ExportV4: []config.FilterRule{reject(config.MatchNotIn, "10.244.0.0/16")}}}
 		}
 	})
@@ -117,6 +120,12 @@ func TestPeerFiltersOnTopOfSafety(t *testing.T) {
 		t.Errorf("192.0.2.0/24 reached the peer (AS path %s) past the export Reject", got)
 	}
 
+	// The resync finds nothing to undo but the test's own extra path:
+	// GoBGP holds the peer options and the filter sets as built.
+	if n, err := nodes[0].sp.Reconcile(ctx); n != 1 || err != nil {
+		t.Fatalf("Reconcile with filters and prepend: %d corrections, %v; want 1 (192.0.2.0/24)", n, err)
+	}
+
 	// A changed filter is a policy swap: the session stays up.
 	up := nodes[0].sp.Peers()[0].Uptime
 	peers := slices.Clone(nodes[0].cfg.Peers)
@@ -137,5 +146,27 @@ func TestPeerFiltersOnTopOfSafety(t *testing.T) {
 	})
 	if p := nodes[0].sp.Peers()[0]; !p.Established || p.Uptime < up {
 		t.Errorf("session restarted by a filter change: %+v (uptime before %s)", p, up)
+	}
+}
+
+// TestGTSMSession: with ttlSecurity 1 towards a direct neighbour (on
+// loopback nothing decrements the TTL) the session comes up, and the
+// resync finds GoBGP's peer as configured.
+func TestGTSMSession(t *testing.T) {
+	ctx := context.Background()
+	nodes := speakers(t, []struct {
+		as    uint32
+		block string
+	}{{64512, "10.244.1.0/24"}, {65000, "10.244.2.0/24"}}, [][2]int{{0, 1}}, func(i int, c *config.Config) {
+		c.Peers[0].TTLSecurity = 1
+	})
+	waitFor(t, "GTSM session established", func() error {
+		if p := nodes[0].sp.Peers()[0]; !p.Established {
+			return fmt.Errorf("peer %+v", p)
+		}
+		return nil
+	})
+	if n, err := nodes[0].sp.Reconcile(ctx); n != 0 || err != nil {
+		t.Fatalf("Reconcile: %d corrections, %v; want none", n, err)
 	}
 }

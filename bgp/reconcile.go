@@ -118,6 +118,14 @@ func peerDiff(want, got *api.Peer) string {
 		return "made a route server client"
 	case want.GetGracefulRestart().GetEnabled() != got.GetGracefulRestart().GetEnabled():
 		return "graceful restart changed"
+	case want.GetEbgpMultihop().GetEnabled() != got.GetEbgpMultihop().GetEnabled(),
+		want.GetEbgpMultihop().GetEnabled() && want.GetEbgpMultihop().GetMultihopTtl() != got.GetEbgpMultihop().GetMultihopTtl():
+		return "eBGP multihop changed"
+	case want.GetTtlSecurity().GetEnabled() != got.GetTtlSecurity().GetEnabled(),
+		want.GetTtlSecurity().GetEnabled() && want.GetTtlSecurity().GetTtlMin() != got.GetTtlSecurity().GetTtlMin():
+		return "TTL security changed"
+	case wc.GetAllowOwnAsn() != gc.GetAllowOwnAsn():
+		return "allowed own AS count changed"
 	}
 	limit := func(p *api.Peer) uint32 {
 		for _, a := range p.GetAfiSafis() {
