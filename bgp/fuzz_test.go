@@ -67,6 +67,83 @@ func FuzzPeerConversion(f *testing.F) {
 	})
 }
 
+// FuzzPeerOptions is FuzzPeerConversion with the fabric options on top
+// (opts, decoded by fuzzPeerOptions): the session options reach GoBGP as
+// configured, and the import policy still refuses everything the safety
+// rules refuse, whatever acceptPodBlocks and the filters say.
+func FuzzPeerOptions(f *testing.F) {
+	fz := newFuzzServer(f)
+	f.Add(uint32(64512), uint32(0xc000020b), uint32(0x0af40100), uint8(16), []byte{10, 244, 0, 0, 16}, uint8(0), "",
+		[]byte{192, 0, 2, 254, 0, 0, 0xfd, 0xe8}, []byte{0x17, 2, 1, 2, 203, 0, 113, 10, 0x12,
+			0x03, 10, 244, 3, 0, 24, 0, 0, // Reject Equal 10.244.3.0/24
+			0x16, 10, 244, 0, 0, 16, 16, 24, // Accept In 10.244.0.0/16, /16-/24
+			0x09, 10, 0, 0, 0, 8, 0, 0}, // export: Reject NotIn 10.0.0.0/8
+		uint32(0x0af40300), uint8(24))
+	f.Fuzz(func(t *testing.T, localAS, node, pod uint32, podBits uint8, pools []byte, flags uint8, password string, peers, opts []byte, probe uint32, probeBits uint8) {
+		cfg := fuzzConfig(localAS, node, pod, podBits, pools, flags, password, peers)
+		fuzzPeerOptions(&cfg, opts)
+		cfg.Normalize()
+		if cfg.Validate() != nil {
+			return
+		}
+		fz.check(t, cfg, netip.PrefixFrom(addr4(probe), int(probeBits)%33).Masked())
+	})
+}
+
+// fuzzPeerOptions decodes, per peer in order: flags (bit 0 acceptPodBlocks,
+// 1 keepOriginalNextHop, 2 ebgpMultihop, 3 ttlSecurity, 4 sourceAddress);
+// TTL or hops; allowas-in count; prepend count; 4-byte source address;
+// then one filter: rule counts (low nibble import % 4, high export % 4),
+// each rule (flags: bit 0 Reject, bits 1-3 operator, 4 prefixLength;
+// prefix; min; max).
+func fuzzPeerOptions(cfg *config.Config, opts []byte) {
+	b := fuzzBytes(opts)
+	ops := []string{"", config.MatchEqual, config.MatchNotEqual, config.MatchIn, config.MatchNotIn}
+	for i := range cfg.Peers {
+		p := &cfg.Peers[i]
+		fl, hops := b.u8(), b.u8()
+		p.AcceptPodBlocks = fl&1 != 0
+		p.KeepOriginalNextHop = fl&2 != 0
+		if fl&4 != 0 {
+			p.EBGPMultihop = &config.Multihop{TTL: hops}
+		}
+		if fl&8 != 0 {
+			p.TTLSecurity = hops
+		}
+		p.NumAllowedLocalASNumbers, p.ASPathPrepend = b.u8()%12, b.u8()%12
+		if src := addr4(b.u32()); fl&16 != 0 {
+			p.SourceAddress = src
+		}
+		counts := b.u8()
+		rule := func() config.FilterRule {
+			rf := b.u8()
+			r := config.FilterRule{Action: config.FilterAccept, MatchOperator: ops[int(rf>>1&7)%len(ops)]}
+			if rf&1 != 0 {
+				r.Action = config.FilterReject
+			}
+			if pfx := b.prefix(); r.MatchOperator != "" {
+				r.CIDR = pfx.Masked()
+			}
+			lo, hi := b.u8()%34, b.u8()%34
+			if rf&16 != 0 {
+				r.PrefixLength = &config.PrefixLength{Min: lo, Max: hi}
+			}
+			return r
+		}
+		var f config.Filter
+		for range counts & 3 {
+			f.ImportV4 = append(f.ImportV4, rule())
+		}
+		for range counts >> 4 & 3 {
+			f.ExportV4 = append(f.ExportV4, rule())
+		}
+		if len(f.ImportV4)+len(f.ExportV4) > 0 {
+			f.Name = fmt.Sprintf("f%d", i)
+			p.Filters = []config.Filter{f}
+		}
+	}
+}
+
 func addr4(v uint32) netip.Addr {
 	var b [4]byte
 	binary.BigEndian.PutUint32(b[:], v)
@@ -340,8 +417,17 @@ func checkAPIPeer(t *testing.T, cfg *config.Config, p config.Peer, a *api.Peer) 
 		t.Fatalf("apiPeer: neighbour %s AS %d, config says %s AS %d", c.GetNeighborAddress(), c.GetPeerAsn(), p.Address, p.AS)
 	case c.GetAuthPassword() != p.Password:
 		t.Fatalf("apiPeer for %s: MD5 password %q, config says %q", p.Address, c.GetAuthPassword(), p.Password)
-	case tr.GetLocalAddress() != cfg.Address.String():
-		t.Fatalf("apiPeer for %s: local address %s, want the node's %s", p.Address, tr.GetLocalAddress(), cfg.Address)
+	case tr.GetLocalAddress() != p.LocalAddress(cfg.Address).String():
+		t.Fatalf("apiPeer for %s: local address %s, want %s", p.Address, tr.GetLocalAddress(), p.LocalAddress(cfg.Address))
+	case c.GetAllowOwnAsn() != uint32(p.NumAllowedLocalASNumbers):
+		t.Fatalf("apiPeer for %s: allow own AS %d, config says %d", p.Address, c.GetAllowOwnAsn(), p.NumAllowedLocalASNumbers)
+	case a.GetEbgpMultihop().GetEnabled() != (p.EBGPMultihop != nil) ||
+		p.EBGPMultihop != nil && a.GetEbgpMultihop().GetMultihopTtl() != uint32(p.EBGPMultihop.TTL):
+		t.Fatalf("apiPeer for %s: eBGP multihop %v, config says %+v", p.Address, a.GetEbgpMultihop(), p.EBGPMultihop)
+	case a.GetTtlSecurity().GetEnabled() != (p.TTLSecurity > 0) ||
+		p.TTLSecurity > 0 && a.GetTtlSecurity().GetTtlMin() != 256-uint32(p.TTLSecurity):
+		// GoBGP wants the lowest TTL accepted: 255 for one hop.
+		t.Fatalf("apiPeer for %s: TTL security %v, config says %d hops", p.Address, a.GetTtlSecurity(), p.TTLSecurity)
 	case tr.GetPassiveMode() != p.IsPassive(cfg.Address, cfg.LocalAS):
 		t.Fatalf("apiPeer for %s: passive %v, config resolves to %v", p.Address, tr.GetPassiveMode(), p.IsPassive(cfg.Address, cfg.LocalAS))
 	case tr.GetRemotePort() != uint32(p.Port) || p.Port == 0:
@@ -417,6 +503,8 @@ func checkPolicyShape(t *testing.T, kind string, gen int, sets []*api.DefinedSet
 		c.PrefixSet, c.NeighborSet, c.RouteType = nil, nil, api.Conditions_ROUTE_TYPE_NONE
 		a := proto.Clone(st.GetActions()).(*api.Actions)
 		a.RouteAction = api.RouteAction_NONE
+		// Modifications, which never decide a route's fate.
+		a.AsPrepend, a.Nexthop = nil, nil
 		if !proto.Equal(c, &api.Conditions{}) || !proto.Equal(a, &api.Actions{}) {
 			t.Fatalf("statement %s uses conditions or actions this test does not model: %v / %v", st.Name, st.Conditions, st.Actions)
 		}
@@ -441,7 +529,8 @@ func checkExportPolicy(t *testing.T, cfg *config.Config, peers map[netip.Addr]co
 	byName := checkPolicyShape(t, "export", gen, sets, pol)
 	for _, p := range cfg.Peers {
 		for _, rt := range []api.Conditions_RouteType{api.Conditions_ROUTE_TYPE_LOCAL, api.Conditions_ROUTE_TYPE_INTERNAL, api.Conditions_ROUTE_TYPE_EXTERNAL} {
-			want := rt != api.Conditions_ROUTE_TYPE_LOCAL && (!p.IsNode(cfg.LocalAS) || rt == api.Conditions_ROUTE_TYPE_EXTERNAL)
+			want := rt != api.Conditions_ROUTE_TYPE_LOCAL && (!p.IsNode(cfg.LocalAS) || rt == api.Conditions_ROUTE_TYPE_EXTERNAL) ||
+				filterRejects(p, cfg.PodCIDR, func(f config.Filter) []config.FilterRule { return f.ExportV4 })
 			if got := evalPolicy(byName, pol, p.Address, rt, cfg.PodCIDR); got != want {
 				t.Fatalf("export of a %s route to peer %s (AS %d, node %v): reject %v, want %v\npolicy: %v",
 					rt, p.Address, p.AS, p.IsNode(cfg.LocalAS), got, want, pol)
@@ -479,14 +568,24 @@ func checkImportPolicy(t *testing.T, cfg *config.Config, peers map[netip.Addr]co
 		for _, a := range p.Accept {
 			around(a)
 		}
+		for _, f := range p.Filters {
+			for _, r := range append(slices.Clone(f.ImportV4), f.ExportV4...) {
+				if r.CIDR.IsValid() {
+					around(r.CIDR)
+				}
+				if lo, hi := r.Lengths(); r.CIDR.IsValid() {
+					probes = append(probes, netip.PrefixFrom(r.CIDR.Addr(), lo), netip.PrefixFrom(r.CIDR.Addr(), hi).Masked())
+				}
+			}
+		}
 	}
 	for _, p := range cfg.Peers {
 		rt := routeType(cfg, p)
 		for _, x := range probes {
 			want := wantReject(cfg, p, x)
 			if got := evalPolicy(byName, pol, p.Address, rt, x); got != want {
-				t.Fatalf("import of %s from peer %s (AS %d, node %v, accept %v; pools %v, own %s, acceptDefaultRoute %v): reject %v, want %v\npolicy: %v",
-					x, p.Address, p.AS, p.IsNode(cfg.LocalAS), p.Accept, cfg.Pools, cfg.PodCIDR, cfg.AcceptDefaultRoute, got, want, pol)
+				t.Fatalf("import of %s from peer %s (AS %d, node %v, accept %v, acceptPodBlocks %v, filters %+v; pools %v, own %s, acceptDefaultRoute %v): reject %v, want %v\npolicy: %v",
+					x, p.Address, p.AS, p.IsNode(cfg.LocalAS), p.Accept, p.AcceptPodBlocks, p.Filters, cfg.Pools, cfg.PodCIDR, cfg.AcceptDefaultRoute, got, want, pol)
 			}
 		}
 	}
@@ -514,12 +613,30 @@ func wantReject(cfg *config.Config, p config.Peer, x netip.Prefix) bool {
 	case x.Bits() == 0 && !cfg.AcceptDefaultRoute:
 		return true
 	case p.IsNode(cfg.LocalAS):
-		return len(cfg.Pools) > 0 && !inAny(cfg.Pools)
+		if len(cfg.Pools) > 0 && !inAny(cfg.Pools) {
+			return true
+		}
 	case len(p.Accept) > 0:
-		return !inAny(p.Accept)
-	default:
-		return len(cfg.Pools) > 0 && inAny(cfg.Pools)
+		if !inAny(p.Accept) && !(p.AcceptPodBlocks && inAny(cfg.Pools)) {
+			return true
+		}
+	case !p.AcceptPodBlocks && len(cfg.Pools) > 0 && inAny(cfg.Pools):
+		return true
 	}
+	return filterRejects(p, x, func(f config.Filter) []config.FilterRule { return f.ImportV4 })
+}
+
+// filterRejects is the peer's filters, written out plainly: the first rule
+// matching x decides; none matching passes x.
+func filterRejects(p config.Peer, x netip.Prefix, rules func(config.Filter) []config.FilterRule) bool {
+	for _, f := range p.Filters {
+		for _, r := range rules(f) {
+			if r.Matches(x) {
+				return r.Action == config.FilterReject
+			}
+		}
+	}
+	return false
 }
 
 // evalPolicy decides a route as GoBGP evaluates a policy: statements in
