@@ -328,7 +328,9 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []config.Peer) error {
 		s.log.Info("peer added", "peer", addr, "as", p.AS, "holdTime", p.HoldTime,
 			"passive", p.IsPassive(s.cfg.Address, s.cfg.LocalAS), "md5", p.Password != "",
 			"gracefulRestart", p.GracefulRestart.On(), "maxPrefixes", p.MaxPrefixes,
-			"routeReflectorClient", p.RouteReflectorClient)
+			"routeReflectorClient", p.RouteReflectorClient, "localAddress", p.LocalAddress(s.cfg.Address),
+			"ebgpMultihop", p.EBGPMultihop != nil, "ttlSecurity", p.TTLSecurity, "allowOwnAS", p.NumAllowedLocalASNumbers,
+			"acceptPodBlocks", p.AcceptPodBlocks, "asPathPrepend", p.ASPathPrepend, "filters", len(p.Filters))
 	}
 	if err := s.syncExportPolicyLocked(ctx, s.peers); err != nil {
 		errs = append(errs, err)
