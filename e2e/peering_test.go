@@ -31,9 +31,9 @@ var (
 
 const farAS = 65100
 
-// frrPath is FRR's best path for pfx (`show ip bgp <prefix> json`), or an
+// frrBestPath is FRR's best path for pfx (`show ip bgp <prefix> json`), or an
 // error when FRR has none.
-func frrPath(t *ToR, pfx netip.Prefix) (RIBPath, error) {
+func frrBestPath(t *ToR, pfx netip.Prefix) (RIBPath, error) {
 	out, err := t.Vtysh(fmt.Sprintf("show ip bgp %s json", pfx))
 	if err != nil {
 		return RIBPath{}, err
@@ -148,7 +148,7 @@ func TestPeeringMultihop(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, convergeTimeout, "multihop session to FRR's loopback, next hop the node loopback", func() error {
-		p, err := frrPath(far, block)
+		p, err := frrBestPath(far, block)
 		if err == nil && (p.NextHop != nodeLoop || p.ASPath != fmt.Sprint(NodeAS)) {
 			err = fmt.Errorf("FRR has %s, want next hop %s and AS path %d", p, nodeLoop, NodeAS)
 		}
@@ -166,7 +166,7 @@ func TestPeeringMultihop(t *testing.T) {
 	}
 	want := fmt.Sprintf("%d %d %d", NodeAS, NodeAS, NodeAS)
 	waitFor(t, convergeTimeout, "keepOriginalNextHop and asPathPrepend at FRR", func() error {
-		p, err := frrPath(far, block)
+		p, err := frrBestPath(far, block)
 		if err == nil && (p.NextHop != n.Address || p.ASPath != want) {
 			err = fmt.Errorf("FRR has %s, want next hop %s and AS path %s", p, n.Address, want)
 		}
@@ -204,7 +204,7 @@ func TestPeeringMultihop(t *testing.T) {
 			err = fmt.Errorf("node established with %v, want %s", up, farLoopback)
 		}
 		if err == nil {
-			_, err = frrPath(far, block)
+			_, err = frrBestPath(far, block)
 		}
 		return err
 	})
@@ -344,7 +344,7 @@ func TestPeeringAllowASIn(t *testing.T) {
 	}
 	waitFor(t, convergeTimeout, "the ToR has both blocks", func() error {
 		for _, n := range c.Nodes {
-			if _, err := frrPath(c.ToR, n.PodCIDR()); err != nil {
+			if _, err := frrBestPath(c.ToR, n.PodCIDR()); err != nil {
 				return err
 			}
 		}
@@ -496,7 +496,7 @@ func TestPeeringKubernetesToROnly(t *testing.T) {
 	waitFor(t, convergeTimeout, "both ToRs hold every block", func() error {
 		for _, tor := range tors {
 			for _, n := range c.Nodes {
-				if _, err := frrPath(tor, n.PodCIDR()); err != nil {
+				if _, err := frrBestPath(tor, n.PodCIDR()); err != nil {
 					return err
 				}
 			}
