@@ -155,6 +155,10 @@ type Peer struct {
 	// Filters apply, in order, after the built-in safety rules: the first
 	// rule matching a prefix decides; a prefix no rule matches passes.
 	Filters []Filter `json:"filters,omitempty"`
+	// BFD runs a BFD session (RFC 5880, single hop) with the peer: when
+	// it goes down the BGP session is reset at once, even under graceful
+	// restart. The peer must be directly connected.
+	BFD BFD `json:"bfd,omitzero"`
 }
 
 // Multihop is how far an eBGP peer may be.
@@ -265,6 +269,27 @@ func validateRule(r FilterRule) string {
 	}
 	return ""
 }
+
+// BFD configures a peer's BFD session. Intervals default to 300 ms and the
+// multiplier to 3 once enabled: a dead link is detected within 900 ms.
+type BFD struct {
+	Enabled bool `json:"enabled,omitempty"`
+	// MinTx is the desired minimum interval between our packets, MinRx the
+	// least interval we want the peer's to arrive at.
+	MinTx Duration `json:"minTx,omitzero"`
+	MinRx Duration `json:"minRx,omitzero"`
+	// Multiplier is how many of the peer's packets may be missed before
+	// the session goes down.
+	Multiplier int `json:"multiplier,omitempty"`
+}
+
+// BFD defaults and bounds (the bfd package's, which are FRR's).
+const (
+	DefaultBFDInterval   = 300 * time.Millisecond
+	DefaultBFDMultiplier = 3
+	MinBFDInterval       = 10 * time.Millisecond
+	MaxBFDInterval       = time.Minute
+)
 
 // GracefulRestart configures RFC 4724 graceful restart with one peer.
 type GracefulRestart struct {
@@ -454,6 +479,11 @@ func (c *Config) Normalize() {
 		p.Port = cmp.Or(p.Port, DefaultBGPPort)
 		p.GracefulRestart.RestartTime.Duration = cmp.Or(p.GracefulRestart.RestartTime.Duration, DefaultRestartTime)
 		p.MaxPrefixes = cmp.Or(p.MaxPrefixes, DefaultMaxPrefixes)
+		if p.BFD.Enabled {
+			p.BFD.MinTx.Duration = cmp.Or(p.BFD.MinTx.Duration, DefaultBFDInterval)
+			p.BFD.MinRx.Duration = cmp.Or(p.BFD.MinRx.Duration, DefaultBFDInterval)
+			p.BFD.Multiplier = cmp.Or(p.BFD.Multiplier, DefaultBFDMultiplier)
+		}
 		for j := range p.Accept {
 			p.Accept[j] = p.Accept[j].Masked()
 		}
@@ -487,6 +517,21 @@ func (c *Config) Encap() (string, EncapMode) {
 		return "vxlan", c.VXLANMode
 	}
 	return "", Never
+}
+
+// validateBFD checks a peer's BFD settings; unset values count as defaults.
+func validateBFD(f string, b BFD, bad func(field, format string, a ...any)) {
+	for _, t := range []struct {
+		name string
+		d    time.Duration
+	}{{"minTx", b.MinTx.Duration}, {"minRx", b.MinRx.Duration}} {
+		if t.d != 0 && (t.d < MinBFDInterval || t.d > MaxBFDInterval) {
+			bad(f+"."+t.name, "%s out of range %s-%s", t.d, MinBFDInterval, MaxBFDInterval)
+		}
+	}
+	if b.Multiplier < 0 || b.Multiplier > 255 {
+		bad(f+".multiplier", "%d out of range 1-255", b.Multiplier)
+	}
 }
 
 // Validate reports every problem at once, each naming its field.
@@ -674,6 +719,11 @@ func (c *Config) validatePeer(f string, p Peer, bad func(field, format string, a
 		bad(f+".password", "longer than 80 bytes (TCP MD5 key limit)")
 	}
 	c.validatePeerOptions(f, p, bad)
+	validateBFD(f+".bfd", p.BFD, bad)
+	if p.BFD.Enabled && p.EBGPMultihop != nil {
+		// Our BFD is single-hop (RFC 5881): it would never come up.
+		bad(f+".bfd", "single-hop BFD does not work with ebgpMultihop")
+	}
 }
 
 // validatePeerOptions checks the session and policy options of peer p

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"sigs.k8s.io/yaml"
+
 	"strings"
 	"testing"
 	"time"
@@ -87,5 +89,49 @@ func TestNATOutgoing(t *testing.T) {
 	}
 	if !c.NATOutgoing || len(c.NATOutgoingExclude) != 1 || c.NATOutgoingExclude[0].String() != "10.96.0.0/12" {
 		t.Errorf("natOutgoing %v, natOutgoingExclude %v: want true, [10.96.0.0/12] (masked)", c.NATOutgoing, c.NATOutgoingExclude)
+	}
+}
+
+// TestBFD: enabled BFD defaults to 300 ms x 3; intervals and the
+// multiplier are checked against the protocol's bounds, each error naming
+// its field; the YAML a config round-trips to leaves BFD out when unset.
+func TestBFD(t *testing.T) {
+	withBFD := func(s string) string {
+		return strings.Replace(good, "  password: s3cret", "  password: s3cret\n  bfd: "+s, 1)
+	}
+	c, err := Parse([]byte(withBFD("{enabled: true}")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := c.Peers[1].BFD; b.MinTx.Duration != 300*time.Millisecond || b.MinRx.Duration != 300*time.Millisecond || b.Multiplier != 3 {
+		t.Errorf("BFD defaults: %+v", b)
+	}
+	if b := c.Peers[0].BFD; b.Enabled || b.MinTx.Duration != 0 {
+		t.Errorf("peer without BFD got %+v", b)
+	}
+	c, err = Parse([]byte(withBFD("{enabled: true, minTx: 100ms, minRx: 1s, multiplier: 5}")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := c.Peers[1].BFD; b.MinTx.Duration != 100*time.Millisecond || b.MinRx.Duration != time.Second || b.Multiplier != 5 {
+		t.Errorf("BFD as configured: %+v", b)
+	}
+	for want, doc := range map[string]string{
+		"peers[1].bfd.minTx: 5ms out of range 10ms-1m0s":  withBFD("{enabled: true, minTx: 5ms}"),
+		"peers[1].bfd.minRx: 2m0s out of range":           withBFD("{enabled: true, minRx: 2m}"),
+		"peers[1].bfd.multiplier: 256 out of range 1-255": withBFD("{enabled: true, multiplier: 256}"),
+		"peers[1].bfd.multiplier: -1":                     withBFD("{enabled: true, multiplier: -1}"),
+		"unknown field \"interval\"":                      withBFD("{enabled: true, interval: 1s}"),
+	} {
+		if _, err := Parse([]byte(doc)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("want an error containing %q, got %v", want, err)
+		}
+	}
+	b, err := yaml.Marshal(Peer{AS: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "bfd") {
+		t.Errorf("unset BFD is marshalled: %s", b)
 	}
 }
