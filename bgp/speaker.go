@@ -344,12 +344,14 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []config.Peer) error {
 // samePeer reports whether a peer's session settings are unchanged
 // (DeepEqual follows the pointer fields, so every field counts). What only
 // the policies read is left out: a change there is a policy swap and a
-// soft reset, not a new session.
+// soft reset, not a new session. BFD is not BGP's either: the daemon
+// changes it live without touching the session.
 func samePeer(a, b config.Peer) bool { return reflect.DeepEqual(sessionPart(a), sessionPart(b)) }
 
 func sessionPart(p config.Peer) config.Peer {
 	p.Accept, p.AcceptPodBlocks, p.Filters = nil, false, nil
 	p.ASPathPrepend, p.KeepOriginalNextHop = 0, false
+	p.BFD = config.BFD{}
 	return p
 }
 
@@ -584,14 +586,42 @@ func (s *Speaker) dropIfGone(ctx context.Context, addr string) {
 	if cur, ok := s.peers[a]; !ok || !samePeer(cur, p) {
 		return // reconfigured meanwhile
 	}
-	if err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr}); err != nil {
+	if err := s.resetPeerLocked(ctx, a); err != nil {
 		s.log.Error("drop routes of unreachable peer", "peer", addr, "err", err)
-		return
+	}
+}
+
+// PeerDown resets the session with a configured peer and drops its routes
+// at once, graceful restart or not: another detector (BFD) has found the
+// path to it dead, so holding its routes stale would blackhole traffic.
+// The session is tried again as usual.
+func (s *Speaker) PeerDown(ctx context.Context, addr netip.Addr, reason string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.peers[addr]; !ok {
+		return fmt.Errorf("reset peer %s (%s): not a configured peer", addr, reason)
+	}
+	s.log.Warn("resetting the session and dropping the peer's routes", "peer", addr, "reason", reason)
+	if err := s.resetPeerLocked(ctx, addr); err != nil {
+		return fmt.Errorf("reset peer %s (%s): %w", addr, reason, err)
+	}
+	return nil
+}
+
+// resetPeerLocked deletes and re-adds a configured peer: GoBGP then drops
+// its routes now, which a graceful-restart peer's session loss alone does
+// not. s.mu is held.
+func (s *Speaker) resetPeerLocked(ctx context.Context, a netip.Addr) error {
+	p := s.peers[a]
+	if err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: a.String()}); err != nil {
+		return fmt.Errorf("delete: %w", err)
 	}
 	if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(p)}); err != nil {
 		delete(s.peers, a)
-		s.log.Error("re-add unreachable peer", "peer", addr, "err", err)
+		s.peerTab.remove(a)
+		return fmt.Errorf("add again: %w", err)
 	}
+	return nil
 }
 
 func sessionStateName(s api.PeerState_SessionState) string {

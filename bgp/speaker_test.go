@@ -2,10 +2,12 @@ package bgp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -219,4 +221,66 @@ func TestAnnounceMovesBlock(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestPeerDown: a BFD-only change leaves the session alone; PeerDown drops
+// a graceful-restart peer's routes at once (GoBGP alone would hold them
+// stale for the restart time), and the session comes back by itself.
+func TestPeerDown(t *testing.T) {
+	ctx := context.Background()
+	nodes := speakers(t, []struct {
+		as    uint32
+		block string
+	}{{64512, "10.244.1.0/24"}, {64512, "10.244.2.0/24"}}, [][2]int{{0, 1}})
+	n1, n0addr := nodes[1], nodes[0].cfg.Address
+	block := netip.MustParsePrefix("10.244.1.0/24")
+	learned := func() error {
+		got, err := n1.sp.BestPaths(ctx, []netip.Prefix{block})
+		if err != nil {
+			return err
+		}
+		if len(got[block]) == 0 {
+			return fmt.Errorf("no path for %s", block)
+		}
+		return nil
+	}
+	waitFor(t, "n1 learns n0's block", learned)
+	if !n1.cfg.Peers[0].GracefulRestart.On() {
+		t.Fatal("graceful restart is off: the test needs it on")
+	}
+	uptime := func() time.Duration {
+		for _, p := range n1.sp.Peers() {
+			if p.Address == n0addr {
+				return p.Uptime
+			}
+		}
+		return 0
+	}
+
+	waitFor(t, "n1's session with n0 in its table", func() error {
+		if uptime() == 0 {
+			return errors.New("not established")
+		}
+		return nil
+	})
+	before := uptime()
+	peers := slices.Clone(n1.cfg.Peers)
+	peers[0].BFD = config.BFD{Enabled: true, MinTx: config.Duration{Duration: time.Second}}
+	if err := n1.sp.SetPeers(ctx, peers); err != nil {
+		t.Fatal(err)
+	}
+	if after := uptime(); after < before || before == 0 {
+		t.Fatalf("a BFD-only change reset the session: uptime %s, then %s", before, after)
+	}
+
+	if err := n1.sp.PeerDown(ctx, n0addr, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := learned(); err == nil {
+		t.Fatal("n0's block is still in n1's table right after PeerDown")
+	}
+	waitFor(t, "the session and n0's block back", learned)
+	if err := n1.sp.PeerDown(ctx, netip.MustParseAddr("127.0.0.9"), "test"); err == nil || !strings.Contains(err.Error(), "not a configured peer") {
+		t.Errorf("PeerDown of an unknown peer: %v", err)
+	}
 }
