@@ -33,6 +33,18 @@ type IPAM struct {
 	Allocated int
 }
 
+// BFDSession is one BFD session as the metrics see it.
+type BFDSession struct {
+	Peer       netip.Addr
+	Up         bool
+	DetectTime time.Duration // how long the peer may be silent before Down
+}
+
+// BFDPackets counts the BFD packets received, by fate.
+type BFDPackets struct {
+	Received, BadTTL, Invalid, Unknown uint64
+}
+
 // Sources are read at every scrape. Any of them may be nil. They must be
 // cheap: Peers reads the daemon's event-fed peer table, not the speaker.
 type Sources struct {
@@ -42,6 +54,10 @@ type Sources struct {
 	// UnconfiguredConnections counts connections to the BGP port from
 	// addresses that are no configured peer.
 	UnconfiguredConnections func() uint64
+	// BFDSessions and BFDPackets are the BFD sessions and receive
+	// counters (none while no peer has BFD).
+	BFDSessions func() []BFDSession
+	BFDPackets  func() BFDPackets
 }
 
 // Metrics is the daemon's registry.
@@ -56,6 +72,9 @@ type Metrics struct {
 	// CNIRequests observes IPAM requests from the CNI plugin by verb
 	// (ADD, DEL, CHECK, GC, STATUS) and result (ok, error).
 	CNIRequests *prometheus.HistogramVec
+	// BFDTransitions counts BFD session state changes by peer and the
+	// state entered (Up, Down, Init, AdminDown).
+	BFDTransitions *prometheus.CounterVec
 }
 
 // New registers every metric, reading state from src.
@@ -76,8 +95,12 @@ func New(src Sources) *Metrics {
 			Help:    "IPAM requests served to the CNI plugin, by CNI verb and result.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14), // 0.5 ms .. ~4 s
 		}, []string{"verb", "result"}),
+		BFDTransitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nexthop_bfd_session_transitions_total",
+			Help: "BFD session state changes, by peer and the state entered.",
+		}, []string{"peer", "state"}),
 	}
-	m.reg.MustRegister(m.RouteProgramming, m.ReconcileErrors, m.CNIRequests,
+	m.reg.MustRegister(m.RouteProgramming, m.ReconcileErrors, m.CNIRequests, m.BFDTransitions,
 		&state{src: src},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -105,6 +128,12 @@ var (
 		"Paths from the peer refused by the import policy, each counted once while it stays announced.", []string{"peer"}, nil)
 	descUnconfigured = prometheus.NewDesc("nexthop_bgp_unconfigured_connections_total",
 		"Connections to the BGP port from addresses that are no configured peer, closed.", nil, nil)
+	descBFDUp = prometheus.NewDesc("nexthop_bfd_session_up",
+		"1 when the BFD session with the peer is Up.", []string{"peer"}, nil)
+	descBFDDetect = prometheus.NewDesc("nexthop_bfd_detect_time_seconds",
+		"How long the BFD peer may be silent before its session goes Down, as negotiated.", []string{"peer"}, nil)
+	descBFDPackets = prometheus.NewDesc("nexthop_bfd_packets_received_total",
+		"BFD packets received, by fate: received (handed to a session), bad_ttl (not sent from on-link), invalid, unknown (no session).", []string{"result"}, nil)
 	descRoutes = prometheus.NewDesc("nexthop_routes_installed",
 		"Kernel routes nexthop has installed, by kind.", []string{"kind"}, nil)
 	descBlockSize = prometheus.NewDesc("nexthop_ipam_block_size",
@@ -117,7 +146,7 @@ var (
 type state struct{ src Sources }
 
 func (s *state) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descUptime, descReceived, descAccepted, descRejected, descUnconfigured, descRoutes, descBlockSize, descAllocated} {
+	for _, d := range []*prometheus.Desc{descUp, descUptime, descReceived, descAccepted, descRejected, descUnconfigured, descBFDUp, descBFDDetect, descBFDPackets, descRoutes, descBlockSize, descAllocated} {
 		ch <- d
 	}
 }
@@ -139,6 +168,25 @@ func (s *state) Collect(ch chan<- prometheus.Metric) {
 	}
 	if s.src.UnconfiguredConnections != nil {
 		ch <- prometheus.MustNewConstMetric(descUnconfigured, prometheus.CounterValue, float64(s.src.UnconfiguredConnections()))
+	}
+	if s.src.BFDSessions != nil {
+		for _, b := range s.src.BFDSessions() {
+			up := 0.0
+			if b.Up {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descBFDUp, prometheus.GaugeValue, up, b.Peer.String())
+			ch <- prometheus.MustNewConstMetric(descBFDDetect, prometheus.GaugeValue, b.DetectTime.Seconds(), b.Peer.String())
+		}
+	}
+	if s.src.BFDPackets != nil {
+		st := s.src.BFDPackets()
+		for _, c := range []struct {
+			result string
+			n      uint64
+		}{{"received", st.Received}, {"bad_ttl", st.BadTTL}, {"invalid", st.Invalid}, {"unknown", st.Unknown}} {
+			ch <- prometheus.MustNewConstMetric(descBFDPackets, prometheus.CounterValue, float64(c.n), c.result)
+		}
 	}
 	if s.src.Routes != nil {
 		counts := s.src.Routes()

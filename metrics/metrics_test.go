@@ -25,7 +25,12 @@ func TestScrapeReadsSources(t *testing.T) {
 			return IPAM{Block: netip.MustParsePrefix("10.244.1.0/24"), Size: 253, Allocated: 7}
 		},
 		UnconfiguredConnections: func() uint64 { return 5 },
+		BFDSessions: func() []BFDSession {
+			return []BFDSession{{Peer: netip.MustParseAddr("192.0.2.254"), Up: true, DetectTime: 900 * time.Millisecond}}
+		},
+		BFDPackets: func() BFDPackets { return BFDPackets{Received: 40, BadTTL: 1} },
 	})
+	m.BFDTransitions.WithLabelValues("192.0.2.254", "Up").Inc()
 	m.RouteProgramming.Observe(0.002)
 	m.CNIRequests.WithLabelValues("ADD", "ok").Observe(0.01)
 
@@ -44,6 +49,11 @@ func TestScrapeReadsSources(t *testing.T) {
 		`nexthop_ipam_block_size{block="10.244.1.0/24"} 253`,
 		`nexthop_route_programming_seconds_count 1`,
 		`nexthop_cni_request_seconds_count{result="ok",verb="ADD"} 1`,
+		`nexthop_bfd_session_up{peer="192.0.2.254"} 1`,
+		`nexthop_bfd_detect_time_seconds{peer="192.0.2.254"} 0.9`,
+		`nexthop_bfd_packets_received_total{result="received"} 40`,
+		`nexthop_bfd_packets_received_total{result="bad_ttl"} 1`,
+		`nexthop_bfd_session_transitions_total{peer="192.0.2.254",state="Up"} 1`,
 		`process_resident_memory_bytes`,
 	} {
 		if !strings.Contains(body, want) {

@@ -30,6 +30,27 @@ type Report struct {
 	Peers  []Peer         `json:"peers"`
 	Routes map[string]int `json:"routes"` // by kind: native, ipip, vxlan, blackhole
 	IPAM   IPAM           `json:"ipam"`
+	// BFD lists the BFD sessions, by peer (none while no peer has BFD).
+	BFD []BFDSession `json:"bfd,omitempty"`
+}
+
+// BFDSession is one BFD session. Intervals are in milliseconds.
+type BFDSession struct {
+	Peer        string `json:"peer"`
+	State       string `json:"state"` // Up, Down, Init, AdminDown
+	RemoteState string `json:"remoteState"`
+	// Diag says why the session last left Up (ours, then the peer's).
+	Diag       string `json:"diag"`
+	RemoteDiag string `json:"remoteDiag"`
+	// MinTx, MinRx and Multiplier are ours, the Remote ones the peer's.
+	MinTxMillis       int64 `json:"minTxMillis"`
+	MinRxMillis       int64 `json:"minRxMillis"`
+	Multiplier        int   `json:"multiplier"`
+	RemoteMinTxMillis int64 `json:"remoteMinTxMillis"`
+	RemoteMinRxMillis int64 `json:"remoteMinRxMillis"`
+	RemoteMultiplier  int   `json:"remoteMultiplier"`
+	// DetectTimeMillis is how long the peer may be silent before Down.
+	DetectTimeMillis int64 `json:"detectTimeMillis"`
 }
 
 // Peer is one BGP session.
@@ -103,6 +124,23 @@ func Render(w io.Writer, r Report) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if len(r.BFD) > 0 {
+		fmt.Fprintln(w, "\nBFD sessions:")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  PEER\tSTATE\tREMOTE\tTIMERS (TX/RX x MULT)\tREMOTE TIMERS\tDETECT\tDIAG")
+		for _, b := range r.BFD {
+			diag := b.Diag
+			if b.RemoteDiag != "none" && b.RemoteDiag != "" {
+				diag += "; peer: " + b.RemoteDiag
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%dms/%dms x%d\t%dms/%dms x%d\t%dms\t%s\n", b.Peer, b.State, b.RemoteState,
+				b.MinTxMillis, b.MinRxMillis, b.Multiplier, b.RemoteMinTxMillis, b.RemoteMinRxMillis, b.RemoteMultiplier,
+				b.DetectTimeMillis, diag)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
 	kinds := make([]string, 0, len(r.Routes))
 	for k := range r.Routes {

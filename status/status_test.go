@@ -20,6 +20,8 @@ var sample = Report{
 	},
 	Routes: map[string]int{"native": 1, "vxlan": 1, "blackhole": 1, "ipip": 0},
 	IPAM:   IPAM{Block: "10.244.1.0/24", Size: 253, Allocated: 4},
+	BFD: []BFDSession{{Peer: "192.0.2.254", State: "Down", RemoteState: "Up", Diag: "control detection time expired", RemoteDiag: "none",
+		MinTxMillis: 300, MinRxMillis: 300, Multiplier: 3, RemoteMinTxMillis: 300, RemoteMinRxMillis: 300, RemoteMultiplier: 3, DetectTimeMillis: 900}},
 }
 
 func TestFetchAndRender(t *testing.T) {
@@ -47,6 +49,9 @@ func TestFetchAndRender(t *testing.T) {
 		"192.0.2.254  65000  active",
 		"routes installed: 1 blackhole, 0 ipip, 1 native, 1 vxlan",
 		"IPAM: 10.244.1.0/24, 4 of 253 addresses allocated",
+		"BFD sessions:",
+		"192.0.2.254  Down   Up      300ms/300ms x3",
+		"900ms   control detection time expired",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
