@@ -130,6 +130,12 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 	n := &node{cfg: cfg, log: log, sp: sp, rec: rec, enc: enc, changes: changes, started: time.Now(),
 		ipamDone: served, o: o, obs: obs, nat: natOut,
 		prog: newProgramming(log, sp, enc, rec, obs.programmed)}
+	n.bfd = newBFDSessions(ctx, bfdOptions{Local: cfg.Address, ResetPeer: sp.PeerDown,
+		Established: n.established, OnChange: obs.bfdChanged}, log)
+	// On the way out, every BFD session goes AdminDown and the peers are
+	// told: they keep our routes for graceful restart (RFC 5882 3.2).
+	defer n.bfd.close()
+	n.syncBFD(ctx)
 	obs.attach(n)
 	n.running.Store(cfg)
 	o.Health.speakerStarted()
@@ -155,6 +161,7 @@ type speaker interface {
 	TablesIn()
 	Reconcile(ctx context.Context) (int, error)
 	SetPeers(ctx context.Context, peers []config.Peer) error
+	PeerDown(ctx context.Context, addr netip.Addr, reason string) error
 	SetImportScope(ctx context.Context, sc bgp.ImportScope) error
 	SetAdvertisement(ctx context.Context, a bgp.Advertisement) error
 	Peers() []bgp.PeerState
@@ -205,6 +212,10 @@ type node struct {
 	scopeFailed bool
 	advFailed   bool
 	restart     pendingRestart
+	// bfd runs the peers' BFD sessions (bfd.go); bfdFailed, like
+	// peersFailed, has the next resync try again.
+	bfd       *bfdSessions
+	bfdFailed bool
 }
 
 // resyncJitter is the most a full resync is delayed past resyncInterval, as

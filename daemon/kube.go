@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/client-go/rest"
 
+	"github.com/nexthop-net/nexthop/bfd"
 	"github.com/nexthop-net/nexthop/bgp"
 	"github.com/nexthop-net/nexthop/config"
 	"github.com/nexthop-net/nexthop/ipam"
@@ -105,9 +106,9 @@ func RunKubernetes(ctx context.Context, o KubeOptions, log *slog.Logger) error {
 	err = RunWith(ctx, first, log, Options{
 		Updates: updates,
 		Health:  o.Health,
-		Status: func(ctx context.Context, cfg *config.Config, peers []bgp.PeerState) error {
+		Status: func(ctx context.Context, cfg *config.Config, peers []bgp.PeerState, sessions []bfd.Status) error {
 			return src.PublishStatusInfo(ctx, cfg.NodeName, kube.StatusInfo{
-				AS: cfg.LocalAS, RouterID: cfg.RouterID.String(), PodCIDR: cfg.PodCIDR.String(),
+				AS: cfg.LocalAS, RouterID: cfg.RouterID.String(), PodCIDR: cfg.PodCIDR.String(), BFD: sessions,
 			}, peers)
 		},
 		Reclaim: func(ctx context.Context, alloc *ipam.Allocator) error {

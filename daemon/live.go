@@ -59,9 +59,10 @@ var restartFields = []configField{
 }
 
 // liveFields apply without a restart (see applyLive): peers by SetPeers
-// (holdTime too: Normalize copies it into every peer), the import scope by
-// SetImportScope, service prefixes and communities by SetAdvertisement,
-// the NAT by its own sync, and the timers are read afresh at each use.
+// and their BFD sessions by syncBFD (holdTime too: Normalize copies it
+// into every peer), the import scope by SetImportScope, service prefixes
+// and communities by SetAdvertisement, the NAT by its own sync, and the
+// timers are read afresh at each use.
 var liveFields = []string{
 	"peers", "holdTime",
 	"pools", "acceptDefaultRoute",
@@ -163,6 +164,7 @@ func (n *node) applyLive(ctx context.Context, next *config.Config) {
 	if !reflect.DeepEqual(advertisement(cur), advertisement(next)) || n.advFailed {
 		n.setAdvertisement(ctx)
 	}
+	n.syncBFD(ctx)
 }
 
 // setAdvertisement applies the service prefixes and communities; what
@@ -201,5 +203,8 @@ func (n *node) retryLive(ctx context.Context) {
 	}
 	if n.advFailed {
 		n.setAdvertisement(ctx)
+	}
+	if n.bfdFailed {
+		n.syncBFD(ctx)
 	}
 }

@@ -53,6 +53,7 @@ func (s *fakeSpeaker) told() bool {
 
 func (s *fakeSpeaker) Reconcile(context.Context) (int, error)                    { return 0, nil }
 func (s *fakeSpeaker) SetPeers(context.Context, []config.Peer) error             { return nil }
+func (s *fakeSpeaker) PeerDown(context.Context, netip.Addr, string) error        { return nil }
 func (s *fakeSpeaker) SetImportScope(context.Context, bgp.ImportScope) error     { return nil }
 func (s *fakeSpeaker) SetAdvertisement(context.Context, bgp.Advertisement) error { return nil }
 func (s *fakeSpeaker) Peers() []bgp.PeerState                                    { return nil }

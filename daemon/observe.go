@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nexthop-net/nexthop/bfd"
 	"github.com/nexthop-net/nexthop/config"
 	"github.com/nexthop-net/nexthop/ipam"
 	"github.com/nexthop-net/nexthop/metrics"
@@ -33,7 +34,8 @@ type observer struct {
 
 func newObserver(cfg *config.Config, log *slog.Logger, enc *encap, alloc *ipam.Allocator) *observer {
 	o := &observer{cfg: cfg, log: log, enc: enc, alloc: alloc}
-	o.m = metrics.New(metrics.Sources{Peers: o.peers, Routes: o.routes, IPAM: o.ipam, UnconfiguredConnections: o.unconfigured})
+	o.m = metrics.New(metrics.Sources{Peers: o.peers, Routes: o.routes, IPAM: o.ipam, UnconfiguredConnections: o.unconfigured,
+		BFDSessions: o.bfdSessions, BFDPackets: o.bfdPackets})
 	return o
 }
 
@@ -75,6 +77,49 @@ func (o *observer) peers() []metrics.Peer {
 	for _, p := range ps {
 		out = append(out, metrics.Peer{Address: p.Address, AS: p.AS, Established: p.Established, Uptime: p.Uptime,
 			Received: p.Received, Accepted: p.Accepted, Rejected: rejected[p.Address]})
+	}
+	return out
+}
+
+// bfdChanged counts a BFD state change; it runs on the session's
+// goroutine and must not block.
+func (o *observer) bfdChanged(c bfd.Change) {
+	o.m.BFDTransitions.WithLabelValues(c.Peer.String(), c.New.String()).Inc()
+}
+
+func (o *observer) bfdSessions() []metrics.BFDSession {
+	n := o.node.Load()
+	if n == nil {
+		return nil
+	}
+	var out []metrics.BFDSession
+	for _, s := range n.bfd.sessions() {
+		out = append(out, metrics.BFDSession{Peer: s.Peer, Up: s.State == bfd.Up, DetectTime: s.DetectTime})
+	}
+	return out
+}
+
+// bfdPackets is the BFD receive counters; all zero while BFD is off.
+func (o *observer) bfdPackets() metrics.BFDPackets {
+	n := o.node.Load()
+	if n == nil {
+		return metrics.BFDPackets{}
+	}
+	st, _ := n.bfd.stats()
+	return metrics.BFDPackets{Received: st.Received, BadTTL: st.BadTTL, Invalid: st.Invalid, Unknown: st.Unknown}
+}
+
+// bfdReport is the BFD sessions as the status report shows them.
+func bfdReport(sessions []bfd.Status) []status.BFDSession {
+	var out []status.BFDSession
+	for _, s := range sessions {
+		out = append(out, status.BFDSession{
+			Peer: s.Peer.String(), State: s.State.String(), RemoteState: s.RemoteState.String(),
+			Diag: s.Diag.String(), RemoteDiag: s.RemoteDiag.String(),
+			MinTxMillis: s.Timers.MinTx.Milliseconds(), MinRxMillis: s.Timers.MinRx.Milliseconds(), Multiplier: int(s.Timers.Multiplier),
+			RemoteMinTxMillis: s.RemoteTimers.MinTx.Milliseconds(), RemoteMinRxMillis: s.RemoteTimers.MinRx.Milliseconds(),
+			RemoteMultiplier: int(s.RemoteTimers.Multiplier), DetectTimeMillis: s.DetectTime.Milliseconds(),
+		})
 	}
 	return out
 }
@@ -130,6 +175,7 @@ func (o *observer) report() status.Report {
 		r.Peers = append(r.Peers, status.Peer{Address: p.Address.String(), AS: p.AS, State: p.State,
 			UptimeSeconds: p.Uptime.Seconds(), Received: p.Received, Accepted: p.Accepted, Rejected: rejected[p.Address]})
 	}
+	r.BFD = bfdReport(n.bfd.sessions())
 	return r
 }
 

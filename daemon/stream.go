@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nexthop-net/nexthop/bfd"
 	"github.com/nexthop-net/nexthop/bgp"
 	"github.com/nexthop-net/nexthop/config"
 	"github.com/nexthop-net/nexthop/ipam"
@@ -44,10 +45,11 @@ type Options struct {
 	RestartSpread time.Duration
 	// Health, when set, follows the run for /healthz and /readyz.
 	Health *Health
-	// Status, when set, is given every session's state whenever a session
-	// comes up or goes down or a peer is added or removed, and at least
-	// every StatusInterval. It runs on its own goroutine.
-	Status         func(ctx context.Context, cfg *config.Config, peers []bgp.PeerState) error
+	// Status, when set, is given every session's state (BGP, and BFD by
+	// peer address) whenever a session comes up or goes down or a peer is
+	// added or removed, and at least every StatusInterval. It runs on its
+	// own goroutine.
+	Status         func(ctx context.Context, cfg *config.Config, peers []bgp.PeerState, bfd []bfd.Status) error
 	StatusInterval time.Duration
 	// Reclaim, when set, runs every ReclaimInterval on its own goroutine to
 	// release the addresses of pods that no longer exist.
@@ -100,6 +102,27 @@ func (n *node) setPeers(ctx context.Context, peers []config.Peer) {
 	n.log.Info("peers applied", "peers", len(peers))
 }
 
+// syncBFD makes the peers' BFD sessions; what fails is tried again at the
+// next resync.
+func (n *node) syncBFD(ctx context.Context) {
+	if err := n.bfd.sync(ctx, n.cfg.Peers); err != nil {
+		n.bfdFailed = true
+		n.log.Error("apply BFD sessions; trying again at the next resync", "err", err)
+		return
+	}
+	n.bfdFailed = false
+}
+
+// established reports whether the BGP session with addr is up.
+func (n *node) established(addr netip.Addr) bool {
+	for _, p := range n.sp.Peers() {
+		if p.Address == addr {
+			return p.Established
+		}
+	}
+	return false
+}
+
 // checkIPAMSocket marks the IPAM ready once its socket exists.
 func (n *node) checkIPAMSocket() {
 	h := n.o.Health
@@ -141,16 +164,20 @@ func (n *node) statusLoop(ctx context.Context) {
 	t := time.NewTicker(statusPoll)
 	defer t.Stop()
 	var (
-		last      map[netip.Addr]bool
+		last      map[string]bool
 		published time.Time
 		failedAt  time.Time
 		failing   bool
 	)
 	for {
 		peers := n.sp.Peers()
-		up := make(map[netip.Addr]bool, len(peers))
+		sessions := n.bfd.sessions()
+		up := make(map[string]bool, len(peers)+len(sessions))
 		for _, p := range peers {
-			up[p.Address] = p.Established
+			up["bgp "+p.Address.String()] = p.Established
+		}
+		for _, s := range sessions {
+			up["bfd "+s.Peer.String()] = s.State == bfd.Up
 		}
 		now := time.Now()
 		due := !maps.Equal(up, last) || now.Sub(published) >= n.o.StatusInterval
@@ -158,7 +185,7 @@ func (n *node) statusLoop(ctx context.Context) {
 			due = false
 		}
 		if due {
-			if err := n.o.Status(ctx, n.running.Load(), peers); err != nil {
+			if err := n.o.Status(ctx, n.running.Load(), peers, sessions); err != nil {
 				if ctx.Err() != nil {
 					return
 				}

@@ -731,6 +731,18 @@ func (s *Source) peerFrom(bp *nexthopv1.BGPPeer) (config.Peer, error) {
 	if bp.Spec.MaxPrefixes != nil {
 		p.MaxPrefixes = uint32(min(max(*bp.Spec.MaxPrefixes, 0), int64(^uint32(0))))
 	}
+	if b := bp.Spec.BFD; b != nil {
+		p.BFD.Enabled = b.Enabled
+		if b.MinTx != nil {
+			p.BFD.MinTx.Duration = b.MinTx.Duration
+		}
+		if b.MinRx != nil {
+			p.BFD.MinRx.Duration = b.MinRx.Duration
+		}
+		if b.Multiplier != nil {
+			p.BFD.Multiplier = int(*b.Multiplier)
+		}
+	}
 	if m := bp.Spec.EBGPMultihop; m != nil {
 		p.EBGPMultihop = &config.Multihop{TTL: uint8(min(max(m.TTL, 0), 255))}
 	}

@@ -108,6 +108,7 @@ func TestBGPPeerSelection(t *testing.T) {
 			HoldTime:        &metav1.Duration{Duration: 6 * time.Second},
 			GracefulRestart: &nexthopv1.GracefulRestart{Enabled: true},
 			MaxPrefixes:     ptr[int64](1000),
+			BFD:             &nexthopv1.BFD{Enabled: true, MinTx: &metav1.Duration{Duration: 100 * time.Millisecond}},
 		},
 	})
 	c.mustCreate(nexthopv1.BGPPeersResource, &nexthopv1.BGPPeer{
@@ -129,11 +130,15 @@ func TestBGPPeerSelection(t *testing.T) {
 	if tor.MaxPrefixes != 1000 {
 		t.Fatalf("ToR max prefixes: %d", tor.MaxPrefixes)
 	}
+	// BFD as asked, defaults for what is unset.
+	if b := tor.BFD; !b.Enabled || b.MinTx.Duration != 100*time.Millisecond || b.MinRx.Duration != config.DefaultBFDInterval || b.Multiplier != 3 {
+		t.Fatalf("ToR BFD: %+v", b)
+	}
 	d = wb.until("b1 with its node-specific and the global peer", hasPeers("192.0.2.11", "198.51.100.1", "198.51.100.2"))
 	// Unset in the BGPPeer: config's defaults.
 	if p, _ := peer(d, "198.51.100.1"); !p.GracefulRestart.On() || p.GracefulRestart.RestartTime.Duration != config.DefaultRestartTime ||
-		p.MaxPrefixes != config.DefaultMaxPrefixes {
-		t.Fatalf("BGPPeer without graceful restart or prefix settings: %+v", p)
+		p.MaxPrefixes != config.DefaultMaxPrefixes || p.BFD.Enabled {
+		t.Fatalf("BGPPeer without graceful restart, prefix or BFD settings: %+v", p)
 	}
 
 	// Relabelling a node moves the ToR peering with it.

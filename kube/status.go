@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	nexthopv1 "github.com/nexthop-net/nexthop/api/v1"
+	"github.com/nexthop-net/nexthop/bfd"
 	"github.com/nexthop-net/nexthop/bgp"
 )
 
@@ -20,6 +21,8 @@ type StatusInfo struct {
 	AS       uint32
 	RouterID string
 	PodCIDR  string
+	// BFD is the node's BFD sessions; each shows under its peer.
+	BFD []bfd.Status
 }
 
 // PublishStatus writes nodeName's BGPNodeStatus: one entry per configured
@@ -50,6 +53,12 @@ func (s *Source) PublishStatusInfo(ctx context.Context, nodeName string, info St
 			State:            p.State,
 			PrefixesReceived: int64(p.Received),
 			PrefixesAccepted: int64(p.Accepted),
+		}
+		for _, b := range info.BFD {
+			if b.Peer == p.Address {
+				ps.BFD = &nexthopv1.BFDSessionStatus{State: b.State.String(), RemoteState: b.RemoteState.String(),
+					Diag: b.Diag.String(), DetectTime: &metav1.Duration{Duration: b.DetectTime}}
+			}
 		}
 		if p.Established {
 			st.EstablishedPeers++

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	nexthopv1 "github.com/nexthop-net/nexthop/api/v1"
+	"github.com/nexthop-net/nexthop/bfd"
 	"github.com/nexthop-net/nexthop/bgp"
 )
 
@@ -67,6 +68,26 @@ func TestPublishStatus(t *testing.T) {
 	}
 	if refs := got.OwnerReferences; len(refs) != 1 || refs[0].Kind != "Node" || refs[0].UID != node.UID {
 		t.Fatalf("owner references: %+v, want the Node", refs)
+	}
+
+	// BFD sessions show under their peers.
+	if err := w.src.PublishStatusInfo(ctx, "node1", StatusInfo{AS: 64512, RouterID: "192.0.2.11", PodCIDR: "10.244.1.0/24", BFD: []bfd.Status{{
+		Peer: netip.MustParseAddr("192.0.2.254"), State: bfd.Down, RemoteState: bfd.Up,
+		Diag: bfd.DiagControlDetectExpired, DetectTime: 900 * time.Millisecond,
+	}}}, peers); err != nil {
+		t.Fatal(err)
+	}
+	u, err = c.dc.Resource(nexthopv1.BGPNodeStatusesResource).Get(ctx, "node1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = nexthopv1.BGPNodeStatus{}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &got); err != nil {
+		t.Fatal(err)
+	}
+	if b := got.Status.Peers[1].BFD; b == nil || b.State != "Down" || b.RemoteState != "Up" ||
+		b.Diag != "control detection time expired" || b.DetectTime.Duration != 900*time.Millisecond || got.Status.Peers[0].BFD != nil {
+		t.Fatalf("BFD in the status: %+v, %+v", got.Status.Peers[1].BFD, got.Status.Peers[0].BFD)
 	}
 
 	// What an operator sees.

@@ -58,6 +58,18 @@ func TestAPIServerRejectsInvalidObjects(t *testing.T) {
 		}), "node and nodeSelector are mutually exclusive"},
 		{"AS 0", nexthopv1.BGPPeersResource, peer("as0", func(s *nexthopv1.BGPPeerSpec) { s.ASNumber = 0 }), "spec.asNumber"},
 		{"AS 2^32-1", nexthopv1.BGPPeersResource, peer("asmax", func(s *nexthopv1.BGPPeerSpec) { s.ASNumber = 4294967295 }), "spec.asNumber"},
+		{"valid BFD", nexthopv1.BGPPeersResource, peer("bfd", func(s *nexthopv1.BGPPeerSpec) {
+			s.BFD = &nexthopv1.BFD{Enabled: true, MinTx: dur("100ms"), MinRx: dur("1s"), Multiplier: ptr[int32](5)}
+		}), ""},
+		{"BFD interval too short", nexthopv1.BGPPeersResource, peer("bfdtx", func(s *nexthopv1.BGPPeerSpec) {
+			s.BFD = &nexthopv1.BFD{Enabled: true, MinTx: dur("5ms")}
+		}), "bfd.minTx must be between 10ms and 60s"},
+		{"BFD receive interval too long", nexthopv1.BGPPeersResource, peer("bfdrx", func(s *nexthopv1.BGPPeerSpec) {
+			s.BFD = &nexthopv1.BFD{Enabled: true, MinRx: dur("2m")}
+		}), "bfd.minRx must be between 10ms and 60s"},
+		{"BFD multiplier 0", nexthopv1.BGPPeersResource, peer("bfdmult", func(s *nexthopv1.BGPPeerSpec) {
+			s.BFD = &nexthopv1.BFD{Enabled: true, Multiplier: ptr[int32](0)}
+		}), "spec.bfd.multiplier"},
 		{"graceful restart too long", nexthopv1.BGPPeersResource, peer("gr", func(s *nexthopv1.BGPPeerSpec) {
 			s.GracefulRestart = &nexthopv1.GracefulRestart{Enabled: true, RestartTime: dur("2h")}
 		}), "restartTime must be between 1s and 4095s"},

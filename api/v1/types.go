@@ -281,6 +281,13 @@ type BGPPeerSpec struct {
 	// +kubebuilder:validation:MaxItems=16
 	// +listType=atomic
 	Filters []string `json:"filters,omitempty"`
+
+	// BFD runs a BFD session (RFC 5880, single hop: the neighbour must be
+	// directly connected) alongside the BGP session: when BFD goes down,
+	// the BGP session is reset and the neighbour's routes dropped at once,
+	// even under graceful restart.
+	// +optional
+	BFD *BFD `json:"bfd,omitempty"`
 }
 
 // EBGPMultihop is how far an eBGP neighbour may be.
@@ -289,6 +296,34 @@ type EBGPMultihop struct {
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=255
 	TTL int32 `json:"ttl"`
+}
+
+// BFD settings of one peering: a dead link is detected after multiplier
+// missed packets, 900ms with the defaults.
+// +kubebuilder:validation:XValidation:rule="!has(self.minTx) || (duration(self.minTx) >= duration('10ms') && duration(self.minTx) <= duration('60s'))",message="bfd.minTx must be between 10ms and 60s"
+// +kubebuilder:validation:XValidation:rule="!has(self.minRx) || (duration(self.minRx) >= duration('10ms') && duration(self.minRx) <= duration('60s'))",message="bfd.minRx must be between 10ms and 60s"
+type BFD struct {
+	Enabled bool `json:"enabled"`
+	// MinTx is the desired minimum interval between the node's packets.
+	// 300ms when unset.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	MinTx *metav1.Duration `json:"minTx,omitempty"`
+	// MinRx is the least interval at which the node wants the neighbour's
+	// packets. 300ms when unset.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	MinRx *metav1.Duration `json:"minRx,omitempty"`
+	// Multiplier is how many packets may be missed before the session
+	// goes down. 3 when unset.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=255
+	Multiplier *int32 `json:"multiplier,omitempty"`
 }
 
 // BGPPassword names where a session's TCP MD5 key is kept.
@@ -475,6 +510,26 @@ type BGPPeerStatus struct {
 	PrefixesReceived int64 `json:"prefixesReceived"`
 	// +optional
 	PrefixesAccepted int64 `json:"prefixesAccepted"`
+	// BFD is the peer's BFD session, when it has one.
+	// +optional
+	BFD *BFDSessionStatus `json:"bfd,omitempty"`
+}
+
+// BFDSessionStatus is one BFD session's state.
+type BFDSessionStatus struct {
+	// State is the node's end: Up, Down, Init or AdminDown; RemoteState
+	// the neighbour's, as it last said.
+	State string `json:"state"`
+	// +optional
+	RemoteState string `json:"remoteState,omitempty"`
+	// Diag says why the session last left Up.
+	// +optional
+	Diag string `json:"diag,omitempty"`
+	// DetectTime is how long the neighbour may be silent before the
+	// session goes down, as negotiated.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	DetectTime *metav1.Duration `json:"detectTime,omitempty"`
 }
 
 // BGPNodeStatus reports one node's BGP sessions. It is named after the node
