@@ -1,0 +1,326 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nexthop-net/nexthop/config"
+	"github.com/nexthop-net/nexthop/status"
+)
+
+// bfdBudget is what BFD at 300 ms x 3 promises end to end: at most 900 ms
+// to detect, the rest to reset BGP and rewrite the tables. A cut is timed
+// bfdCuts times: the median must be within budget, and none past
+// bfdWorst (a shared, loaded machine delays the odd one).
+const (
+	bfdBudget = time.Second
+	bfdWorst  = 1500 * time.Millisecond
+	bfdCuts   = 3
+)
+
+// nodeStatus reads n's `nexthopd status` report from its metrics listener.
+func nodeStatus(n *Node) (status.Report, error) {
+	var r status.Report
+	code, body, err := NodeHTTPGet(n, "http://"+config.DefaultMetricsListen+status.Path)
+	if err != nil {
+		return r, err
+	}
+	if code != 200 {
+		return r, fmt.Errorf("%s status: HTTP %d: %s", n.Name, code, body)
+	}
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		return r, fmt.Errorf("decode %s status: %w", n.Name, err)
+	}
+	return r, nil
+}
+
+// bfdUp checks that n's status shows a BFD session Up with each of peers.
+func bfdUp(n *Node, peers ...netip.Addr) error {
+	r, err := nodeStatus(n)
+	if err != nil {
+		return err
+	}
+	states := map[string]string{}
+	for _, s := range r.BFD {
+		states[s.Peer] = s.State
+	}
+	for _, p := range peers {
+		if states[p.String()] != "Up" {
+			return fmt.Errorf("%s: BFD sessions %v, want %s Up", n.Name, states, p)
+		}
+	}
+	if len(states) != len(peers) {
+		return fmt.Errorf("%s: BFD sessions %v, want exactly %v", n.Name, states, peers)
+	}
+	return nil
+}
+
+// frrBFDUp checks FRR has its BFD session Up with each of nodes.
+func frrBFDUp(tor *ToR, nodes ...*Node) error {
+	peers, err := tor.BFDPeers()
+	if err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		if p := peers[n.Address]; p.Status != "up" {
+			return fmt.Errorf("FRR's BFD session with %s: %+v", n.Name, p)
+		}
+	}
+	return nil
+}
+
+// kernelHas reports whether n's kernel holds a route of ours to dst.
+func kernelHas(c *Cluster, n *Node, dst netip.Prefix) (bool, error) {
+	routes, err := c.NexthopRoutes(n)
+	if err != nil {
+		return false, err
+	}
+	for _, r := range routes {
+		if r.Dst == dst {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// frrHas reports whether FRR's table holds a path to dst. It asks bgpd
+// alone for that one prefix: cheap enough to poll every 20 ms.
+func frrHas(tor *ToR, dst netip.Prefix) (bool, error) {
+	out, err := run("vtysh", "--vty_socket", filepath.Join(tor.Dir, "vty"), "-d", "bgpd", "-c", "show ip bgp "+dst.String()+" json")
+	if err != nil {
+		return false, err
+	}
+	var r struct {
+		Prefix string            `json:"prefix"`
+		Paths  []json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		return false, fmt.Errorf("parse FRR show ip bgp %s json: %w: %.200s", dst, err, out)
+	}
+	return len(r.Paths) > 0, nil
+}
+
+// bfdDownAt finds, in n's log, when its BFD session with peer went Down
+// after since (zero if it has not).
+func bfdDownAt(n *Node, peer netip.Addr, since time.Time) time.Time {
+	b, err := os.ReadFile(n.LogPath())
+	if err != nil {
+		return time.Time{}
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.Contains(l, `msg="BFD session state"`) || !strings.Contains(l, "peer="+peer.String()+" ") ||
+			!strings.Contains(l, " new=Down ") {
+			continue
+		}
+		ts, _, _ := strings.Cut(strings.TrimPrefix(l, "time="), " ")
+		at, err := time.Parse(time.RFC3339Nano, ts)
+		if err == nil && at.After(since) {
+			return at
+		}
+	}
+	return time.Time{}
+}
+
+// gone is one place a route must vanish from after a cut.
+type gone struct {
+	what string
+	has  func() (bool, error)
+}
+
+// cutAndTime takes n's underlay port down and polls every 20 ms, each
+// watch on its own goroutine, until every route in watches is gone;
+// it returns how long each took (timeout if it never went).
+func cutAndTime(t *testing.T, c *Cluster, n *Node, timeout time.Duration, watches []gone) map[string]time.Duration {
+	t.Helper()
+	took := map[string]time.Duration{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	start := time.Now()
+	if err := c.SetUnderlayPort(n, false); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("link of %s cut at %s", n.Name, start.UTC().Format("15:04:05.000"))
+	for _, w := range watches {
+		wg.Go(func() {
+			for {
+				has, err := w.has()
+				since := time.Since(start)
+				if err == nil && !has || since > timeout {
+					mu.Lock()
+					took[w.what] = since
+					mu.Unlock()
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	for _, w := range watches {
+		t.Logf("link of %s cut: %s gone after %s", n.Name, w.what, took[w.what].Round(10*time.Millisecond))
+	}
+	// Where the time went: each BFD detection, as the daemons logged it.
+	for _, m := range c.Nodes {
+		for _, p := range m.Config.Peers {
+			if at := bfdDownAt(m, p.Address, start); !at.IsZero() {
+				t.Logf("%s: BFD with %s Down %s after the cut", m.Name, p.Address, at.Sub(start).Round(time.Millisecond))
+			}
+		}
+	}
+	return took
+}
+
+// TestBFDFailover: two nodes and an FRR ToR with bfdd, BFD on every
+// session at 300 ms x 3 and graceful restart on (the default).
+//  1. Every BFD session comes Up, in our status, metrics and `nexthopd
+//     status`, and at FRR.
+//  2. Cutting node1's link withdraws its block at FRR and in node2's
+//     kernel, and takes the ToR's route out of node1's kernel, within 1 s:
+//     BFD Down resets the sessions and drops the routes even though
+//     graceful restart would hold them.
+//  3. The same cut without BFD, the baseline: the hold time (3 s) and
+//     graceful restart's probe decide, several times slower.
+func TestBFDFailover(t *testing.T) {
+	requireBinaries(t)
+	c := newCluster(t, Options{Nodes: 2, NoPods: true})
+	tor, err := c.AddBFDToR("tor", ToRAddress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.ToR = tor
+	c.setPeers()
+	setBFD := func(on bool) {
+		for _, n := range c.Nodes {
+			for i := range n.Config.Peers {
+				n.Config.Peers[i].BFD = config.BFD{Enabled: on}
+			}
+		}
+	}
+	setBFD(true)
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	for _, n := range c.Nodes {
+		if !n.Config.Peers[0].GracefulRestart.On() {
+			t.Fatal("graceful restart is off: the test is about BFD overriding it")
+		}
+	}
+	if err := c.StartDaemons(); err != nil {
+		t.Fatal(err)
+	}
+	external := netip.MustParsePrefix("203.0.113.0/24")
+	if err := tor.Announce(external); err != nil {
+		t.Fatal(err)
+	}
+	// FRR may reset its BGP sessions once as BFD comes up ("Cease/BFD
+	// Down" at start-up): what counts is that it all settles.
+	waitFor(t, convergeTimeout, "BFD Up on every session, ours and FRR's", func() error {
+		if err := bfdUp(n1, n2.Address, ToRAddress); err != nil {
+			return err
+		}
+		if err := bfdUp(n2, n1.Address, ToRAddress); err != nil {
+			return err
+		}
+		return frrBFDUp(tor, n1, n2)
+	})
+	settled := func() error {
+		for _, n := range c.Nodes {
+			if has, err := kernelHas(c, n, external); err != nil || !has {
+				return fmt.Errorf("%s lacks the ToR's %s (%v)", n.Name, external, err)
+			}
+		}
+		if has, err := kernelHas(c, n2, n1.PodCIDR()); err != nil || !has {
+			return fmt.Errorf("node2 lacks node1's block (%v)", err)
+		}
+		if has, err := frrHas(tor, n1.PodCIDR()); err != nil || !has {
+			return fmt.Errorf("FRR lacks node1's block (%v)", err)
+		}
+		return nil
+	}
+	waitFor(t, convergeTimeout, "routes everywhere", settled)
+
+	// What an operator sees: `nexthopd status` and the metrics.
+	bin := filepath.Join(c.Bin, "nexthopd")
+	out, err := Exec(n1.NS, bin, "status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("nexthopd status on node1:\n%s", out)
+	for _, want := range []string{"BFD sessions:", ToRAddress.String(), "300ms/300ms x3"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("nexthopd status lacks %q", want)
+		}
+	}
+	_, metrics, err := NodeHTTPGet(n1, "http://"+config.DefaultMetricsListen+"/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`nexthop_bfd_session_up{peer="192.0.2.254"} 1`,
+		`nexthop_bfd_session_transitions_total{peer="192.0.2.254",state="Up"}`,
+		`nexthop_bfd_packets_received_total{result="received"}`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+
+	watches := []gone{
+		{"node1's block at FRR", func() (bool, error) { return frrHas(tor, n1.PodCIDR()) }},
+		{"node1's block in node2's kernel", func() (bool, error) { return kernelHas(c, n2, n1.PodCIDR()) }},
+		{"the ToR's route in node1's kernel (graceful restart on)", func() (bool, error) { return kernelHas(c, n1, external) }},
+	}
+	// Three cuts: detection lands anywhere from 600 to 900 ms after the
+	// last packet (jittered transmission), and the machine is shared.
+	var withBFD []map[string]time.Duration
+	for range bfdCuts {
+		withBFD = append(withBFD, cutAndTime(t, c, n1, 20*time.Second, watches))
+		if err := c.SetUnderlayPort(n1, true); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, convergeTimeout, "routes back after the link returns", settled)
+	}
+
+	// The baseline: BFD off on both sides.
+	lines := []string{fmt.Sprintf("router bgp %d", ToRAS)}
+	for _, n := range c.Nodes {
+		lines = append(lines, fmt.Sprintf("no neighbor %s bfd", n.Address))
+	}
+	if err := tor.Configure(lines...); err != nil {
+		t.Fatal(err)
+	}
+	setBFD(false)
+	for _, n := range c.Nodes {
+		if err := c.RestartDaemon(n, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, convergeTimeout, "routes everywhere without BFD", settled)
+	for _, n := range c.Nodes {
+		if r, err := nodeStatus(n); err != nil || len(r.BFD) != 0 {
+			t.Fatalf("%s: BFD sessions left with BFD off: %+v (%v)", n.Name, r.BFD, err)
+		}
+	}
+	without := cutAndTime(t, c, n1, 30*time.Second, watches)
+	for _, w := range watches {
+		var b []time.Duration
+		for _, took := range withBFD {
+			b = append(b, took[w.what])
+		}
+		slices.Sort(b)
+		median, worst, h := b[len(b)/2], b[len(b)-1], without[w.what]
+		t.Logf("%s: gone after %v with BFD, %s without", w.what, b, h.Round(10*time.Millisecond))
+		if median >= bfdBudget || worst >= bfdWorst {
+			t.Errorf("%s: gone after %v with BFD at 300 ms x 3, want a median under %s and none over %s", w.what, b, bfdBudget, bfdWorst)
+		}
+		if worst >= h {
+			t.Errorf("%s: gone after up to %s with BFD, not faster than %s without", w.what, worst.Round(time.Millisecond), h.Round(time.Millisecond))
+		}
+	}
+}
