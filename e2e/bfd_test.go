@@ -12,7 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/nexthop-net/nexthop/config"
+	"github.com/nexthop-net/nexthop/kubetest"
 	"github.com/nexthop-net/nexthop/status"
 )
 
@@ -108,17 +112,19 @@ func frrHas(tor *ToR, dst netip.Prefix) (bool, error) {
 	return len(r.Paths) > 0, nil
 }
 
-// bfdDownAt finds, in n's log, when its BFD session with peer went Down
-// after since (zero if it has not).
-func bfdDownAt(n *Node, peer netip.Addr, since time.Time) time.Time {
+// loggedAt finds the first line of n's log after since that holds every
+// one of parts, and returns its time (zero if there is none).
+func loggedAt(n *Node, since time.Time, parts ...string) time.Time {
 	b, err := os.ReadFile(n.LogPath())
 	if err != nil {
 		return time.Time{}
 	}
+next:
 	for _, l := range strings.Split(string(b), "\n") {
-		if !strings.Contains(l, `msg="BFD session state"`) || !strings.Contains(l, "peer="+peer.String()+" ") ||
-			!strings.Contains(l, " new=Down ") {
-			continue
+		for _, p := range parts {
+			if !strings.Contains(l, p) {
+				continue next
+			}
 		}
 		ts, _, _ := strings.Cut(strings.TrimPrefix(l, "time="), " ")
 		at, err := time.Parse(time.RFC3339Nano, ts)
@@ -127,6 +133,12 @@ func bfdDownAt(n *Node, peer netip.Addr, since time.Time) time.Time {
 		}
 	}
 	return time.Time{}
+}
+
+// bfdDownAt finds, in n's log, when its BFD session with peer went Down
+// after since (zero if it has not).
+func bfdDownAt(n *Node, peer netip.Addr, since time.Time) time.Time {
+	return loggedAt(n, since, `msg="BFD session state"`, "peer="+peer.String()+" ", " new=Down ")
 }
 
 // gone is one place a route must vanish from after a cut.
@@ -322,5 +334,130 @@ func TestBFDFailover(t *testing.T) {
 		if worst >= h {
 			t.Errorf("%s: gone after up to %s with BFD, not faster than %s without", w.what, worst.Round(time.Millisecond), h.Round(time.Millisecond))
 		}
+	}
+}
+
+const bfdPeerYAML = `apiVersion: nexthop.io/v1
+kind: BGPPeer
+metadata:
+  name: tor
+spec:
+  peerIP: 192.0.2.254
+  asNumber: 65000
+  holdTime: 3s
+  bfd:
+    enabled: true
+`
+
+// TestBFDKubernetes: BFD from a BGPPeer, changed live through the API.
+//  1. bfd: {enabled: true} brings a session Up at 300 ms x 3, shown in the
+//     node's BGPNodeStatus under its peer.
+//  2. A new minTx is renegotiated in place (Poll/Final): FRR shows our new
+//     transmit interval, with neither the BFD nor the BGP session reset
+//     and the daemon not restarted.
+//  3. enabled: false removes the session (FRR is told: AdminDown).
+func TestBFDKubernetes(t *testing.T) {
+	requireBinaries(t)
+	requireKube(t)
+	env := kubetest.Start(t)
+	k := &kubeCluster{t: t, env: env, cs: kubernetes.NewForConfigOrDie(env.Config), dc: dynamic.NewForConfigOrDie(env.Config)}
+	k.mustKubectl("", "apply", "-k", filepath.Join(sourceRoot(), "manifests"))
+	k.mustKubectl(poolYAML, "apply", "-f", "-")
+
+	c := newCluster(t, Options{Nodes: 1, NoPods: true})
+	k.c = c
+	tor, err := c.AddBFDToR("tor", ToRAddress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.ToR = tor
+	n1 := c.Nodes[0]
+	k.createNode(n1)
+	if err := c.UseKubernetes(n1, strings.TrimPrefix(env.URL, "https://"), env.DaemonConfig().BearerToken); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartDaemons(); err != nil {
+		t.Fatal(err)
+	}
+	k.mustKubectl(bfdPeerYAML, "apply", "-f", "-")
+
+	frrSees := func(tx int) func() error {
+		return func() error {
+			peers, err := tor.BFDPeers()
+			if err != nil {
+				return err
+			}
+			p := peers[n1.Address]
+			if p.Status != "up" || p.RemoteTx != tx || p.RemoteRx != 300 || p.RemoteMult != 3 {
+				return fmt.Errorf("FRR's BFD session with node1: %+v, want up with our TX %d ms, RX 300 ms, x3", p, tx)
+			}
+			return nil
+		}
+	}
+	waitFor(t, convergeTimeout, "BFD Up at FRR with our 300 ms x 3", frrSees(300))
+	waitFor(t, convergeTimeout, "BGP established with the ToR", func() error {
+		up, err := tor.Established()
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(up, n1.Address) {
+			return fmt.Errorf("FRR established with %v", up)
+		}
+		return nil
+	})
+	waitFor(t, convergeTimeout, "BFD Up in node1's BGPNodeStatus", func() error {
+		st, err := k.status(n1)
+		if err != nil {
+			return err
+		}
+		for _, p := range st.Peers {
+			if p.Address == ToRAddress.String() && p.BFD != nil && p.BFD.State == "Up" && p.BFD.DetectTime != nil &&
+				p.BFD.DetectTime.Duration == 900*time.Millisecond {
+				return nil
+			}
+		}
+		return fmt.Errorf("BGPNodeStatus node1: %+v", st.Peers)
+	})
+	k.mustKubectl("", "get", "bgpnodestatus", n1.Name, "-o", "jsonpath={.status.peers}")
+
+	// Live: a faster minTx.
+	pid := n1.DaemonPid()
+	changed := time.Now()
+	k.mustKubectl("", "patch", "bgppeer", "tor", "--type", "merge", "-p", `{"spec":{"bfd":{"minTx":"100ms"}}}`)
+	waitFor(t, convergeTimeout, "FRR sees our new 100 ms transmit interval", frrSees(100))
+	if err := n1.LogContains("BFD timers changed"); err != nil {
+		t.Error(err)
+	}
+	if at := bfdDownAt(n1, ToRAddress, changed); !at.IsZero() {
+		t.Errorf("the BFD session went Down at %s while its timers changed", at)
+	}
+	if at := loggedAt(n1, changed, `msg="peer session down"`); !at.IsZero() {
+		t.Errorf("the BGP session went down at %s after a BFD timer change", at)
+	}
+	if got := n1.DaemonPid(); got != pid {
+		t.Errorf("the daemon restarted (pid %d, then %d) for a BFD change", pid, got)
+	}
+
+	// Live: BFD off. The session goes, and FRR hears why.
+	k.mustKubectl("", "patch", "bgppeer", "tor", "--type", "merge", "-p", `{"spec":{"bfd":{"enabled":false}}}`)
+	waitFor(t, convergeTimeout, "node1's BFD session removed, FRR told", func() error {
+		r, err := nodeStatus(n1)
+		if err != nil {
+			return err
+		}
+		if len(r.BFD) != 0 {
+			return fmt.Errorf("node1 still has BFD sessions %+v", r.BFD)
+		}
+		peers, err := tor.BFDPeers()
+		if err != nil {
+			return err
+		}
+		if p := peers[n1.Address]; p.Status != "down" || !strings.Contains(p.RemoteDiag, "administratively down") {
+			return fmt.Errorf("FRR's BFD session with node1: %+v, want down, the peer administratively down", p)
+		}
+		return nil
+	})
+	if got := n1.DaemonPid(); got != pid {
+		t.Errorf("the daemon restarted (pid %d, then %d) for a BFD change", pid, got)
 	}
 }
