@@ -197,7 +197,7 @@ func cutAndTime(t *testing.T, c *Cluster, n *Node, timeout time.Duration, watche
 //  1. Every BFD session comes Up, in our status, metrics and `nexthopd
 //     status`, and at FRR.
 //  2. Cutting node1's link withdraws its block at FRR and in node2's
-//     kernel, and takes the ToR's route out of node1's kernel, within 1 s:
+//     kernel, and takes the ToR's route out of node1's kernel, within 1 s (median of 5 cuts):
 //     BFD Down resets the sessions and drops the routes even though
 //     graceful restart would hold them.
 //  3. A killed daemon is a restart: node2 keeps node1's block for
