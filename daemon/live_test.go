@@ -28,6 +28,10 @@ func TestRestartRule(t *testing.T) {
 		}, ""},
 		{"peers removed", func(c *config.Config) { c.Peers = nil }, ""},
 		{"peer becomes a route-reflector client", func(c *config.Config) { c.Peers[0].RouteReflectorClient = true }, ""},
+		{"BFD with a peer", func(c *config.Config) {
+			c.Peers[0].BFD = config.BFD{Enabled: true, MinTx: config.Duration{Duration: 100 * time.Millisecond}}
+			c.Normalize()
+		}, ""},
 		{"a second pool", func(c *config.Config) { c.Pools = append(c.Pools, pfx("10.250.0.0/16")) }, ""},
 		{"pools gone", func(c *config.Config) { c.Pools = nil }, ""},
 		{"acceptDefaultRoute", func(c *config.Config) { c.AcceptDefaultRoute = true }, ""},
