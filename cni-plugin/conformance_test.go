@@ -171,7 +171,7 @@ func TestConformanceLibcni(t *testing.T) {
 		t.Fatalf("ADD result %s %+v", res.CNIVersion, res.IPs)
 	}
 	// The shipped conflist has no mtu: the daemon's reaches both ends.
-	hostVeth := HostVethName(rt.ContainerID, "eth0")
+	hostVeth := ipam.PodHostVethName("default", "web")
 	if p, h := linkMTU(t, pod, "eth0"), linkMTU(t, host.ns, hostVeth); p != 1430 || h != 1430 {
 		t.Fatalf("MTU: pod eth0 %d, host %s %d, want the daemon's 1430", p, hostVeth, h)
 	}

@@ -146,18 +146,22 @@ func add(ctx context.Context, conf *NetConf, args *skel.CmdArgs) (_ *current.Res
 	}()
 
 	w := &wiring{
-		hostNS:   hostNS,
-		podNS:    podNS,
-		ifName:   args.IfName,
-		hostVeth: HostVethName(args.ContainerID, args.IfName),
-		mtu:      mtu,
-		podIP:    podIP,
+		hostNS: hostNS,
+		podNS:  podNS,
+		ifName: args.IfName,
+		host:   hostVethFor(args.ContainerID, args.IfName, kargs),
+		mtu:    mtu,
+		podIP:  podIP,
 	}
 	hostIf, podIf, err := w.setup()
 	if err != nil {
 		return nil, types.NewError(types.ErrInternal, fmt.Sprintf("wire %s (%s) for %s: %v", args.IfName, podIP, args.ContainerID, err), "")
 	}
-	log.Info("pod wired", "hostVeth", w.hostVeth, "block", block, "secondary", w.secondary, "table", tableName(w.table))
+	if w.replaced != "" {
+		log.Warn("removed the host veth of an older sandbox of the same pod (re-created under its name before the old sandbox's DEL)",
+			"hostVeth", w.host.name, "oldContainer", w.replaced)
+	}
+	log.Info("pod wired", "hostVeth", w.host.name, "block", block, "secondary", w.secondary, "table", tableName(w.table))
 
 	result := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
@@ -196,7 +200,12 @@ func Del(ctx context.Context, args *skel.CmdArgs) error {
 	// this DEL, and a late release must not free its address.
 	began := time.Now().UTC()
 	log := conf.logger().With("container", args.ContainerID, "ifName", args.IfName)
-	if err := teardown(args.Netns, args.IfName, HostVethName(args.ContainerID, args.IfName)); err != nil {
+	// Unparsable CNI_ARGS must not keep a pod from going: without the pod's
+	// name only the container-based host veth name is looked for (a pod
+	// veth goes with the netns anyway).
+	kargs, _ := parseArgs(args.Args)
+	att := ipam.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
+	if err := teardown(args.Netns, args.IfName, att, hostVethNames(args.ContainerID, args.IfName, kargs)); err != nil {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("unwire %s of %s: %v", args.IfName, args.ContainerID, err), "")
 	}
 	client, err := ipam.NewClient(conf.IPAMSocket)
@@ -228,6 +237,10 @@ func Del(ctx context.Context, args *skel.CmdArgs) error {
 // kernel, and reports every difference at once.
 func Check(ctx context.Context, args *skel.CmdArgs) error {
 	conf, cerr := parseConfig(args.StdinData)
+	if cerr != nil {
+		return cerr
+	}
+	kargs, cerr := parseArgs(args.Args)
 	if cerr != nil {
 		return cerr
 	}
@@ -283,8 +296,11 @@ func Check(ctx context.Context, args *skel.CmdArgs) error {
 		}
 	}
 	if podIP.IsValid() {
-		w := &wiring{hostNS: hostNS, podNS: podNS, ifName: args.IfName,
-			hostVeth: HostVethName(args.ContainerID, args.IfName), mtu: mtu, podIP: podIP}
+		// Named after the pod, or after the container if wired before
+		// pods were (an upgrade) or the runtime names no pod.
+		host := hostVethFor(args.ContainerID, args.IfName, kargs)
+		host.name = findHostVeth(host.att, hostVethNames(args.ContainerID, args.IfName, kargs))
+		w := &wiring{hostNS: hostNS, podNS: podNS, ifName: args.IfName, host: host, mtu: mtu, podIP: podIP}
 		problems = append(problems, w.check()...)
 	}
 	if len(problems) > 0 {
@@ -322,7 +338,8 @@ func resultMTU(r *current.Result, netnsPath, ifName string) (int, bool) {
 }
 
 // GC releases every allocation the runtime no longer lists as valid. The
-// veths need no collecting: they die with their pod's netns. A request
+// veths need no collecting: they die with their pod's netns, whichever
+// name their host end has. A request
 // without a list (missing or null) is refused before the daemon is asked.
 func GC(ctx context.Context, args *skel.CmdArgs) error {
 	conf, cerr := parseConfig(args.StdinData)

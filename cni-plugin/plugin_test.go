@@ -76,7 +76,8 @@ func TestAddCheckDelInNetns(t *testing.T) {
 	if len(res.IPs) != 1 || res.IPs[0].Address.String() != "10.77.0.2/32" || res.IPs[0].Gateway.String() != "169.254.1.1" {
 		t.Fatalf("ADD result IPs %+v", res.IPs)
 	}
-	hostVeth := HostVethName(args.ContainerID, "eth0")
+	// Named as Calico names the pod's interface (Felix finds it so).
+	hostVeth := ipam.PodHostVethName("default", "web-0")
 	if res.Interfaces[0].Name != hostVeth || res.Interfaces[1].Name != "eth0" || res.Interfaces[1].Sandbox != pod.Path() {
 		t.Fatalf("ADD result interfaces %+v %+v", res.Interfaces[0], res.Interfaces[1])
 	}
@@ -281,7 +282,7 @@ func TestRetriedAddGetsSameIP(t *testing.T) {
 
 func teardownIn(t *testing.T, hostNS ns.NetNS, args *skel.CmdArgs) error {
 	_, err := in(t, hostNS, func() (any, error) {
-		return nil, teardown(args.Netns, args.IfName, HostVethName(args.ContainerID, args.IfName))
+		return nil, teardown(args.Netns, args.IfName, ipam.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}, []string{HostVethName(args.ContainerID, args.IfName)})
 	})
 	return err
 }

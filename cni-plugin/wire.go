@@ -14,6 +14,9 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/nexthop-net/nexthop/ipam"
 )
 
 // Gateway is the pod's next hop. Nothing owns it: the host veth answers ARP
@@ -21,10 +24,11 @@ import (
 // whatever its address (Calico's trick).
 var Gateway = netip.MustParseAddr("169.254.1.1")
 
-// HostVethName is the host end's name: "nh" + 11 hex chars of
-// sha1(containerID), stable across retries and within IFNAMSIZ. Interfaces
-// other than eth0 hash "containerID/ifName" so a multi-interface pod's ends
-// don't collide.
+// HostVethName is the host end's name when it is not named after its pod
+// (hostVethFor), and every attachment's name before it could be: "nh" + 11
+// hex chars of sha1(containerID), stable across retries and within
+// IFNAMSIZ. Interfaces other than eth0 hash "containerID/ifName" so a
+// multi-interface pod's ends don't collide.
 func HostVethName(containerID, ifName string) string {
 	key := containerID
 	if ifName != "eth0" {
@@ -34,18 +38,112 @@ func HostVethName(containerID, ifName string) string {
 	return "nh" + hex.EncodeToString(sum[:])[:11]
 }
 
+// hostVeth is the host end one attachment gets: its name, and the alias
+// marking it as the attachment's (ipam.HostVethAlias).
+type hostVeth struct {
+	att    ipam.Attachment
+	name   string
+	podKey string // ipam.PodKey when name is the pod's, else ""
+	alias  string
+}
+
+// hostVethFor names an attachment's host end. A pod's eth0, when the
+// runtime names the pod (kubelet's K8S_POD_NAMESPACE and K8S_POD_NAME), is
+// named as Calico names it, "nh" + 11 hex chars of sha1("<namespace>.<pod>")
+// (ipam.PodHostVethName): Calico's Felix, run for NetworkPolicy with
+// FELIX_INTERFACEPREFIX=nh, finds a pod's interface by that name. Other
+// interfaces (Felix manages a pod's primary only) and runtimes that name no
+// pod keep HostVethName, as does a container ID too long for the alias.
+func hostVethFor(containerID, ifName string, k *k8sArgs) hostVeth {
+	att := ipam.Attachment{ContainerID: containerID, IfName: ifName}
+	if k != nil && ifName == "eth0" && k.K8S_POD_NAMESPACE != "" && k.K8S_POD_NAME != "" {
+		key := ipam.PodKey(string(k.K8S_POD_NAMESPACE), string(k.K8S_POD_NAME))
+		if alias, ok := ipam.HostVethAlias(att, key); ok {
+			return hostVeth{att: att, name: ipam.PodHostVethName(string(k.K8S_POD_NAMESPACE), string(k.K8S_POD_NAME)), podKey: key, alias: alias}
+		}
+	}
+	alias, _ := ipam.HostVethAlias(att, "") // "" if it does not fit: the name says whose it is
+	return hostVeth{att: att, name: HostVethName(containerID, ifName), alias: alias}
+}
+
+// hostVethNames is every name the attachment's host end may have: its name
+// now, then the container-based one it had if it was wired before pods were
+// named after themselves (an upgrade) or under another name choice.
+func hostVethNames(containerID, ifName string, k *k8sArgs) []string {
+	names := []string{hostVethFor(containerID, ifName, k).name}
+	if legacy := HostVethName(containerID, ifName); legacy != names[0] {
+		names = append(names, legacy)
+	}
+	return names
+}
+
+// ownedBy reports whether l is attachment att's host end: its alias names
+// att, or it has none of ours and bears att's container-based name (wired
+// before the alias).
+func ownedBy(l netlink.Link, att ipam.Attachment) bool {
+	if k, _, ok := ipam.ParseHostVethAlias(l.Attrs().Alias); ok {
+		return k == att
+	}
+	return l.Attrs().Name == HostVethName(att.ContainerID, att.IfName)
+}
+
+// whose describes the owner of a host veth for an error message.
+func whose(l netlink.Link) string {
+	if k, _, ok := ipam.ParseHostVethAlias(l.Attrs().Alias); ok {
+		return "attachment " + k.String()
+	}
+	if a := l.Attrs().Alias; a != "" {
+		return fmt.Sprintf("an interface with alias %q", a)
+	}
+	return "an interface not marked as nexthop's"
+}
+
+// removeStaleHostVeth clears the name for the host end. A link of that name
+// is removed only if it is stale: this attachment's own, left by an
+// interrupted ADD, or the veth of an older sandbox of the same pod (a pod
+// re-created under its name, a StatefulSet's, before the old sandbox's DEL
+// ran: Kubernetes runs one pod of a name at a time, and Calico's plugin
+// deletes a host veth of the name it wants for the same reason). A link of
+// any other pod or owner is never touched: ADD fails instead. replaced is
+// the container ID of an older sandbox whose veth was removed.
+func (w *wiring) removeStaleHostVeth() (replaced string, err error) {
+	l, err := netlinksafe.LinkByName(w.host.name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return "", nil
+		}
+		return "", fmt.Errorf("look up host veth %s: %w", w.host.name, err)
+	}
+	k, podKey, ours := ipam.ParseHostVethAlias(l.Attrs().Alias)
+	switch {
+	case ownedBy(l, w.host.att):
+	case ours && w.host.podKey != "" && podKey == w.host.podKey && k.IfName == w.host.att.IfName:
+		replaced = k.ContainerID
+	default:
+		return "", fmt.Errorf("host veth name %s is taken by %s; not removing it", w.host.name, whose(l))
+	}
+	if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		return "", fmt.Errorf("remove stale host veth %s (%s): %w", w.host.name, whose(l), err)
+	}
+	return replaced, nil
+}
+
 func hostPrefix(a netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)}
 }
 
 // wiring describes one pod attachment.
 type wiring struct {
-	hostNS   ns.NetNS // where the host end lives (the current netns)
-	podNS    ns.NetNS
-	ifName   string // pod end, normally eth0
-	hostVeth string
-	mtu      int
-	podIP    netip.Addr
+	hostNS ns.NetNS // where the host end lives (the current netns)
+	podNS  ns.NetNS
+	ifName string // pod end, normally eth0
+	host   hostVeth
+	mtu    int
+	podIP  netip.Addr
+	// replaced: set by setup to the container ID of an older sandbox of
+	// the same pod whose host veth it removed.
+	replaced string
 	// secondary: set by setup when the pod already had a default route;
 	// the gateway and default routes are then in table, not main (see
 	// secondary.go).
@@ -56,14 +154,13 @@ type wiring struct {
 // setup creates the veth pair and configures both ends. On error it leaves
 // nothing behind.
 func (w *wiring) setup() (hostIf, podIf net.Interface, err error) {
-	// A leftover from an earlier, interrupted ADD for this container: its name
-	// is derived from this container's ID, so it is ours to remove.
-	if err := ip.DelLinkByName(w.hostVeth); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
-		return hostIf, podIf, fmt.Errorf("remove stale host veth %s: %w", w.hostVeth, err)
+	if w.replaced, err = w.removeStaleHostVeth(); err != nil {
+		return hostIf, podIf, err
 	}
+	created := false
 	defer func() {
-		if err != nil {
-			_ = ip.DelLinkByName(w.hostVeth) // takes the pod end with it
+		if err != nil && created {
+			_ = ip.DelLinkByName(w.host.name) // takes the pod end with it
 			if w.secondary {
 				// Its routes went with the link; its rule did not.
 				_ = w.podNS.Do(func(ns.NetNS) error { return deleteSourceRules(-1) })
@@ -74,10 +171,11 @@ func (w *wiring) setup() (hostIf, podIf net.Interface, err error) {
 		if _, err := netlinksafe.LinkByName(w.ifName); err == nil {
 			return fmt.Errorf("interface %s already exists in %s", w.ifName, w.podNS.Path())
 		}
-		hostIf, podIf, err = ip.SetupVethWithName(w.ifName, w.hostVeth, w.mtu, "", w.hostNS)
+		hostIf, podIf, err = ip.SetupVethWithName(w.ifName, w.host.name, w.mtu, "", w.hostNS)
 		if err != nil {
-			return fmt.Errorf("create veth pair %s/%s: %w", w.ifName, w.hostVeth, err)
+			return fmt.Errorf("create veth pair %s/%s: %w", w.ifName, w.host.name, err)
 		}
+		created = true
 		return w.configurePod()
 	})
 	if err != nil {
@@ -136,18 +234,25 @@ func tableName(t int) string {
 // for the gateway, and the /32 route that brings the pod's traffic home.
 func (w *wiring) configureHost() error {
 	// Only on our own interface: never touch the node's other sysctls.
-	for _, s := range hostSysctls(w.hostVeth) {
+	for _, s := range hostSysctls(w.host.name) {
 		if _, err := sysctl.Sysctl(s.key, s.val); err != nil {
 			return fmt.Errorf("set sysctl %s=%s: %w", s.key, s.val, err)
 		}
 	}
-	link, err := netlinksafe.LinkByName(w.hostVeth)
+	link, err := netlinksafe.LinkByName(w.host.name)
 	if err != nil {
-		return fmt.Errorf("look up %s: %w", w.hostVeth, err)
+		return fmt.Errorf("look up %s: %w", w.host.name, err)
+	}
+	// Before the route: a veth the allocator finds routing a pod's address
+	// (ipam.KernelPodRoutes) always says whose it is.
+	if w.host.alias != "" {
+		if err := netlink.LinkSetAlias(link, w.host.alias); err != nil {
+			return fmt.Errorf("set alias %q on %s: %w", w.host.alias, w.host.name, err)
+		}
 	}
 	r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: hostPrefix(w.podIP), Scope: netlink.SCOPE_LINK}
 	if err := netlink.RouteReplace(r); err != nil {
-		return fmt.Errorf("add route %s/32 dev %s: %w", w.podIP, w.hostVeth, err)
+		return fmt.Errorf("add route %s/32 dev %s: %w", w.podIP, w.host.name, err)
 	}
 	return nil
 }
@@ -170,8 +275,11 @@ func hostSysctls(hostVeth string) []sysctlSetting {
 // teardown removes both ends, and a secondary interface's source rule;
 // whatever is already gone is not an error. A netnsPath naming the node's
 // own netns (an ADD there was refused) has nothing of ours in it: ifName
-// there is the node's, and is never touched.
-func teardown(netnsPath, ifName, hostVeth string) error {
+// there is the node's, and is never touched. Of the host links named
+// hostVeths (every name the attachment's host end may have), only those
+// that are att's are removed: a pod re-created under its name may already
+// have a veth of that name, a newer sandbox's.
+func teardown(netnsPath, ifName string, att ipam.Attachment, hostVeths []string) error {
 	if netnsPath != "" {
 		err := unwirePod(netnsPath, ifName)
 		var gone ns.NSPathNotExistErr
@@ -181,10 +289,34 @@ func teardown(netnsPath, ifName, hostVeth string) error {
 	}
 	// Usually gone with its peer; not if the pod end was moved or the netns
 	// is unknown to us.
-	if err := ip.DelLinkByName(hostVeth); err != nil && !errors.Is(err, ip.ErrLinkNotFound) {
-		return fmt.Errorf("delete host veth: %w", err)
+	for _, name := range hostVeths {
+		l, err := netlinksafe.LinkByName(name)
+		if err != nil {
+			var nf netlink.LinkNotFoundError
+			if errors.As(err, &nf) {
+				continue
+			}
+			return fmt.Errorf("look up host veth %s: %w", name, err)
+		}
+		if !ownedBy(l, att) {
+			continue
+		}
+		if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("delete host veth %s: %w", name, err)
+		}
 	}
 	return nil
+}
+
+// findHostVeth is the name of the attachment's host end among names (see
+// hostVethNames): the first that exists and is att's, else names[0].
+func findHostVeth(att ipam.Attachment, names []string) string {
+	for _, name := range names {
+		if l, err := netlinksafe.LinkByName(name); err == nil && ownedBy(l, att) {
+			return name
+		}
+	}
+	return names[0]
 }
 
 func unwirePod(netnsPath, ifName string) error {
@@ -287,23 +419,28 @@ func (w *wiring) check() []string {
 		bad("enter pod netns %s: %v", w.podNS.Path(), err)
 	}
 
-	link, err := netlinksafe.LinkByName(w.hostVeth)
+	hv := w.host.name
+	link, err := netlinksafe.LinkByName(hv)
 	if err != nil {
-		bad("host veth %s: %v", w.hostVeth, err)
+		bad("host veth %s: %v", hv, err)
 		return problems
 	}
 	if _, ok := link.(*netlink.Veth); !ok {
-		bad("host interface %s is a %s, not a veth", w.hostVeth, link.Type())
+		bad("host interface %s is a %s, not a veth", hv, link.Type())
+		return problems
+	}
+	if !ownedBy(link, w.host.att) {
+		bad("host veth %s is %s's, not %s's", hv, whose(link), w.host.att)
 		return problems
 	}
 	if peerIndex > 0 && link.Attrs().Index != peerIndex {
-		bad("host veth %s (index %d) is not the peer of pod %s (peer index %d)", w.hostVeth, link.Attrs().Index, w.ifName, peerIndex)
+		bad("host veth %s (index %d) is not the peer of pod %s (peer index %d)", hv, link.Attrs().Index, w.ifName, peerIndex)
 	}
 	checkLink(bad, "host", link, w.mtu)
 	if addrs, err := netlinksafe.AddrList(link, netlink.FAMILY_V4); err == nil && len(addrs) > 0 {
-		bad("host veth %s: unexpected address %s", w.hostVeth, addrs[0].IPNet)
+		bad("host veth %s: unexpected address %s", hv, addrs[0].IPNet)
 	}
-	for _, s := range hostSysctls(w.hostVeth) {
+	for _, s := range hostSysctls(hv) {
 		if got, err := sysctl.Sysctl(s.key); err != nil {
 			bad("sysctl %s: %v", s.key, err)
 		} else if strings.TrimSpace(got) != s.val {
@@ -322,7 +459,7 @@ func (w *wiring) check() []string {
 		}
 	}
 	if !ok {
-		bad("host route %s/32 dev %s scope link missing", w.podIP, w.hostVeth)
+		bad("host route %s/32 dev %s scope link missing", w.podIP, hv)
 	}
 	return problems
 }

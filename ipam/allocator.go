@@ -43,8 +43,9 @@ type Allocation struct {
 	// must not free it (see ReleaseUnclaimedSince).
 	Readded time.Time `json:"readded,omitzero"`
 	// HostVeth is set, and ContainerID and IfName are empty, when the
-	// address was recovered from the kernel (recover.go): the attachment is
-	// known only by its host veth's name, a hash of it.
+	// address was recovered from the kernel (recover.go) through a veth
+	// without an alias naming its attachment (one wired before the alias):
+	// the attachment is known only by the veth's name, a hash of it.
 	HostVeth string `json:"hostVeth,omitempty"`
 	// OutOfBlock is set (never stored) when the node's block changed and IP
 	// is no longer allocatable in it. It stays held until released.

@@ -23,10 +23,10 @@ func kernelPodRoutes() ([]PodRoute, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}
-	veths := map[int]string{}
+	veths := map[int]netlink.Link{}
 	for _, l := range links {
 		if _, ok := l.(*netlink.Veth); ok && hostVethRE.MatchString(l.Attrs().Name) {
-			veths[l.Attrs().Index] = l.Attrs().Name
+			veths[l.Attrs().Index] = l
 		}
 	}
 	if len(veths) == 0 {
@@ -38,7 +38,7 @@ func kernelPodRoutes() ([]PodRoute, error) {
 	}
 	var out []PodRoute
 	for _, r := range rs {
-		name, ok := veths[r.LinkIndex]
+		l, ok := veths[r.LinkIndex]
 		if !ok || r.Dst == nil || r.Gw != nil || len(r.MultiPath) > 0 {
 			continue
 		}
@@ -49,7 +49,11 @@ func kernelPodRoutes() ([]PodRoute, error) {
 		if !ok {
 			continue
 		}
-		out = append(out, PodRoute{IP: ip.Unmap(), HostVeth: name})
+		pr := PodRoute{IP: ip.Unmap(), HostVeth: l.Attrs().Name}
+		if k, _, ok := ParseHostVethAlias(l.Attrs().Alias); ok {
+			pr.Attachment = k
+		}
+		out = append(out, pr)
 	}
 	return out, nil
 }

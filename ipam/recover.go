@@ -33,6 +33,18 @@ import (
 type PodRoute struct {
 	IP       netip.Addr
 	HostVeth string
+	// Attachment is the one the veth's alias names (vethalias.go), zero
+	// for a veth without it (wired before the alias): such a veth is
+	// named after its attachment (HostVethName).
+	Attachment Attachment
+}
+
+// owner reports whether the route's veth is attachment k's.
+func (r PodRoute) owner(k Attachment) bool {
+	if r.Attachment != (Attachment{}) {
+		return r.Attachment == k
+	}
+	return HostVethName(k.ContainerID, k.IfName) == r.HostVeth
 }
 
 // Kernel reports the pods wired on this node (KernelPodRoutes in the node's
@@ -60,10 +72,12 @@ type openOptions struct {
 func WithKernel(k Kernel) OpenOption { return func(o *openOptions) { o.kernel = k } }
 
 // HostVethName is the pod's host veth name the CNI plugin gives an
-// attachment: "nh" + 11 hex chars of sha1(containerID), or of
-// "containerID/ifName" for interfaces other than eth0. It must stay equal to
-// cniplugin.HostVethName (checked by a test): it is how an address
-// recovered from the kernel is matched with the attachment that holds it.
+// attachment it does not name after its pod (PodHostVethName), and gave
+// every attachment before it did: "nh" + 11 hex chars of sha1(containerID),
+// or of "containerID/ifName" for interfaces other than eth0. It must stay
+// equal to cniplugin.HostVethName (checked by a test): it is how an address
+// recovered from the kernel through a veth without an alias (vethalias.go)
+// is matched with the attachment that holds it.
 func HostVethName(containerID, ifName string) string {
 	key := containerID
 	if ifName != "eth0" {
@@ -266,18 +280,27 @@ func (a *Allocator) reconcileKernel(k Kernel, state storeState, now time.Time) e
 		return fmt.Errorf("ipam: read pod routes from the kernel (needed to check the store against the pods on this node): %w", err)
 	}
 	var add []Allocation
+	named := map[Attachment]bool{}
 	for _, r := range routes {
 		if !r.IP.Is4() {
 			continue
 		}
 		if have, ok := a.byIP[r.IP]; ok {
-			if have.ContainerID != "" && HostVethName(have.ContainerID, have.IfName) != r.HostVeth {
+			if have.ContainerID != "" && !r.owner(have.Attachment()) {
 				a.log.Warn("ipam: the kernel routes a held address to another pod's veth; keeping the store's record",
 					"ip", r.IP, "hostVeth", r.HostVeth, "container", have.ContainerID, "ifName", have.IfName)
 			}
 			continue
 		}
-		add = append(add, Allocation{IP: r.IP, HostVeth: r.HostVeth, Allocated: now, OutOfBlock: !a.allocatable(r.IP)})
+		al := Allocation{IP: r.IP, HostVeth: r.HostVeth, Allocated: now, OutOfBlock: !a.allocatable(r.IP)}
+		if k := r.Attachment; k != (Attachment{}) && !named[k] {
+			// The alias names the attachment: recovered whole, as stored.
+			if _, held := a.byKey[k]; !held {
+				al.ContainerID, al.IfName, al.HostVeth = k.ContainerID, k.IfName, ""
+				named[k] = true
+			}
+		}
+		add = append(add, al)
 	}
 	switch {
 	case len(add) == 0 && (state == storeMissing || state == storeEmpty):
@@ -306,9 +329,13 @@ func (a *Allocator) reconcileKernel(k Kernel, state storeState, now time.Time) e
 	for i := range add {
 		p := &add[i]
 		a.byIP[p.IP] = p
-		a.byVeth[p.HostVeth] = p
+		if p.ContainerID != "" {
+			a.byKey[p.Attachment()] = p
+		} else {
+			a.byVeth[p.HostVeth] = p
+		}
 		a.log.Warn("ipam: holding a pod address found in the kernel but not in the store",
-			"ip", p.IP, "hostVeth", p.HostVeth, "outOfBlock", p.OutOfBlock)
+			"ip", p.IP, "hostVeth", p.HostVeth, "container", p.ContainerID, "ifName", p.IfName, "outOfBlock", p.OutOfBlock)
 	}
 	a.log.Warn(fmt.Sprintf("ipam: IPAM store %s: recovered %d pod addresses from the kernel's pod routes", state, len(add)),
 		"recovered", len(add), "held", len(a.byIP))
