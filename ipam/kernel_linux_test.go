@@ -136,3 +136,49 @@ func TestStoreRebuiltFromRealPodRoutes(t *testing.T) {
 		})
 	}
 }
+
+// A host veth named after its pod (PodHostVethName) says whose it is by
+// its alias only: an address recovered through it is the attachment's, so
+// GC listing that attachment keeps it, and a veth wired before the alias
+// (container-named) is still matched by its name.
+func TestStoreRebuiltFromAliasedPodRoutes(t *testing.T) {
+	needRoot(t)
+	node := nodeNS(t)
+	wirePod(t, node, "old", "eth0", "10.78.0.2") // before the alias
+	pod := nodeNS(t)
+	host := PodHostVethName("shop", "web-0")
+	alias, _ := HostVethAlias(Attachment{"new", "eth0"}, PodKey("shop", "web-0"))
+	ipNS(t, node, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", pod)
+	ipNS(t, node, "link", "set", host, "alias", alias, "up")
+	ipNS(t, node, "route", "add", "10.78.0.3/32", "dev", host, "scope", "link")
+
+	nsh, err := ns.GetNS("/run/netns/" + node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsh.Close()
+	var a *Allocator
+	err = nsh.Do(func(ns.NetNS) error {
+		var err error
+		a, err = Open(context.Background(), filepath.Join(t.TempDir(), "ipam.db"), netip.MustParsePrefix("10.78.0.0/24"), nil, WithKernel(KernelPodRoutes))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if al, ok := a.Get("new", "eth0"); !ok || al.IP.String() != "10.78.0.3" || al.HostVeth != "" {
+		t.Fatalf("recovered through the aliased veth: %+v %v, want new/eth0 at 10.78.0.3", al, ok)
+	}
+	if al, ok := a.Get("old", "eth0"); !ok || al.IP.String() != "10.78.0.2" {
+		t.Fatalf("recovered through the container-named veth: %+v %v", al, ok)
+	}
+	released, err := a.GC(context.Background(), []Attachment{{"new", "eth0"}, {"old", "eth0"}})
+	if err != nil || len(released) != 0 {
+		t.Fatalf("GC listing both pods released %v (%v)", released, err)
+	}
+	released, err = a.GC(context.Background(), []Attachment{{"old", "eth0"}})
+	if err != nil || len(released) != 1 || released[0].IP.String() != "10.78.0.3" {
+		t.Fatalf("GC without new/eth0 released %v (%v), want 10.78.0.3", released, err)
+	}
+}
