@@ -49,6 +49,7 @@ func TestKubeletCluster(t *testing.T) {
 	}{
 		{"Install", s.install},
 		{"PodsAcrossNodes", s.podsAcrossNodes},
+		{"ServicesFromOutside", s.servicesFromOutside},
 		{"RolloutRestartLosesNothing", s.rolloutRestart},
 		{"PodDeletedWhileDaemonAway", s.podDeletedWhileDaemonAway},
 		{"NodeReboot", s.nodeReboot},

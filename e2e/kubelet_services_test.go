@@ -1,0 +1,320 @@
+package e2e
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+)
+
+// The Services a client outside the cluster reaches: two busybox pods on
+// two nodes whose httpd answers a CGI with the pod's name and the address
+// the connection came from, a ClusterIP Service and a LoadBalancer Service
+// with externalTrafficPolicy Local in front of them.
+const outsideManifest = `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: outside, labels: {app: outside}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: outside}}
+  template:
+    metadata: {labels: {app: outside}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: outside}}}
+      containers:
+      - name: web
+        image: %s
+        imagePullPolicy: Never
+        command: [sh, -c, 'mkdir -p /www/cgi-bin && printf "#!/bin/sh\necho Content-Type: text/plain\necho\necho \$(hostname) \$REMOTE_ADDR\n" > /www/cgi-bin/who && chmod +x /www/cgi-bin/who && exec httpd -f -p 8080 -h /www']
+        ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: outside}
+spec:
+  selector: {app: outside}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: outside-lb}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: outside}
+  ports: [{port: 80, targetPort: 8080}]
+`
+
+// outsideLBIP is the load-balancer address the test writes into the
+// LoadBalancer Service's status, as MetalLB or a cloud controller would;
+// outsideLBRange is the BGPConfiguration's serviceLoadBalancerIPs.
+var (
+	outsideLBIP    = netip.MustParseAddr("198.51.100.10")
+	outsideLBRange = netip.MustParsePrefix("198.51.100.0/24")
+)
+
+// servicesFromOutside: with BGPConfiguration serviceClusterIPs (the API
+// server's --service-cluster-ip-range) and serviceLoadBalancerIPs, the
+// ToR learns the service range from every node (ECMP) and a Local
+// LoadBalancer address from the endpoints' nodes only, and a client behind
+// the ToR reaches both Services through those routes: kube-proxy on the
+// node the ToR picked answers from a pod.
+func (s *kubeletSuite) servicesFromOutside(t *testing.T) {
+	k := s.k
+	start := time.Now()
+	// Service routes go to external peers only: the ToR must be eBGP.
+	if err := torIsEBGP(k.ToR, k.Nodes); err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf(`{"apiVersion":"nexthop.io/v1","kind":"BGPConfiguration","metadata":{"name":"default"},"spec":{"serviceClusterIPs":[{"cidr":%q}],"serviceLoadBalancerIPs":[{"cidr":%q}]}}`, ServiceCIDR, outsideLBRange)
+	if err := k.Apply(s.ctx, conf); err != nil {
+		t.Fatalf("BGPConfiguration with the service ranges: %v", err)
+	}
+	if err := k.Apply(s.ctx, fmt.Sprintf(outsideManifest, BusyboxImage)); err != nil {
+		t.Fatalf("deploy the outside Services: %v", err)
+	}
+	s.kubectl(t, "patch", "svc", "outside-lb", "--subresource=status", "--type=merge",
+		"-p", fmt.Sprintf(`{"status":{"loadBalancer":{"ingress":[{"ip":%q}]}}}`, outsideLBIP))
+	// What the other steps expect again afterwards: no extra pods, no
+	// service routes, a ToR that routes nothing to the cluster.
+	torRoutes := []netip.Prefix{ServiceCIDR, netip.PrefixFrom(outsideLBIP, 32)}
+	defer s.removeOutside(t, torRoutes)
+
+	var pods []WorkloadPod
+	waitFor(t, 2*time.Minute, "2 outside pods Ready on 2 nodes", func() error {
+		var err error
+		if pods, err = k.Pods(s.ctx, "app=outside", true); err != nil {
+			return err
+		}
+		if len(pods) != 2 || pods[0].Node == pods[1].Node {
+			return fmt.Errorf("ready outside pods: %v", pods)
+		}
+		return nil
+	})
+	if _, err := k.Sandboxes(); err != nil { // pins the new pods' neighbours
+		t.Fatal(err)
+	}
+	podNode := map[string]string{}
+	var endpointNodes []*Node
+	for _, p := range pods {
+		podNode[p.Name] = p.Node
+		for _, n := range k.Nodes {
+			if n.Name == p.Node {
+				endpointNodes = append(endpointNodes, n)
+			}
+		}
+	}
+	waitFor(t, time.Minute, "the ToR has the service range from every node (ECMP), the Local LoadBalancer /32 from the endpoints' nodes", func() error {
+		return errors.Join(frrFrom(k.ToR, ServiceCIDR, k.Nodes, "", ""), frrFrom(k.ToR, torRoutes[1], endpointNodes, "", ""))
+	})
+	if out, err := k.ToR.Vtysh("show ip bgp " + ServiceCIDR.String()); err == nil {
+		t.Logf("FRR show ip bgp %s:\n%s", ServiceCIDR, out)
+	}
+
+	clusterIP, err := netip.ParseAddr(strings.TrimSpace(s.kubectl(t, "get", "svc", "outside", "-o", "jsonpath={.spec.clusterIP}")))
+	if err != nil {
+		t.Fatalf("the outside Service's cluster IP: %v", err)
+	}
+	// The client's only way out is its link to the ToR.
+	if out, err := run("ip", "-n", k.Internet, "route", "get", clusterIP.String()); err != nil || !strings.Contains(out, "via "+InternetGateway.String()+" ") {
+		t.Fatalf("the client's route to %s is not via the ToR (%s): %v %s", clusterIP, InternetGateway, err, out)
+	}
+	// Without the ToR's route the Service is out of reach: the answers
+	// below come through it.
+	out, err := outsideGet(k.Internet, netip.AddrPortFrom(clusterIP, 80))
+	if err == nil {
+		t.Fatalf("the client reached %s:80 before the ToR had a route to it: %q", clusterIP, out)
+	}
+	t.Logf("before the ToR has the route: %v", err)
+	// The ToR's bgpd runs without zebra: the test installs FRR's multipath
+	// set into the ToR's kernel, as zebra would.
+	for _, p := range torRoutes {
+		if err := installFRRRoute(k.ToR, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if out, err := run("ip", "-n", k.ToR.NS, "route", "get", clusterIP.String(), "from", InternetServer.String(), "iif", "inet0"); err == nil {
+		t.Logf("the ToR forwards the client's packets: %s", strings.TrimSpace(out))
+	}
+	// kube-proxy on the node the ToR picked DNATs the ClusterIP to one of
+	// the pods, on that node or another; both answer in turn.
+	answered := map[string]bool{}
+	waitFor(t, 30*time.Second, "a client behind the ToR gets answers from both pods through "+clusterIP.String()+":80", func() error {
+		out, err := outsideGet(k.Internet, netip.AddrPortFrom(clusterIP, 80))
+		if err != nil {
+			return err
+		}
+		pod, from, _ := strings.Cut(out, " ")
+		if _, ok := podNode[pod]; !ok {
+			return Permanent(fmt.Errorf("answer %q is not from an outside pod (%v)", out, pods))
+		}
+		if !answered[pod] {
+			t.Logf("client %s -> %s:80 answered by %s on %s, which saw the connection from %s", InternetServer, clusterIP, pod, podNode[pod], from)
+		}
+		answered[pod] = true
+		if len(answered) < len(pods) {
+			return fmt.Errorf("only %v answered yet", answered)
+		}
+		return nil
+	})
+
+	// externalTrafficPolicy Local: the ToR sends to an endpoint's node,
+	// which keeps the client's address.
+	out, err = outsideGet(k.Internet, netip.AddrPortFrom(outsideLBIP, 80))
+	if err != nil {
+		t.Fatalf("client behind the ToR to the LoadBalancer address %s:80: %v", outsideLBIP, err)
+	}
+	pod, from, _ := strings.Cut(out, " ")
+	if _, ok := podNode[pod]; !ok {
+		t.Fatalf("the LoadBalancer address %s answered %q, not an outside pod", outsideLBIP, out)
+	}
+	if from != InternetServer.String() {
+		t.Errorf("pod %s saw the connection to %s from %s, want the client's own address %s (externalTrafficPolicy Local)", pod, outsideLBIP, from, InternetServer)
+	}
+	t.Logf("client %s -> %s:80 (LoadBalancer, Local) answered by %s on %s, which saw %s; step took %s",
+		InternetServer, outsideLBIP, pod, podNode[pod], from, time.Since(start).Round(100*time.Millisecond))
+}
+
+// removeOutside undoes servicesFromOutside: the ToR's kernel routes, the
+// workload and the BGPConfiguration go, and the ToR loses the routes.
+func (s *kubeletSuite) removeOutside(t *testing.T, torRoutes []netip.Prefix) {
+	k := s.k
+	for _, p := range torRoutes {
+		run("ip", "-n", k.ToR.NS, "route", "del", p.String()) // absent if the step failed before
+	}
+	for _, args := range [][]string{
+		{"delete", "deployment", "outside", "--ignore-not-found", "--wait=true", "--timeout=60s"},
+		{"delete", "svc", "outside", "outside-lb", "--ignore-not-found", "--wait=true", "--timeout=60s"},
+		{"wait", "--for=delete", "pod", "-l", "app=outside", "--timeout=90s"},
+		{"delete", "bgpconfiguration", "default", "--ignore-not-found"},
+	} {
+		if out, err := k.Kubectl(s.ctx, args...); err != nil {
+			t.Errorf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	err := WaitFor(time.Minute, 200*time.Millisecond, func() error {
+		var errs []error
+		for _, p := range torRoutes {
+			errs = append(errs, frrFrom(k.ToR, p, nil, "", ""))
+		}
+		return errors.Join(errs...)
+	})
+	if err != nil {
+		t.Errorf("the service routes withdrawn from the ToR: %v", err)
+	}
+}
+
+// torIsEBGP checks that every node's session with the ToR is eBGP: FRR's
+// own AS differs from each node's.
+func torIsEBGP(tor *ToR, nodes []*Node) error {
+	out, err := tor.Vtysh("show bgp ipv4 unicast summary json")
+	if err != nil {
+		return err
+	}
+	var sum struct {
+		AS    uint32 `json:"as"`
+		Peers map[string]struct {
+			RemoteAS uint32 `json:"remoteAs"`
+		} `json:"peers"`
+	}
+	if err := json.Unmarshal([]byte(out), &sum); err != nil {
+		return fmt.Errorf("parse FRR summary json: %w: %.200s", err, out)
+	}
+	for _, n := range nodes {
+		p, ok := sum.Peers[n.Address.String()]
+		if !ok {
+			return fmt.Errorf("the ToR has no neighbour %s (%s)", n.Address, n.Name)
+		}
+		if p.RemoteAS == sum.AS {
+			return fmt.Errorf("the ToR (AS %d) peers with %s over iBGP: service routes go to external peers only", sum.AS, n.Name)
+		}
+	}
+	return nil
+}
+
+// installFRRRoute puts pfx into the ToR's kernel over the next hops of
+// FRR's best and multipath paths (zebra's job; the ToR's bgpd runs
+// without it).
+func installFRRRoute(tor *ToR, pfx netip.Prefix) error {
+	out, err := tor.Vtysh("show ip bgp " + pfx.String() + " json")
+	if err != nil {
+		return err
+	}
+	var r struct {
+		Paths []struct {
+			Multipath bool `json:"multipath"`
+			Bestpath  *struct {
+				Overall bool `json:"overall"`
+			} `json:"bestpath"`
+			Nexthops []struct {
+				IP string `json:"ip"`
+			} `json:"nexthops"`
+		} `json:"paths"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		return fmt.Errorf("parse FRR show ip bgp %s json: %w: %.300s", pfx, err, out)
+	}
+	var hops []string
+	for _, p := range r.Paths {
+		if (p.Multipath || p.Bestpath != nil && p.Bestpath.Overall) && len(p.Nexthops) > 0 && !slices.Contains(hops, p.Nexthops[0].IP) {
+			hops = append(hops, p.Nexthops[0].IP)
+		}
+	}
+	if len(hops) == 0 {
+		return fmt.Errorf("FRR has no usable path for %s: %.300s", pfx, out)
+	}
+	argv := []string{"route", "replace", pfx.String(), "proto", "bgp"}
+	for _, h := range hops {
+		argv = append(argv, "nexthop", "via", h, "dev", underlayLink)
+	}
+	return ipn(tor.NS, "install FRR's route to "+pfx.String(), argv...)
+}
+
+// outsideGet asks the Service at addr for /cgi-bin/who from inside
+// namespace nsName and returns the answer's body: "<pod name> <address
+// the pod saw the connection from>".
+func outsideGet(nsName string, addr netip.AddrPort) (string, error) {
+	var conn net.Conn
+	err := ns.WithNetNSPath(NetNSPath(nsName), func(ns.NetNS) error {
+		var err error
+		conn, err = net.DialTimeout("tcp", addr.String(), 2*time.Second)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("connect to %s from %s: %w", addr, nsName, err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.WriteString(conn, "GET /cgi-bin/who HTTP/1.0\r\n\r\n"); err != nil {
+		return "", fmt.Errorf("request to %s: %w", addr, err)
+	}
+	b, err := io.ReadAll(conn)
+	if err != nil {
+		return "", fmt.Errorf("answer from %s: %w", addr, err)
+	}
+	_, body, ok := strings.Cut(string(b), "\r\n\r\n")
+	if !ok {
+		_, body, ok = strings.Cut(string(b), "\n\n")
+	}
+	if !strings.HasPrefix(string(b), "HTTP/1.") || !ok {
+		return "", fmt.Errorf("answer from %s is not HTTP: %q", addr, b)
+	}
+	// busybox httpd listens on IPv6 too: an IPv4 client shows as [::ffff:a.b.c.d].
+	f := strings.Fields(body)
+	if len(f) != 2 {
+		return "", fmt.Errorf("answer from %s: body %q, want <pod> <client address>", addr, body)
+	}
+	from := strings.TrimPrefix(strings.Trim(f[1], "[]"), "::ffff:")
+	return f[0] + " " + from, nil
+}
