@@ -144,11 +144,22 @@ func (s *kubeletSuite) servicesFromOutside(t *testing.T) {
 		}
 	}
 
-	if out, err := run("ip", "-n", k.ToR.NS, "route", "get", clusterIP.String(), "from", InternetServer.String(), "iif", "inet0"); err == nil {
-		t.Logf("the ToR forwards the client's packets: %s", strings.TrimSpace(out))
+	// The node the ToR's ECMP hash picks for this client and address.
+	out, err = run("ip", "-n", k.ToR.NS, "route", "get", clusterIP.String(), "from", InternetServer.String(), "iif", "inet0")
+	if err != nil {
+		t.Fatalf("the ToR's route for the client's packets to %s: %v", clusterIP, err)
 	}
-	// kube-proxy on the node the ToR picked DNATs the ClusterIP to one of
-	// the pods, on that node or another; both answer in turn.
+	f := strings.Fields(out)
+	i := slices.Index(f, "via")
+	if i < 0 || i+1 == len(f) {
+		t.Fatalf("the ToR's route for the client's packets to %s has no next hop: %s", clusterIP, out)
+	}
+	picked := f[i+1]
+	t.Logf("the ToR forwards the client's packets: %s", strings.TrimSpace(out))
+	// kube-proxy on that node DNATs the ClusterIP to one of the pods, on
+	// that node or another, and masquerades the connection (its source is
+	// outside the cluster CIDR): the pod sees the picked node's address.
+	// Both pods answer in turn.
 	answered := map[string]bool{}
 	waitFor(t, 30*time.Second, "a client behind the ToR gets answers from both pods through "+clusterIP.String()+":80", func() error {
 		out, err := outsideGet(k.Internet, netip.AddrPortFrom(clusterIP, 80))
@@ -158,6 +169,9 @@ func (s *kubeletSuite) servicesFromOutside(t *testing.T) {
 		pod, from, _ := strings.Cut(out, " ")
 		if _, ok := podNode[pod]; !ok {
 			return Permanent(fmt.Errorf("answer %q is not from an outside pod (%v)", out, pods))
+		}
+		if from != picked {
+			return Permanent(fmt.Errorf("%s saw the connection from %s, want the address of the node the ToR sent it to (%s)", pod, from, picked))
 		}
 		if !answered[pod] {
 			t.Logf("client %s -> %s:80 answered by %s on %s, which saw the connection from %s", InternetServer, clusterIP, pod, podNode[pod], from)
