@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"time"
 )
 
 // Building blocks for fabrics beyond one flat underlay: a router
@@ -84,23 +83,8 @@ func (c *Cluster) StartFRR(name, ns string, addr netip.Addr, conf string) (*ToR,
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, fmt.Errorf("write %s: %w", path, err)
 	}
-	p, err := startProc("bgpd "+name, t.LogPath, "ip", "netns", "exec", ns, bgpdPath,
-		"-Z", "-S", "-f", path, "-i", filepath.Join(t.Dir, "bgpd.pid"),
-		"--vty_socket", filepath.Join(t.Dir, "vty"), "-A", "127.0.0.1", "-P", "0", "--log", "stdout")
-	if err != nil {
+	if err := c.runBgpd(t, name, path); err != nil {
 		return nil, err
-	}
-	c.track(p)
-	t.proc = p
-	err = WaitFor(15*time.Second, 100*time.Millisecond, func() error {
-		if done, exitErr := p.exited(); done {
-			return Permanent(fmt.Errorf("bgpd exited (%s); log:\n%s", exitString(exitErr), tail(t.LogPath, 20, bgpdNoise)))
-		}
-		_, err := t.Vtysh("show bgp summary json")
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("start bgpd %s in %s: %w", name, ns, err)
 	}
 	return t, nil
 }

@@ -81,19 +81,7 @@ func (c *Cluster) AddToR(name string, addr netip.Addr) (*ToR, error) {
 func (c *Cluster) startToRAt(name string, addr netip.Addr) (*ToR, error) {
 	t := &ToR{NS: c.Prefix + name, Address: addr, Dir: filepath.Join(c.Dir, name)}
 	t.LogPath = filepath.Join(t.Dir, "bgpd.log")
-	if err := os.MkdirAll(filepath.Join(t.Dir, "vty"), 0o755); err != nil {
-		return nil, fmt.Errorf("create %s dir: %w", name, err)
-	}
-	if err := c.addNS(t.NS); err != nil {
-		return nil, err
-	}
-	if err := c.plugUnderlay(t.NS, name, t.Address); err != nil {
-		return nil, err
-	}
-	// The ToR only speaks BGP here. Were it to forward, a node missing a
-	// route would still reach pods through the ToR via its default route
-	// and a broken daemon would pass the ping tests.
-	if err := setSysctls(t.NS, "net.ipv4.ip_forward", "0"); err != nil {
+	if err := c.plugToR(t, name); err != nil {
 		return nil, err
 	}
 	var nodes []string
@@ -112,15 +100,42 @@ func (c *Cluster) startToRAt(name string, addr netip.Addr) (*ToR, error) {
 	if err != nil {
 		return nil, fmt.Errorf("write bgpd.conf: %w", err)
 	}
+	if err := c.runBgpd(t, name, conf); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// plugToR makes t's directory and namespace, plugs it into the underlay at
+// t.Address, and turns forwarding off. The ToR only speaks BGP here. Were
+// it to forward, a node missing a route would still reach pods through
+// the ToR via its default route and a broken daemon would pass the ping
+// tests.
+func (c *Cluster) plugToR(t *ToR, name string) error {
+	if err := os.MkdirAll(filepath.Join(t.Dir, "vty"), 0o755); err != nil {
+		return fmt.Errorf("create %s dir: %w", name, err)
+	}
+	if err := c.addNS(t.NS); err != nil {
+		return err
+	}
+	if err := c.plugUnderlay(t.NS, name, t.Address); err != nil {
+		return err
+	}
+	return setSysctls(t.NS, "net.ipv4.ip_forward", "0")
+}
+
+// runBgpd starts FRR's bgpd without zebra (-Z, no kernel routes) in
+// t.NS with config conf, and waits until vtysh gets an answer through its
+// socket.
+func (c *Cluster) runBgpd(t *ToR, name, conf string) error {
 	p, err := startProc("bgpd "+name, t.LogPath, "ip", "netns", "exec", t.NS, bgpdPath,
 		"-Z", "-S", "-f", conf, "-i", filepath.Join(t.Dir, "bgpd.pid"),
 		"--vty_socket", filepath.Join(t.Dir, "vty"), "-A", "127.0.0.1", "-P", "0", "--log", "stdout")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	c.track(p)
 	t.proc = p
-	// Ready when vtysh gets an answer through the socket.
 	err = WaitFor(15*time.Second, 100*time.Millisecond, func() error {
 		if done, exitErr := p.exited(); done {
 			return Permanent(fmt.Errorf("bgpd exited (%s); log:\n%s", exitString(exitErr), tail(t.LogPath, 20, bgpdNoise)))
@@ -129,9 +144,9 @@ func (c *Cluster) startToRAt(name string, addr netip.Addr) (*ToR, error) {
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("start bgpd in %s: %w", t.NS, err)
+		return fmt.Errorf("start bgpd %s in %s: %w", name, t.NS, err)
 	}
-	return t, nil
+	return nil
 }
 
 // Vtysh runs one vtysh command against this ToR's bgpd. vtysh talks over

@@ -57,18 +57,7 @@ func (c *Cluster) AddBFDToR(name string, addr netip.Addr) (*ToR, error) {
 	}
 	c.closeLater(removeDir(dir))
 	t := &ToR{NS: c.Prefix + name, Address: addr, Dir: dir, LogPath: filepath.Join(logDir, "bgpd.log")}
-	if err := os.MkdirAll(filepath.Join(t.Dir, "vty"), 0o755); err != nil {
-		return nil, fmt.Errorf("create %s dir: %w", name, err)
-	}
-	if err := c.addNS(t.NS); err != nil {
-		return nil, err
-	}
-	if err := c.plugUnderlay(t.NS, name, t.Address); err != nil {
-		return nil, err
-	}
-	// As for the plain ToR: it must not forward, or a node missing a route
-	// would still reach pods through it.
-	if err := setSysctls(t.NS, "net.ipv4.ip_forward", "0"); err != nil {
+	if err := c.plugToR(t, name); err != nil {
 		return nil, err
 	}
 	var nodes []string
