@@ -13,11 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
-
 	"github.com/nexthop-net/nexthop/config"
-	"github.com/nexthop-net/nexthop/kubetest"
 	"github.com/nexthop-net/nexthop/status"
 )
 
@@ -387,12 +383,7 @@ spec:
 //     and the daemon not restarted.
 //  3. enabled: false removes the session (FRR is told: AdminDown).
 func TestBFDKubernetes(t *testing.T) {
-	requireBinaries(t)
-	requireKube(t)
-	env := kubetest.Start(t)
-	k := &kubeCluster{t: t, env: env, cs: kubernetes.NewForConfigOrDie(env.Config), dc: dynamic.NewForConfigOrDie(env.Config)}
-	k.mustKubectl("", "apply", "-k", filepath.Join(sourceRoot(), "manifests"))
-	k.mustKubectl(poolYAML, "apply", "-f", "-")
+	k := startKube(t)
 
 	c := newCluster(t, Options{Nodes: 1, NoPods: true})
 	k.c = c
@@ -403,7 +394,7 @@ func TestBFDKubernetes(t *testing.T) {
 	c.ToR = tor
 	n1 := c.Nodes[0]
 	k.createNode(n1)
-	if err := c.UseKubernetes(n1, strings.TrimPrefix(env.URL, "https://"), env.DaemonConfig().BearerToken); err != nil {
+	if err := c.UseKubernetes(n1, strings.TrimPrefix(k.env.URL, "https://"), k.env.DaemonConfig().BearerToken); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.StartDaemons(); err != nil {

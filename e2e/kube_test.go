@@ -217,30 +217,39 @@ spec:
   nodeToNodeMeshEnabled: false
 `
 
-// TestKubernetes runs the daemons in Kubernetes mode against a real API
-// server: the manifests installed with `kubectl apply -k`, Node objects
-// with pod CIDRs, and everything after that done through the API while the
-// daemons run, as an operator would.
-func TestKubernetes(t *testing.T) {
+// startKube starts a real API server and installs what a user installs
+// first: the manifests with `kubectl apply -k` (the README's install line;
+// no kubelet or controllers run, so the DaemonSet stays an object and its
+// RBAC is what the daemons use) and an IPPool. The caller makes the
+// cluster of namespaces and sets k.c.
+func startKube(t *testing.T) *kubeCluster {
+	t.Helper()
 	requireHarness(t)
 	requireBinaries(t)
 	requireKube(t)
 	env := kubetest.Start(t)
 	k := &kubeCluster{t: t, env: env, cs: kubernetes.NewForConfigOrDie(env.Config), dc: dynamic.NewForConfigOrDie(env.Config)}
-	// The README's install line. No kubelet or controllers run here, so the
-	// DaemonSet stays an object; its RBAC is what the daemons below use.
 	k.mustKubectl("", "apply", "-k", filepath.Join(sourceRoot(), "manifests"))
 	k.mustKubectl(poolYAML, "apply", "-f", "-")
+	return k
+}
+
+// TestKubernetes runs the daemons in Kubernetes mode against a real API
+// server: the manifests installed with `kubectl apply -k`, Node objects
+// with pod CIDRs, and everything after that done through the API while the
+// daemons run, as an operator would.
+func TestKubernetes(t *testing.T) {
+	k := startKube(t)
 
 	c := newCluster(t, Options{Nodes: 3, ToR: true, NoPods: true})
 	k.c = c
 	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
-	apiAddr := strings.TrimPrefix(env.URL, "https://")
+	apiAddr := strings.TrimPrefix(k.env.URL, "https://")
 	for _, n := range c.Nodes {
 		k.createNode(n)
 		// The DaemonSet's service account: the manifests' RBAC must be
 		// enough for everything the daemons do below.
-		if err := c.UseKubernetes(n, apiAddr, env.DaemonConfig().BearerToken); err != nil {
+		if err := c.UseKubernetes(n, apiAddr, k.env.DaemonConfig().BearerToken); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -6,19 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 
 	nexthopv1 "github.com/nexthop-net/nexthop/api/v1"
 	"github.com/nexthop-net/nexthop/config"
-	"github.com/nexthop-net/nexthop/kubetest"
 )
 
 // Addresses of the multihop topology: node0 ── underlay ── rtr ── far.
@@ -441,19 +437,13 @@ spec:
 // BGPFilter named by one BGPPeer then takes one block away from that rack
 // only.
 func TestPeeringKubernetesToROnly(t *testing.T) {
-	requireHarness(t)
-	requireBinaries(t)
-	requireKube(t)
-	env := kubetest.Start(t)
-	k := &kubeCluster{t: t, env: env, cs: kubernetes.NewForConfigOrDie(env.Config), dc: dynamic.NewForConfigOrDie(env.Config)}
-	k.mustKubectl("", "apply", "-k", filepath.Join(sourceRoot(), "manifests"))
-	k.mustKubectl(poolYAML, "apply", "-f", "-")
+	k := startKube(t)
 	k.mustKubectl(meshOffYAML, "apply", "-f", "-")
 
 	c := newCluster(t, Options{Nodes: 4})
 	k.c = c
 	rackOf := func(n *Node) int { return (n.Index - 1) / 2 }
-	apiAddr := strings.TrimPrefix(env.URL, "https://")
+	apiAddr := strings.TrimPrefix(k.env.URL, "https://")
 	ctx := context.Background()
 	for _, n := range c.Nodes {
 		r := rackOf(n)
@@ -467,7 +457,7 @@ func TestPeeringKubernetesToROnly(t *testing.T) {
 		if _, err := k.cs.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.UseKubernetes(n, apiAddr, env.DaemonConfig().BearerToken); err != nil {
+		if err := c.UseKubernetes(n, apiAddr, k.env.DaemonConfig().BearerToken); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -16,10 +15,6 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
-
-	"github.com/nexthop-net/nexthop/kubetest"
 )
 
 // torAllNodesYAML peers every node with the ToR.
@@ -153,23 +148,17 @@ func frrFrom(t *ToR, pfx netip.Prefix, from []*Node, communities, large string) 
 // addresses outside the ranges are never announced; nothing of it reaches
 // the other nodes; and no daemon restarts for any of it.
 func TestServiceAdvertisement(t *testing.T) {
-	requireHarness(t)
-	requireBinaries(t)
-	requireKube(t)
-	env := kubetest.Start(t)
-	k := &kubeCluster{t: t, env: env, cs: kubernetes.NewForConfigOrDie(env.Config), dc: dynamic.NewForConfigOrDie(env.Config)}
-	k.mustKubectl("", "apply", "-k", filepath.Join(sourceRoot(), "manifests"))
-	k.mustKubectl(poolYAML, "apply", "-f", "-")
+	k := startKube(t)
 	k.mustKubectl(torAllNodesYAML, "apply", "-f", "-")
 
 	c := newCluster(t, Options{Nodes: 3, ToR: true, NoPods: true})
 	k.c = c
 	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
 	all := c.Nodes
-	apiAddr := strings.TrimPrefix(env.URL, "https://")
+	apiAddr := strings.TrimPrefix(k.env.URL, "https://")
 	for _, n := range all {
 		k.createNode(n)
-		if err := c.UseKubernetes(n, apiAddr, env.DaemonConfig().BearerToken); err != nil {
+		if err := c.UseKubernetes(n, apiAddr, k.env.DaemonConfig().BearerToken); err != nil {
 			t.Fatal(err)
 		}
 	}
