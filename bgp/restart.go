@@ -140,8 +140,8 @@ func isIPv4Unicast(f *api.Family) bool {
 // no peer waits for its restart state either.
 func (s *Speaker) TablesIn() {
 	s.tablesIn.Store(true)
+	s.tablesInOnce.Do(func() { close(s.tablesInCh) })
 	s.stopWatchIfDone()
-	s.readCountsSoon()
 }
 
 func (s *Speaker) stopWatchIfDone() {

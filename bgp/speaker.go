@@ -76,6 +76,9 @@ type Speaker struct {
 	tables         tableTracker
 	stopTableWatch context.CancelFunc
 	tablesIn       atomic.Bool
+	// tablesInCh closes at TablesIn: the path counts are read from then on.
+	tablesInCh   chan struct{}
+	tablesInOnce sync.Once
 
 	// peerTab is every configured peer's session, from GoBGP's events
 	// (peers.go).
@@ -103,12 +106,13 @@ func New(o Options, log *slog.Logger) *Speaker {
 		log = slog.Default()
 	}
 	return &Speaker{
-		log:       log.With("component", "bgp"),
-		cfg:       o.clone(),
-		peers:     map[netip.Addr]config.Peer{},
-		adv:       o.Advertisement.clone(),
-		services:  map[netip.Prefix]bool{},
-		countsDue: make(chan struct{}, 1),
+		log:        log.With("component", "bgp"),
+		cfg:        o.clone(),
+		peers:      map[netip.Addr]config.Peer{},
+		adv:        o.Advertisement.clone(),
+		services:   map[netip.Prefix]bool{},
+		countsDue:  make(chan struct{}, 1),
+		tablesInCh: make(chan struct{}),
 	}
 }
 

@@ -363,15 +363,8 @@ func TestBFDFailover(t *testing.T) {
 	}
 }
 
-const bfdPeerYAML = `apiVersion: nexthop.io/v1
-kind: BGPPeer
-metadata:
-  name: tor
-spec:
-  peerIP: 192.0.2.254
-  asNumber: 65000
-  holdTime: 3s
-  bfd:
+// bfdPeerYAML is torAllNodesYAML with BFD on.
+const bfdPeerYAML = torAllNodesYAML + `  bfd:
     enabled: true
 `
 

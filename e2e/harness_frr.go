@@ -29,8 +29,11 @@ type ToR struct {
 
 // A hold time of 3 s (keepalive 1 s) makes lost sessions show quickly;
 // connect retry 1 s brings a restarted node back without a long wait.
+//
+// With BFD (AddBFDToR) every node session also runs BFD, at FRR's default
+// timers (300 ms x 3).
 var torConfig = template.Must(template.New("bgpd.conf").Parse(`frr defaults datacenter
-hostname tor
+hostname {{.Name}}
 log stdout informational
 router bgp {{.AS}}
  bgp router-id {{.RouterID}}
@@ -41,6 +44,9 @@ router bgp {{.AS}}
  neighbor NODES timers connect 1
 {{- range .Nodes}}
  neighbor {{.}} peer-group NODES
+{{- if $.BFD}}
+ neighbor {{.}} bfd
+{{- end}}
 {{- end}}
  address-family ipv4 unicast
   neighbor NODES activate
@@ -84,26 +90,23 @@ func (c *Cluster) startToRAt(name string, addr netip.Addr) (*ToR, error) {
 	if err := c.plugToR(t, name); err != nil {
 		return nil, err
 	}
-	var nodes []string
-	for _, n := range c.Nodes {
-		nodes = append(nodes, n.Address.String())
-	}
 	conf := filepath.Join(t.Dir, "bgpd.conf")
-	f, err := os.Create(conf)
-	if err != nil {
-		return nil, fmt.Errorf("write bgpd.conf: %w", err)
-	}
-	err = torConfig.Execute(f, map[string]any{"AS": ToRAS, "RouterID": t.Address, "NodeAS": NodeAS, "Nodes": nodes})
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("write bgpd.conf: %w", err)
+	if err := writeTemplate(conf, torConfig, c.torConfigData(name, t.Address, false)); err != nil {
+		return nil, err
 	}
 	if err := c.runBgpd(t, name, conf); err != nil {
 		return nil, err
 	}
 	return t, nil
+}
+
+// torConfigData is what torConfig needs: the ToR peers with every node.
+func (c *Cluster) torConfigData(name string, addr netip.Addr, bfd bool) map[string]any {
+	var nodes []string
+	for _, n := range c.Nodes {
+		nodes = append(nodes, n.Address.String())
+	}
+	return map[string]any{"Name": name, "AS": ToRAS, "RouterID": addr, "NodeAS": NodeAS, "Nodes": nodes, "BFD": bfd}
 }
 
 // plugToR makes t's directory and namespace, plugs it into the underlay at

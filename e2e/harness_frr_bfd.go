@@ -17,27 +17,6 @@ const (
 	bfddPath  = "/usr/lib/frr/bfdd"
 )
 
-// bfdToRConfig is torConfig with BFD on every node session (FRR's default
-// timers: 300 ms x 3).
-var bfdToRConfig = template.Must(template.New("bgpd.conf").Parse(`frr defaults datacenter
-hostname {{.Name}}
-log stdout informational
-router bgp {{.AS}}
- bgp router-id {{.RouterID}}
- no bgp ebgp-requires-policy
- neighbor NODES peer-group
- neighbor NODES remote-as {{.NodeAS}}
- neighbor NODES timers 1 3
- neighbor NODES timers connect 1
-{{- range .Nodes}}
- neighbor {{.}} peer-group NODES
- neighbor {{.}} bfd
-{{- end}}
- address-family ipv4 unicast
-  neighbor NODES activate
- exit-address-family
-`))
-
 // AddBFDToR starts an FRR ToR that runs BFD with every node, named name,
 // at addr on the underlay. bgpd acts on BFD only through zebra, so unlike
 // the plain ToR this one runs zebra, bfdd and bgpd (-n: nothing goes into
@@ -60,12 +39,8 @@ func (c *Cluster) AddBFDToR(name string, addr netip.Addr) (*ToR, error) {
 	if err := c.plugToR(t, name); err != nil {
 		return nil, err
 	}
-	var nodes []string
-	for _, n := range c.Nodes {
-		nodes = append(nodes, n.Address.String())
-	}
 	conf := func(daemon string) string { return filepath.Join(t.Dir, daemon+".conf") }
-	if err := writeTemplate(conf("bgpd"), bfdToRConfig, map[string]any{"Name": name, "AS": ToRAS, "RouterID": t.Address, "NodeAS": NodeAS, "Nodes": nodes}); err != nil {
+	if err := writeTemplate(conf("bgpd"), torConfig, c.torConfigData(name, t.Address, true)); err != nil {
 		return nil, err
 	}
 	for _, d := range []string{"zebra", "bfdd"} {
