@@ -139,13 +139,22 @@ func isIPv4Unicast(f *api.Family) bool {
 // TablesIn says the initial sync is done: the watch of UPDATEs ends once
 // no peer waits for its restart state either.
 func (s *Speaker) TablesIn() {
-	s.tablesIn.Store(true)
 	s.tablesInOnce.Do(func() { close(s.tablesInCh) })
 	s.stopWatchIfDone()
 }
 
+// tablesAreIn reports whether TablesIn has been called.
+func (s *Speaker) tablesAreIn() bool {
+	select {
+	case <-s.tablesInCh:
+		return true
+	default:
+		return false
+	}
+}
+
 func (s *Speaker) stopWatchIfDone() {
-	if s.tablesIn.Load() && !s.restart.any() && s.stopTableWatch != nil {
+	if s.tablesAreIn() && !s.restart.any() && s.stopTableWatch != nil {
 		s.stopTableWatch()
 	}
 }

@@ -13,7 +13,6 @@ import (
 	"reflect"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
@@ -71,12 +70,12 @@ type Speaker struct {
 
 	// restart keeps our own restart going per peer, tables follows the
 	// peers' initial tables (restart.go, tables.go); stopTableWatch ends
-	// their watch once both are done (tablesIn: the initial sync is).
+	// their watch once both are done (tablesInCh: the initial sync is).
 	restart        restartState
 	tables         tableTracker
 	stopTableWatch context.CancelFunc
-	tablesIn       atomic.Bool
-	// tablesInCh closes at TablesIn: the path counts are read from then on.
+	// tablesInCh closes at TablesIn: the initial sync is done, and the
+	// path counts are read from then on.
 	tablesInCh   chan struct{}
 	tablesInOnce sync.Once
 

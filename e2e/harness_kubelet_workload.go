@@ -9,34 +9,41 @@ import (
 	"time"
 )
 
-// The test workload: busybox pods serving their own name over HTTP on
-// 8080, spread over the nodes, behind a ClusterIP Service "web" on port 80.
-const webManifest = `apiVersion: apps/v1
+// webCommand is the test workload's: busybox pods serving their own name
+// over HTTP on 8080 (servedDeployment "web").
+const webCommand = `hostname > /www/index.html; exec httpd -f -p 8080 -h /www`
+
+// servedDeployment is a Deployment name of busybox pods running command
+// (an HTTP server on 8080), spread over the nodes, behind a ClusterIP
+// Service name on port 80.
+func servedDeployment(name string, replicas int, command string) string {
+	return fmt.Sprintf(`apiVersion: apps/v1
 kind: Deployment
-metadata: {name: web, labels: {app: web}}
+metadata: {name: %[1]s, labels: {app: %[1]s}}
 spec:
-  replicas: %d
-  selector: {matchLabels: {app: web}}
+  replicas: %[2]d
+  selector: {matchLabels: {app: %[1]s}}
   template:
-    metadata: {labels: {app: web}}
+    metadata: {labels: {app: %[1]s}}
     spec:
       terminationGracePeriodSeconds: 1
       topologySpreadConstraints:
-      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: %[1]s}}}
       containers:
       - name: web
-        image: %s
+        image: %[3]s
         imagePullPolicy: Never
-        command: [sh, -c, 'hostname > /www/index.html; exec httpd -f -p 8080 -h /www']
+        command: [sh, -c, '%[4]s']
         ports: [{containerPort: 8080}]
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: web}
+metadata: {name: %[1]s}
 spec:
-  selector: {app: web}
+  selector: {app: %[1]s}
   ports: [{port: 80, targetPort: 8080}]
-`
+`, name, replicas, BusyboxImage, command)
+}
 
 // WorkloadPod is one pod of the workload as the API reports it.
 type WorkloadPod struct {
@@ -47,7 +54,7 @@ type WorkloadPod struct {
 // DeployWeb creates (or scales) the web Deployment and Service and waits
 // until its pods run.
 func (k *KubeCluster) DeployWeb(ctx context.Context, replicas int) ([]WorkloadPod, error) {
-	if err := k.Apply(ctx, fmt.Sprintf(webManifest, replicas, BusyboxImage)); err != nil {
+	if err := k.Apply(ctx, servedDeployment("web", replicas, webCommand)); err != nil {
 		return nil, fmt.Errorf("deploy web: %w", err)
 	}
 	return k.WaitWeb(ctx, replicas)

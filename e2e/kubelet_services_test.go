@@ -18,33 +18,12 @@ import (
 // The Services a client outside the cluster reaches: two busybox pods on
 // two nodes whose httpd answers a CGI with the pod's name and the address
 // the connection came from, a ClusterIP Service and a LoadBalancer Service
-// with externalTrafficPolicy Local in front of them.
-const outsideManifest = `apiVersion: apps/v1
-kind: Deployment
-metadata: {name: outside, labels: {app: outside}}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: outside}}
-  template:
-    metadata: {labels: {app: outside}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      topologySpreadConstraints:
-      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: outside}}}
-      containers:
-      - name: web
-        image: %s
-        imagePullPolicy: Never
-        command: [sh, -c, 'mkdir -p /www/cgi-bin && printf "#!/bin/sh\necho Content-Type: text/plain\necho\necho \$(hostname) \$REMOTE_ADDR\n" > /www/cgi-bin/who && chmod +x /www/cgi-bin/who && exec httpd -f -p 8080 -h /www']
-        ports: [{containerPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: outside}
-spec:
-  selector: {app: outside}
-  ports: [{port: 80, targetPort: 8080}]
----
+// with externalTrafficPolicy Local in front of them (outsideManifest).
+const outsideCommand = `mkdir -p /www/cgi-bin && printf "#!/bin/sh\necho Content-Type: text/plain\necho\necho \$(hostname) \$REMOTE_ADDR\n" > /www/cgi-bin/who && chmod +x /www/cgi-bin/who && exec httpd -f -p 8080 -h /www`
+
+// outsideManifest adds a LoadBalancer Service with externalTrafficPolicy
+// Local to the outside Deployment and its ClusterIP Service.
+var outsideManifest = servedDeployment("outside", 2, outsideCommand) + `---
 apiVersion: v1
 kind: Service
 metadata: {name: outside-lb}
@@ -80,7 +59,7 @@ func (s *kubeletSuite) servicesFromOutside(t *testing.T) {
 	if err := k.Apply(s.ctx, conf); err != nil {
 		t.Fatalf("BGPConfiguration with the service ranges: %v", err)
 	}
-	if err := k.Apply(s.ctx, fmt.Sprintf(outsideManifest, BusyboxImage)); err != nil {
+	if err := k.Apply(s.ctx, outsideManifest); err != nil {
 		t.Fatalf("deploy the outside Services: %v", err)
 	}
 	s.kubectl(t, "patch", "svc", "outside-lb", "--subresource=status", "--type=merge",
