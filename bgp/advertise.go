@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -95,12 +96,8 @@ func (s *Speaker) advertiseLocked(ctx context.Context, a Advertisement) error {
 		if want[p] {
 			continue
 		}
-		w, err := s.localPath(p, true)
-		if err == nil {
-			err = s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4, Path: w})
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("withdraw service prefix %s: %w", p, err))
+		if err := s.deleteLocal(ctx, p); err != nil {
+			errs = append(errs, fmt.Errorf("service prefix: %w", err))
 			continue
 		}
 		delete(s.services, p)
@@ -144,16 +141,23 @@ func (s *Speaker) addLocal(ctx context.Context, pfx netip.Prefix) error {
 	return nil
 }
 
+// deleteLocal withdraws the node's own route to pfx.
+func (s *Speaker) deleteLocal(ctx context.Context, pfx netip.Prefix) error {
+	w, err := s.localPath(pfx, true)
+	if err != nil {
+		return err
+	}
+	if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4, Path: w}); err != nil {
+		return fmt.Errorf("withdraw %s: %w", pfx, err)
+	}
+	return nil
+}
+
 // ServicePrefixes lists the service prefixes announced now, sorted.
 func (s *Speaker) ServicePrefixes() []netip.Prefix {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []netip.Prefix
-	for p := range s.services {
-		out = append(out, p)
-	}
-	slices.SortFunc(out, comparePrefix)
-	return out
+	return slices.SortedFunc(maps.Keys(s.services), comparePrefix)
 }
 
 func comparePrefix(a, b netip.Prefix) int {

@@ -246,12 +246,8 @@ func (s *Speaker) Announce(ctx context.Context, block netip.Prefix) error {
 	if s.announced == block {
 		return nil
 	}
-	p, err := s.localPath(block, false)
-	if err != nil {
+	if err := s.addLocal(ctx, block); err != nil {
 		return err
-	}
-	if _, err := s.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: p}); err != nil {
-		return fmt.Errorf("announce %s: %w", block, err)
 	}
 	if old := s.announced; old.IsValid() {
 		// The export policy lets nodes hear the new block, not the old.
@@ -259,12 +255,8 @@ func (s *Speaker) Announce(ctx context.Context, block netip.Prefix) error {
 		if err := s.syncExportPolicyLocked(ctx, s.peers); err != nil {
 			return fmt.Errorf("move block %s to %s: %w", old, block, err)
 		}
-		w, err := s.localPath(old, true)
-		if err != nil {
+		if err := s.deleteLocal(ctx, old); err != nil {
 			return err
-		}
-		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4, Path: w}); err != nil {
-			return fmt.Errorf("withdraw %s: %w", old, err)
 		}
 	}
 	s.announced = block
