@@ -530,8 +530,8 @@ func checkExportPolicy(t *testing.T, cfg *config.Config, peers map[netip.Addr]co
 	for _, p := range cfg.Peers {
 		for _, rt := range []api.Conditions_RouteType{api.Conditions_ROUTE_TYPE_LOCAL, api.Conditions_ROUTE_TYPE_INTERNAL, api.Conditions_ROUTE_TYPE_EXTERNAL} {
 			want := rt != api.Conditions_ROUTE_TYPE_LOCAL && (!p.IsNode(cfg.LocalAS) || rt == api.Conditions_ROUTE_TYPE_EXTERNAL) ||
-				filterRejects(p, cfg.PodCIDR, func(f config.Filter) []config.FilterRule { return f.ExportV4 })
-			if got := evalPolicy(byName, pol, p.Address, rt, cfg.PodCIDR); got != want {
+				filterRejects(p, cfg.PodCIDROf(false), func(f config.Filter) []config.FilterRule { return f.ExportV4 })
+			if got := evalPolicy(byName, pol, p.Address, rt, cfg.PodCIDROf(false)); got != want {
 				t.Fatalf("export of a %s route to peer %s (AS %d, node %v): reject %v, want %v\npolicy: %v",
 					rt, p.Address, p.AS, p.IsNode(cfg.LocalAS), got, want, pol)
 			}
@@ -546,8 +546,8 @@ func checkImportPolicy(t *testing.T, cfg *config.Config, peers map[netip.Addr]co
 	byName := checkPolicyShape(t, "import", gen, sets, pol)
 
 	// Our own announcement passes the import policy too.
-	if evalPolicy(byName, pol, netip.Addr{}, api.Conditions_ROUTE_TYPE_LOCAL, cfg.PodCIDR) {
-		t.Fatalf("the import policy rejects this node's own announcement of %s", cfg.PodCIDR)
+	if evalPolicy(byName, pol, netip.Addr{}, api.Conditions_ROUTE_TYPE_LOCAL, cfg.PodCIDROf(false)) {
+		t.Fatalf("the import policy rejects this node's own announcement of %s", cfg.PodCIDROf(false))
 	}
 	var probes []netip.Prefix
 	around := func(p netip.Prefix) {
@@ -559,7 +559,7 @@ func checkImportPolicy(t *testing.T, cfg *config.Config, peers map[netip.Addr]co
 			probes = append(probes, netip.PrefixFrom(p.Addr(), p.Bits()-1).Masked())
 		}
 	}
-	around(cfg.PodCIDR)
+	around(cfg.PodCIDROf(false))
 	probes = append(probes, netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("0.0.0.0/1"), probe)
 	for _, p := range cfg.Pools {
 		around(p)
@@ -573,7 +573,7 @@ func checkImportPolicy(t *testing.T, cfg *config.Config, peers map[netip.Addr]co
 				if r.CIDR.IsValid() {
 					around(r.CIDR)
 				}
-				if lo, hi := r.Lengths(); r.CIDR.IsValid() {
+				if lo, hi := r.Lengths(32); r.CIDR.IsValid() {
 					probes = append(probes, netip.PrefixFrom(r.CIDR.Addr(), lo), netip.PrefixFrom(r.CIDR.Addr(), hi).Masked())
 				}
 			}
@@ -585,7 +585,7 @@ func checkImportPolicy(t *testing.T, cfg *config.Config, peers map[netip.Addr]co
 			want := wantReject(cfg, p, x)
 			if got := evalPolicy(byName, pol, p.Address, rt, x); got != want {
 				t.Fatalf("import of %s from peer %s (AS %d, node %v, accept %v, acceptPodBlocks %v, filters %+v; pools %v, own %s, acceptDefaultRoute %v): reject %v, want %v\npolicy: %v",
-					x, p.Address, p.AS, p.IsNode(cfg.LocalAS), p.Accept, p.AcceptPodBlocks, p.Filters, cfg.Pools, cfg.PodCIDR, cfg.AcceptDefaultRoute, got, want, pol)
+					x, p.Address, p.AS, p.IsNode(cfg.LocalAS), p.Accept, p.AcceptPodBlocks, p.Filters, cfg.Pools, cfg.PodCIDROf(false), cfg.AcceptDefaultRoute, got, want, pol)
 			}
 		}
 	}
@@ -606,7 +606,7 @@ func wantReject(cfg *config.Config, p config.Peer, x netip.Prefix) bool {
 		return slices.ContainsFunc(ps, func(q netip.Prefix) bool { return within(x, q) })
 	}
 	switch {
-	case within(x, cfg.PodCIDR):
+	case within(x, cfg.PodCIDROf(false)):
 		return true
 	case inAny(config.Martians):
 		return true

@@ -10,7 +10,7 @@ func optionsOf(cfg *config.Config) Options {
 		RouterID:                cfg.RouterID,
 		LocalAS:                 cfg.LocalAS,
 		RouteReflectorClusterID: cfg.RouteReflectorClusterID,
-		PodCIDR:                 cfg.PodCIDR,
+		PodCIDR:                 cfg.PodCIDROf(false),
 		BGPPort:                 cfg.BGPPort,
 		Peers:                   cfg.Peers,
 		Scope:                   ImportScope{Pools: cfg.Pools, AcceptDefaultRoute: cfg.AcceptDefaultRoute},

@@ -79,7 +79,9 @@ func (s *Speaker) importPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 	scope := s.importScopeLocked()
 	sets = append(sets, prefixSet(n("own"), []netip.Prefix{s.cfg.PodCIDR}))
 	learned("own-block", &api.Conditions{PrefixSet: match(n("own"), api.MatchSet_ANY)})
-	sets = append(sets, prefixSet(n("martians"), config.Martians))
+	// IPv4 only until the speaker carries IPv6: a GoBGP prefix set holds
+	// one family.
+	sets = append(sets, prefixSet(n("martians"), slices.DeleteFunc(slices.Clone(config.Martians), func(p netip.Prefix) bool { return p.Addr().Is6() })))
 	learned("martians", &api.Conditions{PrefixSet: match(n("martians"), api.MatchSet_ANY)})
 	if !scope.AcceptDefaultRoute {
 		sets = append(sets, exactPrefixSet(n("default"), netip.MustParsePrefix("0.0.0.0/0")))
@@ -156,7 +158,7 @@ func filterStatements(n func(string) string, peers map[netip.Addr]config.Peer, r
 				if !cidr.IsValid() {
 					cidr = netip.MustParsePrefix("0.0.0.0/0")
 				}
-				lo, hi := r.Lengths()
+				lo, hi := r.Lengths(cidr.Addr().BitLen())
 				switch r.MatchOperator {
 				case config.MatchEqual, config.MatchNotEqual:
 					lo, hi = cidr.Bits(), cidr.Bits()

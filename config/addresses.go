@@ -4,13 +4,16 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 )
 
-// Martians are IPv4 ranges that are never a destination reachable through
-// a BGP peer: "this network", loopback, link-local (the pods' gateway
-// 169.254.1.1 included), multicast, reserved and limited broadcast. The
+// Martians are ranges that are never a destination reachable through a
+// BGP peer. IPv4: "this network", loopback, link-local (the pods' gateway
+// 169.254.1.1 included), multicast, reserved and limited broadcast. IPv6:
+// the unspecified and loopback addresses, IPv4-mapped addresses,
+// link-local (the pods' gateway fe80::1 included) and multicast. The
 // import policy refuses them and their more-specifics from every peer, and
 // no pod block may overlap them.
 var Martians = []netip.Prefix{
@@ -20,6 +23,19 @@ var Martians = []netip.Prefix{
 	netip.MustParsePrefix("224.0.0.0/4"),
 	netip.MustParsePrefix("240.0.0.0/4"),
 	netip.MustParsePrefix("255.255.255.255/32"),
+	netip.MustParsePrefix("::/128"),
+	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("::ffff:0:0/96"),
+	netip.MustParsePrefix("fe80::/10"),
+	netip.MustParsePrefix("ff00::/8"),
+}
+
+// Documentation are the IPv6 documentation ranges (RFC 3849, RFC 9637).
+// They are martians too, except inside a pool: labs and examples number
+// their pods from them.
+var Documentation = []netip.Prefix{
+	netip.MustParsePrefix("2001:db8::/32"),
+	netip.MustParsePrefix("3fff::/20"),
 }
 
 // MartianOf returns the martian range p overlaps, if any.
@@ -32,10 +48,30 @@ func MartianOf(p netip.Prefix) (netip.Prefix, bool) {
 	return netip.Prefix{}, false
 }
 
+// MartiansFor is Martians plus the documentation ranges that no pool
+// covers: what the import policy refuses given these pools.
+func MartiansFor(pools []netip.Prefix) []netip.Prefix {
+	out := slices.Clone(Martians)
+	for _, d := range Documentation {
+		if !slices.ContainsFunc(pools, func(p netip.Prefix) bool { return p.Overlaps(d) }) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
 // unusableHost says why a is no address to speak BGP with, or "".
-// Link-local peers stay allowed: some providers peer on 169.254.0.0/16.
+// IPv4 link-local peers stay allowed: some providers peer on
+// 169.254.0.0/16. IPv6 link-local ones would need a zone, which the
+// sessions do not carry.
 func unusableHost(a netip.Addr) string {
 	switch {
+	case a.Is4In6():
+		return "an IPv4-mapped IPv6 address (write the IPv4 address)"
+	case a.Is6() && a.IsUnspecified():
+		return "the unspecified address"
+	case a.Is6() && a.IsLinkLocalUnicast():
+		return "an IPv6 link-local address (sessions use global or unique-local addresses)"
 	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return "the limited broadcast address"
 	case netip.MustParsePrefix("0.0.0.0/8").Contains(a):

@@ -65,12 +65,12 @@ func (c *Config) validateAdvertisement(bad func(field, format string, a ...any))
 	for i, p := range c.ServiceCIDRs {
 		f := fmt.Sprintf("serviceCIDRs[%d]", i)
 		switch {
-		case !p.IsValid() || !p.Addr().Is4():
-			bad(f, "%s is not an IPv4 prefix", p)
+		case !p.IsValid():
+			bad(f, "%s is not a prefix", p)
 		case p.Bits() == 0:
 			bad(f, "%s would announce a default route", p)
-		case c.PodCIDR.IsValid() && p.Overlaps(c.PodCIDR):
-			bad(f, "%s overlaps this node's podCIDR %s", p, c.PodCIDR)
+		case c.PodCIDROf(p.Addr().Is6()).Overlaps(p):
+			bad(f, "%s overlaps this node's podCIDR %s", p, c.PodCIDROf(p.Addr().Is6()))
 		default:
 			if m, ok := MartianOf(p); ok {
 				bad(f, "%s overlaps the reserved range %s, which no peer may route", p, m)
@@ -89,8 +89,8 @@ func (c *Config) validateAdvertisement(bad func(field, format string, a ...any))
 	}
 	for i, pa := range c.PrefixAdvertisements {
 		f := fmt.Sprintf("prefixAdvertisements[%d]", i)
-		if !pa.CIDR.IsValid() || !pa.CIDR.Addr().Is4() {
-			bad(f+".cidr", "%s is not an IPv4 prefix", pa.CIDR)
+		if !pa.CIDR.IsValid() {
+			bad(f+".cidr", "%s is not a prefix", pa.CIDR)
 		}
 		if len(pa.Communities) == 0 {
 			bad(f+".communities", "required: the communities to add to routes inside %s", pa.CIDR)

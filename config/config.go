@@ -37,6 +37,7 @@ const (
 	DefaultVXLANVNI    = 4096
 	DefaultVXLANPort   = 4789
 	DefaultVXLANDevice = "vxlan.nexthop"
+	DefaultVXLAN6Dev   = "vxlan6.nexthop"
 	MinHoldTime        = 3 * time.Second
 	// MaxHoldTime is the most the OPEN message's 16-bit field can carry.
 	MaxHoldTime = 65535 * time.Second
@@ -90,9 +91,14 @@ type VXLANSettings struct {
 	VNI    int    `json:"vni,omitempty"`
 	Port   int    `json:"port,omitempty"`
 	Device string `json:"device,omitempty"`
+	// DeviceV6 carries IPv6 pod traffic over the IPv6 underlay (a VXLAN
+	// device has one underlay family), as Calico's vxlan-v6.calico does.
+	DeviceV6 string `json:"deviceV6,omitempty"`
 }
 
-// Peer is one BGP neighbour.
+// Peer is one BGP neighbour. A session carries the family of its address:
+// IPv4 unicast with an IPv4 peer, IPv6 unicast with an IPv6 one, so a
+// dual-stack node lists each neighbour once per family.
 type Peer struct {
 	Address netip.Addr `json:"address"`
 	AS      uint32     `json:"as"`
@@ -167,10 +173,29 @@ type Multihop struct {
 }
 
 // Filter is a named list of import and export rules (Calico's BGPFilter).
+// The V4 rules judge IPv4 prefixes and the V6 rules IPv6 ones.
 type Filter struct {
 	Name     string       `json:"name,omitempty"`
 	ImportV4 []FilterRule `json:"importV4,omitempty"`
 	ExportV4 []FilterRule `json:"exportV4,omitempty"`
+	ImportV6 []FilterRule `json:"importV6,omitempty"`
+	ExportV6 []FilterRule `json:"exportV6,omitempty"`
+}
+
+// Import is the import rules for prefixes of pfx's family.
+func (f Filter) Import(v6 bool) []FilterRule {
+	if v6 {
+		return f.ImportV6
+	}
+	return f.ImportV4
+}
+
+// Export is the export rules for prefixes of pfx's family.
+func (f Filter) Export(v6 bool) []FilterRule {
+	if v6 {
+		return f.ExportV6
+	}
+	return f.ExportV4
 }
 
 // Filter rule actions and match operators.
@@ -201,9 +226,10 @@ type PrefixLength struct {
 	Max uint8 `json:"max,omitempty"`
 }
 
-// Lengths is the range of prefix lengths r matches (In, NotIn and no CIDR).
-func (r FilterRule) Lengths() (lo, hi int) {
-	lo, hi = 0, 32
+// Lengths is the range of prefix lengths r matches (In, NotIn and no CIDR)
+// among prefixes of bits bits (32 or 128).
+func (r FilterRule) Lengths(bits int) (lo, hi int) {
+	lo, hi = 0, bits
 	if r.CIDR.IsValid() {
 		lo = r.CIDR.Bits()
 	}
@@ -220,8 +246,8 @@ func (r FilterRule) Lengths() (lo, hi int) {
 
 // Matches reports whether r applies to pfx.
 func (r FilterRule) Matches(pfx netip.Prefix) bool {
-	lo, hi := r.Lengths()
-	in := pfx.Bits() >= lo && pfx.Bits() <= hi && (!r.CIDR.IsValid() || r.CIDR.Contains(pfx.Addr()))
+	lo, hi := r.Lengths(pfx.Addr().BitLen())
+	in := pfx.Addr().Is6() == r.v6(pfx) && pfx.Bits() >= lo && pfx.Bits() <= hi && (!r.CIDR.IsValid() || r.CIDR.Contains(pfx.Addr()))
 	switch r.MatchOperator {
 	case MatchEqual:
 		return pfx.Masked() == r.CIDR
@@ -233,8 +259,17 @@ func (r FilterRule) Matches(pfx netip.Prefix) bool {
 	return in
 }
 
-// validateRule reports what is wrong with r, or "".
-func validateRule(r FilterRule) string {
+// v6 is the family r applies to: its CIDR's, or pfx's without one.
+func (r FilterRule) v6(pfx netip.Prefix) bool {
+	if r.CIDR.IsValid() {
+		return r.CIDR.Addr().Is6()
+	}
+	return pfx.Addr().Is6()
+}
+
+// validateRule reports what is wrong with r, a rule for prefixes of bits
+// bits (32 or 128), or "".
+func validateRule(r FilterRule, bits int) string {
 	if r.Action != FilterAccept && r.Action != FilterReject {
 		return fmt.Sprintf("action %q is not one of Accept, Reject", r.Action)
 	}
@@ -250,17 +285,17 @@ func validateRule(r FilterRule) string {
 	default:
 		return fmt.Sprintf("matchOperator %q is not one of Equal, NotEqual, In, NotIn", r.MatchOperator)
 	}
-	if r.CIDR.IsValid() && !r.CIDR.Addr().Is4() {
-		return fmt.Sprintf("cidr %s is not IPv4", r.CIDR)
+	if r.CIDR.IsValid() && r.CIDR.Addr().BitLen() != bits {
+		return fmt.Sprintf("cidr %s is not %s", r.CIDR, familyName(bits == 128))
 	}
 	if pl := r.PrefixLength; pl != nil {
 		if r.MatchOperator == MatchEqual || r.MatchOperator == MatchNotEqual {
 			return "prefixLength applies to In, NotIn or a rule without cidr, not to " + r.MatchOperator
 		}
-		lo, hi := r.Lengths()
+		lo, hi := r.Lengths(bits)
 		switch {
-		case pl.Min > 32 || pl.Max > 32:
-			return fmt.Sprintf("prefixLength %d-%d: lengths are 0-32", pl.Min, pl.Max)
+		case int(pl.Min) > bits || int(pl.Max) > bits:
+			return fmt.Sprintf("prefixLength %d-%d: lengths are 0-%d", pl.Min, pl.Max, bits)
 		case r.CIDR.IsValid() && pl.Min > 0 && int(pl.Min) < r.CIDR.Bits():
 			return fmt.Sprintf("prefixLength.min %d is shorter than cidr %s", pl.Min, r.CIDR)
 		case lo > hi:
@@ -311,7 +346,8 @@ func (p Peer) IsNode(localAS uint32) bool {
 	return p.AS == localAS
 }
 
-// IsPassive resolves Passive for this node's address and AS.
+// IsPassive resolves Passive for this node's address of the peer's family
+// and AS.
 func (p Peer) IsPassive(local netip.Addr, localAS uint32) bool {
 	if p.Passive != nil {
 		return *p.Passive
@@ -322,9 +358,16 @@ func (p Peer) IsPassive(local netip.Addr, localAS uint32) bool {
 // Config is everything one node daemon needs.
 type Config struct {
 	NodeName string `json:"nodeName"`
-	// Address is the node's underlay address: BGP next hop and session source.
+	// Address is the node's underlay address: BGP next hop and session
+	// source. IPv4 on an IPv4 or dual-stack node, IPv6 on an IPv6-only one.
 	Address netip.Addr `json:"address"`
-	// RouterID defaults to Address.
+	// AddressV6 is a dual-stack node's IPv6 underlay address: the next hop
+	// of its IPv6 block and the source of its sessions with IPv6 peers.
+	// On an IPv6-only node Normalize sets it to Address.
+	AddressV6 netip.Addr `json:"addressV6,omitempty"`
+	// RouterID defaults to Address when that is IPv4; an IPv6-only node
+	// derives it from a hash of NodeName (Calico's CALICO_ROUTER_ID=hash)
+	// unless it is set.
 	RouterID netip.Addr `json:"routerID,omitempty"`
 	LocalAS  uint32     `json:"localAS"`
 	// RouteReflectorClusterID, when set, makes this node a route reflector
@@ -336,14 +379,21 @@ type Config struct {
 	Pools []netip.Prefix `json:"pools,omitempty"`
 	// AcceptDefaultRoute lets peers install 0.0.0.0/0; refused otherwise.
 	AcceptDefaultRoute bool `json:"acceptDefaultRoute,omitempty"`
-	// PodCIDR is the node's block, announced to peers and blackholed locally.
-	PodCIDR netip.Prefix `json:"podCIDR"`
-	// NATOutgoing masquerades traffic from this node's pods (PodCIDR) to
+	// PodCIDRs are the node's blocks, at most one per family (Kubernetes'
+	// spec.podCIDRs): announced to peers and blackholed locally.
+	PodCIDRs []netip.Prefix `json:"podCIDRs,omitempty"`
+	// PodCIDR is the single-family spelling, `podCIDR: X` for
+	// `podCIDRs: [X]`; Normalize moves it into PodCIDRs and clears it.
+	PodCIDR netip.Prefix `json:"podCIDR,omitempty"`
+	// NATOutgoing masquerades traffic from this node's IPv4 pods to
 	// destinations outside Pools, PodCIDR and NATOutgoingExclude behind the
 	// node's address, as Calico's IPPool natOutgoing does. In Kubernetes
 	// the IPPool holding the node's block decides it. Pod-to-pod traffic
 	// and connections opened by nodes to pods are never translated.
 	NATOutgoing bool `json:"natOutgoing,omitempty"`
+	// NATOutgoingV6 does the same for the node's IPv6 block (masquerade66).
+	// Off by default, as on Calico's IPv6 pools: IPv6 pods are routable.
+	NATOutgoingV6 bool `json:"natOutgoingV6,omitempty"`
 	// NATOutgoingExclude lists further destinations that keep the pod's
 	// own address: other cluster ranges such as the service CIDR, or the
 	// underlay when pods must reach other nodes untranslated.
@@ -438,8 +488,21 @@ func Parse(b []byte) (*Config, error) {
 
 // Normalize fills defaults in place.
 func (c *Config) Normalize() {
+	if c.Address.Is6() && !c.AddressV6.IsValid() {
+		c.AddressV6 = c.Address
+	}
+	if c.PodCIDR.IsValid() && len(c.PodCIDRs) == 0 {
+		c.PodCIDRs = []netip.Prefix{c.PodCIDR}
+		c.PodCIDR = netip.Prefix{}
+	}
+	for i := range c.PodCIDRs {
+		c.PodCIDRs[i] = c.PodCIDRs[i].Masked()
+	}
 	if !c.RouterID.IsValid() {
 		c.RouterID = c.Address
+		if !c.Address.Is4() && c.NodeName != "" {
+			c.RouterID = HashRouterID(c.NodeName)
+		}
 	}
 	c.BGPPort = cmp.Or(c.BGPPort, DefaultBGPPort)
 	c.HoldTime.Duration = cmp.Or(c.HoldTime.Duration, DefaultHoldTime)
@@ -455,7 +518,7 @@ func (c *Config) Normalize() {
 	c.VXLAN.VNI = cmp.Or(c.VXLAN.VNI, DefaultVXLANVNI)
 	c.VXLAN.Port = cmp.Or(c.VXLAN.Port, DefaultVXLANPort)
 	c.VXLAN.Device = cmp.Or(c.VXLAN.Device, DefaultVXLANDevice)
-	c.PodCIDR = c.PodCIDR.Masked()
+	c.VXLAN.DeviceV6 = cmp.Or(c.VXLAN.DeviceV6, DefaultVXLAN6Dev)
 	for i := range c.Pools {
 		c.Pools[i] = c.Pools[i].Masked()
 	}
@@ -489,7 +552,7 @@ func (c *Config) Normalize() {
 		}
 		for j := range p.Filters {
 			f := &p.Filters[j]
-			for _, rs := range [][]FilterRule{f.ImportV4, f.ExportV4} {
+			for _, rs := range [][]FilterRule{f.ImportV4, f.ExportV4, f.ImportV6, f.ExportV6} {
 				for k := range rs {
 					rs[k].CIDR = rs[k].CIDR.Masked()
 				}
@@ -499,7 +562,7 @@ func (c *Config) Normalize() {
 }
 
 // LocalAddress is the session's source address: SourceAddress, or the
-// node's address.
+// node's address of the peer's family (see Config.AddressOf).
 func (p Peer) LocalAddress(node netip.Addr) netip.Addr {
 	if p.SourceAddress.IsValid() {
 		return p.SourceAddress
@@ -543,51 +606,24 @@ func (c *Config) Validate() error {
 	if c.NodeName == "" {
 		bad("nodeName", "required")
 	}
-	if !c.Address.IsValid() {
-		bad("address", "required (the node's underlay IPv4 address)")
-	} else if !c.Address.Is4() {
-		bad("address", "%s is not IPv4 (IPv6 is not supported yet)", c.Address)
-	} else if why := unusableHost(c.Address); why != "" && !c.Address.IsLoopback() {
-		bad("address", "%s is %s, not a usable underlay address", c.Address, why)
-	}
-	if !c.RouterID.Is4() {
-		bad("routerID", "must be an IPv4 address")
-	}
+	c.validateFamilies(bad)
 	if c.LocalAS == 0 || c.LocalAS == 23456 || c.LocalAS == 65535 || c.LocalAS == 4294967295 {
 		bad("localAS", "%d is not a usable AS number", c.LocalAS)
-	}
-	if !c.PodCIDR.IsValid() {
-		bad("podCIDR", "required (the node's pod block, e.g. 10.244.1.0/24)")
-	} else if !c.PodCIDR.Addr().Is4() {
-		bad("podCIDR", "%s is not IPv4", c.PodCIDR)
-	} else if c.PodCIDR.Bits() > 30 || c.PodCIDR.Bits() < 8 {
-		bad("podCIDR", "%s: prefix length must be between /8 and /30", c.PodCIDR)
-	} else if c.Address.IsValid() && c.PodCIDR.Contains(c.Address) {
-		bad("podCIDR", "%s contains the node address %s", c.PodCIDR, c.Address)
-	} else if m, ok := MartianOf(c.PodCIDR); ok {
-		bad("podCIDR", "%s overlaps the reserved range %s, which no peer may route", c.PodCIDR, m)
-	}
-	inPool := len(c.Pools) == 0
-	for i, p := range c.Pools {
-		if !p.IsValid() || !p.Addr().Is4() {
-			bad(fmt.Sprintf("pools[%d]", i), "%s is not an IPv4 prefix", p)
-			continue
-		}
-		if c.PodCIDR.IsValid() && p.Bits() <= c.PodCIDR.Bits() && p.Contains(c.PodCIDR.Addr()) {
-			inPool = true
-		}
-	}
-	if !inPool {
-		bad("podCIDR", "%s is outside every pool %v", c.PodCIDR, c.Pools)
 	}
 	if c.NATOutgoing && len(c.Pools) == 0 {
 		bad("natOutgoing", "needs pools: without them the other nodes' pods count as outside the cluster and would be translated")
 	}
+	if c.NATOutgoingV6 && len(c.Pools) == 0 {
+		bad("natOutgoingV6", "needs pools: without them the other nodes' pods count as outside the cluster and would be translated")
+	}
+	if c.NATOutgoingV6 && !c.PodCIDROf(true).IsValid() {
+		bad("natOutgoingV6", "the node has no IPv6 block to translate")
+	}
 	for i, p := range c.NATOutgoingExclude {
 		f := fmt.Sprintf("natOutgoingExclude[%d]", i)
 		switch {
-		case !p.IsValid() || !p.Addr().Is4():
-			bad(f, "%s is not an IPv4 prefix", p)
+		case !p.IsValid():
+			bad(f, "%s is not a prefix", p)
 		case p.Bits() == 0:
 			bad(f, "%s excludes every destination: set natOutgoing: false instead", p)
 		}
@@ -621,8 +657,13 @@ func (c *Config) Validate() error {
 	if c.VXLAN.Port < 1 || c.VXLAN.Port > 65535 {
 		bad("vxlan.port", "%d out of range 1-65535", c.VXLAN.Port)
 	}
-	if len(c.VXLAN.Device) > 15 || strings.ContainsAny(c.VXLAN.Device, " /") {
-		bad("vxlan.device", "%q is not a valid interface name (at most 15 characters, no spaces or slashes)", c.VXLAN.Device)
+	for f, d := range map[string]string{"vxlan.device": c.VXLAN.Device, "vxlan.deviceV6": c.VXLAN.DeviceV6} {
+		if len(d) > 15 || strings.ContainsAny(d, " /") {
+			bad(f, "%q is not a valid interface name (at most 15 characters, no spaces or slashes)", d)
+		}
+	}
+	if c.VXLAN.Device == c.VXLAN.DeviceV6 {
+		bad("vxlan.deviceV6", "%q is also vxlan.device: each family's underlay needs its own device", c.VXLAN.DeviceV6)
 	}
 	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535) {
 		bad("mtu", "%d out of range 576-65535 (0 detects it)", c.MTU)
@@ -675,17 +716,18 @@ func (c *Config) PeerProblems(p Peer) error {
 
 // validatePeer checks peer p (field path f) of this node.
 func (c *Config) validatePeer(f string, p Peer, bad func(field, format string, a ...any)) {
-	switch {
+	own := c.AddressOf(p.Address.Is6())
+	switch block, inBlock := c.inPodCIDRs(p.Address); {
 	case !p.Address.IsValid():
 		bad(f+".address", "required")
-	case !p.Address.Is4():
-		bad(f+".address", "%s is not IPv4", p.Address)
-	case p.Address == c.Address:
+	case p.Address == c.Address || p.Address == c.AddressV6:
 		bad(f+".address", "%s is this node's own address", p.Address)
-	case peerProblem(p.Address, c.Address) != "":
-		bad(f+".address", "%s is %s", p.Address, peerProblem(p.Address, c.Address))
-	case c.PodCIDR.IsValid() && c.PodCIDR.Contains(p.Address):
-		bad(f+".address", "%s is inside podCIDR %s, whose blackhole route would cut the session off", p.Address, c.PodCIDR)
+	case !own.IsValid() && !p.SourceAddress.IsValid():
+		bad(f+".address", "%s is %s but this node has no %s address to speak from", p.Address, familyName(p.Address.Is6()), familyName(p.Address.Is6()))
+	case peerProblem(p.Address, own) != "":
+		bad(f+".address", "%s is %s", p.Address, peerProblem(p.Address, own))
+	case inBlock:
+		bad(f+".address", "%s is inside podCIDR %s, whose blackhole route would cut the session off", p.Address, block)
 	}
 	if p.AS == 0 {
 		bad(f+".as", "required")
@@ -708,8 +750,8 @@ func (c *Config) validatePeer(f string, p Peer, bad func(field, format string, a
 		}
 	}
 	for j, a := range p.Accept {
-		if !a.IsValid() || !a.Addr().Is4() {
-			bad(fmt.Sprintf("%s.accept[%d]", f, j), "%s is not an IPv4 prefix", a)
+		if !a.IsValid() {
+			bad(fmt.Sprintf("%s.accept[%d]", f, j), "%s is not a prefix", a)
 		}
 	}
 	if len(p.Accept) > 0 && p.IsNode(c.LocalAS) {
@@ -745,14 +787,14 @@ func (c *Config) validatePeerOptions(f string, p Peer, bad func(field, format st
 	}
 	if a := p.SourceAddress; a.IsValid() {
 		switch {
-		case !a.Is4():
-			bad(f+".sourceAddress", "%s is not IPv4", a)
+		case a.Is6() != p.Address.Is6():
+			bad(f+".sourceAddress", "%s is not %s like the peer's address", a, familyName(p.Address.Is6()))
 		case a == p.Address:
 			bad(f+".sourceAddress", "%s is the peer's own address", a)
 		case unusableHost(a) != "" && !a.IsLoopback():
 			bad(f+".sourceAddress", "%s is %s", a, unusableHost(a))
-		case c.PodCIDR.IsValid() && c.PodCIDR.Contains(a):
-			bad(f+".sourceAddress", "%s is inside podCIDR %s", a, c.PodCIDR)
+		case c.PodCIDROf(a.Is6()).Contains(a):
+			bad(f+".sourceAddress", "%s is inside podCIDR %s", a, c.PodCIDROf(a.Is6()))
 		}
 	}
 	switch {
@@ -775,15 +817,16 @@ func (c *Config) validatePeerOptions(f string, p Peer, bad func(field, format st
 	}
 	for i, fl := range p.Filters {
 		ff := fmt.Sprintf("%s.filters[%d]", f, i)
-		if len(fl.ImportV4) == 0 && len(fl.ExportV4) == 0 {
+		if len(fl.ImportV4)+len(fl.ExportV4)+len(fl.ImportV6)+len(fl.ExportV6) == 0 {
 			bad(ff, "has no rules")
 		}
 		for _, d := range []struct {
 			name  string
 			rules []FilterRule
-		}{{"importV4", fl.ImportV4}, {"exportV4", fl.ExportV4}} {
+			bits  int
+		}{{"importV4", fl.ImportV4, 32}, {"exportV4", fl.ExportV4, 32}, {"importV6", fl.ImportV6, 128}, {"exportV6", fl.ExportV6, 128}} {
 			for j, r := range d.rules {
-				if why := validateRule(r); why != "" {
+				if why := validateRule(r, d.bits); why != "" {
 					bad(fmt.Sprintf("%s.%s[%d]", ff, d.name, j), "%s", why)
 				}
 			}

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"sigs.k8s.io/yaml"
 
 	"strings"
@@ -28,8 +29,8 @@ func TestParseDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.PodCIDR.String() != "10.244.1.0/24" {
-		t.Errorf("podCIDR not masked: %s", c.PodCIDR)
+	if fmt.Sprint(c.PodCIDRs) != "[10.244.1.0/24]" || c.PodCIDR.IsValid() {
+		t.Errorf("podCIDR not masked and moved into podCIDRs: %s %s", c.PodCIDRs, c.PodCIDR)
 	}
 	if c.RouterID != c.Address || c.GRPCListen != DefaultGRPCListen || c.BGPPort != 179 {
 		t.Errorf("defaults not applied: routerID %s grpc %q port %d", c.RouterID, c.GRPCListen, c.BGPPort)
@@ -57,7 +58,7 @@ func TestValidationNamesFields(t *testing.T) {
 	cases := map[string]string{
 		"nodeName":                      strings.Replace(good, "nodeName: node1", "", 1),
 		"address":                       strings.Replace(good, "address: 192.0.2.11", "address: 2001:db8::1", 1),
-		"podCIDR":                       strings.Replace(good, "10.244.1.7/24", "192.0.2.0/24", 1),
+		"podCIDRs[0]":                   strings.Replace(good, "10.244.1.7/24", "192.0.2.0/24", 1),
 		"localAS":                       strings.Replace(good, "localAS: 64512", "localAS: 0", 1),
 		"peers[1].holdTime":             strings.Replace(good, "holdTime: 30s", "holdTime: 1s", 1),
 		"peers[0].address":              strings.Replace(good, "address: 192.0.2.12", "address: 192.0.2.11", 1),
@@ -71,7 +72,6 @@ func TestValidationNamesFields(t *testing.T) {
 		"peers[0].routeReflectorClient": strings.Replace(good, "  as: 64512\n", "  as: 64512\n  routeReflectorClient: true\n", 1),
 		"peers[1].gracefulRestart":      strings.Replace(good, "  password: s3cret", "  password: s3cret\n  gracefulRestart: {restartTime: 2h}", 1),
 		"natOutgoingExclude[1]":         good + "\nnatOutgoingExclude: [10.96.0.0/12, 0.0.0.0/0]\n",
-		"natOutgoingExclude[0]":         good + "\nnatOutgoingExclude: [2001:db8::/32]\n",
 		"natOutgoing: needs pools":      good + "\nnatOutgoing: true\n",
 	}
 	for want, doc := range cases {

@@ -61,7 +61,7 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 
 	// Checked against the pods wired in this namespace: a lost or damaged
 	// store is rebuilt from them, never a fresh start under live pods.
-	alloc, err := ipam.Open(ctx, filepath.Join(cfg.StateDir, "ipam.db"), cfg.PodCIDR, log, ipam.WithKernel(ipam.KernelPodRoutes))
+	alloc, err := ipam.Open(ctx, filepath.Join(cfg.StateDir, "ipam.db"), cfg.PodCIDROf(false), log, ipam.WithKernel(ipam.KernelPodRoutes))
 	if err != nil {
 		return fmt.Errorf("open IPAM store in %s: %w", cfg.StateDir, err)
 	}
@@ -108,8 +108,8 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 	if err := rec.Sync(ctx); err != nil {
 		return fmt.Errorf("read routes of ours back from the kernel: %w", err)
 	}
-	if err := rec.SetLocalBlocks(ctx, []netip.Prefix{cfg.PodCIDR}); err != nil {
-		return fmt.Errorf("install blackhole for pod block %s: %w", cfg.PodCIDR, err)
+	if err := rec.SetLocalBlocks(ctx, []netip.Prefix{cfg.PodCIDROf(false)}); err != nil {
+		return fmt.Errorf("install blackhole for pod block %s: %w", cfg.PodCIDROf(false), err)
 	}
 
 	sp := bgp.New(speakerOptions(cfg), log)

@@ -25,7 +25,7 @@ func TestEncapOptions(t *testing.T) {
 		cfg.IPIPMode, cfg.VXLANMode = c.ipip, c.vxlan
 		cfg.UnderlayInterface, cfg.MTU = "eth1", 1400
 		want := tunnel.Options{Kind: c.kind, Mode: c.mode,
-			VXLAN:   config.VXLANSettings{Device: config.DefaultVXLANDevice, VNI: config.DefaultVXLANVNI, Port: config.DefaultVXLANPort},
+			VXLAN:   config.VXLANSettings{Device: config.DefaultVXLANDevice, DeviceV6: config.DefaultVXLAN6Dev, VNI: config.DefaultVXLANVNI, Port: config.DefaultVXLANPort},
 			Address: netip.MustParseAddr("192.0.2.11"), Block: netip.MustParsePrefix("10.244.1.0/24"), UnderlayInterface: "eth1", MTU: 1400}
 		if got := encapOptions(cfg); got != want {
 			t.Errorf("%s: encapOptions = %+v, want %+v", c.name, got, want)

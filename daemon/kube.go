@@ -102,13 +102,13 @@ func RunKubernetes(ctx context.Context, o KubeOptions, log *slog.Logger) error {
 	}
 
 	log.Info("starting the node with its config from Kubernetes", "address", first.Address, "as", first.LocalAS,
-		"podCIDR", first.PodCIDR, "peers", len(first.Peers), "routeReflector", first.RouteReflectorClusterID.IsValid())
+		"podCIDRs", first.PodCIDRs, "peers", len(first.Peers), "routeReflector", first.RouteReflectorClusterID.IsValid())
 	err = RunWith(ctx, first, log, Options{
 		Updates: updates,
 		Health:  o.Health,
 		Status: func(ctx context.Context, cfg *config.Config, peers []bgp.PeerState, sessions []bfd.Status) error {
 			return src.PublishStatusInfo(ctx, cfg.NodeName, kube.StatusInfo{
-				AS: cfg.LocalAS, RouterID: cfg.RouterID.String(), PodCIDR: cfg.PodCIDR.String(), BFD: sessions,
+				AS: cfg.LocalAS, RouterID: cfg.RouterID.String(), PodCIDR: cfg.PodCIDROf(false).String(), BFD: sessions,
 			}, peers)
 		},
 		Reclaim: func(ctx context.Context, alloc *ipam.Allocator) error {

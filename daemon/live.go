@@ -34,10 +34,13 @@ var restartFields = []configField{
 	// GoBGP global settings, the status object, the tunnel's endpoint.
 	{"nodeName", func(c *config.Config) any { return c.NodeName }},
 	{"address", func(c *config.Config) any { return c.Address }},
+	{"addressV6", func(c *config.Config) any { return c.AddressV6 }},
 	{"routerID", func(c *config.Config) any { return c.RouterID }},
 	{"localAS", func(c *config.Config) any { return c.LocalAS }},
 	{"routeReflectorClusterID", func(c *config.Config) any { return c.RouteReflectorClusterID }},
 	// The IPAM store, the blackhole, the announcement and the NAT source.
+	{"podCIDRs", func(c *config.Config) any { return fmt.Sprint(c.PodCIDRs) }},
+	// Normalize moves podCIDR into podCIDRs: it is always unset here.
 	{"podCIDR", func(c *config.Config) any { return c.PodCIDR }},
 	// Listeners opened at start.
 	{"bgpPort", func(c *config.Config) any { return c.BGPPort }},
@@ -67,7 +70,7 @@ var liveFields = []string{
 	"peers", "holdTime",
 	"pools", "acceptDefaultRoute",
 	"serviceCIDRs", "communities", "prefixAdvertisements",
-	"natOutgoing", "natOutgoingExclude",
+	"natOutgoing", "natOutgoingV6", "natOutgoingExclude",
 	"initialSync", "resyncInterval",
 }
 

@@ -158,7 +158,7 @@ func (o *observer) ipam() metrics.IPAM {
 // report is the /status document.
 func (o *observer) report() status.Report {
 	r := status.Report{
-		Node: o.cfg.NodeName, Address: o.cfg.Address.String(), AS: o.cfg.LocalAS, PodCIDR: o.cfg.PodCIDR.String(),
+		Node: o.cfg.NodeName, Address: o.cfg.Address.String(), AS: o.cfg.LocalAS, PodCIDR: o.cfg.PodCIDROf(false).String(),
 		IPIPMode: string(o.cfg.IPIPMode), VXLANMode: string(o.cfg.VXLANMode), PodMTU: o.enc.podMTU,
 		Routes: o.routes(),
 	}

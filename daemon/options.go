@@ -22,7 +22,7 @@ func speakerOptions(cfg *config.Config) bgp.Options {
 		RouterID:                cfg.RouterID,
 		LocalAS:                 cfg.LocalAS,
 		RouteReflectorClusterID: cfg.RouteReflectorClusterID,
-		PodCIDR:                 cfg.PodCIDR,
+		PodCIDR:                 cfg.PodCIDROf(false),
 		BGPPort:                 cfg.BGPPort,
 		Peers:                   cfg.Peers,
 		Scope:                   importScope(cfg),
@@ -63,7 +63,7 @@ func communities(ss []string) []config.Community {
 func encapOptions(cfg *config.Config) tunnel.Options {
 	kind, mode := cfg.Encap()
 	return tunnel.Options{Kind: tunnel.Kind(kind), Mode: mode, VXLAN: cfg.VXLAN, Address: cfg.Address,
-		Block: cfg.PodCIDR, UnderlayInterface: cfg.UnderlayInterface, MTU: cfg.MTU}
+		Block: cfg.PodCIDROf(false), UnderlayInterface: cfg.UnderlayInterface, MTU: cfg.MTU}
 }
 
 // natOptions is what the outgoing NAT keeps in force, and how often it
@@ -79,10 +79,10 @@ func natRules(cfg *config.Config) nat.Rules {
 	if !cfg.NATOutgoing {
 		return nat.Rules{}
 	}
-	exclude := append([]netip.Prefix{cfg.PodCIDR}, cfg.Pools...)
+	exclude := append([]netip.Prefix{cfg.PodCIDROf(false)}, cfg.Pools...)
 	return nat.Rules{
 		Enabled: true,
-		Sources: []netip.Prefix{cfg.PodCIDR},
+		Sources: []netip.Prefix{cfg.PodCIDROf(false)},
 		Exclude: append(exclude, cfg.NATOutgoingExclude...),
 	}
 }

@@ -63,7 +63,7 @@ func TestNATOptions(t *testing.T) {
 	cfg.NATOutgoing = true
 	cfg.ResyncInterval.Duration = 7 * time.Second
 	o := natOptions(cfg)
-	if o.every != 7*time.Second || !o.rules.Enabled || !slices.Equal(o.rules.Sources, []netip.Prefix{cfg.PodCIDR}) {
+	if o.every != 7*time.Second || !o.rules.Enabled || !slices.Equal(o.rules.Sources, cfg.PodCIDRs) {
 		t.Fatalf("natOptions = %+v, want the node's block masqueraded, checked every 7s", o)
 	}
 }

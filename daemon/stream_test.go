@@ -18,7 +18,7 @@ func testConfig() *config.Config {
 		NodeName: "node1",
 		Address:  netip.MustParseAddr("192.0.2.11"),
 		LocalAS:  64512,
-		PodCIDR:  netip.MustParsePrefix("10.244.1.0/24"),
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")},
 		Peers:    []config.Peer{{Address: netip.MustParseAddr("192.0.2.12"), AS: 64512}},
 	}
 	c.Normalize()

@@ -30,9 +30,9 @@ func checkUnderlaySubnet(cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return nil
 	}
-	if subnet := u.Prefix.Masked(); subnet.Overlaps(cfg.PodCIDR) {
+	if subnet := u.Prefix.Masked(); subnet.Overlaps(cfg.PodCIDROf(false)) {
 		return fmt.Errorf("%w: podCIDR: %s overlaps the underlay subnet %s on %s: its blackhole would cut the node off from its peers",
-			ErrConfig, cfg.PodCIDR, subnet, u.Name)
+			ErrConfig, cfg.PodCIDROf(false), subnet, u.Name)
 	}
 	return nil
 }

@@ -241,7 +241,7 @@ func describe(d *Desired) string {
 		ps = append(ps, s)
 	}
 	return fmt.Sprintf("node=%s addr=%s as=%d podCIDR=%s rrCluster=%v peers=[%s]",
-		d.Config.NodeName, d.Config.Address, d.Config.LocalAS, d.Config.PodCIDR, d.Config.RouteReflectorClusterID, strings.Join(ps, " "))
+		d.Config.NodeName, d.Config.Address, d.Config.LocalAS, d.Config.PodCIDRs, d.Config.RouteReflectorClusterID, strings.Join(ps, " "))
 }
 
 func ptr[T any](v T) *T { return &v }

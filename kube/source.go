@@ -318,7 +318,7 @@ func (s *Source) RunDesired(ctx context.Context, onChange func(*Desired)) error 
 			s.lastLog = ""
 			if last == nil || !reflect.DeepEqual(*last, *d) {
 				s.log.Info("desired config changed", "node", s.nodeName, "address", d.Config.Address,
-					"as", d.Config.LocalAS, "podCIDR", d.Config.PodCIDR, "peers", len(d.Config.Peers),
+					"as", d.Config.LocalAS, "podCIDRs", d.Config.PodCIDRs, "peers", len(d.Config.Peers),
 					"routeReflector", d.Config.RouteReflectorClusterID.IsValid())
 				last = d
 				s.mu.Lock()
@@ -386,7 +386,7 @@ func (s *Source) compute() (*Desired, error) {
 	c.Address = me.address
 	c.RouterID = netip.Addr{} // Normalize: the node address
 	c.LocalAS = me.as
-	c.PodCIDR = me.podCIDR
+	c.PodCIDRs = []netip.Prefix{me.podCIDR}
 	c.RouteReflectorClusterID = netip.Addr{}
 	c.Peers = nil
 	if pool != nil {

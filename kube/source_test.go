@@ -26,7 +26,7 @@ func TestMeshFollowsNodes(t *testing.T) {
 	d := w.until("a mesh peering with node2", hasPeers("192.0.2.12"))
 	cfg := d.Config
 	if cfg.NodeName != "node1" || cfg.Address != netip.MustParseAddr("192.0.2.11") ||
-		cfg.PodCIDR != netip.MustParsePrefix("10.244.1.0/24") || cfg.LocalAS != nexthopv1.DefaultASNumber {
+		cfg.PodCIDROf(false) != netip.MustParsePrefix("10.244.1.0/24") || cfg.LocalAS != nexthopv1.DefaultASNumber {
 		t.Fatalf("node identity: %s", describe(d))
 	}
 	if p, _ := peer(d, "192.0.2.12"); p.AS != nexthopv1.DefaultASNumber || p.Password != "" {

@@ -31,7 +31,7 @@ type StatusInfo struct {
 func (s *Source) PublishStatus(ctx context.Context, nodeName string, peers []bgp.PeerState) error {
 	var info StatusInfo
 	if d := s.Last(); d != nil && d.Config.NodeName == nodeName {
-		info = StatusInfo{AS: d.Config.LocalAS, RouterID: d.Config.RouterID.String(), PodCIDR: d.Config.PodCIDR.String()}
+		info = StatusInfo{AS: d.Config.LocalAS, RouterID: d.Config.RouterID.String(), PodCIDR: d.Config.PodCIDROf(false).String()}
 	}
 	return s.PublishStatusInfo(ctx, nodeName, info, peers)
 }

@@ -166,7 +166,7 @@ func runStandalone(ctx context.Context, path, healthListen string, usage func(er
 		usage(err)
 	}
 	log := newLogger(cfg.LogLevel).With("node", cfg.NodeName)
-	log.Info("starting", "config", path, "address", cfg.Address, "as", cfg.LocalAS, "podCIDR", cfg.PodCIDR, "peers", len(cfg.Peers))
+	log.Info("starting", "config", path, "address", cfg.Address, "as", cfg.LocalAS, "podCIDRs", cfg.PodCIDRs, "peers", len(cfg.Peers))
 	h, err := health(ctx, healthListen, log)
 	if err != nil {
 		return log, err
@@ -240,7 +240,7 @@ func loadBase(path string) (config.Config, error) {
 	var fromAPI []string
 	for field, isSet := range map[string]bool{
 		"nodeName": c.NodeName != "", "address": c.Address.IsValid(), "routerID": c.RouterID.IsValid(),
-		"localAS": c.LocalAS != 0, "podCIDR": c.PodCIDR.IsValid(), "peers": len(c.Peers) > 0,
+		"localAS": c.LocalAS != 0, "podCIDR": c.PodCIDR.IsValid(), "podCIDRs": len(c.PodCIDRs) > 0, "addressV6": c.AddressV6.IsValid(), "peers": len(c.Peers) > 0,
 		"routeReflectorClusterID": c.RouteReflectorClusterID.IsValid(),
 	} {
 		if isSet {
