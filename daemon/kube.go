@@ -38,8 +38,8 @@ type KubeOptions struct {
 var errSourceStopped = errors.New("kubernetes config source stopped")
 
 // RunKubernetes runs the node with its config from the Kubernetes API: it
-// waits for the first complete config (the Node needs spec.podCIDR and an
-// InternalIP), starts the node with it, applies later changes live where
+// waits for the first complete config (the Node needs spec.podCIDRs and an
+// InternalIP of each of their families), starts the node with it, applies later changes live where
 // it can (peers, pools, NAT) and returns ErrRestartRequired, after a random
 // delay, on a change that needs a restart (live.go). It writes the node's
 // BGPNodeStatus and releases the addresses of pods deleted from the node.
@@ -107,9 +107,7 @@ func RunKubernetes(ctx context.Context, o KubeOptions, log *slog.Logger) error {
 		Updates: updates,
 		Health:  o.Health,
 		Status: func(ctx context.Context, cfg *config.Config, peers []bgp.PeerState, sessions []bfd.Status) error {
-			return src.PublishStatusInfo(ctx, cfg.NodeName, kube.StatusInfo{
-				AS: cfg.LocalAS, RouterID: cfg.RouterID.String(), PodCIDR: cfg.PodCIDROf(false).String(), BFD: sessions,
-			}, peers)
+			return src.PublishStatusInfo(ctx, cfg.NodeName, kube.StatusInfoOf(cfg, sessions), peers)
 		},
 		Reclaim: func(ctx context.Context, alloc *ipam.Allocator) error {
 			_, err := pods.Reclaim(ctx, alloc, grace)
@@ -136,7 +134,7 @@ func sourceFailure(ctx context.Context) error {
 // waiting, not wedged, and restarting it would not help. nil means ctx
 // ended first.
 func waitFirstConfig(ctx context.Context, updates <-chan *config.Config, h *Health, log *slog.Logger) *config.Config {
-	h.Waiting("waiting for this node's first usable config from the Kubernetes API (Node spec.podCIDR and InternalIP; see the log)")
+	h.Waiting("waiting for this node's first usable config from the Kubernetes API (Node spec.podCIDRs and an InternalIP of each family; see the log)")
 	defer h.Waiting("")
 	beat := time.NewTicker(time.Second)
 	defer beat.Stop()

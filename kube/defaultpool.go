@@ -19,8 +19,10 @@ import (
 )
 
 const (
-	// DefaultPoolName names the IPPool created when the cluster has none.
-	DefaultPoolName = "default"
+	// DefaultPoolName names the IPPool created when the cluster has none;
+	// DefaultPoolNameV6 the IPv6 one of a dual-stack or IPv6-only cluster.
+	DefaultPoolName   = "default"
+	DefaultPoolNameV6 = "default-ipv6"
 	// FallbackPoolCIDR is the pool's range when the cluster's pod CIDR
 	// cannot be read: kubeadm's and flannel's conventional one.
 	FallbackPoolCIDR = "10.244.0.0/16"
@@ -39,7 +41,10 @@ const (
 type DefaultPool struct {
 	// CIDR of the pool; the zero value means the cluster's pod CIDR
 	// (kubeadm-config's networking.podSubnet, else FallbackPoolCIDR).
-	CIDR        netip.Prefix
+	CIDR netip.Prefix
+	// NATOutgoing applies to the IPv4 pool. The IPv6 pool (created when
+	// podSubnet has an IPv6 entry) never masquerades, as Calico's default
+	// IPv6 pool does not: IPv6 pods are routable.
 	NATOutgoing bool
 }
 
@@ -83,9 +88,9 @@ func (s *Source) createDefaultPool(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 
-	cidr, from := s.defaultPool.CIDR.Masked(), "--default-ippool-cidr"
-	if !s.defaultPool.CIDR.IsValid() {
-		cidr, from = s.clusterPodCIDR(ctx)
+	cidrs, from := s.clusterPodCIDRs(ctx)
+	if c := s.defaultPool.CIDR; c.IsValid() {
+		cidrs[0], from = c.Masked(), "--default-ippool-cidr"
 	}
 	// A pool that leaves out a node's block would make that node refuse
 	// it: better no pool than a broken one.
@@ -94,78 +99,124 @@ func (s *Source) createDefaultPool(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("list nodes: %w", err)
 	}
 	for _, n := range nodes {
-		if p := podCIDROf(n); p.IsValid() && (p.Bits() < cidr.Bits() || !cidr.Contains(p.Addr())) {
-			return false, fmt.Errorf("not creating IPPool %s %s (from %s): node %s has pod CIDR %s outside it; "+
-				"set nexthopd's --default-ippool-cidr to the cluster's pod CIDR (kube-controller-manager --cluster-cidr), or create an IPPool",
-				DefaultPoolName, cidr, from, n.Name, p)
+		for _, p := range podCIDRsOf(n) {
+			cidr := cidrs[fam(p.Addr().Is6())]
+			switch {
+			case !cidr.IsValid():
+				return false, fmt.Errorf("not creating IPPool %s (from %s): node %s has the IPv6 pod CIDR %s and no IPv6 pod CIDR of the cluster is known; "+
+					"create an IPv4 and an IPv6 IPPool holding the cluster's pod CIDRs (kube-controller-manager --cluster-cidr)",
+					DefaultPoolName, from, n.Name, p)
+			case p.Bits() < cidr.Bits() || !cidr.Contains(p.Addr()):
+				return false, fmt.Errorf("not creating IPPool %s %s (from %s): node %s has pod CIDR %s outside it; "+
+					"set nexthopd's --default-ippool-cidr to the cluster's pod CIDR (kube-controller-manager --cluster-cidr), or create an IPPool",
+					DefaultPoolName, cidr, from, n.Name, p)
+			}
 		}
 	}
 
+	for i, cidr := range cidrs {
+		if !cidr.IsValid() {
+			continue
+		}
+		name, nat := DefaultPoolName, s.defaultPool.NATOutgoing
+		if i == 1 {
+			name, nat = DefaultPoolNameV6, false
+		}
+		created, err := s.createPool(ctx, name, cidr, from, nat)
+		if err != nil || !created {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// createPool creates one default IPPool; false when another node did.
+func (s *Source) createPool(ctx context.Context, name string, cidr netip.Prefix, from string, nat bool) (bool, error) {
+	res := s.dyn.Resource(nexthopv1.IPPoolsResource)
 	pool := &nexthopv1.IPPool{
 		TypeMeta:   metav1.TypeMeta{APIVersion: nexthopv1.SchemeGroupVersion.String(), Kind: "IPPool"},
-		ObjectMeta: metav1.ObjectMeta{Name: DefaultPoolName},
+		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: nexthopv1.IPPoolSpec{
 			CIDR:        cidr.String(),
 			IPIPMode:    nexthopv1.EncapNever,
 			VXLANMode:   nexthopv1.EncapNever,
-			NATOutgoing: s.defaultPool.NATOutgoing,
+			NATOutgoing: nat,
 		},
 	}
 	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(pool)
 	if err != nil {
-		return false, fmt.Errorf("IPPool %s: %w", DefaultPoolName, err)
+		return false, fmt.Errorf("IPPool %s: %w", name, err)
 	}
 	_, err = res.Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{FieldManager: "nexthopd"})
 	switch {
 	case apierrors.IsAlreadyExists(err):
-		s.log.Info("IPPool default already created by another node", "node", s.nodeName)
+		s.log.Info("IPPool "+name+" already created by another node", "node", s.nodeName)
 		return true, nil
 	case err != nil:
-		return false, fmt.Errorf("create IPPool %s %s (from %s): %w", DefaultPoolName, cidr, from, err)
+		return false, fmt.Errorf("create IPPool %s %s (from %s): %w", name, cidr, from, err)
 	}
-	s.log.Info(fmt.Sprintf("IPPool %s %s created from %s", DefaultPoolName, cidr, from),
-		"natOutgoing", pool.Spec.NATOutgoing, "change", "kubectl edit ippool "+DefaultPoolName)
+	s.log.Info(fmt.Sprintf("IPPool %s %s created from %s", name, cidr, from),
+		"natOutgoing", pool.Spec.NATOutgoing, "change", "kubectl edit ippool "+name)
 	return true, nil
 }
 
-// clusterPodCIDR is the cluster's pod CIDR as kubeadm recorded it, or
-// FallbackPoolCIDR; from says which.
-func (s *Source) clusterPodCIDR(ctx context.Context) (cidr netip.Prefix, from string) {
-	fallback := netip.MustParsePrefix(FallbackPoolCIDR)
+// clusterPodCIDRs are the cluster's pod CIDRs as kubeadm recorded them
+// (IPv4, IPv6; either may be zero), or FallbackPoolCIDR; from says which.
+func (s *Source) clusterPodCIDRs(ctx context.Context) (cidrs [2]netip.Prefix, from string) {
+	fallback := [2]netip.Prefix{netip.MustParsePrefix(FallbackPoolCIDR)}
 	cm, err := s.client.CoreV1().ConfigMaps(kubeadmNamespace).Get(ctx, kubeadmConfigMap, metav1.GetOptions{})
 	if err != nil {
 		s.log.Info("cluster pod CIDR not read from kubeadm; the default IPPool gets the fallback", "configMap", kubeadmNamespace+"/"+kubeadmConfigMap,
 			"reason", err, "fallback", fallback)
 		return fallback, "the default"
 	}
-	p, err := kubeadmPodSubnet(cm.Data["ClusterConfiguration"])
+	ps, err := kubeadmPodSubnets(cm.Data["ClusterConfiguration"])
 	if err != nil {
 		s.log.Warn("cluster pod CIDR not read from kubeadm; the default IPPool gets the fallback", "configMap", kubeadmNamespace+"/"+kubeadmConfigMap,
 			"reason", err, "fallback", fallback)
 		return fallback, "the default"
 	}
-	return p, "kubeadm-config"
+	return ps, "kubeadm-config"
 }
 
 // kubeadmPodSubnet reads networking.podSubnet from a kubeadm
 // ClusterConfiguration: the IPv4 entry of its comma-separated list.
 func kubeadmPodSubnet(clusterConfiguration string) (netip.Prefix, error) {
+	ps, err := kubeadmPodSubnets(clusterConfiguration)
+	if err == nil && !ps[0].IsValid() {
+		err = fmt.Errorf("networking.podSubnet %s has no IPv4 CIDR", ps[1])
+	}
+	return ps[0], err
+}
+
+// kubeadmPodSubnets reads networking.podSubnet from a kubeadm
+// ClusterConfiguration: its IPv4 and IPv6 entries (a dual-stack cluster
+// lists both, comma-separated), either of which may be zero.
+func kubeadmPodSubnets(clusterConfiguration string) ([2]netip.Prefix, error) {
+	var ps [2]netip.Prefix
 	var cc struct {
 		Networking struct {
 			PodSubnet string `json:"podSubnet"`
 		} `json:"networking"`
 	}
 	if err := yaml.Unmarshal([]byte(clusterConfiguration), &cc); err != nil {
-		return netip.Prefix{}, fmt.Errorf("ClusterConfiguration: %w", err)
+		return ps, fmt.Errorf("ClusterConfiguration: %w", err)
 	}
 	subnets := cc.Networking.PodSubnet
 	if strings.TrimSpace(subnets) == "" {
-		return netip.Prefix{}, fmt.Errorf("ClusterConfiguration has no networking.podSubnet (kubeadm init --pod-network-cidr)")
+		return ps, fmt.Errorf("ClusterConfiguration has no networking.podSubnet (kubeadm init --pod-network-cidr)")
 	}
 	for s := range strings.SplitSeq(subnets, ",") {
-		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil && p.Addr().Is4() && p.Bits() > 0 {
-			return p.Masked(), nil
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil || p.Addr().Is4In6() || p.Bits() == 0 {
+			continue
+		}
+		if i := fam(p.Addr().Is6()); !ps[i].IsValid() {
+			ps[i] = p.Masked()
 		}
 	}
-	return netip.Prefix{}, fmt.Errorf("networking.podSubnet %q has no IPv4 CIDR", subnets)
+	if !ps[0].IsValid() && !ps[1].IsValid() {
+		return ps, fmt.Errorf("networking.podSubnet %q has no IPv4 or IPv6 CIDR", subnets)
+	}
+	return ps, nil
 }

@@ -24,7 +24,11 @@ import (
 // a range is announced only for the Services using it (every node for a
 // Cluster policy, the endpoints' nodes for Local), so that a single
 // address can serve a Local Service. Addresses outside the ranges are
-// never announced.
+// never announced. Both families work alike: IPv6 ranges, a dual-stack
+// Service's IPv6 cluster IP (spec.clusterIPs) and its IPv6 external and
+// load-balancer addresses are announced as IPv6 prefixes (/128 for one
+// address), the Local ones where an endpoint of the IPv6 EndpointSlice
+// runs.
 
 // LabelExcludeFromLoadBalancers on a Node keeps it from announcing any
 // service address, as Calico and cloud load balancers honour it.
@@ -82,8 +86,8 @@ func rangesOf(bc *nexthopv1.BGPConfiguration) (serviceRanges, error) {
 	} {
 		for i, b := range l.in {
 			p, err := netip.ParsePrefix(b.CIDR)
-			if err != nil || !p.Addr().Is4() {
-				return r, fmt.Errorf("BGPConfiguration %s[%d]: %q is not an IPv4 CIDR", l.field, i, b.CIDR)
+			if err != nil || p.Addr().Is4In6() {
+				return r, fmt.Errorf("BGPConfiguration %s[%d]: %q is not an IPv4 or IPv6 CIDR", l.field, i, b.CIDR)
 			}
 			*l.out = append(*l.out, p.Masked())
 		}
@@ -92,7 +96,7 @@ func rangesOf(bc *nexthopv1.BGPConfiguration) (serviceRanges, error) {
 }
 
 // servicePrefixes is what this node announces for r: every range that is
-// not a single address, and the /32s its Services call for.
+// not a single address, and the /32s and /128s its Services call for.
 func (s *Source) servicePrefixes(self *corev1.Node, r serviceRanges) []netip.Prefix {
 	if r.empty() {
 		return nil
@@ -125,23 +129,25 @@ func (s *Source) servicePrefixes(self *corev1.Node, r serviceRanges) []netip.Pre
 	return slices.Compact(out)
 }
 
-// serviceAddresses are the /32s this node announces for svc.
+// serviceAddresses are the host prefixes (/32, /128) this node announces
+// for svc.
 func (s *Source) serviceAddresses(svc *corev1.Service, r serviceRanges) []netip.Prefix {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName || svc.Spec.ClusterIP == corev1.ClusterIPNone || svc.Spec.ClusterIP == "" {
 		return nil
 	}
 	var out []netip.Prefix
-	var local *bool // does this node run a ready endpoint? Asked once.
-	hasLocal := func() bool {
-		if local == nil {
-			v := s.hasLocalEndpoint(svc)
-			local = &v
+	// Does this node run a ready endpoint of the family? Asked once each.
+	var local [2]*bool
+	hasLocal := func(v6 bool) bool {
+		if local[fam(v6)] == nil {
+			v := s.hasLocalEndpoint(svc, v6)
+			local[fam(v6)] = &v
 		}
-		return *local
+		return *local[fam(v6)]
 	}
 	consider := func(ip string, ranges []netip.Prefix, localPolicy bool) {
 		a, err := netip.ParseAddr(ip)
-		if err != nil || !a.Is4() {
+		if err != nil || a.Is4In6() || a.Zone() != "" {
 			return
 		}
 		var in netip.Prefix
@@ -153,8 +159,8 @@ func (s *Source) serviceAddresses(svc *corev1.Service, r serviceRanges) []netip.
 		switch {
 		case !in.IsValid(): // outside every range: never announced
 		case localPolicy:
-			if hasLocal() {
-				out = append(out, netip.PrefixFrom(a, 32))
+			if hasLocal(a.Is6()) {
+				out = append(out, netip.PrefixFrom(a, a.BitLen()))
 			}
 		case in.IsSingleIP():
 			out = append(out, in) // the range itself, while a Service uses it
@@ -180,17 +186,23 @@ func (s *Source) serviceAddresses(svc *corev1.Service, r serviceRanges) []netip.
 	return out
 }
 
-// hasLocalEndpoint reports whether svc has a ready IPv4 endpoint on this
-// node in any of its EndpointSlices (a not-ready one in one slice must not
-// withdraw what another justifies). Ready unset means ready, per the API.
-func (s *Source) hasLocalEndpoint(svc *corev1.Service) bool {
+// hasLocalEndpoint reports whether svc has a ready endpoint of the family
+// (v6 or IPv4) on this node in any of its EndpointSlices of that family (a
+// not-ready one in one slice must not withdraw what another justifies; a
+// dual-stack Service has a slice per family). Ready unset means ready, per
+// the API.
+func (s *Source) hasLocalEndpoint(svc *corev1.Service, v6 bool) bool {
+	want := discoveryv1.AddressTypeIPv4
+	if v6 {
+		want = discoveryv1.AddressTypeIPv6
+	}
 	objs, err := s.slices.ByIndex(sliceServiceIndex, svc.Namespace+"/"+svc.Name)
 	if err != nil {
 		return false
 	}
 	for _, obj := range objs {
 		es, ok := obj.(*discoveryv1.EndpointSlice)
-		if !ok || es.AddressType != discoveryv1.AddressTypeIPv4 {
+		if !ok || es.AddressType != want {
 			continue
 		}
 		for _, ep := range es.Endpoints {

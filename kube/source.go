@@ -6,6 +6,7 @@
 package kube
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -46,13 +47,15 @@ const settle = 100 * time.Millisecond
 
 // Desired is one node's complete desired state: the config.Config every
 // consumer understands (service prefixes and communities included), plus
-// the pool the node's block belongs to.
+// the pools the node's blocks belong to.
 type Desired struct {
 	Config config.Config
-	// Pool is the enabled IPPool that contains the node's pod CIDR; nil
-	// when the cluster has no pools. Its encapsulation modes are already
-	// in Config.
+	// Pool is the enabled IPPool that contains the node's IPv4 pod CIDR;
+	// nil when the cluster has no pools or the node no IPv4 block. Its
+	// encapsulation modes and NAT are already in Config.
 	Pool *Pool
+	// PoolV6 is the same for the node's IPv6 pod CIDR.
+	PoolV6 *Pool
 }
 
 // Pool is the part of an IPPool a node applies to its block.
@@ -341,13 +344,51 @@ func (s *Source) RunDesired(ctx context.Context, onChange func(*Desired)) error 
 	}
 }
 
-// nodeInfo is what the mesh needs to know about one node.
+// nodeInfo is what the mesh needs to know about one node. Index 0 of
+// addrs and blocks is IPv4, index 1 IPv6 (see fam); a zero value means the
+// node has none of that family.
 type nodeInfo struct {
-	name    string
-	address netip.Addr
-	as      uint32
-	podCIDR netip.Prefix
-	rr      bool
+	name   string
+	addrs  [2]netip.Addr
+	blocks [2]netip.Prefix
+	as     uint32
+	rr     bool
+	// routerID is the nexthop.io/router-id annotation's, if set.
+	routerID netip.Addr
+}
+
+// fam indexes nodeInfo's per-family arrays.
+func fam(v6 bool) int {
+	if v6 {
+		return 1
+	}
+	return 0
+}
+
+// member reports whether the node routes the family: it has a block of it
+// and an address to be the block's next hop.
+func (ni nodeInfo) member(v6 bool) bool {
+	return ni.blocks[fam(v6)].IsValid() && ni.addrs[fam(v6)].IsValid()
+}
+
+// address is the node's config.Config Address: IPv4 when it has an IPv4
+// block, IPv6 on an IPv6-only node.
+func (ni nodeInfo) address() netip.Addr {
+	if ni.blocks[0].IsValid() || !ni.blocks[1].IsValid() {
+		return ni.addrs[0]
+	}
+	return ni.addrs[1]
+}
+
+// podCIDRs lists the node's blocks, IPv4 first.
+func (ni nodeInfo) podCIDRs() []netip.Prefix {
+	var out []netip.Prefix
+	for _, b := range ni.blocks {
+		if b.IsValid() {
+			out = append(out, b)
+		}
+	}
+	return out
 }
 
 // compute builds the node's desired state from the informer caches. An
@@ -369,42 +410,49 @@ func (s *Source) compute() (*Desired, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !me.podCIDR.IsValid() {
-		return nil, fmt.Errorf("node %s has no IPv4 spec.podCIDR yet (kube-controller-manager --allocate-node-cidrs assigns it)", me.name)
-	}
-	pool, err := s.poolFor(self, me.podCIDR)
-	if err != nil {
+	if err := me.usable(); err != nil {
 		return nil, err
 	}
 
-	d := &Desired{
-		Config: s.base,
-		Pool:   pool,
+	d := &Desired{Config: s.base}
+	for _, v6 := range []bool{false, true} {
+		if b := me.blocks[fam(v6)]; b.IsValid() {
+			pool, err := s.poolFor(self, b)
+			if err != nil {
+				return nil, err
+			}
+			*map[bool]**Pool{false: &d.Pool, true: &d.PoolV6}[v6] = pool
+		}
 	}
 	c := &d.Config
 	c.NodeName = me.name
-	c.Address = me.address
-	c.RouterID = netip.Addr{} // Normalize: the node address
+	c.Address = me.address()
+	c.AddressV6 = netip.Addr{}
+	if me.blocks[1].IsValid() {
+		c.AddressV6 = me.addrs[1]
+	}
+	// Normalize: the IPv4 address, or a hash of the name on an IPv6-only
+	// node, unless the annotation chose one.
+	c.RouterID = me.routerID
 	c.LocalAS = me.as
-	c.PodCIDRs = []netip.Prefix{me.podCIDR}
+	c.PodCIDR = netip.Prefix{}
+	c.PodCIDRs = me.podCIDRs()
 	c.RouteReflectorClusterID = netip.Addr{}
 	c.Peers = nil
-	if pool != nil {
-		// The pool decides encapsulation and NAT, as Calico's do; without
-		// pools the base config's settings stand.
-		c.IPIPMode, c.VXLANMode = config.EncapMode(pool.IPIPMode), config.EncapMode(pool.VXLANMode)
-		c.NATOutgoing = pool.NATOutgoing
+	if err := applyPools(c, d.Pool, d.PoolV6); err != nil {
+		return nil, fmt.Errorf("node %s: %w", me.name, err)
 	}
 	if pools := s.poolCIDRs(false); len(pools) > 0 {
 		// Nodes may announce only these (the import policy).
 		c.Pools = pools
 	}
-	if disabled := s.poolCIDRs(true); c.NATOutgoing && len(disabled) > 0 {
+	if disabled := s.poolCIDRs(true); len(disabled) > 0 && (c.NATOutgoing || c.NATOutgoingV6) {
 		// Pods may still hold addresses of a disabled pool: traffic to
 		// them is pod to pod too. (Enabled pools are excluded as Pools.)
 		ex := slices.Clone(c.NATOutgoingExclude) // not base's array
 		for _, p := range disabled {
-			if p.Bits() > 0 && !slices.Contains(ex, p) {
+			nat := map[bool]bool{false: c.NATOutgoing, true: c.NATOutgoingV6}[p.Addr().Is6()]
+			if nat && p.Bits() > 0 && !slices.Contains(ex, p) {
 				ex = append(ex, p)
 			}
 		}
@@ -435,7 +483,14 @@ func (s *Source) compute() (*Desired, error) {
 		c.PrefixAdvertisements = append(c.PrefixAdvertisements, a)
 	}
 	if me.rr && !mesh {
-		id := me.address
+		// Unset, each reflector uses its router ID (as BIRD does).
+		id := c.RouterID
+		if !id.IsValid() {
+			id = c.Address
+			if !id.Is4() {
+				id = config.HashRouterID(c.NodeName)
+			}
+		}
 		if bc.Spec.RouteReflectorClusterID != "" {
 			if a, err := netip.ParseAddr(bc.Spec.RouteReflectorClusterID); err == nil {
 				id = a
@@ -455,45 +510,77 @@ func (s *Source) compute() (*Desired, error) {
 			continue
 		}
 		other, err := describeNode(n, clusterAS)
-		if err != nil || !other.podCIDR.IsValid() {
-			// Not (yet) a routing member; its own daemon logs why.
+		if err != nil {
+			// Not a routing member; its own daemon logs why.
 			continue
 		}
-		if other.address == me.address {
-			s.warn("node has the same address as this node; not peering", "other", other.name, "address", other.address)
-			continue
-		}
-		p := config.Peer{
-			Address:     other.address,
-			AS:          other.as,
-			Description: "node " + other.name,
-			// A node, whatever its AS: the import policy lets it send
-			// pod-pool prefixes only.
-			Node: ptrTo(true),
-		}
-		switch {
-		case mesh: // every node peers with every node; reflector labels do not matter
-		case me.rr: // a reflector peers with every node
-			if other.rr {
-				break // reflectors peer as ordinary iBGP neighbours
+		// One session per family both nodes route (design: separate
+		// IPv6 sessions), each carrying that family's blocks.
+		for _, v6 := range []bool{false, true} {
+			if !me.member(v6) || !other.member(v6) {
+				continue
 			}
-			if other.as != me.as {
-				// Reflection is within one AS; a node in another AS is
-				// an ordinary eBGP neighbour of the reflector.
-				s.warn("node in another AS peers with this route reflector as a plain eBGP neighbour, not a client",
-					"other", other.name, "as", other.as, "reflectorAS", me.as)
-				break
+			addr := other.addrs[fam(v6)]
+			if addr == me.addrs[fam(v6)] {
+				s.warn("node has the same address as this node; not peering", "other", other.name, "address", addr)
+				continue
 			}
-			p.RouteReflectorClient = true
-		case other.rr: // a client peers with the reflectors only
-		default:
-			continue
+			if p, ok := s.nodePeer(me, other, addr, mesh); ok {
+				peers[addr] = p
+			}
 		}
-		peers[other.address] = p
 	}
 
 	// Explicit BGPPeers selecting this node; they win over a node session to
 	// the same address.
+	s.explicitPeers(c, self, me, peers)
+	for _, p := range peers {
+		c.Peers = append(c.Peers, p)
+	}
+	slices.SortFunc(c.Peers, func(a, b config.Peer) int { return a.Address.Compare(b.Address) })
+
+	c.Normalize()
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("config for node %s is invalid: %w", me.name, err)
+	}
+	return d, nil
+}
+
+// nodePeer is the session with other at addr, or false when the topology
+// (mesh or route reflection) has none between the two.
+func (s *Source) nodePeer(me, other nodeInfo, addr netip.Addr, mesh bool) (config.Peer, bool) {
+	p := config.Peer{
+		Address:     addr,
+		AS:          other.as,
+		Description: "node " + other.name,
+		// A node, whatever its AS: the import policy lets it send
+		// pod-pool prefixes only.
+		Node: ptrTo(true),
+	}
+	switch {
+	case mesh: // every node peers with every node; reflector labels do not matter
+	case me.rr: // a reflector peers with every node
+		if other.rr {
+			break // reflectors peer as ordinary iBGP neighbours
+		}
+		if other.as != me.as {
+			// Reflection is within one AS; a node in another AS is
+			// an ordinary eBGP neighbour of the reflector.
+			s.warn("node in another AS peers with this route reflector as a plain eBGP neighbour, not a client",
+				"other", other.name, "as", other.as, "reflectorAS", me.as)
+			break
+		}
+		p.RouteReflectorClient = true
+	case other.rr: // a client peers with the reflectors only
+	default:
+		return config.Peer{}, false
+	}
+	return p, true
+}
+
+// explicitPeers adds the BGPPeers selecting self to peers, replacing a
+// node session to the same address.
+func (s *Source) explicitPeers(c *config.Config, self *corev1.Node, me nodeInfo, peers map[netip.Addr]config.Peer) {
 	var bgpPeers []nexthopv1.BGPPeer
 	for _, obj := range s.peers.List() {
 		var bp nexthopv1.BGPPeer
@@ -520,7 +607,7 @@ func (s *Source) compute() (*Desired, error) {
 			s.warn("ignoring BGPPeer", "bgppeer", bp.Name, "err", err)
 			continue
 		}
-		if p.Address == me.address {
+		if p.Address == me.addrs[0] || p.Address == me.addrs[1] {
 			continue
 		}
 		if err := c.PeerProblems(p); err != nil {
@@ -536,40 +623,40 @@ func (s *Source) compute() (*Desired, error) {
 		explicit[p.Address] = bp.Name
 		peers[p.Address] = p
 	}
-	for _, p := range peers {
-		c.Peers = append(c.Peers, p)
-	}
-	slices.SortFunc(c.Peers, func(a, b config.Peer) int { return a.Address.Compare(b.Address) })
-
-	c.Normalize()
-	if err := c.Validate(); err != nil {
-		return nil, fmt.Errorf("config for node %s is invalid: %w", me.name, err)
-	}
-	return d, nil
 }
 
-// describeNode reads a Node's routing identity. podCIDR is left invalid
-// when the node has none yet.
+// describeNode reads a Node's routing identity: its blocks (none while
+// it has no spec.podCIDRs yet) and its underlay address of each family.
+// Only a malformed annotation is an error; what is missing is left zero
+// (see usable).
 func describeNode(n *corev1.Node, clusterAS uint32) (nodeInfo, error) {
 	ni := nodeInfo{name: n.Name, as: clusterAS, rr: n.Labels[nexthopv1.LabelRouteReflector] == "true"}
+	for _, b := range podCIDRsOf(n) {
+		if i := fam(b.Addr().Is6()); !ni.blocks[i].IsValid() {
+			ni.blocks[i] = b
+		}
+	}
 	if a, ok := n.Annotations[nexthopv1.AnnotationAddress]; ok {
-		addr, err := netip.ParseAddr(strings.TrimSpace(a))
-		if err != nil || !addr.Is4() {
-			return ni, fmt.Errorf("node %s: annotation %s=%q is not an IPv4 address", n.Name, nexthopv1.AnnotationAddress, a)
-		}
-		ni.address = addr
-	} else {
-		for _, na := range n.Status.Addresses {
-			if na.Type != corev1.NodeInternalIP {
-				continue
+		// One address, or one of each family: "192.0.2.11,fd00:192::11".
+		for _, f := range strings.Split(a, ",") {
+			addr, err := netip.ParseAddr(strings.TrimSpace(f))
+			if err != nil || addr.Is4In6() || addr.Zone() != "" || ni.addrs[fam(addr.Is6())].IsValid() {
+				return ni, fmt.Errorf("node %s: annotation %s=%q is not an address, or an IPv4 and an IPv6 address separated by a comma", n.Name, nexthopv1.AnnotationAddress, a)
 			}
-			if addr, err := netip.ParseAddr(na.Address); err == nil && addr.Is4() {
-				ni.address = addr
-				break
-			}
+			ni.addrs[fam(addr.Is6())] = addr
 		}
-		if !ni.address.IsValid() {
-			return ni, fmt.Errorf("node %s has no IPv4 InternalIP in status.addresses (set annotation %s to choose one)", n.Name, nexthopv1.AnnotationAddress)
+	}
+	// The first InternalIP of each family the annotation leaves open.
+	for _, na := range n.Status.Addresses {
+		if na.Type != corev1.NodeInternalIP {
+			continue
+		}
+		addr, err := netip.ParseAddr(na.Address)
+		if err != nil || addr.Is4In6() || addr.IsLinkLocalUnicast() {
+			continue
+		}
+		if i := fam(addr.Is6()); !ni.addrs[i].IsValid() {
+			ni.addrs[i] = addr
 		}
 	}
 	if a, ok := n.Annotations[nexthopv1.AnnotationAS]; ok {
@@ -579,22 +666,75 @@ func describeNode(n *corev1.Node, clusterAS uint32) (nodeInfo, error) {
 		}
 		ni.as = uint32(as)
 	}
-	ni.podCIDR = podCIDROf(n)
+	if a, ok := n.Annotations[nexthopv1.AnnotationRouterID]; ok {
+		id, err := netip.ParseAddr(strings.TrimSpace(a))
+		if err != nil || !id.Is4() || id.IsUnspecified() {
+			return ni, fmt.Errorf("node %s: annotation %s=%q is not a router ID written as an IPv4 address", n.Name, nexthopv1.AnnotationRouterID, a)
+		}
+		ni.routerID = id
+	}
 	return ni, nil
 }
 
-// podCIDROf is the Node's IPv4 pod CIDR; invalid when it has none yet.
-func podCIDROf(n *corev1.Node) netip.Prefix {
+// usable says what this node lacks to route its pods: a block, and an
+// address of each block's family to be its next hop.
+func (ni nodeInfo) usable() error {
+	if !ni.blocks[0].IsValid() && !ni.blocks[1].IsValid() {
+		return fmt.Errorf("node %s has no spec.podCIDRs yet (kube-controller-manager --allocate-node-cidrs assigns them)", ni.name)
+	}
+	for _, v6 := range []bool{false, true} {
+		if b := ni.blocks[fam(v6)]; b.IsValid() && !ni.addrs[fam(v6)].IsValid() {
+			family := map[bool]string{false: "IPv4", true: "IPv6"}[v6]
+			return fmt.Errorf("node %s has the %s pod CIDR %s but no %s InternalIP in status.addresses to be its next hop (set annotation %s to choose one)",
+				ni.name, family, b, family, nexthopv1.AnnotationAddress)
+		}
+	}
+	return nil
+}
+
+// podCIDRsOf is the Node's pod CIDRs (spec.podCIDRs, or the older
+// spec.podCIDR alone); none while it has none yet.
+func podCIDRsOf(n *corev1.Node) []netip.Prefix {
 	cidrs := n.Spec.PodCIDRs
 	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
 		cidrs = []string{n.Spec.PodCIDR}
 	}
+	var out []netip.Prefix
 	for _, s := range cidrs {
-		if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is4() {
-			return p.Masked()
+		if p, err := netip.ParsePrefix(s); err == nil && !p.Addr().Is4In6() {
+			out = append(out, p.Masked())
 		}
 	}
-	return netip.Prefix{}
+	return out
+}
+
+// applyPools sets encapsulation and NAT from the pools of the node's
+// blocks (v4 and v6; either may be nil), as Calico's pools decide them.
+// Without pools the base config's settings stand.
+func applyPools(c *config.Config, v4, v6 *Pool) error {
+	if v4 != nil {
+		c.IPIPMode, c.VXLANMode = config.EncapMode(v4.IPIPMode), config.EncapMode(v4.VXLANMode)
+		c.NATOutgoing = v4.NATOutgoing
+	}
+	if v6 != nil {
+		// The API refuses ipipMode on an IPv6 pool: IP-in-IP carries IPv4.
+		if m := v6.IPIPMode; m != "" && m != nexthopv1.EncapNever {
+			return fmt.Errorf("IPv6 IPPool %s has ipipMode %s: IP-in-IP carries IPv4 only (use vxlanMode)", v6.Name, m)
+		}
+		mode := config.EncapMode(cmp.Or(v6.VXLANMode, nexthopv1.EncapNever))
+		// One vxlanMode applies to both families of a node: pools that
+		// disagree would have one of them ignored, so they are refused.
+		if v4 != nil && config.EncapMode(cmp.Or(v4.VXLANMode, nexthopv1.EncapNever)) != mode {
+			return fmt.Errorf("the node's IPv4 IPPool %s has vxlanMode %s and its IPv6 IPPool %s vxlanMode %s: a node applies one vxlanMode to both families, set them alike",
+				v4.Name, cmp.Or(v4.VXLANMode, nexthopv1.EncapNever), v6.Name, mode)
+		}
+		c.VXLANMode = mode
+		if v4 == nil {
+			c.IPIPMode = config.Never
+		}
+		c.NATOutgoingV6 = v6.NATOutgoing
+	}
+	return nil
 }
 
 // selects reports whether a node/nodeSelector pair picks n; neither picks
@@ -627,7 +767,8 @@ func (s *Source) bgpConfiguration() nexthopv1.BGPConfiguration {
 }
 
 // poolFor finds the enabled IPPool selecting node that contains podCIDR.
-// With no pools at all every pod CIDR is accepted.
+// With no pools at all every pod CIDR is accepted; with pools, a block of a
+// family no pool has is refused like one outside the pools.
 func (s *Source) poolFor(node *corev1.Node, podCIDR netip.Prefix) (*Pool, error) {
 	objs := s.pools.List()
 	if len(objs) == 0 {
@@ -645,6 +786,9 @@ func (s *Source) poolFor(node *corev1.Node, podCIDR netip.Prefix) (*Pool, error)
 		if err != nil || ip.Spec.Disabled {
 			continue
 		}
+		if cidr.Addr().Is6() != podCIDR.Addr().Is6() {
+			continue
+		}
 		names = append(names, ip.Name+"="+cidr.String())
 		if cidr.Bits() > podCIDR.Bits() || !cidr.Contains(podCIDR.Addr()) {
 			continue
@@ -659,8 +803,12 @@ func (s *Source) poolFor(node *corev1.Node, podCIDR netip.Prefix) (*Pool, error)
 	}
 	if best == nil {
 		slices.Sort(names)
+		list := strings.Join(names, ", ")
+		if list == "" {
+			list = "none of this family"
+		}
 		return nil, fmt.Errorf("refusing pod CIDR %s of node %s: it is outside every enabled IPPool selecting the node (enabled pools: %s)",
-			podCIDR, node.Name, strings.Join(names, ", "))
+			podCIDR, node.Name, list)
 	}
 	return best, nil
 }
@@ -674,7 +822,7 @@ func (s *Source) poolCIDRs(disabled bool) []netip.Prefix {
 		if fromUnstructured(obj, &ip) != nil || ip.Spec.Disabled != disabled {
 			continue
 		}
-		if cidr, err := netip.ParsePrefix(ip.Spec.CIDR); err == nil && cidr.Addr().Is4() {
+		if cidr, err := netip.ParsePrefix(ip.Spec.CIDR); err == nil && !cidr.Addr().Is4In6() {
 			out = append(out, cidr.Masked())
 		}
 	}
@@ -690,8 +838,8 @@ func (s *Source) poolCIDRs(disabled bool) []netip.Prefix {
 // peerFrom turns a BGPPeer into a config.Peer, resolving its password.
 func (s *Source) peerFrom(bp *nexthopv1.BGPPeer) (config.Peer, error) {
 	addr, err := netip.ParseAddr(bp.Spec.PeerIP)
-	if err != nil || !addr.Is4() {
-		return config.Peer{}, fmt.Errorf("peerIP %q is not IPv4", bp.Spec.PeerIP)
+	if err != nil || addr.Is4In6() || addr.Zone() != "" {
+		return config.Peer{}, fmt.Errorf("peerIP %q is not an IPv4 or IPv6 address", bp.Spec.PeerIP)
 	}
 	p := config.Peer{
 		Address:     addr,
@@ -753,8 +901,11 @@ func (s *Source) peerFrom(bp *nexthopv1.BGPPeer) (config.Peer, error) {
 	case "", "UseNodeIP":
 	default:
 		a, err := netip.ParseAddr(sa)
-		if err != nil || !a.Is4() {
-			return config.Peer{}, fmt.Errorf("sourceAddress %q is neither UseNodeIP nor an IPv4 address", sa)
+		if err != nil || a.Is4In6() || a.Zone() != "" {
+			return config.Peer{}, fmt.Errorf("sourceAddress %q is neither UseNodeIP nor an address", sa)
+		}
+		if a.Is6() != addr.Is6() {
+			return config.Peer{}, fmt.Errorf("sourceAddress %s is not of peerIP %s's family", a, addr)
 		}
 		if bp.Spec.Node == "" {
 			return config.Peer{}, fmt.Errorf("sourceAddress %s needs node: it is one node's address", sa)
@@ -791,32 +942,69 @@ func (s *Source) filter(name string) (config.Filter, error) {
 		return config.Filter{}, fmt.Errorf("filters: %w", err)
 	}
 	f := config.Filter{Name: name}
-	for _, d := range []struct {
-		in  []nexthopv1.BGPFilterRuleV4
-		out *[]config.FilterRule
-	}{{bf.Spec.ImportV4, &f.ImportV4}, {bf.Spec.ExportV4, &f.ExportV4}} {
-		for i, r := range d.in {
-			cr := config.FilterRule{Action: string(r.Action), MatchOperator: string(r.MatchOperator)}
-			if r.CIDR != "" {
-				c, err := netip.ParsePrefix(r.CIDR)
-				if err != nil {
-					return config.Filter{}, fmt.Errorf("BGPFilter %s rule %d: cidr %q: %w", name, i, r.CIDR, err)
-				}
-				cr.CIDR = c
-			}
-			if pl := r.PrefixLength; pl != nil {
-				cr.PrefixLength = &config.PrefixLength{}
-				if pl.Min != nil {
-					cr.PrefixLength.Min = uint8(min(max(*pl.Min, 0), 255))
-				}
-				if pl.Max != nil {
-					cr.PrefixLength.Max = uint8(min(max(*pl.Max, 0), 255))
-				}
-			}
-			*d.out = append(*d.out, cr)
-		}
+	if f.ImportV4, err = filterRules(name, "importV4", bf.Spec.ImportV4, ruleV4); err != nil {
+		return config.Filter{}, err
+	}
+	if f.ExportV4, err = filterRules(name, "exportV4", bf.Spec.ExportV4, ruleV4); err != nil {
+		return config.Filter{}, err
+	}
+	if f.ImportV6, err = filterRules(name, "importV6", bf.Spec.ImportV6, ruleV6); err != nil {
+		return config.Filter{}, err
+	}
+	if f.ExportV6, err = filterRules(name, "exportV6", bf.Spec.ExportV6, ruleV6); err != nil {
+		return config.Filter{}, err
 	}
 	return f, nil
+}
+
+// filterRule is a BGPFilter rule of either family, flattened.
+type filterRule struct {
+	action, op, cidr string
+	min, max         *int32
+	lengths          bool
+}
+
+func ruleV4(r nexthopv1.BGPFilterRuleV4) filterRule {
+	fr := filterRule{action: string(r.Action), op: string(r.MatchOperator), cidr: r.CIDR}
+	if pl := r.PrefixLength; pl != nil {
+		fr.lengths, fr.min, fr.max = true, pl.Min, pl.Max
+	}
+	return fr
+}
+
+func ruleV6(r nexthopv1.BGPFilterRuleV6) filterRule {
+	fr := filterRule{action: string(r.Action), op: string(r.MatchOperator), cidr: r.CIDR}
+	if pl := r.PrefixLength; pl != nil {
+		fr.lengths, fr.min, fr.max = true, pl.Min, pl.Max
+	}
+	return fr
+}
+
+// filterRules converts one list (field) of BGPFilter name.
+func filterRules[R any](name, field string, in []R, flat func(R) filterRule) ([]config.FilterRule, error) {
+	var out []config.FilterRule
+	for i, r := range in {
+		fr := flat(r)
+		cr := config.FilterRule{Action: fr.action, MatchOperator: fr.op}
+		if fr.cidr != "" {
+			c, err := netip.ParsePrefix(fr.cidr)
+			if err != nil {
+				return nil, fmt.Errorf("BGPFilter %s %s rule %d: cidr %q: %w", name, field, i, fr.cidr, err)
+			}
+			cr.CIDR = c
+		}
+		if fr.lengths {
+			cr.PrefixLength = &config.PrefixLength{}
+			if fr.min != nil {
+				cr.PrefixLength.Min = uint8(min(max(*fr.min, 0), 255))
+			}
+			if fr.max != nil {
+				cr.PrefixLength.Max = uint8(min(max(*fr.max, 0), 255))
+			}
+		}
+		out = append(out, cr)
+	}
+	return out, nil
 }
 
 func fromUnstructured(obj any, into runtime.Object) error {

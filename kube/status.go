@@ -14,13 +14,15 @@ import (
 	nexthopv1 "github.com/nexthop-net/nexthop/api/v1"
 	"github.com/nexthop-net/nexthop/bfd"
 	"github.com/nexthop-net/nexthop/bgp"
+	"github.com/nexthop-net/nexthop/config"
 )
 
 // StatusInfo is the node-level part of a BGPNodeStatus.
 type StatusInfo struct {
 	AS       uint32
 	RouterID string
-	PodCIDR  string
+	// PodCIDRs are the node's blocks, one per family (config.PodCIDRs).
+	PodCIDRs []string
 	// BFD is the node's BFD sessions; each shows under its peer.
 	BFD []bfd.Status
 }
@@ -31,9 +33,19 @@ type StatusInfo struct {
 func (s *Source) PublishStatus(ctx context.Context, nodeName string, peers []bgp.PeerState) error {
 	var info StatusInfo
 	if d := s.Last(); d != nil && d.Config.NodeName == nodeName {
-		info = StatusInfo{AS: d.Config.LocalAS, RouterID: d.Config.RouterID.String(), PodCIDR: d.Config.PodCIDROf(false).String()}
+		info = StatusInfoOf(&d.Config, nil)
 	}
 	return s.PublishStatusInfo(ctx, nodeName, info, peers)
+}
+
+// StatusInfoOf is the node-level part of cfg's BGPNodeStatus, with the
+// node's BFD sessions.
+func StatusInfoOf(cfg *config.Config, sessions []bfd.Status) StatusInfo {
+	info := StatusInfo{AS: cfg.LocalAS, RouterID: cfg.RouterID.String(), BFD: sessions}
+	for _, p := range cfg.PodCIDRs {
+		info.PodCIDRs = append(info.PodCIDRs, p.String())
+	}
+	return info
 }
 
 // PublishStatusInfo is PublishStatus with the node-level fields given.
@@ -42,9 +54,13 @@ func (s *Source) PublishStatusInfo(ctx context.Context, nodeName string, info St
 	st := nexthopv1.BGPNodeStatusStatus{
 		ASNumber:    int64(info.AS),
 		RouterID:    info.RouterID,
-		PodCIDR:     info.PodCIDR,
+		PodCIDRs:    info.PodCIDRs,
 		TotalPeers:  int32(len(peers)),
 		LastUpdated: metav1.NewTime(now),
+	}
+	if len(info.PodCIDRs) > 0 {
+		// What it meant before dual-stack, as a Node's spec.podCIDR.
+		st.PodCIDR = info.PodCIDRs[0]
 	}
 	for _, p := range peers {
 		ps := nexthopv1.BGPPeerStatus{

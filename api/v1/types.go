@@ -7,8 +7,16 @@ import (
 // Well-known node labels and annotations.
 const (
 	// AnnotationAddress overrides the node's underlay address (its BGP next
-	// hop and session source); otherwise the first InternalIP is used.
+	// hop and session source); otherwise the first InternalIP of the family
+	// is used. A dual-stack node may give one address of each family,
+	// separated by a comma ("192.0.2.11,fd00:192::11"); a family it leaves
+	// out still comes from the InternalIPs.
 	AnnotationAddress = "nexthop.io/address"
+	// AnnotationRouterID sets the node's BGP router ID, written as an IPv4
+	// address. Without it the router ID is the node's IPv4 address, or on
+	// an IPv6-only node a hash of its name (Calico's CALICO_ROUTER_ID=hash);
+	// set it where two names might hash alike.
+	AnnotationRouterID = "nexthop.io/router-id"
 	// AnnotationAS overrides the cluster AS number for one node.
 	AnnotationAS = "nexthop.io/as"
 	// LabelRouteReflector set to "true" makes a node a route reflector.
@@ -59,8 +67,9 @@ type BGPConfigurationSpec struct {
 	// nodes: ToRs), never to other nodes, so the ToR spreads traffic to
 	// them over the nodes by ECMP. A Service with internalTrafficPolicy
 	// Local also gets its cluster IP announced as a /32 by the nodes that
-	// run a ready endpoint of it. A /32 entry is announced only for the
-	// Services that use it (see manifests/README.md).
+	// run a ready endpoint of it (/128 for an IPv6 one). A /32 or /128
+	// entry is announced only for the Services that use it (see
+	// manifests/README.md). IPv6 ranges are announced to IPv6 peers.
 	// +optional
 	// +listType=atomic
 	// +kubebuilder:validation:MaxItems=16
@@ -111,8 +120,9 @@ type Community string
 
 // PrefixAdvertisement adds communities to the routes inside one CIDR.
 type PrefixAdvertisement struct {
-	// +kubebuilder:validation:MaxLength=18
-	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self).ip().family() == 4 && cidr(self) == cidr(self).masked()",message="cidr must be an IPv4 network address in CIDR notation, e.g. 10.244.0.0/16"
+	// CIDR is IPv4 or IPv6.
+	// +kubebuilder:validation:MaxLength=49
+	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self) == cidr(self).masked()",message="cidr must be an IPv4 or IPv6 network address in CIDR notation, e.g. 10.244.0.0/16 or fd00:10:244::/56"
 	CIDR string `json:"cidr"`
 	// +listType=atomic
 	// +kubebuilder:validation:MinItems=1
@@ -120,10 +130,11 @@ type PrefixAdvertisement struct {
 	Communities []Community `json:"communities"`
 }
 
-// ServiceIPBlock is one CIDR to advertise.
+// ServiceIPBlock is one CIDR to advertise, IPv4 or IPv6 (a dual-stack
+// cluster lists a range of each family).
 type ServiceIPBlock struct {
-	// +kubebuilder:validation:MaxLength=18
-	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self).ip().family() == 4 && cidr(self) == cidr(self).masked() && cidr(self).prefixLength() > 0",message="cidr must be an IPv4 network address in CIDR notation other than 0.0.0.0/0, e.g. 10.96.0.0/12"
+	// +kubebuilder:validation:MaxLength=49
+	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self) == cidr(self).masked() && cidr(self).prefixLength() > 0",message="cidr must be an IPv4 or IPv6 network address in CIDR notation other than 0.0.0.0/0 or ::/0, e.g. 10.96.0.0/12 or fd00:10:96::/112"
 	CIDR string `json:"cidr"`
 }
 
@@ -159,6 +170,7 @@ type BGPConfigurationList struct {
 // BGPPeerSpec is one external (or explicitly configured) BGP neighbour and
 // the nodes that peer with it.
 // +kubebuilder:validation:XValidation:rule="!has(self.sourceAddress) || self.sourceAddress == 'UseNodeIP' || has(self.node)",message="sourceAddress as an address needs node: it is one node's address"
+// +kubebuilder:validation:XValidation:rule="!has(self.sourceAddress) || !isIP(self.sourceAddress) || !isIP(self.peerIP) || ip(self.sourceAddress).family() == ip(self.peerIP).family()",message="sourceAddress must be of the peerIP's family: an IPv6 session speaks from an IPv6 address, an IPv4 one from an IPv4 address"
 // +kubebuilder:validation:XValidation:rule="!has(self.keepOriginalNextHop) || !self.keepOriginalNextHop || (has(self.sourceAddress) && self.sourceAddress != 'UseNodeIP')",message="keepOriginalNextHop needs a sourceAddress other than UseNodeIP: the next hop is the node address already"
 // +kubebuilder:validation:XValidation:rule="!has(self.ebgpMultihop) || !has(self.ttlSecurity)",message="ebgpMultihop and ttlSecurity are mutually exclusive: ttlSecurity sets the TTL itself"
 // +kubebuilder:validation:XValidation:rule="!(has(self.node) && has(self.nodeSelector))",message="node and nodeSelector are mutually exclusive: set one of them, or neither to peer from every node"
@@ -166,9 +178,15 @@ type BGPConfigurationList struct {
 // +kubebuilder:validation:XValidation:rule="!has(self.keepaliveTime) || duration(self.keepaliveTime) > duration('0s')",message="keepaliveTime must be positive"
 // +kubebuilder:validation:XValidation:rule="!has(self.keepaliveTime) || !has(self.holdTime) || duration(self.keepaliveTime).getMilliseconds() * 3 <= duration(self.holdTime).getMilliseconds()",message="keepaliveTime must be at most a third of holdTime"
 type BGPPeerSpec struct {
-	// PeerIP is the neighbour's IPv4 address.
-	// +kubebuilder:validation:MaxLength=15
-	// +kubebuilder:validation:XValidation:rule="isIP(self) && ip(self).family() == 4",message="peerIP must be a valid IPv4 address, e.g. 192.0.2.254"
+	// PeerIP is the neighbour's IPv4 or IPv6 address. The session carries
+	// the routes of that family only (IPv4 unicast with an IPv4 peer, IPv6
+	// unicast with an IPv6 one): a dual-stack node that should exchange
+	// both families with a router needs a BGPPeer for each of the
+	// router's addresses. An IPv6 peer must be a global or unique local
+	// address, not a link-local one.
+	// +kubebuilder:validation:MaxLength=45
+	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="peerIP must be a valid IPv4 or IPv6 address, e.g. 192.0.2.254 or fd00:192::fe"
+	// +kubebuilder:validation:XValidation:rule="!isIP(self) || !ip(self).isLinkLocalUnicast()",message="peerIP must not be link-local (169.254.0.0/16, fe80::/10): peer over a global or unique local address"
 	PeerIP string `json:"peerIP"`
 
 	// ASNumber is the neighbour's AS. Equal to the node's AS means iBGP.
@@ -240,11 +258,12 @@ type BGPPeerSpec struct {
 	TTLSecurity *int32 `json:"ttlSecurity,omitempty"`
 
 	// SourceAddress is the session's local address: UseNodeIP (the
-	// default), or an IPv4 address of the one node this BGPPeer names in
-	// node, such as a loopback.
+	// default: the node's address of the peerIP's family), or an address
+	// of the one node this BGPPeer names in node, such as a loopback, of
+	// the peerIP's family.
 	// +optional
-	// +kubebuilder:validation:MaxLength=15
-	// +kubebuilder:validation:XValidation:rule="self == 'UseNodeIP' || (isIP(self) && ip(self).family() == 4)",message="sourceAddress must be UseNodeIP or an IPv4 address"
+	// +kubebuilder:validation:MaxLength=45
+	// +kubebuilder:validation:XValidation:rule="self == 'UseNodeIP' || isIP(self)",message="sourceAddress must be UseNodeIP or an IPv4 or IPv6 address"
 	SourceAddress string `json:"sourceAddress,omitempty"`
 
 	// KeepOriginalNextHop sends the node's block with the node address as
@@ -395,37 +414,42 @@ const (
 // IPPoolSpec is a range pod addresses may come from.
 // +kubebuilder:validation:XValidation:rule="!has(self.ipipMode) || !has(self.vxlanMode) || self.ipipMode == 'Never' || self.vxlanMode == 'Never'",message="ipipMode and vxlanMode cannot both be enabled: set one of them to Never"
 // +kubebuilder:validation:XValidation:rule="!has(self.blockSize) || !isCIDR(self.cidr) || self.blockSize >= cidr(self.cidr).prefixLength()",message="blockSize must not be shorter than the pool's prefix length"
+// +kubebuilder:validation:XValidation:rule="!has(self.blockSize) || !isCIDR(self.cidr) || (cidr(self.cidr).ip().family() == 4 ? self.blockSize >= 20 && self.blockSize <= 30 : self.blockSize >= 48 && self.blockSize <= 126)",message="blockSize must be 20-30 in an IPv4 pool and 48-126 in an IPv6 pool"
+// +kubebuilder:validation:XValidation:rule="!has(self.ipipMode) || self.ipipMode == 'Never' || !isCIDR(self.cidr) || cidr(self.cidr).ip().family() == 4",message="ipipMode must be Never in an IPv6 pool: IP-in-IP carries IPv4 only (use vxlanMode to encapsulate IPv6 pod traffic)"
 type IPPoolSpec struct {
-	// CIDR of the pool (IPv4). Immutable: to renumber, add a new pool and
-	// disable this one.
-	// +kubebuilder:validation:MaxLength=18
-	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self).ip().family() == 4",message="cidr must be an IPv4 CIDR, e.g. 10.244.0.0/16"
+	// CIDR of the pool, IPv4 or IPv6 (a dual-stack cluster has a pool of
+	// each family). Immutable: to renumber, add a new pool and disable
+	// this one.
+	// +kubebuilder:validation:MaxLength=49
+	// +kubebuilder:validation:XValidation:rule="isCIDR(self)",message="cidr must be an IPv4 or IPv6 CIDR, e.g. 10.244.0.0/16 or fd00:10:244::/56"
 	// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self) == cidr(self).masked()",message="cidr must be a network address: no host bits set (e.g. 10.244.0.0/16, not 10.244.1.1/16)"
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="cidr is immutable: create a new pool and disable this one"
 	CIDR string `json:"cidr"`
 
 	// BlockSize is the prefix length of the per-node blocks carved from the
-	// pool by block-based IPAM. While nodes take their block from
-	// node.spec.podCIDR it is informational.
+	// pool by block-based IPAM: 20-30 in an IPv4 pool (26 when unset),
+	// 48-126 in an IPv6 one (64 when unset). While nodes take their block
+	// from node.spec.podCIDRs it is informational.
 	// +optional
-	// +kubebuilder:default=26
 	// +kubebuilder:validation:Minimum=20
-	// +kubebuilder:validation:Maximum=30
+	// +kubebuilder:validation:Maximum=126
 	BlockSize *int32 `json:"blockSize,omitempty"`
 
 	// IPIPMode encapsulates pod traffic in IP-in-IP: Always, or only to
-	// nodes in another subnet (CrossSubnet).
+	// nodes in another subnet (CrossSubnet). IPv4 pools only.
 	// +optional
 	// +kubebuilder:default=Never
 	IPIPMode EncapMode `json:"ipipMode,omitempty"`
 
 	// VXLANMode encapsulates pod traffic in VXLAN; exclusive with IPIPMode.
+	// An IPv6 pool's traffic goes over the IPv6 underlay (vxlan.deviceV6).
 	// +optional
 	// +kubebuilder:default=Never
 	VXLANMode EncapMode `json:"vxlanMode,omitempty"`
 
 	// NATOutgoing masquerades traffic from these pods to destinations
-	// outside every pool.
+	// outside every pool (masquerade66 in an IPv6 pool, where it is
+	// usually left off: IPv6 pods are routable).
 	// +optional
 	NATOutgoing bool `json:"natOutgoing,omitempty"`
 
@@ -478,14 +502,20 @@ type BGPNodeStatusStatus struct {
 	// RouterID of the node's speaker.
 	// +optional
 	RouterID string `json:"routerID,omitempty"`
-	// PodCIDR the node announces.
+	// PodCIDR is the first of podCIDRs (the IPv4 block on a dual-stack
+	// node), as a Node's spec.podCIDR is.
 	// +optional
 	PodCIDR string `json:"podCIDR,omitempty"`
+	// PodCIDRs are the blocks the node announces, one per family.
+	// +optional
+	// +listType=atomic
+	PodCIDRs []string `json:"podCIDRs,omitempty"`
 	// EstablishedPeers counts the sessions in state established.
 	EstablishedPeers int32 `json:"establishedPeers"`
 	// TotalPeers counts every configured session.
 	TotalPeers int32 `json:"totalPeers"`
-	// Peers lists every configured session.
+	// Peers lists every configured session; a dual-stack node has one per
+	// family with each neighbour, the address telling the family.
 	// +optional
 	// +listType=map
 	// +listMapKey=address
@@ -540,7 +570,7 @@ type BFDSessionStatus struct {
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Cluster,shortName=bgpstatus,categories=nexthop
 // +kubebuilder:printcolumn:name="AS",type=integer,JSONPath=`.status.asNumber`
-// +kubebuilder:printcolumn:name="Pod CIDR",type=string,JSONPath=`.status.podCIDR`
+// +kubebuilder:printcolumn:name="Pod CIDRs",type=string,JSONPath=`.status.podCIDRs`
 // +kubebuilder:printcolumn:name="Established",type=integer,JSONPath=`.status.establishedPeers`
 // +kubebuilder:printcolumn:name="Peers",type=integer,JSONPath=`.status.totalPeers`
 // +kubebuilder:printcolumn:name="Updated",type=date,JSONPath=`.status.lastUpdated`
@@ -604,8 +634,42 @@ type BGPFilterPrefixLengthV4 struct {
 	Max *int32 `json:"max,omitempty"`
 }
 
+// BGPFilterRuleV6 matches IPv6 prefixes. Without cidr it matches every
+// prefix (within prefixLength, if set).
+// +kubebuilder:validation:XValidation:rule="has(self.cidr) == has(self.matchOperator)",message="cidr and matchOperator go together"
+// +kubebuilder:validation:XValidation:rule="!has(self.prefixLength) || !has(self.matchOperator) || self.matchOperator == 'In' || self.matchOperator == 'NotIn'",message="prefixLength applies to In, NotIn or a rule without cidr"
+type BGPFilterRuleV6 struct {
+	Action BGPFilterAction `json:"action"`
+	// CIDR the prefix is compared with.
+	// +optional
+	// +kubebuilder:validation:MaxLength=49
+	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self).ip().family() == 6",message="cidr must be an IPv6 CIDR, e.g. fd00:10:244::/56"
+	CIDR string `json:"cidr,omitempty"`
+	// MatchOperator: Equal (exactly cidr), NotEqual, In (cidr or a
+	// more-specific of it), NotIn.
+	// +optional
+	MatchOperator BGPFilterMatchOperator `json:"matchOperator,omitempty"`
+	// PrefixLength bounds the matched prefixes' length.
+	// +optional
+	PrefixLength *BGPFilterPrefixLengthV6 `json:"prefixLength,omitempty"`
+}
+
+// BGPFilterPrefixLengthV6 bounds an IPv6 prefix length.
+// +kubebuilder:validation:XValidation:rule="!has(self.min) || !has(self.max) || self.min <= self.max",message="prefixLength.min must not exceed max"
+type BGPFilterPrefixLengthV6 struct {
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=128
+	Min *int32 `json:"min,omitempty"`
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=128
+	Max *int32 `json:"max,omitempty"`
+}
+
 // BGPFilterSpec lists rules for routes received from (import) and sent to
-// (export) the BGPPeers that name the filter. In each list the first
+// (export) the BGPPeers that name the filter; an IPv6 peer's routes meet
+// the V6 lists and an IPv4 peer's the V4 ones. In each list the first
 // matching rule decides; a prefix no rule matches passes on.
 type BGPFilterSpec struct {
 	// +optional
@@ -616,6 +680,16 @@ type BGPFilterSpec struct {
 	// +kubebuilder:validation:MaxItems=256
 	// +listType=atomic
 	ExportV4 []BGPFilterRuleV4 `json:"exportV4,omitempty"`
+	// ImportV6 and ExportV6 judge IPv6 prefixes, as the V4 lists IPv4 ones
+	// (Calico's names).
+	// +optional
+	// +kubebuilder:validation:MaxItems=256
+	// +listType=atomic
+	ImportV6 []BGPFilterRuleV6 `json:"importV6,omitempty"`
+	// +optional
+	// +kubebuilder:validation:MaxItems=256
+	// +listType=atomic
+	ExportV6 []BGPFilterRuleV6 `json:"exportV6,omitempty"`
 }
 
 // BGPFilter is a list of accept/reject rules by prefix, applied to the
