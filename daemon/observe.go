@@ -34,7 +34,7 @@ type observer struct {
 
 func newObserver(cfg *config.Config, log *slog.Logger, enc *encap, alloc *ipam.Allocator) *observer {
 	o := &observer{cfg: cfg, log: log, enc: enc, alloc: alloc}
-	o.m = metrics.New(metrics.Sources{Peers: o.peers, Routes: o.routes, IPAM: o.ipam, UnconfiguredConnections: o.unconfigured,
+	o.m = metrics.New(metrics.Sources{Peers: o.peers, Routes: o.routes, IPAM: o.ipamBlocks, UnconfiguredConnections: o.unconfigured,
 		BFDSessions: o.bfdSessions, BFDPackets: o.bfdPackets})
 	return o
 }
@@ -143,7 +143,7 @@ func (o *observer) routes() map[string]int {
 		switch kind {
 		case tunnel.IPIPDevice:
 			kind = "ipip"
-		case o.cfg.VXLAN.Device:
+		case o.cfg.VXLAN.Device, o.cfg.VXLAN.DeviceV6:
 			kind = "vxlan"
 		}
 		out[kind] += c
@@ -151,19 +151,38 @@ func (o *observer) routes() map[string]int {
 	return out
 }
 
-func (o *observer) ipam() metrics.IPAM {
-	return metrics.IPAM{Block: o.alloc.Block(), Size: o.alloc.Size(), Allocated: o.alloc.Used()}
+// ipamBlocks is the use of each block the allocator hands addresses from,
+// IPv4 first.
+func (o *observer) ipamBlocks() []metrics.IPAM {
+	return []metrics.IPAM{{Block: o.alloc.Block(), Size: o.alloc.Size(), Allocated: o.alloc.Used()}}
 }
 
 // report is the /status document.
 func (o *observer) report() status.Report {
 	r := status.Report{
-		Node: o.cfg.NodeName, Address: o.cfg.Address.String(), AS: o.cfg.LocalAS, PodCIDR: o.cfg.PodCIDROf(false).String(),
+		Node: o.cfg.NodeName, Address: o.cfg.Address.String(), AS: o.cfg.LocalAS,
 		IPIPMode: string(o.cfg.IPIPMode), VXLANMode: string(o.cfg.VXLANMode), PodMTU: o.enc.podMTU,
 		Routes: o.routes(),
 	}
-	st := o.ipam()
-	r.IPAM = status.IPAM{Block: st.Block.String(), Size: st.Size, Allocated: st.Allocated}
+	if a := o.cfg.AddressV6; a.IsValid() {
+		r.AddressV6 = a.String()
+	}
+	for _, v6 := range []bool{false, true} { // IPv4 first, as IPAM
+		if p := o.cfg.PodCIDROf(v6); p.IsValid() {
+			r.PodCIDRs = append(r.PodCIDRs, p.String())
+		}
+	}
+	if len(r.PodCIDRs) > 0 {
+		r.PodCIDR = r.PodCIDRs[0]
+	}
+	for i, st := range o.ipamBlocks() {
+		ip := status.IPAM{Block: st.Block.String(), Size: st.Size, Allocated: st.Allocated}
+		if i == 0 {
+			r.IPAM = ip
+		} else {
+			r.IPAMV6 = &ip
+		}
+	}
 	n := o.node.Load()
 	if n == nil {
 		return r
@@ -172,7 +191,7 @@ func (o *observer) report() status.Report {
 	ps := n.sp.Peers()
 	rejected := n.sp.RejectedCounts()
 	for _, p := range ps {
-		r.Peers = append(r.Peers, status.Peer{Address: p.Address.String(), AS: p.AS, State: p.State,
+		r.Peers = append(r.Peers, status.Peer{Address: p.Address.String(), Family: status.FamilyOf(p.Address), AS: p.AS, State: p.State,
 			UptimeSeconds: p.Uptime.Seconds(), Received: p.Received, Accepted: p.Accepted, Rejected: rejected[p.Address]})
 	}
 	r.BFD = bfdReport(n.bfd.sessions())

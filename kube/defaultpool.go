@@ -64,28 +64,29 @@ func (s *Source) ensureDefaultPool(ctx context.Context) {
 		}
 		return
 	}
-	if !created {
+	if created == 0 {
 		return
 	}
-	// Wait for the informer so the first config already has the pool; if
-	// it does not come, the pool's arrival restarts the daemon later.
+	// Wait for the informer so the first config already has the pools; if
+	// they do not come, their arrival restarts the daemon later.
 	_ = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, poolVisible, true, func(context.Context) (bool, error) {
-		return len(s.pools.List()) > 0, nil
+		return len(s.pools.List()) >= created, nil
 	})
 }
 
-// createDefaultPool reports whether an IPPool exists afterwards that did
-// not before (ours, or another node's that won the race).
-func (s *Source) createDefaultPool(ctx context.Context) (bool, error) {
+// createDefaultPool creates the default pool of each family the cluster's
+// pod CIDRs have and returns how many exist afterwards that did not before
+// (ours, or another node's that won the race).
+func (s *Source) createDefaultPool(ctx context.Context) (int, error) {
 	res := s.dyn.Resource(nexthopv1.IPPoolsResource)
 	// The informer's list may come from the API server's cache: ask for a
 	// consistent read before deciding the cluster has no pools.
 	existing, err := res.List(ctx, metav1.ListOptions{Limit: 1})
 	if err != nil {
-		return false, fmt.Errorf("list IPPools: %w", err)
+		return 0, fmt.Errorf("list IPPools: %w", err)
 	}
 	if len(existing.Items) > 0 {
-		return false, nil
+		return 0, nil
 	}
 
 	cidrs, from := s.clusterPodCIDRs(ctx)
@@ -96,24 +97,25 @@ func (s *Source) createDefaultPool(ctx context.Context) (bool, error) {
 	// it: better no pool than a broken one.
 	nodes, err := s.nodes.List(labels.Everything())
 	if err != nil {
-		return false, fmt.Errorf("list nodes: %w", err)
+		return 0, fmt.Errorf("list nodes: %w", err)
 	}
 	for _, n := range nodes {
 		for _, p := range podCIDRsOf(n) {
 			cidr := cidrs[fam(p.Addr().Is6())]
 			switch {
 			case !cidr.IsValid():
-				return false, fmt.Errorf("not creating IPPool %s (from %s): node %s has the IPv6 pod CIDR %s and no IPv6 pod CIDR of the cluster is known; "+
+				return 0, fmt.Errorf("not creating IPPool %s (from %s): node %s has the IPv6 pod CIDR %s and no IPv6 pod CIDR of the cluster is known; "+
 					"create an IPv4 and an IPv6 IPPool holding the cluster's pod CIDRs (kube-controller-manager --cluster-cidr)",
 					DefaultPoolName, from, n.Name, p)
 			case p.Bits() < cidr.Bits() || !cidr.Contains(p.Addr()):
-				return false, fmt.Errorf("not creating IPPool %s %s (from %s): node %s has pod CIDR %s outside it; "+
+				return 0, fmt.Errorf("not creating IPPool %s %s (from %s): node %s has pod CIDR %s outside it; "+
 					"set nexthopd's --default-ippool-cidr to the cluster's pod CIDR (kube-controller-manager --cluster-cidr), or create an IPPool",
 					DefaultPoolName, cidr, from, n.Name, p)
 			}
 		}
 	}
 
+	created := 0
 	for i, cidr := range cidrs {
 		if !cidr.IsValid() {
 			continue
@@ -122,16 +124,16 @@ func (s *Source) createDefaultPool(ctx context.Context) (bool, error) {
 		if i == 1 {
 			name, nat = DefaultPoolNameV6, false
 		}
-		created, err := s.createPool(ctx, name, cidr, from, nat)
-		if err != nil || !created {
-			return false, err
+		if err := s.createPool(ctx, name, cidr, from, nat); err != nil {
+			return created, err
 		}
+		created++
 	}
-	return true, nil
+	return created, nil
 }
 
-// createPool creates one default IPPool; false when another node did.
-func (s *Source) createPool(ctx context.Context, name string, cidr netip.Prefix, from string, nat bool) (bool, error) {
+// createPool creates one default IPPool, unless another node just did.
+func (s *Source) createPool(ctx context.Context, name string, cidr netip.Prefix, from string, nat bool) error {
 	res := s.dyn.Resource(nexthopv1.IPPoolsResource)
 	pool := &nexthopv1.IPPool{
 		TypeMeta:   metav1.TypeMeta{APIVersion: nexthopv1.SchemeGroupVersion.String(), Kind: "IPPool"},
@@ -145,19 +147,19 @@ func (s *Source) createPool(ctx context.Context, name string, cidr netip.Prefix,
 	}
 	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(pool)
 	if err != nil {
-		return false, fmt.Errorf("IPPool %s: %w", name, err)
+		return fmt.Errorf("IPPool %s: %w", name, err)
 	}
 	_, err = res.Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{FieldManager: "nexthopd"})
 	switch {
 	case apierrors.IsAlreadyExists(err):
 		s.log.Info("IPPool "+name+" already created by another node", "node", s.nodeName)
-		return true, nil
+		return nil
 	case err != nil:
-		return false, fmt.Errorf("create IPPool %s %s (from %s): %w", name, cidr, from, err)
+		return fmt.Errorf("create IPPool %s %s (from %s): %w", name, cidr, from, err)
 	}
 	s.log.Info(fmt.Sprintf("IPPool %s %s created from %s", name, cidr, from),
 		"natOutgoing", pool.Spec.NATOutgoing, "change", "kubectl edit ippool "+name)
-	return true, nil
+	return nil
 }
 
 // clusterPodCIDRs are the cluster's pod CIDRs as kubeadm recorded them
@@ -177,16 +179,6 @@ func (s *Source) clusterPodCIDRs(ctx context.Context) (cidrs [2]netip.Prefix, fr
 		return fallback, "the default"
 	}
 	return ps, "kubeadm-config"
-}
-
-// kubeadmPodSubnet reads networking.podSubnet from a kubeadm
-// ClusterConfiguration: the IPv4 entry of its comma-separated list.
-func kubeadmPodSubnet(clusterConfiguration string) (netip.Prefix, error) {
-	ps, err := kubeadmPodSubnets(clusterConfiguration)
-	if err == nil && !ps[0].IsValid() {
-		err = fmt.Errorf("networking.podSubnet %s has no IPv4 CIDR", ps[1])
-	}
-	return ps[0], err
 }
 
 // kubeadmPodSubnets reads networking.podSubnet from a kubeadm

@@ -80,19 +80,28 @@ func TestDefaultPoolCreatedWhenNone(t *testing.T) {
 	w.until("natOutgoing off", func(d *Desired) bool { return !d.Config.NATOutgoing })
 }
 
-// kubeadm's podSubnet is the cluster's pod CIDR; its IPv4 entry is used.
+// kubeadm's podSubnet is the cluster's pod CIDRs: a dual-stack cluster
+// gets pool default from its IPv4 entry and default-ipv6 (never NATed)
+// from its IPv6 one, both in the node's first config.
 func TestDefaultPoolFromKubeadmConfig(t *testing.T) {
 	c := newCluster(t)
 	c.kubeadmConfig("apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nnetworking:\n" +
 		"  dnsDomain: cluster.local\n  podSubnet: fd00:10::/56,10.32.0.0/12\n  serviceSubnet: 10.96.0.0/12\n")
-	c.addNode("n1", "192.0.2.11", "10.32.5.0/24")
+	c.addNode("n1", "192.0.2.11,fd00:192::11", "10.32.5.0/24,fd00:10:0:5::/64")
 
 	w := c.watch("n1", nil, WithDefaultPool(DefaultPool{NATOutgoing: false}))
 	d := w.until("config with pool default", hasPool("default"))
 	if d.Pool.CIDR.String() != "10.32.0.0/12" || d.Config.NATOutgoing {
 		t.Fatalf("pool %+v natOutgoing %v: want 10.32.0.0/12 without NAT (--default-ippool-nat-outgoing=false)", d.Pool, d.Config.NATOutgoing)
 	}
+	if d.PoolV6 == nil || d.PoolV6.Name != DefaultPoolNameV6 || d.PoolV6.CIDR.String() != "fd00:10::/56" || d.Config.NATOutgoingV6 {
+		t.Fatalf("IPv6 pool %+v natOutgoingV6 %v: want default-ipv6 fd00:10::/56 without NAT", d.PoolV6, d.Config.NATOutgoingV6)
+	}
+	if n := w.emitted(); n != 1 {
+		t.Fatalf("%d configs emitted; want one, already with both pools", n)
+	}
 	w.logUntil("IPPool default 10.32.0.0/12 created from kubeadm-config")
+	w.logUntil("IPPool default-ipv6 fd00:10::/56 created from kubeadm-config")
 }
 
 // Any IPPool, even a disabled one, means the user manages pools: nothing
@@ -176,18 +185,19 @@ func TestDefaultPoolConcurrentCreators(t *testing.T) {
 	}
 }
 
-func TestKubeadmPodSubnet(t *testing.T) {
+func TestKubeadmPodSubnets(t *testing.T) {
 	for in, want := range map[string]string{
-		"networking:\n  podSubnet: 10.244.0.0/16\n":               "10.244.0.0/16",
-		"networking:\n  podSubnet: \"fd00::/56, 192.168.0.0/17\"": "192.168.0.0/17",
-		"networking:\n  podSubnet: 10.244.1.1/16\n":               "10.244.0.0/16",
+		"networking:\n  podSubnet: 10.244.0.0/16\n":               "[10.244.0.0/16 invalid Prefix]",
+		"networking:\n  podSubnet: \"fd00::/56, 192.168.0.0/17\"": "[192.168.0.0/17 fd00::/56]",
+		"networking:\n  podSubnet: 10.244.1.1/16\n":               "[10.244.0.0/16 invalid Prefix]",
+		"networking:\n  podSubnet: fd00::/56\n":                   "[invalid Prefix fd00::/56]",
 		"networking:\n  serviceSubnet: 10.96.0.0/12\n":            "",
-		"networking:\n  podSubnet: fd00::/56\n":                   "",
+		"networking:\n  podSubnet: 0.0.0.0/0\n":                   "",
 		"networking: [":                                           "",
 	} {
-		p, err := kubeadmPodSubnet(in)
-		if got := p.String(); (want == "" && err == nil) || (want != "" && got != want) {
-			t.Errorf("kubeadmPodSubnet(%q) = %s, %v; want %q", in, got, err, want)
+		ps, err := kubeadmPodSubnets(in)
+		if got := fmt.Sprint(ps); (want == "" && err == nil) || (want != "" && got != want) {
+			t.Errorf("kubeadmPodSubnets(%q) = %s, %v; want %q", in, got, err, want)
 		}
 	}
 }

@@ -53,13 +53,15 @@ func annotated(k, v string) nodeOpt {
 }
 
 // addNode creates a Node as the kubelet and the node IPAM controller would
-// leave it: spec.podCIDR set, an InternalIP in status.
+// leave it: spec.podCIDR(s) set, InternalIPs in status. A dual-stack node
+// gets comma-separated lists of both, as kubelet's --node-ip and
+// kube-controller-manager's --cluster-cidr take them.
 func (c *cluster) addNode(name, ip, podCIDR string, opts ...nodeOpt) *corev1.Node {
 	c.t.Helper()
 	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{}, Annotations: map[string]string{}}}
 	if podCIDR != "" {
-		n.Spec.PodCIDR = podCIDR
-		n.Spec.PodCIDRs = []string{podCIDR}
+		n.Spec.PodCIDRs = strings.Split(podCIDR, ",")
+		n.Spec.PodCIDR = n.Spec.PodCIDRs[0]
 	}
 	for _, o := range opts {
 		o(n)
@@ -70,7 +72,10 @@ func (c *cluster) addNode(name, ip, podCIDR string, opts ...nodeOpt) *corev1.Nod
 		c.t.Fatalf("create node %s: %v", name, err)
 	}
 	if ip != "" {
-		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeHostName, Address: name}, {Type: corev1.NodeInternalIP, Address: ip}}
+		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeHostName, Address: name}}
+		for a := range strings.SplitSeq(ip, ",") {
+			n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: a})
+		}
 		if n, err = c.cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
 			c.t.Fatalf("set addresses of node %s: %v", name, err)
 		}
@@ -240,8 +245,8 @@ func describe(d *Desired) string {
 		}
 		ps = append(ps, s)
 	}
-	return fmt.Sprintf("node=%s addr=%s as=%d podCIDR=%s rrCluster=%v peers=[%s]",
-		d.Config.NodeName, d.Config.Address, d.Config.LocalAS, d.Config.PodCIDRs, d.Config.RouteReflectorClusterID, strings.Join(ps, " "))
+	return fmt.Sprintf("node=%s addr=%s addrV6=%s as=%d podCIDRs=%s rrCluster=%v peers=[%s]",
+		d.Config.NodeName, d.Config.Address, d.Config.AddressV6, d.Config.LocalAS, d.Config.PodCIDRs, d.Config.RouteReflectorClusterID, strings.Join(ps, " "))
 }
 
 func ptr[T any](v T) *T { return &v }

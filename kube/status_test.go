@@ -71,7 +71,7 @@ func TestPublishStatus(t *testing.T) {
 	}
 
 	// BFD sessions show under their peers.
-	if err := w.src.PublishStatusInfo(ctx, "node1", StatusInfo{AS: 64512, RouterID: "192.0.2.11", PodCIDR: "10.244.1.0/24", BFD: []bfd.Status{{
+	if err := w.src.PublishStatusInfo(ctx, "node1", StatusInfo{AS: 64512, RouterID: "192.0.2.11", PodCIDRs: []string{"10.244.1.0/24"}, BFD: []bfd.Status{{
 		Peer: netip.MustParseAddr("192.0.2.254"), State: bfd.Down, RemoteState: bfd.Up,
 		Diag: bfd.DiagControlDetectExpired, DetectTime: 900 * time.Millisecond,
 	}}}, peers); err != nil {

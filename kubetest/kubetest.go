@@ -287,7 +287,9 @@ func (e *Env) start(ctx context.Context, t testing.TB) error {
 		"--service-account-key-file="+pubFile,
 		"--service-account-signing-key-file="+keyFile,
 		"--service-account-issuer=https://kubernetes.default.svc",
-		"--service-cluster-ip-range=10.96.0.0/16",
+		// Dual-stack, so that tests can create dual-stack Services;
+		// single-stack ones still get the first (IPv4) family.
+		"--service-cluster-ip-range=10.96.0.0/16,fd00:10:96::/112",
 		// No controller-manager creates namespaces' default service
 		// accounts, so the admission plugin would refuse every Pod.
 		"--disable-admission-plugins=ServiceAccount",

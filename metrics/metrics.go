@@ -15,7 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Peer is one BGP session as the metrics see it.
+// Peer is one BGP session as the metrics see it. A session carries the
+// routes of its address's family; a dual-stack node has one per family
+// with each neighbour.
 type Peer struct {
 	Address     netip.Addr
 	AS          uint32
@@ -26,7 +28,7 @@ type Peer struct {
 	Rejected    int    // paths the import policy refused, each counted once
 }
 
-// IPAM is the node block's use.
+// IPAM is one node block's use (a dual-stack node has one per family).
 type IPAM struct {
 	Block     netip.Prefix
 	Size      int
@@ -50,7 +52,7 @@ type BFDPackets struct {
 type Sources struct {
 	Peers  func() []Peer
 	Routes func() map[string]int // installed routes by kind: native, ipip, vxlan, blackhole
-	IPAM   func() IPAM
+	IPAM   func() []IPAM
 	// UnconfiguredConnections counts connections to the BGP port from
 	// addresses that are no configured peer.
 	UnconfiguredConnections func() uint64
@@ -134,6 +136,9 @@ var (
 		"How long the BFD peer may be silent before its session goes Down, as negotiated.", []string{"peer"}, nil)
 	descBFDPackets = prometheus.NewDesc("nexthop_bfd_packets_received_total",
 		"BFD packets received, by fate: received (handed to a session), bad_ttl (not sent from on-link), invalid, unknown (no session).", []string{"result"}, nil)
+	descSessions = prometheus.NewDesc("nexthop_bgp_sessions",
+		"Configured BGP sessions, by the family of the peer's address (ipv4, ipv6: the routes it carries) and whether they are established.",
+		[]string{"family", "established"}, nil)
 	descRoutes = prometheus.NewDesc("nexthop_routes_installed",
 		"Kernel routes nexthop has installed, by kind.", []string{"kind"}, nil)
 	descBlockSize = prometheus.NewDesc("nexthop_ipam_block_size",
@@ -146,14 +151,24 @@ var (
 type state struct{ src Sources }
 
 func (s *state) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descUptime, descReceived, descAccepted, descRejected, descUnconfigured, descBFDUp, descBFDDetect, descBFDPackets, descRoutes, descBlockSize, descAllocated} {
+	for _, d := range []*prometheus.Desc{descUp, descUptime, descReceived, descAccepted, descRejected, descUnconfigured, descBFDUp, descBFDDetect, descBFDPackets, descSessions, descRoutes, descBlockSize, descAllocated} {
 		ch <- d
 	}
 }
 
 func (s *state) Collect(ch chan<- prometheus.Metric) {
 	if s.src.Peers != nil {
+		// Both families always, so that a family with no session reads 0.
+		var sessions [2][2]int // [v6][established]
 		for _, p := range s.src.Peers() {
+			v6, est := 0, 0
+			if p.Address.Is6() && !p.Address.Is4In6() {
+				v6 = 1
+			}
+			if p.Established {
+				est = 1
+			}
+			sessions[v6][est]++
 			addr := p.Address.String()
 			up := 0.0
 			if p.Established {
@@ -164,6 +179,11 @@ func (s *state) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descReceived, prometheus.GaugeValue, float64(p.Received), addr)
 			ch <- prometheus.MustNewConstMetric(descAccepted, prometheus.GaugeValue, float64(p.Accepted), addr)
 			ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(p.Rejected), addr)
+		}
+		for v6, family := range []string{"ipv4", "ipv6"} {
+			for est, label := range []string{"false", "true"} {
+				ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(sessions[v6][est]), family, label)
+			}
 		}
 	}
 	if s.src.UnconfiguredConnections != nil {
@@ -195,8 +215,9 @@ func (s *state) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	if s.src.IPAM != nil {
-		st := s.src.IPAM()
-		ch <- prometheus.MustNewConstMetric(descBlockSize, prometheus.GaugeValue, float64(st.Size), st.Block.String())
-		ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(st.Allocated), st.Block.String())
+		for _, st := range s.src.IPAM() {
+			ch <- prometheus.MustNewConstMetric(descBlockSize, prometheus.GaugeValue, float64(st.Size), st.Block.String())
+			ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(st.Allocated), st.Block.String())
+		}
 	}
 }

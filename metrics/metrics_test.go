@@ -21,8 +21,8 @@ func TestScrapeReadsSources(t *testing.T) {
 			}
 		},
 		Routes: func() map[string]int { return map[string]int{"native": 2, "blackhole": 1} },
-		IPAM: func() IPAM {
-			return IPAM{Block: netip.MustParsePrefix("10.244.1.0/24"), Size: 253, Allocated: 7}
+		IPAM: func() []IPAM {
+			return []IPAM{{Block: netip.MustParsePrefix("10.244.1.0/24"), Size: 253, Allocated: 7}}
 		},
 		UnconfiguredConnections: func() uint64 { return 5 },
 		BFDSessions: func() []BFDSession {
@@ -44,6 +44,9 @@ func TestScrapeReadsSources(t *testing.T) {
 		`nexthop_bgp_prefixes_rejected_total{peer="192.0.2.12"} 2`,
 		`nexthop_bgp_unconfigured_connections_total 5`,
 		`nexthop_routes_installed{kind="native"} 2`,
+		`nexthop_bgp_sessions{established="true",family="ipv4"} 1`,
+		`nexthop_bgp_sessions{established="false",family="ipv4"} 1`,
+		`nexthop_bgp_sessions{established="true",family="ipv6"} 0`,
 		`nexthop_routes_installed{kind="vxlan"} 0`,
 		`nexthop_ipam_allocated{block="10.244.1.0/24"} 7`,
 		`nexthop_ipam_block_size{block="10.244.1.0/24"} 253`,
@@ -74,4 +77,43 @@ func scrape(t *testing.T, url string) string {
 	defer r.Body.Close()
 	b, _ := io.ReadAll(r.Body)
 	return string(b)
+}
+
+// A dual-stack node: sessions of both families, counted by family, and
+// both blocks' use.
+func TestScrapeDualStack(t *testing.T) {
+	m := New(Sources{
+		Peers: func() []Peer {
+			return []Peer{
+				{Address: netip.MustParseAddr("192.0.2.12"), AS: 64512, Established: true, Uptime: time.Minute, Received: 1, Accepted: 1},
+				{Address: netip.MustParseAddr("fd00:192::12"), AS: 64512, Established: true, Uptime: time.Minute, Received: 2, Accepted: 2},
+				{Address: netip.MustParseAddr("fd00:192::fe"), AS: 65000},
+			}
+		},
+		IPAM: func() []IPAM {
+			return []IPAM{
+				{Block: netip.MustParsePrefix("10.244.1.0/24"), Size: 253, Allocated: 3},
+				{Block: netip.MustParsePrefix("fd00:10:244:1::/64"), Size: 1 << 20, Allocated: 3},
+			}
+		},
+	})
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	body := scrape(t, srv.URL)
+	for _, want := range []string{
+		`nexthop_bgp_session_established{peer="fd00:192::12",peer_as="64512"} 1`,
+		`nexthop_bgp_session_established{peer="fd00:192::fe",peer_as="65000"} 0`,
+		`nexthop_bgp_prefixes_accepted{peer="fd00:192::12"} 2`,
+		`nexthop_bgp_sessions{established="true",family="ipv4"} 1`,
+		`nexthop_bgp_sessions{established="false",family="ipv4"} 0`,
+		`nexthop_bgp_sessions{established="true",family="ipv6"} 1`,
+		`nexthop_bgp_sessions{established="false",family="ipv6"} 1`,
+		`nexthop_ipam_allocated{block="10.244.1.0/24"} 3`,
+		`nexthop_ipam_allocated{block="fd00:10:244:1::/64"} 3`,
+		`nexthop_ipam_block_size{block="fd00:10:244:1::/64"} 1.048576e+06`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("scrape lacks %s\n%s", want, body)
+		}
+	}
 }

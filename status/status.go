@@ -3,12 +3,14 @@
 package status
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"sort"
 	"strings"
 	"syscall"
@@ -16,20 +18,31 @@ import (
 	"time"
 )
 
-// Report is the daemon's state at one moment.
+// Report is the daemon's state at one moment. A dual-stack node has an
+// address, a block and an IPAM range of each family, and a session per
+// family with each neighbour.
 type Report struct {
-	Node      string `json:"node"`
+	Node string `json:"node"`
+	// Address is the node's IPv4 address, or its IPv6 one on an
+	// IPv6-only node; AddressV6 its IPv6 address (config's meaning).
 	Address   string `json:"address"`
+	AddressV6 string `json:"addressV6,omitempty"`
 	AS        uint32 `json:"as"`
-	PodCIDR   string `json:"podCIDR"`
-	IPIPMode  string `json:"ipipMode"`
-	VXLANMode string `json:"vxlanMode"`
-	PodMTU    int    `json:"podMTU"`
+	// PodCIDRs are the node's blocks, one per family; PodCIDR is the
+	// first, as before dual-stack.
+	PodCIDR   string   `json:"podCIDR"`
+	PodCIDRs  []string `json:"podCIDRs,omitempty"`
+	IPIPMode  string   `json:"ipipMode"`
+	VXLANMode string   `json:"vxlanMode"`
+	PodMTU    int      `json:"podMTU"`
 	// Synced is true once the start-up sync has run.
 	Synced bool           `json:"synced"`
 	Peers  []Peer         `json:"peers"`
 	Routes map[string]int `json:"routes"` // by kind: native, ipip, vxlan, blackhole
-	IPAM   IPAM           `json:"ipam"`
+	// IPAM is the use of the block of PodCIDR; IPAMV6 that of the IPv6
+	// block of a dual-stack node.
+	IPAM   IPAM  `json:"ipam"`
+	IPAMV6 *IPAM `json:"ipamV6,omitempty"`
 	// BFD lists the BFD sessions, by peer (none while no peer has BFD).
 	BFD []BFDSession `json:"bfd,omitempty"`
 }
@@ -53,9 +66,11 @@ type BFDSession struct {
 	DetectTimeMillis int64 `json:"detectTimeMillis"`
 }
 
-// Peer is one BGP session.
+// Peer is one BGP session. It carries the routes of its address's family.
 type Peer struct {
-	Address       string  `json:"address"`
+	Address string `json:"address"`
+	// Family is IPv4 or IPv6.
+	Family        string  `json:"family"`
 	AS            uint32  `json:"as"`
 	State         string  `json:"state"`
 	UptimeSeconds float64 `json:"uptimeSeconds"`
@@ -64,7 +79,15 @@ type Peer struct {
 	Rejected      int     `json:"rejected"`
 }
 
-// IPAM is the node block's use.
+// FamilyOf names the family of addr for Peer.Family: IPv4 or IPv6.
+func FamilyOf(addr netip.Addr) string {
+	if addr.Is6() && !addr.Is4In6() {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// IPAM is one node block's use.
 type IPAM struct {
 	Block     string `json:"block"`
 	Size      int    `json:"size"`
@@ -104,7 +127,19 @@ func Fetch(ctx context.Context, addr string) (Report, error) {
 
 // Render prints r for a person.
 func Render(w io.Writer, r Report) error {
-	fmt.Fprintf(w, "nexthop node %s: %s, AS %d, pod block %s\n", r.Node, r.Address, r.AS, r.PodCIDR)
+	addrs := r.Address
+	if r.AddressV6 != "" && r.AddressV6 != r.Address {
+		addrs += " and " + r.AddressV6
+	}
+	blocks := r.PodCIDRs
+	if len(blocks) == 0 {
+		blocks = []string{r.PodCIDR}
+	}
+	noun := "pod block"
+	if len(blocks) > 1 {
+		noun = "pod blocks"
+	}
+	fmt.Fprintf(w, "nexthop node %s: %s, AS %d, %s %s\n", r.Node, addrs, r.AS, noun, strings.Join(blocks, " and "))
 	fmt.Fprintf(w, "encapsulation: ipipMode %s, vxlanMode %s; pod MTU %d\n", r.IPIPMode, r.VXLANMode, r.PodMTU)
 	sync := "done"
 	if !r.Synced {
@@ -114,13 +149,13 @@ func Render(w io.Writer, r Report) error {
 
 	fmt.Fprintln(w, "BGP peers:")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  PEER\tAS\tSTATE\tUPTIME\tRECEIVED\tACCEPTED\tREJECTED")
+	fmt.Fprintln(tw, "  PEER\tFAMILY\tAS\tSTATE\tUPTIME\tRECEIVED\tACCEPTED\tREJECTED")
 	for _, p := range r.Peers {
 		up := "-"
 		if p.UptimeSeconds > 0 {
 			up = (time.Duration(p.UptimeSeconds) * time.Second).String()
 		}
-		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%d\t%d\t%d\n", p.Address, p.AS, p.State, up, p.Received, p.Accepted, p.Rejected)
+		fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\t%d\t%d\t%d\n", p.Address, cmp.Or(p.Family, "-"), p.AS, p.State, up, p.Received, p.Accepted, p.Rejected)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -152,6 +187,10 @@ func Render(w io.Writer, r Report) error {
 		parts = append(parts, fmt.Sprintf("%d %s", r.Routes[k], k))
 	}
 	fmt.Fprintf(w, "\nroutes installed: %s\n", strings.Join(parts, ", "))
-	_, err := fmt.Fprintf(w, "IPAM: %s, %d of %d addresses allocated\n", r.IPAM.Block, r.IPAM.Allocated, r.IPAM.Size)
+	ipam := []string{fmt.Sprintf("%s, %d of %d addresses allocated", r.IPAM.Block, r.IPAM.Allocated, r.IPAM.Size)}
+	if v6 := r.IPAMV6; v6 != nil {
+		ipam = append(ipam, fmt.Sprintf("%s, %d of %d addresses allocated", v6.Block, v6.Allocated, v6.Size))
+	}
+	_, err := fmt.Fprintf(w, "IPAM: %s\n", strings.Join(ipam, "; "))
 	return err
 }
