@@ -101,7 +101,7 @@ func RunKubernetes(ctx context.Context, o KubeOptions, log *slog.Logger) error {
 		grace = kube.DefaultReclaimGrace
 	}
 
-	log.Info("starting the node with its config from Kubernetes", "address", first.Address, "as", first.LocalAS,
+	log.Info("starting the node with its config from Kubernetes", "address", first.Address, "addressV6", first.AddressV6, "as", first.LocalAS,
 		"podCIDRs", first.PodCIDRs, "peers", len(first.Peers), "routeReflector", first.RouteReflectorClusterID.IsValid())
 	err = RunWith(ctx, first, log, Options{
 		Updates: updates,

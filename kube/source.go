@@ -320,7 +320,7 @@ func (s *Source) RunDesired(ctx context.Context, onChange func(*Desired)) error 
 		} else {
 			s.lastLog = ""
 			if last == nil || !reflect.DeepEqual(*last, *d) {
-				s.log.Info("desired config changed", "node", s.nodeName, "address", d.Config.Address,
+				s.log.Info("desired config changed", "node", s.nodeName, "address", d.Config.Address, "addressV6", d.Config.AddressV6,
 					"as", d.Config.LocalAS, "podCIDRs", d.Config.PodCIDRs, "peers", len(d.Config.Peers),
 					"routeReflector", d.Config.RouteReflectorClusterID.IsValid())
 				last = d
@@ -415,13 +415,14 @@ func (s *Source) compute() (*Desired, error) {
 	}
 
 	d := &Desired{Config: s.base}
-	for _, v6 := range []bool{false, true} {
-		if b := me.blocks[fam(v6)]; b.IsValid() {
-			pool, err := s.poolFor(self, b)
-			if err != nil {
-				return nil, err
-			}
-			*map[bool]**Pool{false: &d.Pool, true: &d.PoolV6}[v6] = pool
+	if b := me.blocks[0]; b.IsValid() {
+		if d.Pool, err = s.poolFor(self, b); err != nil {
+			return nil, err
+		}
+	}
+	if b := me.blocks[1]; b.IsValid() {
+		if d.PoolV6, err = s.poolFor(self, b); err != nil {
+			return nil, err
 		}
 	}
 	c := &d.Config
