@@ -42,8 +42,10 @@ func (s *Source) PublishStatus(ctx context.Context, nodeName string, peers []bgp
 // node's BFD sessions.
 func StatusInfoOf(cfg *config.Config, sessions []bfd.Status) StatusInfo {
 	info := StatusInfo{AS: cfg.LocalAS, RouterID: cfg.RouterID.String(), BFD: sessions}
-	for _, p := range cfg.PodCIDRs {
-		info.PodCIDRs = append(info.PodCIDRs, p.String())
+	for _, v6 := range []bool{false, true} { // IPv4 first
+		if p := cfg.PodCIDROf(v6); p.IsValid() {
+			info.PodCIDRs = append(info.PodCIDRs, p.String())
+		}
 	}
 	return info
 }
@@ -59,7 +61,7 @@ func (s *Source) PublishStatusInfo(ctx context.Context, nodeName string, info St
 		LastUpdated: metav1.NewTime(now),
 	}
 	if len(info.PodCIDRs) > 0 {
-		// What it meant before dual-stack, as a Node's spec.podCIDR.
+		// The IPv4 block (IPv6 on an IPv6-only node), as before dual-stack.
 		st.PodCIDR = info.PodCIDRs[0]
 	}
 	for _, p := range peers {

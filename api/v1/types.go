@@ -502,11 +502,12 @@ type BGPNodeStatusStatus struct {
 	// RouterID of the node's speaker.
 	// +optional
 	RouterID string `json:"routerID,omitempty"`
-	// PodCIDR is the first of podCIDRs (the IPv4 block on a dual-stack
-	// node), as a Node's spec.podCIDR is.
+	// PodCIDR is the first of podCIDRs: the node's IPv4 block, or its
+	// IPv6 one on an IPv6-only node.
 	// +optional
 	PodCIDR string `json:"podCIDR,omitempty"`
-	// PodCIDRs are the blocks the node announces, one per family.
+	// PodCIDRs are the blocks the node announces, one per family, IPv4
+	// first.
 	// +optional
 	// +listType=atomic
 	PodCIDRs []string `json:"podCIDRs,omitempty"`
