@@ -25,6 +25,9 @@ type fakeKernel struct {
 	calls          map[string]int
 	// failAdd makes adds of these prefixes fail with the error.
 	failAdd map[netip.Prefix]error
+	// splitV6 dumps each hop of an IPv6 multipath route as a route of its
+	// own, as kernels before 4.11 do.
+	splitV6 bool
 }
 
 func newFake() *fakeKernel {
@@ -72,10 +75,13 @@ func (f *fakeKernel) addrs() ([]netip.Prefix, error) {
 	return f.addrls, nil
 }
 
-func (f *fakeKernel) routes(filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
+func (f *fakeKernel) routes(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
 	f.calls["routes"]++
 	var out []netlink.Route
 	for p, kr := range f.table {
+		if p.Addr().Is6() != (family == netlink.FAMILY_V6) {
+			continue
+		}
 		if mask&netlink.RT_FILTER_PROTOCOL != 0 && kr.Protocol != filter.Protocol {
 			continue
 		}
@@ -83,6 +89,14 @@ func (f *fakeKernel) routes(filter *netlink.Route, mask uint64) ([]netlink.Route
 			if q, _ := prefixOf(filter.Dst); q != p {
 				continue
 			}
+		}
+		if f.splitV6 && p.Addr().Is6() && len(kr.MultiPath) > 0 {
+			for _, nh := range kr.MultiPath {
+				one := kr
+				one.MultiPath, one.Gw, one.LinkIndex, one.Flags = nil, nh.Gw, nh.LinkIndex, nh.Flags
+				out = append(out, one)
+			}
+			continue
 		}
 		out = append(out, kr)
 	}
@@ -335,7 +349,8 @@ func TestSyncReadsEverythingBack(t *testing.T) {
 	if err := r.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wantCalls(t, "full resync", f.take(), map[string]int{"addrs": 1, "routes": 1, "add": 1})
+	// One route dump per family.
+	wantCalls(t, "full resync", f.take(), map[string]int{"addrs": 1, "routes": 2, "add": 1})
 	if got := f.via(nth(0)); got != gw2.String() {
 		t.Errorf("Sync did not repair the deleted route: %s", got)
 	}

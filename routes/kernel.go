@@ -19,10 +19,12 @@ type kernelAPI interface {
 	// linkIndex returns the named link's index; found is false if there is none.
 	linkIndex(name string) (index int, found bool, err error)
 	linkName(index int) (string, error)
-	// addrs lists every IPv4 address of the node with its prefix length.
+	// addrs lists every IPv4 and IPv6 address of the node with its prefix
+	// length.
 	addrs() ([]netip.Prefix, error)
-	// routes lists main-table IPv4 routes matching filter under mask.
-	routes(filter *netlink.Route, mask uint64) ([]netlink.Route, error)
+	// routes lists the routes of family (netlink.FAMILY_V4 or FAMILY_V6)
+	// matching filter under mask.
+	routes(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error)
 	add(*netlink.Route) error
 	replace(*netlink.Route) error
 	del(*netlink.Route) error
@@ -33,7 +35,7 @@ type kernelAPI interface {
 }
 
 // netlinkKernel is the kernel through a netlink handle, with a second socket
-// subscribed to link and IPv4 address notifications. The kernel queues a
+// subscribed to link and address notifications of both families. The kernel queues a
 // notification before the change's own netlink call returns, so draining
 // that socket at the start of a batch sees every change made before it:
 // a device created just before Apply is never missed, as it could be with a
@@ -48,7 +50,7 @@ func openKernel(ns netns.NsHandle) (*netlinkKernel, error) {
 	var h netlinksafe.Handle
 	var sub *nl.NetlinkSocket
 	var err error
-	groups := []uint{unix.RTNLGRP_LINK, unix.RTNLGRP_IPV4_IFADDR}
+	groups := []uint{unix.RTNLGRP_LINK, unix.RTNLGRP_IPV4_IFADDR, unix.RTNLGRP_IPV6_IFADDR}
 	if ns > 0 { // fd 0 is never a namespace handle; NsHandle(0).IsOpen() is true
 		h, err = netlinksafe.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	} else {
@@ -127,10 +129,10 @@ func (k *netlinkKernel) linkName(index int) (string, error) {
 func (k *netlinkKernel) addrs() ([]netip.Prefix, error) {
 	var list []netlink.Addr
 	var err error
-	// One dump for all links. An interrupted dump means addresses changed
-	// while it ran: read again.
+	// One dump for all links and both families. An interrupted dump means
+	// addresses changed while it ran: read again.
 	for range 5 {
-		if list, err = k.h.AddrList(nil, netlink.FAMILY_V4); !errors.Is(err, netlink.ErrDumpInterrupted) {
+		if list, err = k.h.AddrList(nil, netlink.FAMILY_ALL); !errors.Is(err, netlink.ErrDumpInterrupted) {
 			break
 		}
 	}
@@ -139,18 +141,18 @@ func (k *netlinkKernel) addrs() ([]netip.Prefix, error) {
 	}
 	out := make([]netip.Prefix, 0, len(list))
 	for _, a := range list {
-		ip, ok := netip.AddrFromSlice(a.IP.To4())
-		if !ok || a.IPNet == nil {
+		if a.IPNet == nil {
 			continue
 		}
-		ones, _ := a.Mask.Size()
-		out = append(out, netip.PrefixFrom(ip, ones))
+		if p, ok := prefixOf(a.IPNet); ok {
+			out = append(out, netip.PrefixFrom(p.Addr(), p.Bits()))
+		}
 	}
 	return out, nil
 }
 
-func (k *netlinkKernel) routes(filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
-	return k.h.RouteListFiltered(netlink.FAMILY_V4, filter, mask)
+func (k *netlinkKernel) routes(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
+	return k.h.RouteListFiltered(family, filter, mask)
 }
 
 func (k *netlinkKernel) add(kr *netlink.Route) error     { return k.h.RouteAdd(kr) }

@@ -1,4 +1,6 @@
-// Package routes turns the BGP speaker's best paths into kernel routes.
+// Package routes turns the BGP speaker's best paths into kernel routes, of
+// both families: an IPv4 prefix via IPv4 next hops, an IPv6 prefix via
+// global IPv6 next hops on a connected subnet (or on-link through a tunnel).
 //
 // It owns exactly the routes it tags with Protocol in the main table and
 // never touches any other: a learned prefix that collides with a route some
@@ -151,9 +153,10 @@ type view struct {
 	// addrsKnown is false until the addresses are read, and while a
 	// re-read failed; linksStale says the devices need looking up again.
 	addrsKnown, linksStale bool
-	// connected are the node's connected IPv4 subnets, sorted.
+	// connected are the node's connected subnets of both families, sorted
+	// (IPv6 link-local ones left out: next hops are global addresses).
 	connected []netip.Prefix
-	// localAddrs are the node's own IPv4 addresses.
+	// localAddrs are the node's own addresses.
 	localAddrs map[netip.Addr]bool
 	// index maps the devices hops name to their link index; missing are
 	// names looked up and not found. Both are checked again on a link change.
@@ -351,6 +354,22 @@ func (r *Reconciler) CountByKind() map[string]int {
 	return out
 }
 
+// CountByFamily counts the routes of ours the reconciler believes the
+// kernel holds, per family: "ipv4" and "ipv6".
+func (r *Reconciler) CountByFamily() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]int{"ipv4": 0, "ipv6": 0}
+	for p := range r.installed {
+		if p.Addr().Is6() {
+			out["ipv6"]++
+		} else {
+			out["ipv4"]++
+		}
+	}
+	return out
+}
+
 // Installed returns a copy of the routes of ours the reconciler believes the
 // kernel holds, as prefix → "blackhole" or gateway list.
 func (r *Reconciler) Installed() map[netip.Prefix]string {
@@ -500,9 +519,6 @@ func (r *Reconciler) linkIndexLocked(name string) (int, error) {
 
 // refuse says why a learned route must not be installed, or "" if it may.
 func (r *Reconciler) refuse(p netip.Prefix, hops []Hop) string {
-	if !p.Addr().Is4() {
-		return "not IPv4"
-	}
 	for _, b := range r.local {
 		if b.Overlaps(p) && b.Bits() <= p.Bits() {
 			return fmt.Sprintf("inside this node's own pod block %s", b)
@@ -515,6 +531,13 @@ func (r *Reconciler) refuse(p netip.Prefix, hops []Hop) string {
 	}
 	remote := 0
 	for _, h := range hops {
+		if h.Gateway.Is4() != p.Addr().Is4() {
+			return fmt.Sprintf("next hop %s is not of the prefix's family", h.Gateway)
+		}
+		if h.Gateway.IsLinkLocalUnicast() {
+			// Without its interface a link-local address names no one.
+			return fmt.Sprintf("next hop %s is link-local: IPv6 next hops must be global addresses (the peer's addressV6)", h.Gateway)
+		}
 		if r.view.localAddrs[h.Gateway] {
 			continue
 		}
@@ -584,8 +607,9 @@ func (r *Reconciler) refreshLocked(force bool) (changed bool, err error) {
 		var connected []netip.Prefix
 		for _, a := range list {
 			local[a.Addr()] = true
-			// Loopback's 127/8 and /32s say nothing about the underlay.
-			if a.Bits() < 32 && !a.Addr().IsLoopback() {
+			// Loopback, host routes (/32, /128) and IPv6 link-local
+			// subnets say nothing about the underlay.
+			if a.Bits() < a.Addr().BitLen() && !a.Addr().IsLoopback() && !a.Addr().IsLinkLocalUnicast() {
 				connected = append(connected, a.Masked())
 			}
 		}
@@ -599,25 +623,47 @@ func (r *Reconciler) refreshLocked(force bool) (changed bool, err error) {
 	return changed, nil
 }
 
-// listOwned reads every route of ours in the main table.
+// families are the route families the reconciler owns routes in: each is
+// listed on its own (a dump of every family would bring multicast and MPLS
+// tables along).
+var families = []int{netlink.FAMILY_V4, netlink.FAMILY_V6}
+
+// listOwned reads every route of ours in the main table, of both families.
 func (r *Reconciler) listOwned() (map[netip.Prefix]entry, error) {
 	filter := &netlink.Route{Protocol: Protocol, Table: unix.RT_TABLE_MAIN}
-	krs, err := r.k.routes(filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return nil, fmt.Errorf("list routes with protocol %d: %w", Protocol, err)
-	}
-	out := make(map[netip.Prefix]entry, len(krs))
-	for _, kr := range krs {
-		if kr.Dst == nil {
-			continue
+	out := map[netip.Prefix]entry{}
+	for _, fam := range families {
+		krs, err := r.k.routes(fam, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return nil, fmt.Errorf("list %s routes with protocol %d: %w", familyName(fam), Protocol, err)
 		}
-		p, ok := prefixOf(kr.Dst)
-		if !ok {
-			continue
+		for _, kr := range krs {
+			if kr.Dst == nil {
+				continue
+			}
+			p, ok := prefixOf(kr.Dst)
+			if !ok {
+				continue
+			}
+			p = p.Masked()
+			e := entryOf(kr)
+			// Kernels before 4.11 dump each hop of an IPv6 multipath
+			// route as a route of its own: gather them into one entry.
+			if prev, seen := out[p]; seen && !prev.blackhole && !e.blackhole {
+				e.hops = append(prev.hops, e.hops...)
+				sortHops(e.hops)
+			}
+			out[p] = e
 		}
-		out[p] = entryOf(kr)
 	}
 	return out, nil
+}
+
+func familyName(fam int) string {
+	if fam == netlink.FAMILY_V6 {
+		return "IPv6"
+	}
+	return "IPv4"
 }
 
 func entryOf(kr netlink.Route) entry {
@@ -625,11 +671,11 @@ func entryOf(kr netlink.Route) entry {
 		return entry{blackhole: true}
 	}
 	var e entry
-	if a, ok := netip.AddrFromSlice(kr.Gw.To4()); ok && kr.Gw != nil {
+	if a, ok := addrOf(kr.Gw); ok {
 		e.hops = append(e.hops, hop{gw: a, dev: kr.LinkIndex, onlink: kr.Flags&unix.RTNH_F_ONLINK != 0})
 	}
 	for _, nh := range kr.MultiPath {
-		if a, ok := netip.AddrFromSlice(nh.Gw.To4()); ok {
+		if a, ok := addrOf(nh.Gw); ok {
 			e.hops = append(e.hops, hop{gw: a, dev: nh.LinkIndex, onlink: nh.Flags&unix.RTNH_F_ONLINK != 0})
 		}
 	}
@@ -637,21 +683,43 @@ func entryOf(kr netlink.Route) entry {
 	return e
 }
 
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP.To4())
-	if !ok {
-		return netip.Prefix{}, false
+// addrOf converts a netlink address of either family: an IPv4 one may come
+// in 16-byte form, and becomes a 4-byte netip.Addr.
+func addrOf(ip net.IP) (netip.Addr, bool) {
+	if ip4 := ip.To4(); ip4 != nil {
+		return netip.AddrFrom4([4]byte(ip4)), true
 	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a, ones), true
+	if len(ip) == net.IPv6len {
+		return netip.AddrFrom16([16]byte(ip)), true
+	}
+	return netip.Addr{}, false
+}
+
+// prefixOf converts a route's destination or an address with its mask;
+// the mask's size tells the family (an IPv6 ::ffff:a.b.c.d/n stays IPv6).
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	ones, bits := n.Mask.Size()
+	switch {
+	case bits == 32:
+		if ip4 := n.IP.To4(); ip4 != nil {
+			return netip.PrefixFrom(netip.AddrFrom4([4]byte(ip4)), ones), true
+		}
+	case bits == 128 && len(n.IP) == net.IPv6len:
+		return netip.PrefixFrom(netip.AddrFrom16([16]byte(n.IP)), ones), true
+	}
+	return netip.Prefix{}, false
 }
 
 func kernelRoute(p netip.Prefix, e entry) *netlink.Route {
+	fam := netlink.FAMILY_V4
+	if p.Addr().Is6() {
+		fam = netlink.FAMILY_V6
+	}
 	kr := &netlink.Route{
-		Dst:      &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)},
+		Dst:      &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
 		Protocol: Protocol,
 		Table:    unix.RT_TABLE_MAIN,
-		Family:   netlink.FAMILY_V4,
+		Family:   fam,
 	}
 	flags := func(h hop) int {
 		if h.onlink {
@@ -708,8 +776,9 @@ func (r *Reconciler) installLocked(p netip.Prefix, e entry) error {
 
 // ownerOf returns the protocol of the existing main-table route for p.
 func (r *Reconciler) ownerOf(p netip.Prefix) (netlink.RouteProtocol, error) {
-	filter := &netlink.Route{Dst: kernelRoute(p, entry{}).Dst, Table: unix.RT_TABLE_MAIN}
-	krs, err := r.k.routes(filter, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	kr := kernelRoute(p, entry{})
+	filter := &netlink.Route{Dst: kr.Dst, Table: unix.RT_TABLE_MAIN}
+	krs, err := r.k.routes(kr.Family, filter, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return 0, fmt.Errorf("look up existing route %s: %w", p, err)
 	}
