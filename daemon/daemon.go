@@ -42,8 +42,9 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 	if err := checkUnderlaySubnet(cfg, log); err != nil {
 		return err
 	}
-	// Pods on other nodes reach ours through this node: it must route.
-	if err := ensureForwarding(ipForwardPath); err != nil {
+	// Pods on other nodes reach ours through this node: it must route
+	// each family it has a block of.
+	if err := setupForwarding(cfg, log); err != nil {
 		return err
 	}
 
@@ -108,8 +109,8 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 	if err := rec.Sync(ctx); err != nil {
 		return fmt.Errorf("read routes of ours back from the kernel: %w", err)
 	}
-	if err := rec.SetLocalBlocks(ctx, []netip.Prefix{cfg.PodCIDROf(false)}); err != nil {
-		return fmt.Errorf("install blackhole for pod block %s: %w", cfg.PodCIDROf(false), err)
+	if err := rec.SetLocalBlocks(ctx, cfg.PodCIDRs); err != nil {
+		return fmt.Errorf("install blackholes for pod blocks %v: %w", cfg.PodCIDRs, err)
 	}
 
 	sp := bgp.New(speakerOptions(cfg), log)
@@ -149,6 +150,32 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 	}
 	n.startBackground(bg, &wg, alloc)
 	return n.loop(ctx)
+}
+
+// setupForwarding turns on forwarding for each family the node has a block
+// of, and logs what it found: the IPv4 sysctl as before, the IPv6 one
+// (net.ipv6.conf.all.forwarding) only with an IPv6 block.
+func setupForwarding(cfg *config.Config, log *slog.Logger) error {
+	for _, f := range []struct {
+		v6 bool
+		s  forwardingSysctl
+	}{{false, ipv4Forwarding}, {true, ipv6Forwarding}} {
+		block := cfg.PodCIDROf(f.v6)
+		if !block.IsValid() && (f.v6 || cfg.Address.Is6()) {
+			continue
+		}
+		on, err := ensureForwarding(f.s)
+		if err != nil {
+			return err
+		}
+		if f.v6 {
+			log.Info("IPv6 forwarding for the IPv6 pod block", "sysctl", f.s.name, "block", block,
+				"turnedOn", on, "note", "a forwarding node ignores router advertisements")
+		} else if on {
+			log.Info("IPv4 forwarding turned on", "sysctl", f.s.name)
+		}
+	}
+	return nil
 }
 
 // speaker is the BGP speaker as the node uses it (*bgp.Speaker): the loop

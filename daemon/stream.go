@@ -69,25 +69,35 @@ func (o *Options) defaults() {
 	}
 }
 
-// ipForwardPath is the sysctl the node needs set; a variable for tests.
-var ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
+// forwardingSysctl is a switch the node needs on to route a family.
+type forwardingSysctl struct{ name, path string }
 
-// ensureForwarding makes sure the node routes. In Kubernetes the daemon
-// container is unprivileged and /proc/sys is read-only there: the init
-// container has set the sysctl already, and finding it set is enough.
-func ensureForwarding(path string) error {
-	b, err := os.ReadFile(path)
+// The sysctls the node needs set; variables for tests. IPv6 forwarding is
+// needed only with an IPv6 block: turning it on makes the kernel ignore
+// router advertisements (accept_ra=1), which an IPv4-only node has no
+// reason to risk.
+var (
+	ipv4Forwarding = forwardingSysctl{"net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"}
+	ipv6Forwarding = forwardingSysctl{"net.ipv6.conf.all.forwarding", "/proc/sys/net/ipv6/conf/all/forwarding"}
+)
+
+// ensureForwarding makes sure the node routes the family of s, and says
+// whether it had to turn it on. In Kubernetes the daemon container is
+// unprivileged and /proc/sys is read-only there: the init container has
+// set the sysctl already, and finding it set is enough.
+func ensureForwarding(s forwardingSysctl) (turnedOn bool, err error) {
+	b, err := os.ReadFile(s.path)
 	if err == nil && string(bytes.TrimSpace(b)) == "1" {
-		return nil
+		return false, nil
 	}
-	if werr := os.WriteFile(path, []byte("1"), 0o644); werr != nil {
+	if werr := os.WriteFile(s.path, []byte("1"), 0o644); werr != nil {
 		state := "0"
 		if err != nil {
 			state = "unreadable (" + err.Error() + ")"
 		}
-		return fmt.Errorf("net.ipv4.ip_forward is %s and cannot be set here (in Kubernetes the init container sets it): %w", state, werr)
+		return false, fmt.Errorf("%s is %s and cannot be set here (in Kubernetes the init container sets it): %w", s.name, state, werr)
 	}
-	return nil
+	return true, nil
 }
 
 // setPeers applies the peer list; what fails is tried again at the next

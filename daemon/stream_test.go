@@ -27,23 +27,28 @@ func testConfig() *config.Config {
 
 func TestEnsureForwarding(t *testing.T) {
 	dir := t.TempDir()
+	sysctl := func(file string) forwardingSysctl {
+		return forwardingSysctl{"net.ipv6.conf.all.forwarding", filepath.Join(dir, file)}
+	}
 	on := filepath.Join(dir, "on")
 	os.WriteFile(on, []byte("1\n"), 0o444)
 	// Already on, read-only (an unprivileged container): fine.
-	if err := ensureForwarding(on); err != nil {
-		t.Fatalf("ip_forward already 1, read-only: %v", err)
+	if turned, err := ensureForwarding(sysctl("on")); err != nil || turned {
+		t.Fatalf("forwarding already 1, read-only: turned on %v, %v", turned, err)
 	}
 	off := filepath.Join(dir, "off")
 	os.WriteFile(off, []byte("0\n"), 0o644)
-	if err := ensureForwarding(off); err != nil {
-		t.Fatalf("ip_forward 0, writable: %v", err)
+	if turned, err := ensureForwarding(sysctl("off")); err != nil || !turned {
+		t.Fatalf("forwarding 0, writable: turned on %v, %v", turned, err)
 	}
 	if b, _ := os.ReadFile(off); strings.TrimSpace(string(b)) != "1" {
-		t.Fatalf("ip_forward not set: %q", b)
+		t.Fatalf("forwarding not set: %q", b)
 	}
-	// Off and not writable: the message says who should have set it.
-	if err := ensureForwarding(filepath.Join(dir, "missing", "ip_forward")); err == nil || !strings.Contains(err.Error(), "init container") {
-		t.Fatalf("ip_forward unwritable: got %v, want an error naming the init container", err)
+	// Off and not writable: the message names the sysctl and says who
+	// should have set it.
+	_, err := ensureForwarding(sysctl(filepath.Join("missing", "forwarding")))
+	if err == nil || !strings.Contains(err.Error(), "init container") || !strings.Contains(err.Error(), "net.ipv6.conf.all.forwarding") {
+		t.Fatalf("forwarding unwritable: got %v, want an error naming the sysctl and the init container", err)
 	}
 }
 
