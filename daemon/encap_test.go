@@ -32,3 +32,24 @@ func TestEncapOptions(t *testing.T) {
 		}
 	}
 }
+
+// Each family's address and block go to the encapsulation; a family the
+// node lacks is zero (an IPv6-only node has no IPv4 address, though its
+// config's address is its IPv6 one).
+func TestEncapOptionsFamilies(t *testing.T) {
+	cfg := testConfig()
+	cfg.AddressV6 = netip.MustParseAddr("fd00:192::11")
+	cfg.PodCIDRs = append(cfg.PodCIDRs, netip.MustParsePrefix("fd00:10:244:1::/64"))
+	o := encapOptions(cfg)
+	if o.Address.String() != "192.0.2.11" || o.Block.String() != "10.244.1.0/24" ||
+		o.AddressV6.String() != "fd00:192::11" || o.BlockV6.String() != "fd00:10:244:1::/64" || !o.Uses(false) || !o.Uses(true) {
+		t.Errorf("dual-stack: %+v", o)
+	}
+	v6only := &config.Config{NodeName: "n6", Address: netip.MustParseAddr("fd00:192::11"), LocalAS: 64512,
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("fd00:10:244:1::/64")}}
+	v6only.Normalize()
+	o = encapOptions(v6only)
+	if o.Address.IsValid() || o.Block.IsValid() || o.AddressV6.String() != "fd00:192::11" || o.Uses(false) || !o.Uses(true) {
+		t.Errorf("IPv6-only: %+v", o)
+	}
+}

@@ -59,11 +59,14 @@ func communities(ss []string) []config.Community {
 	return out
 }
 
-// encapOptions is the part of cfg the encapsulation uses.
+// encapOptions is the part of cfg the encapsulation uses: each family's
+// address and block (zero for a family the node lacks).
 func encapOptions(cfg *config.Config) tunnel.Options {
 	kind, mode := cfg.Encap()
-	return tunnel.Options{Kind: tunnel.Kind(kind), Mode: mode, VXLAN: cfg.VXLAN, Address: cfg.Address,
-		Block: cfg.PodCIDROf(false), UnderlayInterface: cfg.UnderlayInterface, MTU: cfg.MTU}
+	return tunnel.Options{Kind: tunnel.Kind(kind), Mode: mode, VXLAN: cfg.VXLAN,
+		Address: cfg.AddressOf(false), Block: cfg.PodCIDROf(false),
+		AddressV6: cfg.AddressOf(true), BlockV6: cfg.PodCIDROf(true),
+		UnderlayInterface: cfg.UnderlayInterface, MTU: cfg.MTU}
 }
 
 // natOptions is what the outgoing NAT keeps in force, and how often it

@@ -213,19 +213,43 @@ func TestVXLANEntries(t *testing.T) {
 
 func TestPodMTU(t *testing.T) {
 	for _, c := range []struct {
-		kind tunnel.Kind
-		mtu  int
-		want int
+		kind     tunnel.Kind
+		families string
+		mtu      int
+		want     int
 	}{
-		{tunnel.KindNone, 0, 1500},
-		{tunnel.KindIPIP, 0, 1480},
-		{tunnel.KindVXLAN, 0, 1450},
-		{tunnel.KindVXLAN, 1400, 1400},
+		{tunnel.KindNone, "v4", 0, 1500},
+		{tunnel.KindIPIP, "v4", 0, 1480},
+		{tunnel.KindVXLAN, "v4", 0, 1450},
+		{tunnel.KindVXLAN, "v4", 1400, 1400},
+		// VXLAN over IPv6 costs 70 bytes: the least over the families.
+		{tunnel.KindVXLAN, "v6", 0, 1430},
+		{tunnel.KindVXLAN, "dual", 0, 1430},
+		{tunnel.KindVXLAN, "dual", 1400, 1400},
+		// IPv6 stays native under IP-in-IP.
+		{tunnel.KindIPIP, "dual", 0, 1480},
+		{tunnel.KindIPIP, "v6", 0, 1500},
+		{tunnel.KindNone, "dual", 0, 1500},
 	} {
 		o := options(c.kind, config.CrossSubnet)
-		o.MTU = c.mtu
-		if got := o.PodMTU(1500); got != c.want {
-			t.Errorf("%s with mtu %d over a 1500 underlay: pod MTU %d, want %d", kindName(c.kind), c.mtu, got, c.want)
+		switch c.families {
+		case "v6":
+			o = options6(c.kind, config.CrossSubnet)
+			o.Address, o.Block = netip.Addr{}, netip.Prefix{}
+		case "dual":
+			o = options6(c.kind, config.CrossSubnet)
 		}
+		o.MTU = c.mtu
+		if got := o.PodMTU(1500, 1500); got != c.want {
+			t.Errorf("%s %s with mtu %d over 1500 underlays: pod MTU %d, want %d", kindName(c.kind), c.families, c.mtu, got, c.want)
+		}
+	}
+	// Underlays of different MTUs: the smaller one's less its overhead.
+	o := options6(tunnel.KindVXLAN, config.Always)
+	if got := o.PodMTU(9000, 1500); got != 1430 {
+		t.Errorf("VXLAN over a 9000 IPv4 and a 1500 IPv6 underlay: pod MTU %d, want 1430", got)
+	}
+	if got := o.PodMTU(1500, 9000); got != 1450 {
+		t.Errorf("VXLAN over a 1500 IPv4 and a 9000 IPv6 underlay: pod MTU %d, want 1450", got)
 	}
 }

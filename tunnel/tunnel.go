@@ -1,9 +1,11 @@
 // Package tunnel owns the node's encapsulation devices: the kernel's
-// IP-in-IP fallback device tunl0 and a VXLAN device with static forwarding
-// entries for remote nodes. It also finds the underlay interface, whose
-// subnets decide CrossSubnet and whose MTU sizes the pods', and decides
-// per next hop between native routing and the tunnel (Options.Decide, which
-// reads nothing from the kernel).
+// IP-in-IP fallback device tunl0 (IPv4 only, as in Calico) and a VXLAN
+// device per family, each on its own family's underlay (a VXLAN device has
+// one underlay family), with static neighbour and forwarding entries for
+// remote nodes. It also finds the underlay interfaces, whose subnets decide
+// CrossSubnet and whose MTUs size the pods', and decides per next hop
+// between native routing and the tunnel (Options.Decide, which reads
+// nothing from the kernel).
 package tunnel
 
 import (
@@ -20,10 +22,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Encapsulation overheads, as Calico counts them.
+// Encapsulation overheads, as Calico counts them: VXLAN over IPv6 carries
+// a 40-byte outer header where IPv4's is 20.
 const (
-	IPIPOverhead  = 20
-	VXLANOverhead = 50
+	IPIPOverhead    = 20
+	VXLANOverhead   = 50
+	VXLANOverheadV6 = 70
 )
 
 // IPIPDevice is the kernel's IP-in-IP fallback device: it exists in every
@@ -74,8 +78,8 @@ type Underlay struct {
 	MTU    int
 }
 
-// FindUnderlay returns the interface holding addr, or the one named name
-// when name is set (it must hold addr too).
+// FindUnderlay returns the interface holding addr (of either family), or
+// the one named name when name is set (it must hold addr too).
 func (m *Manager) FindUnderlay(addr netip.Addr, name string) (Underlay, error) {
 	links, err := m.h.LinkList()
 	if err != nil {
@@ -85,12 +89,12 @@ func (m *Manager) FindUnderlay(addr netip.Addr, name string) (Underlay, error) {
 		if name != "" && l.Attrs().Name != name {
 			continue
 		}
-		addrs, err := m.h.AddrList(l, netlink.FAMILY_V4)
+		addrs, err := m.h.AddrList(l, family(addr))
 		if err != nil {
 			return Underlay{}, fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
 		}
 		for _, a := range addrs {
-			ip, ok := netip.AddrFromSlice(a.IP.To4())
+			ip, ok := addrOf(a.IP)
 			if !ok || ip != addr {
 				continue
 			}
@@ -104,9 +108,10 @@ func (m *Manager) FindUnderlay(addr netip.Addr, name string) (Underlay, error) {
 	return Underlay{}, fmt.Errorf("no interface holds the node address %s", addr)
 }
 
-// ConnectedSubnets lists the IPv4 subnets directly connected to the node,
-// leaving out loopback, /32s and the tunnel devices themselves: a next hop
-// inside one of these is reachable without encapsulation.
+// ConnectedSubnets lists the subnets of both families directly connected to
+// the node, leaving out loopback, host prefixes (/32, /128), IPv6
+// link-local subnets and the tunnel devices themselves: a next hop inside
+// one of these is reachable without encapsulation.
 func (m *Manager) ConnectedSubnets(skip ...string) ([]netip.Prefix, error) {
 	links, err := m.h.LinkList()
 	if err != nil {
@@ -118,14 +123,14 @@ func (m *Manager) ConnectedSubnets(skip ...string) ([]netip.Prefix, error) {
 		if name == IPIPDevice || slices.Contains(skip, name) || l.Attrs().Flags&net.FlagUp == 0 {
 			continue
 		}
-		addrs, err := m.h.AddrList(l, netlink.FAMILY_V4)
+		addrs, err := m.h.AddrList(l, netlink.FAMILY_ALL)
 		if err != nil {
 			return nil, fmt.Errorf("list addresses of %s: %w", name, err)
 		}
 		for _, a := range addrs {
-			ip, ok := netip.AddrFromSlice(a.IP.To4())
+			ip, ok := addrOf(a.IP)
 			ones, _ := a.Mask.Size()
-			if ok && ones < 32 && !ip.IsLoopback() {
+			if ok && ones < ip.BitLen() && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() {
 				out = append(out, netip.PrefixFrom(ip, ones).Masked())
 			}
 		}
@@ -155,19 +160,28 @@ func (m *Manager) EnsureIPIP(addr netip.Addr, mtu int) error {
 	return nil
 }
 
-// setup gives l mtu and the single /32 addr, and brings it up.
+// setup gives l mtu and the single host address addr (/32 or /128), and
+// brings it up. An IPv6 address skips duplicate address detection: the
+// VTEP address is the node's own by construction, and usable at once.
 func (m *Manager) setup(l netlink.Link, addr netip.Addr, mtu int) error {
 	if l.Attrs().MTU != mtu {
 		if err := m.h.LinkSetMTU(l, mtu); err != nil {
 			return fmt.Errorf("set MTU %d: %w", mtu, err)
 		}
 	}
-	want := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(32, 32)}}
-	addrs, err := m.h.AddrList(l, netlink.FAMILY_V4)
+	want := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(addr.BitLen(), addr.BitLen())}}
+	if addr.Is6() {
+		want.Flags = unix.IFA_F_NODAD
+	}
+	addrs, err := m.h.AddrList(l, family(addr))
 	if err != nil {
 		return fmt.Errorf("list addresses: %w", err)
 	}
 	for _, a := range addrs {
+		// The kernel's own link-local address stays.
+		if a.IP.IsLinkLocalUnicast() {
+			continue
+		}
 		if !a.IPNet.IP.Equal(want.IP) {
 			// An address of a former block: ours to remove.
 			if err := m.h.AddrDel(l, &a); err != nil {
@@ -201,4 +215,24 @@ func (m *Manager) RemoveIPIPAddress() error {
 		}
 	}
 	return m.h.LinkSetDown(l)
+}
+
+// family is addr's netlink family.
+func family(addr netip.Addr) int {
+	if addr.Is6() {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
+// addrOf converts a netlink address of either family; an IPv4 one may come
+// in 16-byte form and becomes a 4-byte netip.Addr.
+func addrOf(ip net.IP) (netip.Addr, bool) {
+	if ip4 := ip.To4(); ip4 != nil {
+		return netip.AddrFrom4([4]byte(ip4)), true
+	}
+	if len(ip) == net.IPv6len {
+		return netip.AddrFrom16([16]byte(ip)), true
+	}
+	return netip.Addr{}, false
 }

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/netip"
 
@@ -10,12 +11,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// VXLAN describes the node's VXLAN device.
+// VXLAN describes one of the node's VXLAN devices: the IPv4 one carries
+// IPv4 pods over the IPv4 underlay, the IPv6 one IPv6 pods over the IPv6
+// underlay (Local's family is the device's).
 //
 // Remote VTEPs need no extra BGP attribute: a node's VTEP address is the
-// first usable address of its pod block (IPAM keeps it for the node) and its
-// VTEP MAC is derived from its underlay address, so both follow from a BGP
-// path's prefix and next hop.
+// first usable address of its pod block of the family (IPAM keeps it for the
+// node) and its VTEP MAC is derived from its underlay address, so both
+// follow from a BGP path's prefix and next hop.
 type VXLAN struct {
 	Name     string
 	VNI      int
@@ -30,10 +33,20 @@ type VXLAN struct {
 func VTEPAddr(block netip.Prefix) netip.Addr { return block.Masked().Addr().Next() }
 
 // VTEPMAC is the VTEP MAC of the node with underlay address a: locally
-// administered, unicast, unique per address.
+// administered, unicast. An IPv4 address is spelled out after 0e:68; an
+// IPv6 one does not fit, and its FNV-1a hash follows 0e:69 instead (nodes
+// in different subnets often share an interface ID, so the low bytes alone
+// would collide; a hash collides once in 2^32 pairs).
 func VTEPMAC(a netip.Addr) net.HardwareAddr {
-	b := a.As4()
-	return net.HardwareAddr{0x0e, 0x68, b[0], b[1], b[2], b[3]}
+	if a.Is4() {
+		b := a.As4()
+		return net.HardwareAddr{0x0e, 0x68, b[0], b[1], b[2], b[3]}
+	}
+	h := fnv.New32a()
+	b16 := a.As16()
+	h.Write(b16[:])
+	s := h.Sum32()
+	return net.HardwareAddr{0x0e, 0x69, byte(s >> 24), byte(s >> 16), byte(s >> 8), byte(s)}
 }
 
 // IsOurVXLAN reports whether l is a VXLAN device EnsureVXLAN made, whatever
@@ -45,7 +58,7 @@ func IsOurVXLAN(l netlink.Link) bool {
 	if !ok {
 		return false
 	}
-	local, ok := netip.AddrFromSlice(v.SrcAddr.To4())
+	local, ok := addrOf(v.SrcAddr)
 	return ok && v.HardwareAddr.String() == VTEPMAC(local).String()
 }
 
@@ -104,10 +117,11 @@ func (m *Manager) RemoveVXLAN(name string) error {
 	return nil
 }
 
-// SetVXLANPeers makes the device's static neighbour (VTEP address → MAC)
-// and forwarding (MAC → underlay address) entries exactly peers, a map of
-// remote VTEP address to remote underlay address. The device is ours, so
-// every permanent entry on it is too.
+// SetVXLANPeers makes the device's static neighbour (VTEP address → MAC:
+// ARP for IPv4, NDP for IPv6) and forwarding (MAC → underlay address)
+// entries exactly peers, a map of remote VTEP address to remote underlay
+// address, both of the device's family. The device is ours, so every
+// permanent entry on it is too.
 func (m *Manager) SetVXLANPeers(name string, peers map[netip.Addr]netip.Addr) error {
 	l, err := m.h.LinkByName(name)
 	if err != nil {
@@ -123,9 +137,13 @@ func (m *Manager) SetVXLANPeers(name string, peers map[netip.Addr]netip.Addr) er
 	}
 	var errs []error
 
-	neighs, err := m.h.NeighList(idx, netlink.FAMILY_V4)
-	if err != nil {
-		return fmt.Errorf("list neighbours on %s: %w", name, err)
+	var neighs []netlink.Neigh
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		ns, err := m.h.NeighList(idx, fam)
+		if err != nil {
+			return fmt.Errorf("list neighbours on %s: %w", name, err)
+		}
+		neighs = append(neighs, ns...)
 	}
 	for _, n := range neighs {
 		if n.State&netlink.NUD_PERMANENT == 0 {
@@ -141,8 +159,9 @@ func (m *Manager) SetVXLANPeers(name string, peers map[netip.Addr]netip.Addr) er
 	}
 	for ip, mac := range wantNeigh {
 		hw, _ := net.ParseMAC(mac)
-		n := &netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
-			IP: net.ParseIP(ip), HardwareAddr: hw}
+		a := netip.MustParseAddr(ip)
+		n := &netlink.Neigh{LinkIndex: idx, Family: family(a), State: netlink.NUD_PERMANENT,
+			IP: a.AsSlice(), HardwareAddr: hw}
 		if err := m.h.NeighSet(n); err != nil {
 			errs = append(errs, fmt.Errorf("add neighbour %s lladdr %s on %s: %w", ip, mac, name, err))
 		}
