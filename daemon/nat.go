@@ -21,10 +21,11 @@ type natWant struct {
 	every time.Duration
 }
 
-// natOutgoing keeps the node's outgoing NAT (table ip nexthop-nat) in line
-// with the config: set at start, re-checked every resyncInterval
-// (repairing whatever was changed behind our back), and changed live when
-// the pools, natOutgoing or natOutgoingExclude change.
+// natOutgoing keeps the node's outgoing NAT (tables ip and ip6
+// nexthop-nat, one per family with NAT on) in line with the config: set at
+// start, re-checked every resyncInterval (repairing whatever was changed
+// behind our back), and changed live when the pools, natOutgoing,
+// natOutgoingV6 or natOutgoingExclude change.
 type natOutgoing struct {
 	log *slog.Logger
 	// want delivers new settings to the goroutine; only the latest counts.
@@ -50,14 +51,14 @@ func setupNAT(o natWant, log *slog.Logger) (*natOutgoing, error) {
 	} else if err := m.Sync(context.Background(), rules); err != nil {
 		m.Close()
 		if rules.Enabled {
-			return nil, fmt.Errorf("natOutgoing: set up table ip %s (needs nf_tables and nf_nat in the kernel): %w", nat.Table, err)
+			return nil, fmt.Errorf("natOutgoing: set up tables %v (needs nf_tables and nf_nat in the kernel): %w", rules.Tables(), err)
 		}
 		// A kernel without nf_tables has no table of ours either.
-		log.Warn("natOutgoing off; could not remove a NAT table left by a former run", "table", "ip "+nat.Table, "err", err)
+		log.Warn("natOutgoing off; could not remove a NAT table left by a former run", "table", nat.Table, "err", err)
 		m = nil
 	}
 	if rules.Enabled {
-		log.Info("natOutgoing on", "table", "ip "+nat.Table, "sources", rules.Sources, "exclude", rules.Exclude)
+		log.Info("natOutgoing on", "tables", rules.Tables(), "sources", rules.Sources, "exclude", rules.Exclude)
 	} else {
 		log.Info("natOutgoing off")
 	}
@@ -110,7 +111,7 @@ func (o *natOutgoing) run(ctx context.Context, m *nat.Manager, cur natWant) {
 		// Sync logs what it repairs.
 		if err := m.Sync(ctx, cur.rules); err != nil {
 			if ctx.Err() == nil {
-				o.log.Error("natOutgoing: sync; trying again every resyncInterval", "table", "ip "+nat.Table, "err", err)
+				o.log.Error("natOutgoing: sync; trying again every resyncInterval", "tables", cur.rules.Tables(), "err", err)
 			}
 			failed = true
 			return
@@ -135,7 +136,7 @@ func (o *natOutgoing) run(ctx context.Context, m *nat.Manager, cur natWant) {
 				continue
 			}
 			if cur.rules.Enabled {
-				o.log.Info("natOutgoing on (applied live)", "table", "ip "+nat.Table, "sources", cur.rules.Sources, "exclude", cur.rules.Exclude)
+				o.log.Info("natOutgoing on (applied live)", "tables", cur.rules.Tables(), "sources", cur.rules.Sources, "exclude", cur.rules.Exclude)
 			} else {
 				o.log.Info("natOutgoing off (applied live)")
 			}

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/nexthop-net/nexthop/bgp"
 	"github.com/nexthop-net/nexthop/config"
@@ -75,17 +76,27 @@ func natOptions(cfg *config.Config) natWant {
 	return natWant{rules: natRules(cfg), every: cfg.ResyncInterval.Duration}
 }
 
-// natRules is the node's outgoing NAT as cfg asks for it: the node's own
-// block is masqueraded towards everything outside the pools, the block
-// itself and natOutgoingExclude.
+// natRules is the node's outgoing NAT as cfg asks for it: each block whose
+// family has NAT on (natOutgoing for IPv4, natOutgoingV6 for IPv6) is
+// masqueraded towards everything outside the pools, the node's blocks and
+// natOutgoingExclude (the nat package gives each family's table the
+// prefixes of its family).
 func natRules(cfg *config.Config) nat.Rules {
-	if !cfg.NATOutgoing {
+	var sources []netip.Prefix
+	for _, f := range []struct {
+		v6, on bool
+	}{{false, cfg.NATOutgoing}, {true, cfg.NATOutgoingV6}} {
+		if b := cfg.PodCIDROf(f.v6); f.on && b.IsValid() {
+			sources = append(sources, b)
+		}
+	}
+	if len(sources) == 0 {
 		return nat.Rules{}
 	}
-	exclude := append([]netip.Prefix{cfg.PodCIDROf(false)}, cfg.Pools...)
+	exclude := append(slices.Clone(cfg.PodCIDRs), cfg.Pools...)
 	return nat.Rules{
 		Enabled: true,
-		Sources: []netip.Prefix{cfg.PodCIDROf(false)},
+		Sources: sources,
 		Exclude: append(exclude, cfg.NATOutgoingExclude...),
 	}
 }

@@ -1,6 +1,7 @@
 // Package nat owns the node's outgoing NAT (Calico's natOutgoing): traffic
 // from the node's pods to destinations outside the cluster leaves with the
-// node's address. It writes one nftables table of its own through netlink,
+// node's address. It writes one nftables table of its own per family through
+// netlink, for IPv4
 //
 //	table ip nexthop-nat {
 //		set pods     { type ipv4_addr; flags interval; elements = { 10.244.1.0/24 } }
@@ -11,11 +12,15 @@
 //		}
 //	}
 //
-// and reconciles it: Sync compares the kernel's table with the desired one
-// and repairs whatever differs, changing only set elements when only the
-// addresses changed, and rebuilding the table in one atomic transaction when
-// anything else was touched. No other table is ever read for changes or
-// written; Remove deletes ours alone.
+// and for IPv6 (NAT66, masquerade66) the same as table ip6 nexthop-nat with
+// ipv6_addr sets and `ip6 saddr @pods ip6 daddr != @excluded counter
+// masquerade`. A family's table exists only when Rules has sources of it.
+//
+// Sync compares the kernel's tables with the desired ones and repairs
+// whatever differs, changing only set elements when only the addresses
+// changed, and rebuilding a table in one atomic transaction when anything
+// else was touched. No other table is ever read for changes or written;
+// Remove deletes ours alone.
 //
 // Only the first packet of a connection goes through nat chains: replies
 // to connections that nodes open to pods are never translated, whatever the
@@ -41,7 +46,7 @@ import (
 )
 
 // Names of what we own. The table name is the ownership boundary: nothing
-// outside table ip nexthop-nat is ever changed.
+// outside tables ip and ip6 nexthop-nat is ever changed.
 const (
 	Table       = "nexthop-nat"
 	Chain       = "postrouting"
@@ -50,16 +55,65 @@ const (
 	comment     = "nexthop natOutgoing: managed by nexthopd, changes are reverted"
 )
 
-// Rules is the desired outgoing NAT of one node.
+// Rules is the desired outgoing NAT of one node, both families.
 type Rules struct {
-	// Enabled false means no table at all: Sync removes it.
+	// Enabled false means no table at all: Sync removes both.
 	Enabled bool
 	// Sources are the pod addresses whose outgoing traffic is masqueraded
-	// (the node's pod block).
+	// (the node's pod blocks for which NAT is on). A family without
+	// sources gets no table.
 	Sources []netip.Prefix
 	// Exclude are destinations that keep the pod's own address: the pod
-	// pools and the other cluster ranges.
+	// pools and the other cluster ranges, each going to its family's table.
 	Exclude []netip.Prefix
+}
+
+// Tables names the tables r keeps ("ip nexthop-nat", "ip6 nexthop-nat"),
+// for logs: one per family r has sources of.
+func (r Rules) Tables() []string {
+	var out []string
+	for _, f := range families {
+		if r.Enabled && len(f.of(r.Sources)) > 0 {
+			out = append(out, f.tableName())
+		}
+	}
+	return out
+}
+
+// family is one nftables address family we keep a table in.
+type family struct {
+	nft  nftables.TableFamily
+	name string // as nft spells it: "ip", "ip6"
+	key  nftables.SetDatatype
+	// saddr and daddr are the offsets of the addresses in the network
+	// header, bytes long each.
+	saddr, daddr, bytes uint32
+	v6                  bool
+}
+
+var (
+	ipv4 = family{nft: nftables.TableFamilyIPv4, name: "ip", key: nftables.TypeIPAddr, saddr: 12, daddr: 16, bytes: 4}
+	ipv6 = family{nft: nftables.TableFamilyIPv6, name: "ip6", key: nftables.TypeIP6Addr, saddr: 8, daddr: 24, bytes: 16, v6: true}
+	// families are in the order Sync and Check handle them.
+	families = []family{ipv4, ipv6}
+)
+
+// tableName is "ip nexthop-nat" or "ip6 nexthop-nat", for logs and errors.
+func (f family) tableName() string { return f.name + " " + Table }
+
+func (f family) table() *nftables.Table {
+	return &nftables.Table{Name: Table, Family: f.nft}
+}
+
+// of returns the prefixes of ps in family f.
+func (f family) of(ps []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if p.Addr().Is6() == f.v6 {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // Manager makes the nftables changes for outgoing NAT in one network
@@ -73,8 +127,9 @@ type Manager struct {
 	ns   netns.NsHandle // ours to close; -1 for the caller's namespace
 	log  *slog.Logger
 	// writes counts the batches sent to the kernel and last names what
-	// the last Sync did ("create", "rebuild", "refill" or ""): tests check
-	// that a Sync with nothing to do writes nothing.
+	// the last Sync did ("create", "rebuild", "refill" or "", per family
+	// that changed, joined by commas): tests check that a Sync with
+	// nothing to do writes nothing.
 	writes int
 	last   string
 }
@@ -114,13 +169,13 @@ func (m *Manager) Close() {
 	}
 }
 
-func table() *nftables.Table {
-	return &nftables.Table{Name: Table, Family: nftables.TableFamilyIPv4}
-}
+// table is the IPv4 table, which tests tamper with.
+func table() *nftables.Table { return ipv4.table() }
 
 // Sync brings the kernel in line with r: with r.Enabled off it removes our
-// table, otherwise it creates it or repairs every difference. Calling it
-// again with the same r changes nothing.
+// tables, otherwise it creates each family's table that r has sources of
+// (removing the other's) or repairs every difference. Calling it again with
+// the same r changes nothing.
 func (m *Manager) Sync(ctx context.Context, r Rules) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -128,33 +183,55 @@ func (m *Manager) Sync(ctx context.Context, r Rules) error {
 	if !r.Enabled {
 		return m.Remove(ctx)
 	}
-	want, err := desired(r)
-	if err != nil {
-		return err
+	wants := map[bool]want{}
+	for _, f := range families {
+		w, err := desired(f, r)
+		if err != nil {
+			return err
+		}
+		wants[f.v6] = w
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st, err := m.read()
-	if err != nil {
-		return err
+	var did []string
+	var errs []error
+	for _, f := range families {
+		w := wants[f.v6]
+		var what string
+		var err error
+		if len(w.pods) == 0 {
+			what, err = m.removeLocked(f)
+		} else {
+			what, err = m.syncLocked(f, w)
+		}
+		if what != "" {
+			did = append(did, what)
+		}
+		errs = append(errs, err)
 	}
-	structural, elems := st.diff(want)
-	m.last = ""
+	m.last = strings.Join(did, ",")
+	return errors.Join(errs...)
+}
+
+// syncLocked brings f's table in line with w and says what it did.
+func (m *Manager) syncLocked(f family, w want) (string, error) {
+	st, err := m.read(f)
+	if err != nil {
+		return "", err
+	}
+	structural, elems := st.diff(f, w)
 	switch {
 	case !st.exists:
-		m.last = "create"
-		m.log.Info("creating the natOutgoing table", "table", "ip "+Table, "sources", r.Sources, "exclude", spanStrings(want.excluded))
-		return m.rebuild(false, want)
+		m.log.Info("creating the natOutgoing table", "table", f.tableName(), "sources", spanStrings(w.pods), "exclude", spanStrings(w.excluded))
+		return "create", m.rebuild(f, false, w)
 	case len(structural) > 0:
-		m.last = "rebuild"
-		m.log.Warn("natOutgoing table changed behind our back; rebuilding it", "table", "ip "+Table, "drift", structural)
-		return m.rebuild(true, want)
+		m.log.Warn("natOutgoing table changed behind our back; rebuilding it", "table", f.tableName(), "drift", structural)
+		return "rebuild", m.rebuild(f, true, w)
 	case len(elems) > 0:
-		m.last = "refill"
-		m.log.Info("updating natOutgoing address sets", "table", "ip "+Table, "changes", elems)
-		return m.refill(want, st)
+		m.log.Info("updating natOutgoing address sets", "table", f.tableName(), "changes", elems)
+		return "refill", m.refill(f, w, st)
 	}
-	return nil
+	return "", nil
 }
 
 // Check lists how the kernel differs from r, empty when it matches: what
@@ -162,62 +239,81 @@ func (m *Manager) Sync(ctx context.Context, r Rules) error {
 func (m *Manager) Check(r Rules) ([]string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st, err := m.read()
-	if err != nil {
-		return nil, err
-	}
-	if !r.Enabled {
-		if st.exists {
-			return []string{"table ip " + Table + " present"}, nil
+	var out []string
+	for _, f := range families {
+		st, err := m.read(f)
+		if err != nil {
+			return nil, err
 		}
-		return nil, nil
+		w, err := desired(f, r)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case !r.Enabled || len(w.pods) == 0:
+			if st.exists {
+				out = append(out, "table "+f.tableName()+" present")
+			}
+		case !st.exists:
+			out = append(out, "table "+f.tableName()+" missing")
+		default:
+			s, e := st.diff(f, w)
+			for _, d := range append(s, e...) {
+				if f.v6 {
+					d = f.tableName() + ": " + d
+				}
+				out = append(out, d)
+			}
+		}
 	}
-	want, err := desired(r)
-	if err != nil {
-		return nil, err
-	}
-	if !st.exists {
-		return []string{"table ip " + Table + " missing"}, nil
-	}
-	s, e := st.diff(want)
-	return append(s, e...), nil
+	return out, nil
 }
 
-// Remove deletes our table, if present. Other tables are not touched.
+// Remove deletes our tables, if present. Other tables are not touched.
 func (m *Manager) Remove(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	exists, _, err := m.tableExists()
+	var errs []error
+	for _, f := range families {
+		_, err := m.removeLocked(f)
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// removeLocked deletes f's table if present, and says so ("remove").
+func (m *Manager) removeLocked(f family) (string, error) {
+	exists, _, err := m.tableExists(f)
 	if err != nil || !exists {
-		return err
+		return "", err
 	}
 	b, err := m.batch()
 	if err != nil {
-		return err
+		return "", err
 	}
-	b.DelTable(table())
+	b.DelTable(f.table())
 	if err := m.flush(b); err != nil {
-		return fmt.Errorf("delete table ip %s: %w", Table, err)
+		return "", fmt.Errorf("delete table %s: %w", f.tableName(), err)
 	}
-	m.log.Info("natOutgoing table removed", "table", "ip "+Table)
-	return nil
+	m.log.Info("natOutgoing table removed", "table", f.tableName())
+	return "remove", nil
 }
 
-// want is the desired content of our table.
+// want is the desired content of one family's table.
 type want struct {
 	pods, excluded []span
 }
 
-func desired(r Rules) (want, error) {
+func desired(f family, r Rules) (want, error) {
 	var w want
 	var err error
-	if w.pods, err = spans(r.Sources); err != nil {
+	if w.pods, err = spans(f, f.of(r.Sources)); err != nil {
 		return w, fmt.Errorf("sources: %w", err)
 	}
-	if w.excluded, err = spans(r.Exclude); err != nil {
+	if w.excluded, err = spans(f, f.of(r.Exclude)); err != nil {
 		return w, fmt.Errorf("exclude: %w", err)
 	}
 	return w, nil
@@ -235,8 +331,8 @@ type state struct {
 	elemErr map[string]error
 }
 
-func (m *Manager) tableExists() (bool, uint32, error) {
-	ts, err := m.conn.ListTablesOfFamily(nftables.TableFamilyIPv4)
+func (m *Manager) tableExists(f family) (bool, uint32, error) {
+	ts, err := m.conn.ListTablesOfFamily(f.nft)
 	if err != nil {
 		return false, 0, fmt.Errorf("list nftables tables: %w", err)
 	}
@@ -248,25 +344,25 @@ func (m *Manager) tableExists() (bool, uint32, error) {
 	return false, 0, nil
 }
 
-// read dumps our table: chains, sets, elements and rules.
-func (m *Manager) read() (*state, error) {
+// read dumps f's table: chains, sets, elements and rules.
+func (m *Manager) read(f family) (*state, error) {
 	st := &state{elems: map[string][]span{}, elemErr: map[string]error{}}
 	var err error
-	if st.exists, st.tableFlags, err = m.tableExists(); err != nil || !st.exists {
+	if st.exists, st.tableFlags, err = m.tableExists(f); err != nil || !st.exists {
 		return st, err
 	}
-	chains, err := m.conn.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	chains, err := m.conn.ListChainsOfTableFamily(f.nft)
 	if err != nil {
 		return nil, fmt.Errorf("list chains: %w", err)
 	}
-	t := table()
+	t := f.table()
 	for _, c := range chains {
 		if c.Table != nil && c.Table.Name == Table {
 			st.chains = append(st.chains, c)
 		}
 	}
 	if st.sets, err = m.conn.GetSets(t); err != nil {
-		return nil, fmt.Errorf("list sets of table ip %s: %w", Table, err)
+		return nil, fmt.Errorf("list sets of table %s: %w", f.tableName(), err)
 	}
 	for _, s := range st.sets {
 		if s.Name != PodsSet && s.Name != ExcludedSet {
@@ -277,7 +373,7 @@ func (m *Manager) read() (*state, error) {
 		if err != nil {
 			return nil, fmt.Errorf("list elements of set %s: %w", s.Name, err)
 		}
-		st.elems[s.Name], st.elemErr[s.Name] = fromElements(es)
+		st.elems[s.Name], st.elemErr[s.Name] = fromElements(f, es)
 	}
 	for _, c := range st.chains {
 		if c.Name != Chain {
@@ -292,7 +388,7 @@ func (m *Manager) read() (*state, error) {
 
 // diff returns structural differences (anything but set elements: they
 // need a rebuild) and element differences (a refill of the sets).
-func (st *state) diff(w want) (structural, elems []string) {
+func (st *state) diff(f family, w want) (structural, elems []string) {
 	if !st.exists {
 		return []string{"table missing"}, nil
 	}
@@ -320,7 +416,7 @@ func (st *state) diff(w want) (structural, elems []string) {
 		switch s.Name {
 		case PodsSet, ExcludedSet:
 			found[s.Name] = true
-			if d := setDiff(s); d != "" {
+			if d := setDiff(f, s); d != "" {
 				structural = append(structural, "set "+s.Name+": "+d)
 			}
 		default:
@@ -333,7 +429,7 @@ func (st *state) diff(w want) (structural, elems []string) {
 		}
 	}
 	if chain != nil {
-		wantRule := canonical(ruleExprs(0, 0))
+		wantRule := canonical(ruleExprs(f, 0, 0))
 		switch {
 		case len(st.rules) == 0:
 			structural = append(structural, "rule missing")
@@ -383,10 +479,10 @@ func chainDiff(c *nftables.Chain) string {
 	return strings.Join(d, ", ")
 }
 
-func setDiff(s *nftables.Set) string {
+func setDiff(f family, s *nftables.Set) string {
 	var d []string
-	if s.KeyType.Name != nftables.TypeIPAddr.Name || s.KeyType.Bytes != nftables.TypeIPAddr.Bytes {
-		d = append(d, fmt.Sprintf("key type %s, want ipv4_addr", s.KeyType.Name))
+	if s.KeyType.Name != f.key.Name || s.KeyType.Bytes != f.key.Bytes {
+		d = append(d, fmt.Sprintf("key type %s, want %s", s.KeyType.Name, f.key.Name))
 	}
 	if !s.Interval {
 		d = append(d, "not an interval set")
@@ -397,14 +493,14 @@ func setDiff(s *nftables.Set) string {
 	return strings.Join(d, ", ")
 }
 
-// rebuild replaces the whole table in one transaction: there is no moment
+// rebuild replaces f's whole table in one transaction: there is no moment
 // without NAT, and no moment with a half-built table.
-func (m *Manager) rebuild(exists bool, w want) error {
+func (m *Manager) rebuild(f family, exists bool, w want) error {
 	b, err := m.batch()
 	if err != nil {
 		return err
 	}
-	t := table()
+	t := f.table()
 	if exists {
 		b.DelTable(t)
 	}
@@ -417,29 +513,29 @@ func (m *Manager) rebuild(exists bool, w want) error {
 		Priority: nftables.ChainPriorityNATSource,
 		Policy:   ptr(nftables.ChainPolicyAccept),
 	})
-	pods := &nftables.Set{Table: t, Name: PodsSet, KeyType: nftables.TypeIPAddr, Interval: true}
-	excl := &nftables.Set{Table: t, Name: ExcludedSet, KeyType: nftables.TypeIPAddr, Interval: true}
-	if err := b.AddSet(pods, toElements(w.pods)); err != nil {
+	pods := &nftables.Set{Table: t, Name: PodsSet, KeyType: f.key, Interval: true}
+	excl := &nftables.Set{Table: t, Name: ExcludedSet, KeyType: f.key, Interval: true}
+	if err := b.AddSet(pods, toElements(f, w.pods)); err != nil {
 		return fmt.Errorf("set %s: %w", PodsSet, err)
 	}
-	if err := b.AddSet(excl, toElements(w.excluded)); err != nil {
+	if err := b.AddSet(excl, toElements(f, w.excluded)); err != nil {
 		return fmt.Errorf("set %s: %w", ExcludedSet, err)
 	}
-	b.AddRule(&nftables.Rule{Table: t, Chain: c, Exprs: ruleExprs(pods.ID, excl.ID), UserData: ruleComment()})
+	b.AddRule(&nftables.Rule{Table: t, Chain: c, Exprs: ruleExprs(f, pods.ID, excl.ID), UserData: ruleComment()})
 	if err := m.flush(b); err != nil {
-		return fmt.Errorf("write table ip %s: %w", Table, err)
+		return fmt.Errorf("write table %s: %w", f.tableName(), err)
 	}
 	return nil
 }
 
-// refill replaces the elements of the sets that differ, in one
+// refill replaces the elements of f's sets that differ, in one
 // transaction, leaving chain and rule alone.
-func (m *Manager) refill(w want, st *state) error {
+func (m *Manager) refill(f family, w want, st *state) error {
 	b, err := m.batch()
 	if err != nil {
 		return err
 	}
-	t := table()
+	t := f.table()
 	for _, s := range []struct {
 		name string
 		want []span
@@ -447,17 +543,17 @@ func (m *Manager) refill(w want, st *state) error {
 		if slices.Equal(st.elems[s.name], s.want) {
 			continue
 		}
-		set := &nftables.Set{Table: t, Name: s.name, KeyType: nftables.TypeIPAddr, Interval: true}
+		set := &nftables.Set{Table: t, Name: s.name, KeyType: f.key, Interval: true}
 		b.FlushSet(set)
 		if len(s.want) == 0 {
 			continue
 		}
-		if err := b.SetAddElements(set, toElements(s.want)); err != nil {
+		if err := b.SetAddElements(set, toElements(f, s.want)); err != nil {
 			return fmt.Errorf("set %s: %w", s.name, err)
 		}
 	}
 	if err := m.flush(b); err != nil {
-		return fmt.Errorf("update sets of table ip %s: %w", Table, err)
+		return fmt.Errorf("update sets of table %s: %w", f.tableName(), err)
 	}
 	return nil
 }
@@ -477,12 +573,13 @@ func (m *Manager) flush(b *nftables.Conn) error {
 	return b.Flush()
 }
 
-// ruleExprs is `ip saddr @pods ip daddr != @excluded counter masquerade`.
-func ruleExprs(podsID, exclID uint32) []expr.Any {
+// ruleExprs is `ip saddr @pods ip daddr != @excluded counter masquerade`,
+// or the same with ip6.
+func ruleExprs(f family, podsID, exclID uint32) []expr.Any {
 	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.saddr, Len: f.bytes},
 		&expr.Lookup{SourceRegister: 1, SetName: PodsSet, SetID: podsID},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.bytes},
 		&expr.Lookup{SourceRegister: 1, SetName: ExcludedSet, SetID: exclID, Invert: true},
 		&expr.Counter{},
 		&expr.Masq{},
@@ -516,7 +613,7 @@ func canonical(es []expr.Any) string {
 
 func ptr[T any](v T) *T { return &v }
 
-// span is an inclusive IPv4 address range.
+// span is an inclusive address range of one family.
 type span struct{ lo, hi netip.Addr }
 
 func (s span) String() string {
@@ -528,7 +625,7 @@ func (s span) String() string {
 
 // prefix returns s as a prefix when it is exactly one.
 func (s span) prefix() (netip.Prefix, bool) {
-	for bits := 0; bits <= 32; bits++ {
+	for bits := 0; bits <= s.lo.BitLen(); bits++ {
 		p := netip.PrefixFrom(s.lo, bits)
 		if p.Masked().Addr() == s.lo && last(p) == s.hi {
 			return p, true
@@ -545,38 +642,52 @@ func spanStrings(ss []span) []string {
 	return out
 }
 
-var maxV4 = netip.AddrFrom4([4]byte{255, 255, 255, 255})
-
-// last is the highest address of p.
-func last(p netip.Prefix) netip.Addr {
-	a := p.Masked().Addr().As4()
-	host := 32 - p.Bits()
-	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
-	if host == 32 {
-		v = ^uint32(0)
-	} else {
-		v |= (uint32(1) << host) - 1
+// maxAddr is the family's highest address, 255.255.255.255 or ffff:...:ffff.
+func (f family) maxAddr() netip.Addr {
+	if f.v6 {
+		return netip.AddrFrom16([16]byte{0: 0xff, 1: 0xff, 2: 0xff, 3: 0xff, 4: 0xff, 5: 0xff, 6: 0xff, 7: 0xff,
+			8: 0xff, 9: 0xff, 10: 0xff, 11: 0xff, 12: 0xff, 13: 0xff, 14: 0xff, 15: 0xff})
 	}
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	return netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
-// spans turns prefixes into sorted, merged ranges: an interval set refuses
-// overlapping elements, and touching ones would share a boundary key.
-func spans(ps []netip.Prefix) ([]span, error) {
+// zero is the family's lowest address, 0.0.0.0 or ::.
+func (f family) zero() netip.Addr {
+	if f.v6 {
+		return netip.IPv6Unspecified()
+	}
+	return netip.IPv4Unspecified()
+}
+
+// last is the highest address of p: its host bits all set.
+func last(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// spans turns prefixes of family f into sorted, merged ranges: an interval
+// set refuses overlapping elements, and touching ones would share a
+// boundary key.
+func spans(f family, ps []netip.Prefix) ([]span, error) {
 	var in []span
 	for _, p := range ps {
-		if !p.IsValid() || !p.Addr().Is4() {
-			return nil, fmt.Errorf("%s is not an IPv4 prefix", p)
+		if !p.IsValid() || p.Addr().Is6() != f.v6 || p.Addr().Is4In6() {
+			return nil, fmt.Errorf("%s is not an %s prefix", p, map[bool]string{false: "IPv4", true: "IPv6"}[f.v6])
 		}
 		p = p.Masked()
 		in = append(in, span{p.Addr(), last(p)})
 	}
 	slices.SortFunc(in, func(a, b span) int { return a.lo.Compare(b.lo) })
+	maxA := f.maxAddr()
 	var out []span
 	for _, s := range in {
 		if n := len(out); n > 0 {
 			prev := &out[n-1]
-			if prev.hi == maxV4 || s.lo.Compare(prev.hi.Next()) <= 0 {
+			if prev.hi == maxA || s.lo.Compare(prev.hi.Next()) <= 0 {
 				if s.hi.Compare(prev.hi) > 0 {
 					prev.hi = s.hi
 				}
@@ -590,12 +701,13 @@ func spans(ps []netip.Prefix) ([]span, error) {
 
 // toElements encodes ranges the way nft does: a start key, and an
 // interval-end key one past the range (left out when the range runs to
-// 255.255.255.255).
-func toElements(ss []span) []nftables.SetElement {
+// the family's highest address).
+func toElements(f family, ss []span) []nftables.SetElement {
 	var out []nftables.SetElement
+	maxA := f.maxAddr()
 	for _, s := range ss {
 		out = append(out, nftables.SetElement{Key: s.lo.AsSlice()})
-		if s.hi != maxV4 {
+		if s.hi != maxA {
 			out = append(out, nftables.SetElement{Key: s.hi.Next().AsSlice(), IntervalEnd: true})
 		}
 	}
@@ -603,9 +715,9 @@ func toElements(ss []span) []nftables.SetElement {
 }
 
 // fromElements decodes what the kernel dumps (in any order) back into
-// ranges. Elements that do not pair up are an error: someone wrote the
-// set by other means, and a rebuild is the way out.
-func fromElements(es []nftables.SetElement) ([]span, error) {
+// ranges of family f. Elements that do not pair up are an error: someone
+// wrote the set by other means, and a rebuild is the way out.
+func fromElements(f family, es []nftables.SetElement) ([]span, error) {
 	type point struct {
 		a   netip.Addr
 		end bool
@@ -613,8 +725,8 @@ func fromElements(es []nftables.SetElement) ([]span, error) {
 	pts := make([]point, 0, len(es))
 	for _, e := range es {
 		a, ok := netip.AddrFromSlice(e.Key)
-		if !ok || !a.Is4() {
-			return nil, fmt.Errorf("element key %x is not an IPv4 address", e.Key)
+		if !ok || len(e.Key) != int(f.bytes) {
+			return nil, fmt.Errorf("element key %x is not an %s address", e.Key, map[bool]string{false: "IPv4", true: "IPv6"}[f.v6])
 		}
 		pts = append(pts, point{a, e.IntervalEnd})
 	}
@@ -624,9 +736,9 @@ func fromElements(es []nftables.SetElement) ([]span, error) {
 	for _, p := range pts {
 		switch {
 		case p.end && open == nil:
-			// nft writes a leading 0.0.0.0 end marker on old kernels;
-			// anything else is not ours.
-			if p.a != netip.IPv4Unspecified() || len(out) > 0 {
+			// nft writes a leading 0.0.0.0 (::) end marker on old
+			// kernels; anything else is not ours.
+			if p.a != f.zero() || len(out) > 0 {
 				return nil, errors.New("interval end without a start")
 			}
 		case p.end:
@@ -640,7 +752,7 @@ func fromElements(es []nftables.SetElement) ([]span, error) {
 		}
 	}
 	if open != nil {
-		out = append(out, span{*open, maxV4})
+		out = append(out, span{*open, f.maxAddr()})
 	}
 	return out, nil
 }

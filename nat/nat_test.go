@@ -44,7 +44,7 @@ func TestSpans(t *testing.T) {
 		{[]string{"255.255.255.255/32", "128.0.0.0/1"}, "128.0.0.0/1"},
 		{[]string{"0.0.0.0/0", "10.0.0.0/8"}, "0.0.0.0/0"},
 	} {
-		ss, err := spans(pfx(c.in...))
+		ss, err := spans(ipv4, pfx(c.in...))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -52,17 +52,17 @@ func TestSpans(t *testing.T) {
 			t.Errorf("spans(%v) = %q, want %q", c.in, got, c.want)
 		}
 		// What we write must read back the same, in any order.
-		es := toElements(ss)
+		es := toElements(ipv4, ss)
 		slices.Reverse(es)
-		back, err := fromElements(es)
+		back, err := fromElements(ipv4, es)
 		if err != nil || !slices.Equal(back, ss) {
 			t.Errorf("elements of %v read back as %v (%v)", c.in, spanStrings(back), err)
 		}
 	}
-	if _, err := spans(pfx("2001:db8::/32")); err == nil {
+	if _, err := spans(ipv4, pfx("2001:db8::/32")); err == nil {
 		t.Error("an IPv6 prefix was accepted")
 	}
-	if _, err := fromElements([]nftables.SetElement{{Key: []byte{10, 0, 0, 0}}, {Key: []byte{11, 0, 0, 0}}}); err == nil {
+	if _, err := fromElements(ipv4, []nftables.SetElement{{Key: []byte{10, 0, 0, 0}}, {Key: []byte{11, 0, 0, 0}}}); err == nil {
 		t.Error("two starts without an end were accepted")
 	}
 }
@@ -123,7 +123,7 @@ func mustSync(t *testing.T, m *Manager, r Rules) {
 
 func readState(t *testing.T, m *Manager) *state {
 	t.Helper()
-	st, err := m.read()
+	st, err := m.read(ipv4)
 	if err != nil {
 		t.Fatal(err)
 	}
