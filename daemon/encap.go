@@ -100,9 +100,14 @@ func (e *encap) setup() error {
 		}
 	}
 	e.podMTU = o.PodMTU(e.under.MTU, e.underV6.MTU)
-	e.log.Info("encapsulation", "ipipMode", ipipMode, "vxlanMode", vxlanMode,
-		"underlay", e.under.Name, "underlayMTU", e.under.MTU,
-		"underlayV6", e.underV6.Name, "underlayMTUV6", e.underV6.MTU, "podMTU", e.podMTU)
+	attrs := []any{"ipipMode", ipipMode, "vxlanMode", vxlanMode}
+	if o.Uses(false) {
+		attrs = append(attrs, "underlay", e.under.Name, "underlayMTU", e.under.MTU)
+	}
+	if o.Uses(true) {
+		attrs = append(attrs, "underlayV6", e.underV6.Name, "underlayMTUV6", e.underV6.MTU)
+	}
+	e.log.Info("encapsulation", append(attrs, "podMTU", e.podMTU)...)
 	return nil
 }
 

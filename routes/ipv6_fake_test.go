@@ -112,3 +112,23 @@ func TestFakeIPv6MultipathSplitDump(t *testing.T) {
 		t.Errorf("OwnedInKernel = %d, %v; want 2", n, err)
 	}
 }
+
+// Pods' host veths bring IPv6 link-local addresses with them (fe80::1 and
+// the kernel's own): they change no verdict, so they cost one address
+// dump and no recheck of the learned prefixes.
+func TestFakeLinkLocalChurnChangesNothing(t *testing.T) {
+	ctx := context.Background()
+	f := newFake6()
+	r := fakeRec(t, f)
+	if err := r.Apply(ctx, map[netip.Prefix][]Hop{pfx62: Gateways(gw62)}); err != nil {
+		t.Fatal(err)
+	}
+	f.addrls = append(f.addrls, netip.MustParsePrefix("fe80::1/64"), netip.MustParsePrefix("fe80::c0ff:eeff:fe00:1/64"))
+	f.addrEv = true
+	r.mu.Lock()
+	changed, err := r.refreshLocked(false)
+	r.mu.Unlock()
+	if err != nil || changed {
+		t.Errorf("link-local addresses added: changed %v (%v), want no recheck", changed, err)
+	}
+}

@@ -156,7 +156,8 @@ type view struct {
 	// connected are the node's connected subnets of both families, sorted
 	// (IPv6 link-local ones left out: next hops are global addresses).
 	connected []netip.Prefix
-	// localAddrs are the node's own addresses.
+	// localAddrs are the node's own addresses, IPv6 link-local ones left
+	// out.
 	localAddrs map[netip.Addr]bool
 	// index maps the devices hops name to their link index; missing are
 	// names looked up and not found. Both are checked again on a link change.
@@ -606,10 +607,16 @@ func (r *Reconciler) refreshLocked(force bool) (changed bool, err error) {
 		local := make(map[netip.Addr]bool, len(list))
 		var connected []netip.Prefix
 		for _, a := range list {
+			// IPv6 link-local addresses are never next hops (refused) and
+			// come and go with every pod's host veth: leaving them out
+			// spares a recheck of every prefix per pod.
+			if a.Addr().IsLinkLocalUnicast() {
+				continue
+			}
 			local[a.Addr()] = true
-			// Loopback, host routes (/32, /128) and IPv6 link-local
-			// subnets say nothing about the underlay.
-			if a.Bits() < a.Addr().BitLen() && !a.Addr().IsLoopback() && !a.Addr().IsLinkLocalUnicast() {
+			// Loopback and host routes (/32, /128) say nothing about the
+			// underlay.
+			if a.Bits() < a.Addr().BitLen() && !a.Addr().IsLoopback() {
 				connected = append(connected, a.Masked())
 			}
 		}

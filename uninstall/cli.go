@@ -20,7 +20,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: nexthop %s\n\n", Usage)
-		fmt.Fprintln(stderr, "Removes everything nexthop put on this node: its routes (protocol 201, in every table), its tunnel devices and its address on tunl0, pods' leftover host veths, the nftables table ip nexthop-nat, the CNI config and the plugin binaries it installed, and its state and run directories; puts back CNI configs it moved aside. Run as root on each node after `kubectl delete -k manifests/`. Safe to run again.")
+		fmt.Fprintln(stderr, "Removes everything nexthop put on this node: its routes (protocol 201, in every table), its tunnel devices and its address on tunl0, pods' leftover host veths, the nftables tables ip and ip6 nexthop-nat, the CNI config and the plugin binaries it installed, and its state and run directories; puts back CNI configs it moved aside. Run as root on each node after `kubectl delete -k manifests/`. Safe to run again.")
 		fmt.Fprintln(stderr)
 		fs.PrintDefaults()
 	}

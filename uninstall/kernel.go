@@ -206,11 +206,11 @@ func (k *kernel) removeLinks(r *reporter) {
 	}
 }
 
-// removeNAT deletes table ip nexthop-nat; other tables stay.
+// removeNAT deletes tables ip and ip6 nexthop-nat; other tables stay.
 func (k *kernel) removeNAT(r *reporter) {
 	present, err := k.nat.Check(nat.Rules{Enabled: false})
 	if err != nil {
-		r.fail(fmt.Errorf("look for nftables table ip %s: %w", nat.Table, err))
+		r.fail(fmt.Errorf("look for nftables tables ip and ip6 %s: %w", nat.Table, err))
 		return
 	}
 	if len(present) == 0 {
@@ -220,7 +220,9 @@ func (k *kernel) removeNAT(r *reporter) {
 		r.fail(err)
 		return
 	}
-	r.removed("nftables table ip %s", nat.Table)
+	for _, p := range present { // "table ip6 nexthop-nat present"
+		r.removed("nftables %s", strings.TrimSuffix(p, " present"))
+	}
 }
 
 func (k *kernel) linkNames() map[int]string {
