@@ -69,16 +69,19 @@ func (o *Options) defaults() {
 	}
 }
 
-// forwardingSysctl is a switch the node needs on to route a family.
-type forwardingSysctl struct{ name, path string }
+// forwardingSysctl is a switch the node needs on to route a family; hint
+// says who sets it in Kubernetes, where the daemon cannot.
+type forwardingSysctl struct{ name, path, hint string }
 
 // The sysctls the node needs set; variables for tests. IPv6 forwarding is
 // needed only with an IPv6 block: turning it on makes the kernel ignore
 // router advertisements (accept_ra=1), which an IPv4-only node has no
 // reason to risk.
 var (
-	ipv4Forwarding = forwardingSysctl{"net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"}
-	ipv6Forwarding = forwardingSysctl{"net.ipv6.conf.all.forwarding", "/proc/sys/net/ipv6/conf/all/forwarding"}
+	ipv4Forwarding = forwardingSysctl{"net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward",
+		"the init container sets it"}
+	ipv6Forwarding = forwardingSysctl{"net.ipv6.conf.all.forwarding", "/proc/sys/net/ipv6/conf/all/forwarding",
+		"the init container sets it when run with -ipv6-forward=/proc/sys/net/ipv6/conf/all/forwarding"}
 )
 
 // ensureForwarding makes sure the node routes the family of s, and says
@@ -95,7 +98,7 @@ func ensureForwarding(s forwardingSysctl) (turnedOn bool, err error) {
 		if err != nil {
 			state = "unreadable (" + err.Error() + ")"
 		}
-		return false, fmt.Errorf("%s is %s and cannot be set here (in Kubernetes the init container sets it): %w", s.name, state, werr)
+		return false, fmt.Errorf("%s is %s and cannot be set here (in Kubernetes %s): %w", s.name, state, s.hint, werr)
 	}
 	return true, nil
 }

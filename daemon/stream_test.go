@@ -28,7 +28,7 @@ func testConfig() *config.Config {
 func TestEnsureForwarding(t *testing.T) {
 	dir := t.TempDir()
 	sysctl := func(file string) forwardingSysctl {
-		return forwardingSysctl{"net.ipv6.conf.all.forwarding", filepath.Join(dir, file)}
+		return forwardingSysctl{"net.ipv6.conf.all.forwarding", filepath.Join(dir, file), ipv6Forwarding.hint}
 	}
 	on := filepath.Join(dir, "on")
 	os.WriteFile(on, []byte("1\n"), 0o444)
@@ -47,7 +47,7 @@ func TestEnsureForwarding(t *testing.T) {
 	// Off and not writable: the message names the sysctl and says who
 	// should have set it.
 	_, err := ensureForwarding(sysctl(filepath.Join("missing", "forwarding")))
-	if err == nil || !strings.Contains(err.Error(), "init container") || !strings.Contains(err.Error(), "net.ipv6.conf.all.forwarding") {
+	if err == nil || !strings.Contains(err.Error(), "init container") || !strings.Contains(err.Error(), "-ipv6-forward") || !strings.Contains(err.Error(), "net.ipv6.conf.all.forwarding") {
 		t.Fatalf("forwarding unwritable: got %v, want an error naming the sysctl and the init container", err)
 	}
 }

@@ -19,7 +19,9 @@
 //
 // It also enables IPv4 forwarding on the host, the one thing that needs a
 // writable /proc/sys, so that the long-running daemon container can stay
-// unprivileged.
+// unprivileged; and IPv6 forwarding too when -ipv6-forward names its
+// sysctl (a dual-stack or IPv6 cluster: a forwarding host ignores router
+// advertisements, which an IPv4-only cluster has no reason to risk).
 package main
 
 import (
@@ -61,16 +63,17 @@ func main() {
 	confOverride := flag.String("conf-override", "/etc/nexthop/cni", "directory of an optional conflist from the ConfigMap")
 	confDst := flag.String("conf-dst", "/host/etc/cni/net.d", "host CNI config directory (mounted)")
 	ipForward := flag.String("ip-forward", "/proc/sys/net/ipv4/ip_forward", "sysctl file to set to 1; empty to skip")
+	ipv6Forward := flag.String("ipv6-forward", "", "IPv6 forwarding sysctl file to set to 1 (/proc/sys/net/ipv6/conf/all/forwarding on a node with an IPv6 pod block); empty to skip")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
-	if err := run(log, *binSrc, *binDst, *confSrc, *confOverride, *confDst, *ipForward); err != nil {
+	if err := run(log, *binSrc, *binDst, *confSrc, *confOverride, *confDst, *ipForward, *ipv6Forward); err != nil {
 		log.Error("install failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(log *slog.Logger, binSrc, binDst, confSrc, confOverride, confDst, ipForward string) error {
+func run(log *slog.Logger, binSrc, binDst, confSrc, confOverride, confDst, ipForward, ipv6Forward string) error {
 	entries, err := os.ReadDir(binSrc)
 	if err != nil {
 		return fmt.Errorf("read plugin directory: %w", err)
@@ -118,17 +121,27 @@ func run(log *slog.Logger, binSrc, binDst, confSrc, confOverride, confDst, ipFor
 		return err
 	}
 
-	if ipForward != "" {
-		cur, err := os.ReadFile(ipForward)
-		if err != nil {
-			return fmt.Errorf("read %s: %w", ipForward, err)
+	if err := enableForwarding(log, "IPv4", ipForward); err != nil {
+		return err
+	}
+	return enableForwarding(log, "IPv6", ipv6Forward)
+}
+
+// enableForwarding sets the family's forwarding sysctl file to 1, if a
+// file is named.
+func enableForwarding(log *slog.Logger, family, file string) error {
+	if file == "" {
+		return nil
+	}
+	cur, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", file, err)
+	}
+	if strings.TrimSpace(string(cur)) != "1" {
+		if err := os.WriteFile(file, []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("enable %s forwarding (%s): %w", family, file, err)
 		}
-		if strings.TrimSpace(string(cur)) != "1" {
-			if err := os.WriteFile(ipForward, []byte("1"), 0o644); err != nil {
-				return fmt.Errorf("enable IPv4 forwarding (%s): %w", ipForward, err)
-			}
-			log.Info("enabled IPv4 forwarding", "file", ipForward)
-		}
+		log.Info("enabled "+family+" forwarding", "file", file)
 	}
 	return nil
 }

@@ -33,12 +33,13 @@ func TestInstallOnlyWhenChanged(t *testing.T) {
 	write(p("src/bin/portmap"), "portmap", 0o755)
 	write(p("src/05-nexthop.conflist"), `{"name":"nexthop"}`, 0o644)
 	write(p("host/proc/ip_forward"), "0\n", 0o644)
+	write(p("host/proc/ipv6_forwarding"), "0\n", 0o644)
 
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	install := func() {
 		t.Helper()
-		if err := run(log, p("src/bin"), p("host/bin"), p("src/05-nexthop.conflist"), p("src/override"), p("host/net.d"), p("host/proc/ip_forward")); err != nil {
+		if err := run(log, p("src/bin"), p("host/bin"), p("src/05-nexthop.conflist"), p("src/override"), p("host/net.d"), p("host/proc/ip_forward"), p("host/proc/ipv6_forwarding")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -60,6 +61,9 @@ func TestInstallOnlyWhenChanged(t *testing.T) {
 	}
 	if read(p("host/proc/ip_forward")) != "1" {
 		t.Fatal("IPv4 forwarding not enabled")
+	}
+	if read(p("host/proc/ipv6_forwarding")) != "1" {
+		t.Fatal("IPv6 forwarding not enabled with -ipv6-forward set")
 	}
 
 	// Unchanged content: nothing is rewritten (same inode, same mtime).
@@ -135,7 +139,7 @@ func (f *fixture) read(t *testing.T, path string) string {
 
 func (f *fixture) run() error {
 	log := slog.New(slog.NewTextHandler(&f.logs, nil))
-	return run(log, f.p("src/bin"), f.p("host/bin"), f.p("src/05-nexthop.conflist"), f.p("src/override"), f.p("host/net.d"), "")
+	return run(log, f.p("src/bin"), f.p("host/bin"), f.p("src/05-nexthop.conflist"), f.p("src/override"), f.p("host/net.d"), "", "")
 }
 
 // firstConfig is the network config containerd and CRI-O would use: the
