@@ -269,3 +269,22 @@ func TestIPv6AddressChangeSeenByNextBatch(t *testing.T) {
 		t.Errorf("want only fd00:10:244:3::/64 once fd00:10:244:2::/64 is connected, got %q", got)
 	}
 }
+
+// CrossSubnet can mix a native hop and a tunnelled one in one IPv6 ECMP
+// route; read back, the on-link flag of each hop must match, or every
+// resync would rewrite the route.
+func TestIPv6MixedECMPRoundTrip(t *testing.T) {
+	ns, h := testNS6(t)
+	ctx := context.Background()
+	r := newRec(t, h)
+	c := countWrites(r)
+	vtep := netip.MustParseAddr("fd00:10:244:3::1")
+	if err := r.Apply(ctx, map[netip.Prefix][]Hop{pfx63: {{Gateway: gw62}, {Gateway: vtep, Device: "ul1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(kernel6(t, ns), "\n")
+	if !strings.Contains(got, "nexthop via fd00:192::12 dev ul0") || !strings.Contains(got, "nexthop via fd00:10:244:3::1 dev ul1 weight 1 onlink") {
+		t.Fatalf("want a native and an onlink hop, got %q", got)
+	}
+	resyncWritesNothing(t, r, c, "IPv6 ECMP with an onlink hop")
+}

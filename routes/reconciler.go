@@ -520,6 +520,12 @@ func (r *Reconciler) linkIndexLocked(name string) (int, error) {
 
 // refuse says why a learned route must not be installed, or "" if it may.
 func (r *Reconciler) refuse(p netip.Prefix, hops []Hop) string {
+	// Every IPv6 link has fe80::/64 connected, left out of the view: a
+	// learned route there (or to multicast) would shadow the links'
+	// own, whatever BGP's martian filter let through.
+	if a := p.Addr(); a.Is6() && ((a.IsLinkLocalUnicast() && p.Bits() >= 10) || (a.IsMulticast() && p.Bits() >= 8)) {
+		return "an IPv6 link-local or multicast destination"
+	}
 	for _, b := range r.local {
 		if b.Overlaps(p) && b.Bits() <= p.Bits() {
 			return fmt.Sprintf("inside this node's own pod block %s", b)
