@@ -45,6 +45,8 @@ func TestFakeDualStack(t *testing.T) {
 		netip.MustParsePrefix("fd00:192::/96"):        Gateways(gw62),                               // inside the underlay
 		netip.MustParsePrefix("fd00:10:244:7::/64"):   Gateways(netip.MustParseAddr("fd00:9::7")),   // not connected
 		netip.MustParsePrefix("fd00:10:244:8::/64"):   Gateways(netip.MustParseAddr("fd00:192::1")), // us
+		netip.MustParsePrefix("fe80::/64"):            Gateways(gw62),                               // link-local destination
+		netip.MustParsePrefix("ff02::/16"):            Gateways(gw62),                               // multicast destination
 	})
 	if err != nil {
 		t.Fatal(err)
