@@ -21,7 +21,9 @@ import (
 type Advertisement struct {
 	// Services are announced with this node as next hop to external
 	// peers only: the export policy keeps every local route but the
-	// node's block away from nodes (exportPolicy).
+	// node's blocks away from nodes (exportPolicy). Either family: an
+	// IPv6 one goes to IPv6 peers with the node's IPv6 address as next
+	// hop.
 	Services []netip.Prefix
 	// Communities go on every route the node originates.
 	Communities []config.Community
@@ -82,9 +84,11 @@ func (s *Speaker) advertiseLocked(ctx context.Context, a Advertisement) error {
 	old, force := s.adv, s.advDirty
 	s.adv = a
 	var errs []error
-	if s.announced.IsValid() && (force || !slices.Equal(old.communitiesFor(s.announced), a.communitiesFor(s.announced))) {
-		if err := s.addLocal(ctx, s.announced); err != nil {
-			errs = append(errs, err)
+	for _, block := range s.ownBlocksLocked() {
+		if force || !slices.Equal(old.communitiesFor(block), a.communitiesFor(block)) {
+			if err := s.addLocal(ctx, block); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	want := map[netip.Prefix]bool{}
@@ -147,7 +151,7 @@ func (s *Speaker) deleteLocal(ctx context.Context, pfx netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4, Path: w}); err != nil {
+	if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: familyOf(pfx.Addr().Is6()), Path: w}); err != nil {
 		return fmt.Errorf("withdraw %s: %w", pfx, err)
 	}
 	return nil

@@ -59,17 +59,20 @@ func acceptInto(srv *server.BgpServer) (chan *net.TCPConn, error) {
 }
 
 // bgpListener accepts BGP connections for GoBGP, on the addresses GoBGP
-// itself listens on by default (0.0.0.0 and ::), with the TCP MD5 keys
-// of the peers that have a password.
+// itself listens on by default (0.0.0.0 and ::, the latter IPv6 only),
+// with the TCP MD5 keys of the peers that have a password: an IPv4 peer's
+// on the IPv4 socket, an IPv6 peer's on the IPv6 one (a key is per
+// address family of the socket).
 type bgpListener struct {
 	log  *slog.Logger
 	ls   []*net.TCPListener
+	v6   []bool // whether ls[i] is the IPv6 listener
 	done chan struct{}
 	stop sync.Once
 	wg   sync.WaitGroup
 
 	mu   sync.Mutex
-	keys map[netip.Addr]string // MD5 keys set on the IPv4 listener
+	keys map[netip.Addr]string // MD5 keys set on the listener of each peer's family
 }
 
 // listenBGP listens on port and hands connections to ch. keys are the MD5
@@ -87,17 +90,21 @@ func listenBGP(log *slog.Logger, port int32, ch chan<- *net.TCPConn, keys map[ne
 			cerr := c.Control(func(fd uintptr) {
 				// As GoBGP: accepted sockets inherit TTL 255, which peers
 				// with TTL security (GTSM) require.
-				if network == "tcp4" {
+				v6 := network == "tcp6"
+				if !v6 {
 					if e := unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TTL, 255); e != nil {
 						log.Debug("cannot set TTL 255 on the BGP listener", "err", e)
 					}
-					for a, pw := range keys {
-						if err = setMD5(int(fd), a, pw); err != nil {
-							return
-						}
-					}
 				} else if e := unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, 255); e != nil {
 					log.Debug("cannot set hop limit 255 on the BGP listener", "err", e)
+				}
+				for a, pw := range keys {
+					if a.Is6() != v6 {
+						continue
+					}
+					if err = setMD5(int(fd), a, pw); err != nil {
+						return
+					}
 				}
 			})
 			return errors.Join(cerr, err)
@@ -111,6 +118,7 @@ func listenBGP(log *slog.Logger, port int32, ch chan<- *net.TCPConn, keys map[ne
 			return nil, fmt.Errorf("listen for BGP on %s: %w", addr, err)
 		}
 		bl.ls = append(bl.ls, l.(*net.TCPListener))
+		bl.v6 = append(bl.v6, network == "tcp6")
 	}
 	for a, pw := range keys {
 		bl.keys[a] = pw
@@ -149,20 +157,34 @@ func (bl *bgpListener) accept(l *net.TCPListener, ch chan<- *net.TCPConn) {
 	}
 }
 
-// setKeys makes the IPv4 listener's MD5 keys exactly keys.
+// setKeys makes the listeners' MD5 keys exactly keys, each on the
+// listener of its peer's family.
 func (bl *bgpListener) setKeys(keys map[netip.Addr]string) error {
 	if bl == nil || len(bl.ls) == 0 {
 		return nil
 	}
 	bl.mu.Lock()
 	defer bl.mu.Unlock()
-	sc, err := bl.ls[0].SyscallConn()
+	var errs []error
+	for i, l := range bl.ls {
+		errs = append(errs, bl.setKeysOn(l, bl.v6[i], keys))
+	}
+	return errors.Join(errs...)
+}
+
+// setKeysOn makes the MD5 keys of the family's peers on l exactly those of
+// keys. bl.mu is held.
+func (bl *bgpListener) setKeysOn(l *net.TCPListener, v6 bool, keys map[netip.Addr]string) error {
+	sc, err := l.SyscallConn()
 	if err != nil {
-		return fmt.Errorf("set TCP MD5 keys on the BGP listener: %w", err)
+		return fmt.Errorf("set TCP MD5 keys on the %s BGP listener: %w", familyName(v6), err)
 	}
 	var errs []error
 	cerr := sc.Control(func(fd uintptr) {
 		for a, old := range bl.keys {
+			if a.Is6() != v6 {
+				continue
+			}
 			if pw, ok := keys[a]; ok && pw == old {
 				continue
 			}
@@ -173,7 +195,7 @@ func (bl *bgpListener) setKeys(keys map[netip.Addr]string) error {
 			delete(bl.keys, a)
 		}
 		for a, pw := range keys {
-			if _, ok := bl.keys[a]; ok {
+			if _, ok := bl.keys[a]; ok || a.Is6() != v6 {
 				continue
 			}
 			if err := setMD5(int(fd), a, pw); err != nil {
@@ -187,12 +209,20 @@ func (bl *bgpListener) setKeys(keys map[netip.Addr]string) error {
 }
 
 // setMD5 sets (or, with an empty password, removes) the TCP MD5 key for
-// connections from a on socket fd (RFC 2385).
+// connections from a on socket fd (RFC 2385), a socket of a's family.
 func setMD5(fd int, a netip.Addr, password string) error {
 	var sig unix.TCPMD5Sig
-	sig.Addr.Family = unix.AF_INET
-	b := a.As4()
-	copy(sig.Addr.Data[2:], b[:])
+	// The key's address is a sockaddr_in or sockaddr_in6 (port, then
+	// sin_addr; or port, flow info, then sin6_addr).
+	if a.Is6() {
+		sig.Addr.Family = unix.AF_INET6
+		b := a.As16()
+		copy(sig.Addr.Data[6:], b[:])
+	} else {
+		sig.Addr.Family = unix.AF_INET
+		b := a.As4()
+		copy(sig.Addr.Data[2:], b[:])
+	}
 	sig.Keylen = uint16(copy(sig.Key[:], password))
 	if err := unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, unix.TCP_MD5SIG, &sig); err != nil {
 		if password == "" {

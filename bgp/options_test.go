@@ -7,10 +7,11 @@ import "github.com/nexthop-net/nexthop/config"
 func optionsOf(cfg *config.Config) Options {
 	return Options{
 		Address:                 cfg.Address,
+		AddressV6:               cfg.AddressV6,
 		RouterID:                cfg.RouterID,
 		LocalAS:                 cfg.LocalAS,
 		RouteReflectorClusterID: cfg.RouteReflectorClusterID,
-		PodCIDR:                 cfg.PodCIDROf(false),
+		PodCIDRs:                cfg.PodCIDRs,
 		BGPPort:                 cfg.BGPPort,
 		Peers:                   cfg.Peers,
 		Scope:                   ImportScope{Pools: cfg.Pools, AcceptDefaultRoute: cfg.AcceptDefaultRoute},

@@ -17,8 +17,9 @@ import (
 //
 //   - nobody may send this node's own block or a more-specific of it (a
 //     hijack), nor a default route unless AcceptDefaultRoute, nor a
-//     martian (config.Martians: loopback, link-local with the pods'
-//     gateway, multicast, ...) or a more-specific of one;
+//     martian (config.MartiansFor: loopback, link-local with the pods'
+//     gateway, multicast, IPv4-mapped, the IPv6 documentation ranges no
+//     pool covers, ...) or a more-specific of one;
 //   - nodes may send only prefixes inside the pod pools;
 //   - an external peer with an Accept list may send only those prefixes;
 //   - other external peers may send anything but pod-pool prefixes, which
@@ -26,6 +27,12 @@ import (
 //     nodes' blocks); with an Accept list too, the pools join the list;
 //   - then each peer's own filters (config.Peer.Filters), in order: they
 //     can only narrow what the rules above let through.
+//
+// Every rule holds for each family: a session carries the family of the
+// peer's address, and a GoBGP prefix set holds one family ("multiple
+// families"), so each set is split per family, and a statement with a
+// prefix set of one family never matches a path of the other (not even
+// under INVERT: table.PrefixCondition compares the families first).
 //
 // GoBGP applies per-neighbour policies only in route-server mode, so this
 // is one global policy whose statements match neighbour sets. A set is
@@ -38,7 +45,7 @@ type statement = api.Statement
 func prefixSet(name string, ps []netip.Prefix) *api.DefinedSet {
 	ds := &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: name}
 	for _, p := range ps {
-		ds.Prefixes = append(ds.Prefixes, &api.Prefix{IpPrefix: p.String(), MaskLengthMin: uint32(p.Bits()), MaskLengthMax: 32})
+		ds.Prefixes = append(ds.Prefixes, &api.Prefix{IpPrefix: p.String(), MaskLengthMin: uint32(p.Bits()), MaskLengthMax: uint32(p.Addr().BitLen())})
 	}
 	return ds
 }
@@ -51,7 +58,7 @@ func exactPrefixSet(name string, p netip.Prefix) *api.DefinedSet {
 func neighborSet(name string, addrs []netip.Addr) *api.DefinedSet {
 	ds := &api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: name}
 	for _, a := range addrs {
-		ds.List = append(ds.List, a.String()+"/32")
+		ds.List = append(ds.List, netip.PrefixFrom(a, a.BitLen()).String())
 	}
 	return ds
 }
@@ -60,6 +67,45 @@ func match(name string, t api.MatchSet_Type) *api.MatchSet { return &api.MatchSe
 
 func act(name string, c *api.Conditions, a api.RouteAction) *statement {
 	return &statement{Name: name, Conditions: c, Actions: &api.Actions{RouteAction: a}}
+}
+
+// defaultRoute is the family's default route (0.0.0.0/0 or ::/0); as a
+// prefixSet it is every prefix of the family.
+func defaultRoute(v6 bool) netip.Prefix {
+	if v6 {
+		return netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+	}
+	return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+}
+
+// ofFamily are the prefixes of ps of the family.
+func ofFamily(ps []netip.Prefix, v6 bool) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if p.Addr().Is6() == v6 {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// addrsOfFamily are the addresses of as of the family.
+func addrsOfFamily(as []netip.Addr, v6 bool) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range as {
+		if a.Is6() == v6 {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// famTag names a family in set and statement names.
+func famTag(v6 bool) string {
+	if v6 {
+		return "v6"
+	}
+	return "v4"
 }
 
 // importPolicy builds the sets and statements for peers.
@@ -77,15 +123,19 @@ func (s *Speaker) importPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 		}
 	}
 	scope := s.importScopeLocked()
-	sets = append(sets, prefixSet(n("own"), []netip.Prefix{s.cfg.PodCIDR}))
-	learned("own-block", &api.Conditions{PrefixSet: match(n("own"), api.MatchSet_ANY)})
-	// IPv4 only until the speaker carries IPv6: a GoBGP prefix set holds
-	// one family.
-	sets = append(sets, prefixSet(n("martians"), slices.DeleteFunc(slices.Clone(config.Martians), func(p netip.Prefix) bool { return p.Addr().Is6() })))
-	learned("martians", &api.Conditions{PrefixSet: match(n("martians"), api.MatchSet_ANY)})
-	if !scope.AcceptDefaultRoute {
-		sets = append(sets, exactPrefixSet(n("default"), netip.MustParsePrefix("0.0.0.0/0")))
-		learned("default-route", &api.Conditions{PrefixSet: match(n("default"), api.MatchSet_ANY)})
+	martians := config.MartiansFor(scope.Pools)
+	for _, v6 := range families {
+		t := famTag(v6)
+		if own := s.cfg.podCIDROf(v6); own.IsValid() {
+			sets = append(sets, prefixSet(n("own-"+t), []netip.Prefix{own}))
+			learned("own-block-"+t, &api.Conditions{PrefixSet: match(n("own-"+t), api.MatchSet_ANY)})
+		}
+		sets = append(sets, prefixSet(n("martians-"+t), ofFamily(martians, v6)))
+		learned("martians-"+t, &api.Conditions{PrefixSet: match(n("martians-"+t), api.MatchSet_ANY)})
+		if !scope.AcceptDefaultRoute {
+			sets = append(sets, exactPrefixSet(n("default-"+t), defaultRoute(v6)))
+			learned("default-route-"+t, &api.Conditions{PrefixSet: match(n("default-"+t), api.MatchSet_ANY)})
+		}
 	}
 
 	var nodes, external []netip.Addr
@@ -103,52 +153,77 @@ func (s *Speaker) importPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 			external = append(external, addr)
 		}
 	}
-	pools := len(scope.Pools) > 0
-	if pools {
-		sets = append(sets, prefixSet(n("pools"), scope.Pools))
+	// all is the set of every prefix of a family, defined once if used:
+	// what "only inside the pools" leaves a family without a pool.
+	all := func(v6 bool) string {
+		name := n("all-" + famTag(v6))
+		if !slices.ContainsFunc(sets, func(ds *api.DefinedSet) bool { return ds.Name == name }) {
+			sets = append(sets, prefixSet(name, []netip.Prefix{defaultRoute(v6)}))
+		}
+		return name
 	}
-	if pools && len(nodes) > 0 {
-		sets = append(sets, neighborSet(n("nodes"), nodes))
-		sts = append(sts, act(n("nodes-outside-pools"), &api.Conditions{
-			NeighborSet: match(n("nodes"), api.MatchSet_ANY),
-			PrefixSet:   match(n("pools"), api.MatchSet_INVERT),
-		}, api.RouteAction_REJECT))
+	pools := len(scope.Pools) > 0
+	for _, v6 := range families {
+		t := famTag(v6)
+		fnodes, fext, fpools := addrsOfFamily(nodes, v6), addrsOfFamily(external, v6), ofFamily(scope.Pools, v6)
+		if len(fpools) > 0 && (len(fnodes) > 0 || len(fext) > 0) {
+			sets = append(sets, prefixSet(n("pools-"+t), fpools))
+		}
+		if pools && len(fnodes) > 0 {
+			// With pools only of the other family, nothing of this one
+			// is inside a pool.
+			c := &api.Conditions{NeighborSet: match(n("nodes-"+t), api.MatchSet_ANY), PrefixSet: match(n("pools-"+t), api.MatchSet_INVERT)}
+			if len(fpools) == 0 {
+				c.PrefixSet = match(all(v6), api.MatchSet_ANY)
+			}
+			sets = append(sets, neighborSet(n("nodes-"+t), fnodes))
+			sts = append(sts, act(n("nodes-outside-pools-"+t), c, api.RouteAction_REJECT))
+		}
+		if len(fpools) > 0 && len(fext) > 0 {
+			sets = append(sets, neighborSet(n("external-"+t), fext))
+			sts = append(sts, act(n("external-pod-range-"+t), &api.Conditions{
+				NeighborSet: match(n("external-"+t), api.MatchSet_ANY),
+				PrefixSet:   match(n("pools-"+t), api.MatchSet_ANY),
+			}, api.RouteAction_REJECT))
+		}
 	}
 	for i, p := range accepting {
+		// The session carries the family of the peer's address: its
+		// accept list counts in that family.
+		v6 := p.Address.Is6()
 		peerSet, acceptSet := n(fmt.Sprintf("peer%d", i)), n(fmt.Sprintf("accept%d", i))
-		accept := p.Accept
+		accept := ofFamily(p.Accept, v6)
 		if p.AcceptPodBlocks {
-			accept = append(slices.Clone(accept), scope.Pools...)
+			accept = append(accept, ofFamily(scope.Pools, v6)...)
 		}
-		sets = append(sets, neighborSet(peerSet, []netip.Addr{p.Address}), prefixSet(acceptSet, accept))
-		sts = append(sts, act(n(fmt.Sprintf("peer%d-not-accepted", i)), &api.Conditions{
-			NeighborSet: match(peerSet, api.MatchSet_ANY),
-			PrefixSet:   match(acceptSet, api.MatchSet_INVERT),
-		}, api.RouteAction_REJECT))
-	}
-	if pools && len(external) > 0 {
-		sets = append(sets, neighborSet(n("external"), external))
-		sts = append(sts, act(n("external-pod-range"), &api.Conditions{
-			NeighborSet: match(n("external"), api.MatchSet_ANY),
-			PrefixSet:   match(n("pools"), api.MatchSet_ANY),
-		}, api.RouteAction_REJECT))
+		c := &api.Conditions{NeighborSet: match(peerSet, api.MatchSet_ANY), PrefixSet: match(acceptSet, api.MatchSet_INVERT)}
+		if len(accept) == 0 {
+			// Nothing of its family on its list: nothing accepted.
+			c.PrefixSet = match(all(v6), api.MatchSet_ANY)
+		} else {
+			sets = append(sets, prefixSet(acceptSet, accept))
+		}
+		sets = append(sets, neighborSet(peerSet, []netip.Addr{p.Address}))
+		sts = append(sts, act(n(fmt.Sprintf("peer%d-not-accepted", i)), c, api.RouteAction_REJECT))
 	}
 	// Last: a filter's Accept ends the policy, so it must not come before
 	// any safety rule.
-	fs, fst := filterStatements(n, peers, func(f config.Filter) []config.FilterRule { return f.ImportV4 })
+	fs, fst := filterStatements(n, peers, config.Filter.Import)
 	return append(sets, fs...), &api.Policy{Name: n("policy"), Statements: append(sts, fst...)}
 }
 
 // filterStatements turns every peer's filter rules of one direction into
-// statements, in order, each limited to its peer.
-func filterStatements(n func(string) string, peers map[netip.Addr]config.Peer, rules func(config.Filter) []config.FilterRule) ([]*api.DefinedSet, []*statement) {
+// statements, in order, each limited to its peer. A peer's rules are those
+// of its session's family: importV6/exportV6 for an IPv6 peer.
+func filterStatements(n func(string) string, peers map[netip.Addr]config.Peer, rules func(config.Filter, bool) []config.FilterRule) ([]*api.DefinedSet, []*statement) {
 	var sets []*api.DefinedSet
 	var sts []*statement
 	for i, addr := range slices.SortedFunc(maps.Keys(peers), netip.Addr.Compare) {
 		peerSet := n(fmt.Sprintf("filter-peer%d", i))
 		k := 0
+		v6 := addr.Is6()
 		for _, f := range peers[addr].Filters {
-			for _, r := range rules(f) {
+			for _, r := range rules(f, v6) {
 				if k == 0 {
 					sets = append(sets, neighborSet(peerSet, []netip.Addr{addr}))
 				}
@@ -156,7 +231,7 @@ func filterStatements(n func(string) string, peers map[netip.Addr]config.Peer, r
 				k++
 				cidr, t := r.CIDR, api.MatchSet_ANY
 				if !cidr.IsValid() {
-					cidr = netip.MustParsePrefix("0.0.0.0/0")
+					cidr = defaultRoute(v6)
 				}
 				lo, hi := r.Lengths(cidr.Addr().BitLen())
 				switch r.MatchOperator {
@@ -184,9 +259,9 @@ func filterStatements(n func(string) string, peers map[netip.Addr]config.Peer, r
 
 // filterVerdict finds the first of p's rules (of one direction) matching
 // pfx: its filter's name, its index in that filter, and the rule.
-func filterVerdict(p config.Peer, pfx netip.Prefix, rules func(config.Filter) []config.FilterRule) (string, int, config.FilterRule, bool) {
+func filterVerdict(p config.Peer, pfx netip.Prefix, rules func(config.Filter, bool) []config.FilterRule) (string, int, config.FilterRule, bool) {
 	for _, f := range p.Filters {
-		for j, r := range rules(f) {
+		for j, r := range rules(f, p.Address.Is6()) {
 			if r.Matches(pfx) {
 				return f.Name, j, r, true
 			}
@@ -302,17 +377,31 @@ func (s *Speaker) exportPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 		// Of its own routes a node tells other nodes only its block: the
 		// service prefixes are for the ToRs, which spread them by ECMP.
 		// It changes with the block only (Announce), so services come and
-		// go without a policy change.
-		block := s.announced
-		if !block.IsValid() {
-			block = s.cfg.PodCIDR
+		// go without a policy change. Per family (a prefix set holds
+		// one), for the families the nodes' sessions carry.
+		for _, v6 := range families {
+			if len(addrsOfFamily(nodes, v6)) == 0 {
+				continue
+			}
+			t := famTag(v6)
+			c := &api.Conditions{
+				NeighborSet: match(n("nodes"), api.MatchSet_ANY),
+				RouteType:   api.Conditions_ROUTE_TYPE_LOCAL,
+				PrefixSet:   match(n("own-"+t), api.MatchSet_INVERT),
+			}
+			block := s.announced[v6]
+			if !block.IsValid() {
+				block = s.cfg.podCIDROf(v6)
+			}
+			if block.IsValid() {
+				sets = append(sets, exactPrefixSet(n("own-"+t), block))
+			} else {
+				// No block of this family: no local route of it for nodes.
+				sets = append(sets, prefixSet(n("all-"+t), []netip.Prefix{defaultRoute(v6)}))
+				c.PrefixSet = match(n("all-"+t), api.MatchSet_ANY)
+			}
+			sts = append(sts, act(n("nodes-local-not-block-"+t), c, api.RouteAction_REJECT))
 		}
-		sets = append(sets, exactPrefixSet(n("own"), block))
-		sts = append(sts, act(n("nodes-local-not-block"), &api.Conditions{
-			NeighborSet: match(n("nodes"), api.MatchSet_ANY),
-			RouteType:   api.Conditions_ROUTE_TYPE_LOCAL,
-			PrefixSet:   match(n("own"), api.MatchSet_INVERT),
-		}, api.RouteAction_REJECT))
 	}
 	// Per-peer changes to what passes: no route action, so evaluation
 	// goes on to the filters.
@@ -337,7 +426,7 @@ func (s *Speaker) exportPolicy(gen int, peers map[netip.Addr]config.Peer) ([]*ap
 		}
 		sts = append(sts, &statement{Name: set, Conditions: &api.Conditions{NeighborSet: match(set, api.MatchSet_ANY)}, Actions: a})
 	}
-	fs, fst := filterStatements(n, peers, func(f config.Filter) []config.FilterRule { return f.ExportV4 })
+	fs, fst := filterStatements(n, peers, config.Filter.Export)
 	return append(sets, fs...), &api.Policy{Name: n("policy"), Statements: append(sts, fst...)}
 }
 
@@ -387,9 +476,9 @@ func (s *Speaker) rejectReason(peer netip.Addr, pfx netip.Prefix) string {
 		return false
 	}
 	switch {
-	case inside([]netip.Prefix{s.cfg.PodCIDR}):
+	case inside(s.cfg.PodCIDRs):
 		return "this node's own pod block or a more-specific of it"
-	case inside(config.Martians):
+	case inside(config.MartiansFor(pools)):
 		return "a martian (reserved range that is never routed through a peer)"
 	case pfx.Bits() == 0:
 		return "default route (acceptDefaultRoute is off)"
@@ -400,8 +489,8 @@ func (s *Speaker) rejectReason(peer netip.Addr, pfx netip.Prefix) string {
 	case len(p.Accept) == 0 && !p.AcceptPodBlocks && inside(pools):
 		return "inside a pod pool, which belongs to the nodes (acceptPodBlocks is off)"
 	}
-	if name, j, r, ok := filterVerdict(p, pfx, func(f config.Filter) []config.FilterRule { return f.ImportV4 }); ok && r.Action == config.FilterReject {
-		return fmt.Sprintf("rejected by filter %s importV4[%d]", name, j)
+	if name, j, r, ok := filterVerdict(p, pfx, config.Filter.Import); ok && r.Action == config.FilterReject {
+		return fmt.Sprintf("rejected by filter %s import%s[%d]", name, strings.ToUpper(famTag(pfx.Addr().Is6())), j)
 	}
 	return "refused by the import policy"
 }

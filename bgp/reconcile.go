@@ -144,37 +144,39 @@ func peerDiff(want, got *api.Peer) string {
 func (s *Speaker) reconcilePathsLocked(ctx context.Context) (int, error) {
 	// What this node originates: its block and the service prefixes.
 	want := map[netip.Prefix]bool{}
-	if s.announced.IsValid() {
-		want[s.announced] = false
+	for _, b := range s.ownBlocksLocked() {
+		want[b] = false
 	}
 	for p := range s.services {
 		want[p] = false
 	}
 	var stray []*api.Path
-	err := s.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4}, func(d *api.Destination) {
-		pfx, err := netip.ParsePrefix(d.Prefix)
-		for _, p := range d.Paths {
-			if !isLocal(p) || p.IsWithdraw {
-				continue
+	for _, v6 := range families {
+		err := s.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyOf(v6)}, func(d *api.Destination) {
+			pfx, err := netip.ParsePrefix(d.Prefix)
+			for _, p := range d.Paths {
+				if !isLocal(p) || p.IsWithdraw {
+					continue
+				}
+				if _, ok := want[pfx]; err == nil && ok {
+					// An altered own path is replaced by re-announcing
+					// it, without a withdraw in between.
+					want[pfx] = want[pfx] || s.isOwnPath(p, pfx)
+					continue
+				}
+				stray = append(stray, p)
 			}
-			if _, ok := want[pfx]; err == nil && ok {
-				// An altered own path is replaced by re-announcing it,
-				// without a withdraw in between.
-				want[pfx] = want[pfx] || s.isOwnPath(p, pfx)
-				continue
-			}
-			stray = append(stray, p)
+		})
+		if err != nil {
+			return 0, fmt.Errorf("reconcile paths: list %s: %w", familyName(v6), err)
 		}
-	})
-	if err != nil {
-		return 0, fmt.Errorf("reconcile paths: list: %w", err)
 	}
 	fixed := 0
 	var errs []error
 	for _, p := range stray {
 		nlri, _ := apiutil.GetNativeNlri(p)
 		what := fmt.Sprint(nlri)
-		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4, Path: p}); err != nil {
+		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: p.GetFamily(), Path: p}); err != nil {
 			errs = append(errs, fmt.Errorf("reconcile paths: withdraw %s: %w", what, err))
 			continue
 		}
@@ -191,10 +193,10 @@ func (s *Speaker) reconcilePathsLocked(ctx context.Context) (int, error) {
 		}
 		fixed++
 		msg := "resync: re-announced a service prefix, which was withdrawn or altered"
-		if pfx == s.announced {
+		if pfx == s.announced[pfx.Addr().Is6()] {
 			msg = "resync: re-announced the node's pod block, which was withdrawn or altered"
 		}
-		s.log.Warn(msg, "prefix", pfx, "nextHop", s.cfg.Address)
+		s.log.Warn(msg, "prefix", pfx, "nextHop", s.cfg.addressOf(pfx.Addr().Is6()))
 	}
 	return fixed, errors.Join(errs...)
 }

@@ -150,9 +150,10 @@ func (s *Speaker) watchCounts(ctx context.Context, every, idleEvery time.Duratio
 }
 
 // scanRejected counts and logs the paths from peer the import policy
-// refuses that the previous scan had not seen refused.
+// refuses that the previous scan had not seen refused. A session carries
+// the family of the peer's address: its Adj-RIB-In holds that family only.
 func (s *Speaker) scanRejected(ctx context.Context, peer netip.Addr) error {
-	req := &api.ListPathRequest{TableType: api.TableType_ADJ_IN, Name: peer.String(), Family: familyIPv4, EnableFiltered: true}
+	req := &api.ListPathRequest{TableType: api.TableType_ADJ_IN, Name: peer.String(), Family: familyOf(peer.Is6()), EnableFiltered: true}
 	now := map[netip.Prefix]struct{}{}
 	err := s.srv.ListPath(ctx, req, func(d *api.Destination) {
 		for _, p := range d.Paths {

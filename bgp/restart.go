@@ -112,7 +112,7 @@ func (s *Speaker) watchRestart(ctx context.Context) error {
 		}
 		for _, p := range r.GetTable().GetPaths() {
 			a, err := netip.ParseAddr(p.GetNeighborIp())
-			if err != nil || !isIPv4Unicast(p.GetFamily()) {
+			if err != nil || !isUnicast(p.GetFamily()) {
 				continue
 			}
 			if p.GetNlri() == nil { // End-of-RIB has no NLRI
@@ -132,8 +132,10 @@ func (s *Speaker) watchRestart(ctx context.Context) error {
 	return nil
 }
 
-func isIPv4Unicast(f *api.Family) bool {
-	return f.GetAfi() == api.Family_AFI_IP && f.GetSafi() == api.Family_SAFI_UNICAST
+// isUnicast reports IPv4 or IPv6 unicast: the family of one session or
+// the other.
+func isUnicast(f *api.Family) bool {
+	return (f.GetAfi() == api.Family_AFI_IP || f.GetAfi() == api.Family_AFI_IP6) && f.GetSafi() == api.Family_SAFI_UNICAST
 }
 
 // TablesIn says the initial sync is done: the watch of UPDATEs ends once

@@ -23,7 +23,31 @@ import (
 	"github.com/nexthop-net/nexthop/config"
 )
 
-var familyIPv4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+var (
+	familyIPv4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+	familyIPv6 = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
+)
+
+// families are the two families a session or the RIB carries: IPv4 (false)
+// and IPv6 (true) unicast. GoBGP lists paths and prefix sets one family at
+// a time.
+var families = []bool{false, true}
+
+// familyOf is the unicast family of IPv6 (v6) or IPv4.
+func familyOf(v6 bool) *api.Family {
+	if v6 {
+		return familyIPv6
+	}
+	return familyIPv4
+}
+
+// familyName names a family in logs and errors.
+func familyName(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
 
 // connectRetry is how long GoBGP waits between connection attempts. Its
 // default of 120 s would leave a restarted node unreachable for minutes.
@@ -46,10 +70,11 @@ type Speaker struct {
 	log *slog.Logger
 	srv *server.BgpServer
 
-	mu        sync.Mutex
-	cfg       Options // options.go
-	peers     map[netip.Addr]config.Peer
-	announced netip.Prefix
+	mu    sync.Mutex
+	cfg   Options // options.go
+	peers map[netip.Addr]config.Peer
+	// announced is the block announced per family (IPv6: true).
+	announced map[bool]netip.Prefix
 	// adv is the advertisement in force, services the service prefixes
 	// in GoBGP, advDirty that the last change failed in part
 	// (advertise.go).
@@ -108,6 +133,7 @@ func New(o Options, log *slog.Logger) *Speaker {
 		log:        log.With("component", "bgp"),
 		cfg:        o.clone(),
 		peers:      map[netip.Addr]config.Peer{},
+		announced:  map[bool]netip.Prefix{},
 		adv:        o.Advertisement.clone(),
 		services:   map[netip.Prefix]bool{},
 		countsDue:  make(chan struct{}, 1),
@@ -165,10 +191,12 @@ func (s *Speaker) Start(ctx context.Context) error {
 	if err := s.watchRestart(ctx); err != nil {
 		return err
 	}
-	// The block is in the table before any session can come up, so it
-	// goes out in the peer's initial UPDATE rather than one sent later.
-	if err := s.Announce(ctx, s.cfg.PodCIDR); err != nil {
-		return err
+	// The blocks are in the table before any session can come up, so they
+	// go out in the peer's initial UPDATE rather than one sent later.
+	for _, block := range s.cfg.PodCIDRs {
+		if err := s.Announce(ctx, block); err != nil {
+			return err
+		}
 	}
 	// Service prefixes likewise; the export policy in force before any
 	// peer exists keeps them from nodes.
@@ -238,20 +266,21 @@ func (s *Speaker) Stop() {
 	s.log.Info("BGP speaker stopped")
 }
 
-// Announce originates block with this node's address as next hop, replacing
-// any block announced before.
+// Announce originates block with this node's address of the block's family
+// as next hop, replacing any block of that family announced before.
 func (s *Speaker) Announce(ctx context.Context, block netip.Prefix) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.announced == block {
+	v6 := block.Addr().Is6()
+	if s.announced[v6] == block {
 		return nil
 	}
 	if err := s.addLocal(ctx, block); err != nil {
 		return err
 	}
-	if old := s.announced; old.IsValid() {
+	if old := s.announced[v6]; old.IsValid() {
 		// The export policy lets nodes hear the new block, not the old.
-		s.announced = block
+		s.announced[v6] = block
 		if err := s.syncExportPolicyLocked(ctx, s.peers); err != nil {
 			return fmt.Errorf("move block %s to %s: %w", old, block, err)
 		}
@@ -259,16 +288,44 @@ func (s *Speaker) Announce(ctx context.Context, block netip.Prefix) error {
 			return err
 		}
 	}
-	s.announced = block
-	s.log.Info("announcing pod block", "prefix", block, "nextHop", s.cfg.Address)
+	s.announced[v6] = block
+	s.log.Info("announcing pod block", "prefix", block, "nextHop", s.cfg.addressOf(v6))
 	return nil
 }
 
+// ownBlocks are the blocks announced now, IPv4 first.
+func (s *Speaker) ownBlocksLocked() []netip.Prefix {
+	var out []netip.Prefix
+	for _, v6 := range families {
+		if b := s.announced[v6]; b.IsValid() {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// localPath is this node's path to pfx, with its address of pfx's family
+// as next hop: NEXT_HOP for IPv4, MP_REACH_NLRI for IPv6 (RFC 4760).
 func (s *Speaker) localPath(block netip.Prefix, withdraw bool) (*api.Path, error) {
-	nlri := bgp.NewIPAddrPrefix(uint8(block.Bits()), block.Addr().String())
-	attrs := []bgp.PathAttributeInterface{
-		bgp.NewPathAttributeOrigin(bgp.BGP_ORIGIN_ATTR_TYPE_IGP),
-		bgp.NewPathAttributeNextHop(s.cfg.Address.String()),
+	v6 := block.Addr().Is6()
+	nh := s.cfg.addressOf(v6)
+	if !nh.IsValid() {
+		if !withdraw {
+			return nil, fmt.Errorf("build path for %s: the node has no %s address to be its next hop", block, familyName(v6))
+		}
+		nh = netip.IPv6Unspecified() // a withdrawal carries no next hop
+		if !v6 {
+			nh = netip.IPv4Unspecified()
+		}
+	}
+	attrs := []bgp.PathAttributeInterface{bgp.NewPathAttributeOrigin(bgp.BGP_ORIGIN_ATTR_TYPE_IGP)}
+	var nlri bgp.AddrPrefixInterface
+	if v6 {
+		nlri = bgp.NewIPv6AddrPrefix(uint8(block.Bits()), block.Addr().String())
+		attrs = append(attrs, bgp.NewPathAttributeMpReachNLRI(nh.String(), []bgp.AddrPrefixInterface{nlri}))
+	} else {
+		nlri = bgp.NewIPAddrPrefix(uint8(block.Bits()), block.Addr().String())
+		attrs = append(attrs, bgp.NewPathAttributeNextHop(nh.String()))
 	}
 	if !withdraw {
 		attrs = append(attrs, communityAttrs(s.adv.communitiesFor(block))...)
@@ -321,9 +378,9 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []config.Peer) error {
 		}
 		s.peers[addr] = p
 		s.log.Info("peer added", "peer", addr, "as", p.AS, "holdTime", p.HoldTime,
-			"passive", p.IsPassive(s.cfg.Address, s.cfg.LocalAS), "md5", p.Password != "",
+			"family", familyName(addr.Is6()), "passive", s.cfg.passive(p), "md5", p.Password != "",
 			"gracefulRestart", p.GracefulRestart.On(), "maxPrefixes", p.MaxPrefixes,
-			"routeReflectorClient", p.RouteReflectorClient, "localAddress", p.LocalAddress(s.cfg.Address),
+			"routeReflectorClient", p.RouteReflectorClient, "localAddress", s.cfg.localAddress(p),
 			"ebgpMultihop", p.EBGPMultihop != nil, "ttlSecurity", p.TTLSecurity, "allowOwnAS", p.NumAllowedLocalASNumbers,
 			"acceptPodBlocks", p.AcceptPodBlocks, "asPathPrepend", p.ASPathPrepend, "filters", len(p.Filters))
 	}
@@ -350,12 +407,18 @@ func sessionPart(p config.Peer) config.Peer {
 	return p
 }
 
+// apiPeer is p as a GoBGP neighbour. The session carries the family of
+// p's address only (IPv4 unicast or IPv6 unicast): a dual-stack pair of
+// nodes has one session per family, each with its own graceful restart
+// and max-prefix, and GoBGP's next-hop-self takes the session's local
+// address, which is then of the right family.
 func (s *Speaker) apiPeer(p config.Peer) *api.Peer {
 	gr := p.GracefulRestart.On()
+	fam := familyOf(p.Address.Is6())
 	afi := &api.AfiSafi{
-		Config: &api.AfiSafiConfig{Family: familyIPv4, Enabled: true},
+		Config: &api.AfiSafiConfig{Family: fam, Enabled: true},
 		// Exceeding it tears down this session only, with a log line.
-		PrefixLimits: &api.PrefixLimit{Family: familyIPv4, MaxPrefixes: p.MaxPrefixes, ShutdownThresholdPct: 80},
+		PrefixLimits: &api.PrefixLimit{Family: fam, MaxPrefixes: p.MaxPrefixes, ShutdownThresholdPct: 80},
 	}
 	peer := &api.Peer{
 		Conf: &api.PeerConf{
@@ -371,9 +434,9 @@ func (s *Speaker) apiPeer(p config.Peer) *api.Peer {
 			ConnectRetry:      connectRetry,
 		}},
 		Transport: &api.Transport{
-			LocalAddress: p.LocalAddress(s.cfg.Address).String(),
+			LocalAddress: s.cfg.localAddress(p).String(),
 			RemotePort:   uint32(p.Port),
-			PassiveMode:  p.IsPassive(s.cfg.Address, s.cfg.LocalAS),
+			PassiveMode:  s.cfg.passive(p),
 		},
 		AfiSafis: []*api.AfiSafi{afi},
 	}
@@ -412,20 +475,28 @@ func (s *Speaker) apiPeer(p config.Peer) *api.Peer {
 }
 
 // BestPaths returns the next hops of the best paths (all of them where
-// several are equal, for ECMP) learned from peers, per prefix. With no
-// prefixes it returns the whole table; otherwise only those prefixes, and a
+// several are equal, for ECMP) learned from peers, per prefix, of both
+// families: an IPv6 prefix's next hops are IPv6. With no prefixes it
+// returns the whole table; otherwise only those prefixes, and a
 // prefix with no path left, or whose best path is our own, is absent.
 // A PrefixErrors error names the prefixes whose paths could not be read:
 // they are absent too, and every other prefix was read. Any other error
 // with a non-nil map is a failure no prefix accounts for.
 func (s *Speaker) BestPaths(ctx context.Context, prefixes []netip.Prefix) (map[netip.Prefix][]netip.Addr, error) {
-	req := &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4}
+	lookup := map[bool][]*api.TableLookupPrefix{}
 	for _, p := range prefixes {
-		req.Prefixes = append(req.Prefixes, &api.TableLookupPrefix{Prefix: p.String(), Type: api.TableLookupPrefix_EXACT})
+		v6 := p.Addr().Is6()
+		lookup[v6] = append(lookup[v6], &api.TableLookupPrefix{Prefix: p.String(), Type: api.TableLookupPrefix_EXACT})
 	}
 	b := s.newBestRead()
-	if err := s.srv.ListPath(ctx, req, b.add); err != nil {
-		return nil, fmt.Errorf("list RIB paths: %w", err)
+	for _, v6 := range families {
+		if len(prefixes) > 0 && len(lookup[v6]) == 0 {
+			continue
+		}
+		req := &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyOf(v6), Prefixes: lookup[v6]}
+		if err := s.srv.ListPath(ctx, req, b.add); err != nil {
+			return nil, fmt.Errorf("list %s RIB paths: %w", familyName(v6), err)
+		}
 	}
 	return b.result()
 }
@@ -501,13 +572,19 @@ func (s *Speaker) rankOf(p *api.Path) (rank, error) {
 		case *bgp.PathAttributeNextHop:
 			r.nextHop, _ = netip.AddrFromSlice(a.Value.To4())
 		case *bgp.PathAttributeMpReachNLRI:
+			// The global next hop; a link-local second one
+			// (LinkLocalNexthop) is not routed to.
 			if !r.nextHop.IsValid() {
-				r.nextHop, _ = netip.AddrFromSlice(a.Nexthop.To4())
+				nh, _ := netip.AddrFromSlice(a.Nexthop)
+				r.nextHop = nh.Unmap()
 			}
 		}
 	}
-	if !r.nextHop.IsValid() {
-		return r, errors.New("no IPv4 next hop")
+	// The route's next hop is of the prefix's family (the sessions carry
+	// one family each): anything else cannot be installed as it is.
+	v6 := p.GetFamily().GetAfi() == api.Family_AFI_IP6
+	if !r.nextHop.IsValid() || r.nextHop.Is6() != v6 || r.nextHop.IsUnspecified() {
+		return r, fmt.Errorf("no %s next hop (%v)", familyName(v6), r.nextHop)
 	}
 	return r, nil
 }
@@ -537,7 +614,7 @@ func (s *Speaker) WatchBest(ctx context.Context, fn func([]netip.Prefix)) error 
 				continue
 			}
 			pfx, err := netip.ParsePrefix(nlri.String())
-			if err != nil || !pfx.Addr().Is4() {
+			if err != nil {
 				continue
 			}
 			changed = append(changed, pfx)
@@ -567,7 +644,7 @@ func (s *Speaker) dropIfGone(ctx context.Context, addr string) {
 	if !ok || !p.GracefulRestart.On() {
 		return
 	}
-	res := probeAlive(ctx, p.LocalAddress(s.cfg.Address), netip.AddrPortFrom(a, p.Port), ProbeWindow, probeEvery)
+	res := probeAlive(ctx, s.cfg.localAddress(p), netip.AddrPortFrom(a, p.Port), ProbeWindow, probeEvery)
 	if res.Alive || ctx.Err() != nil {
 		// The host is there: a restart, graceful restart holds its routes.
 		s.log.Debug("peer's host answers after its session dropped: holding its routes for graceful restart",

@@ -35,8 +35,8 @@ type tableTracker struct {
 
 type peerTable struct {
 	up      time.Time // when the session came up; zero while it is down
-	eor     bool      // End-of-RIB for IPv4 unicast received since then
-	updates int       // UPDATEs with IPv4 unicast paths since then
+	eor     bool      // End-of-RIB for the session's family received since then
+	updates int       // UPDATEs with unicast paths since then
 	last    time.Time // the last of them
 }
 

@@ -20,10 +20,11 @@ import (
 func speakerOptions(cfg *config.Config) bgp.Options {
 	return bgp.Options{
 		Address:                 cfg.Address,
+		AddressV6:               cfg.AddressV6,
 		RouterID:                cfg.RouterID,
 		LocalAS:                 cfg.LocalAS,
 		RouteReflectorClusterID: cfg.RouteReflectorClusterID,
-		PodCIDR:                 cfg.PodCIDROf(false),
+		PodCIDRs:                cfg.PodCIDRs,
 		BGPPort:                 cfg.BGPPort,
 		Peers:                   cfg.Peers,
 		Scope:                   importScope(cfg),

@@ -16,6 +16,9 @@ import (
 func TestSpeakerOptions(t *testing.T) {
 	cfg := testConfig()
 	cfg.RouterID = netip.MustParseAddr("192.0.2.99")
+	// Dual-stack: the speaker gets both addresses and both blocks.
+	cfg.AddressV6 = netip.MustParseAddr("fd00:192::11")
+	cfg.PodCIDRs = append(cfg.PodCIDRs, netip.MustParsePrefix("fd00:10:244:1::/64"))
 	cfg.RouteReflectorClusterID = netip.MustParseAddr("224.0.0.1")
 	cfg.Pools = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
 	cfg.AcceptDefaultRoute = true
@@ -29,10 +32,11 @@ func TestSpeakerOptions(t *testing.T) {
 	pool, _ := config.ParseCommunity("65000:200")
 	want := bgp.Options{
 		Address:                 netip.MustParseAddr("192.0.2.11"),
+		AddressV6:               netip.MustParseAddr("fd00:192::11"),
 		RouterID:                netip.MustParseAddr("192.0.2.99"),
 		LocalAS:                 64512,
 		RouteReflectorClusterID: netip.MustParseAddr("224.0.0.1"),
-		PodCIDR:                 netip.MustParsePrefix("10.244.1.0/24"),
+		PodCIDRs:                []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64")},
 		BGPPort:                 config.DefaultBGPPort,
 		Peers:                   cfg.Peers,
 		Scope:                   bgp.ImportScope{Pools: cfg.Pools, AcceptDefaultRoute: true},
