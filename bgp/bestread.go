@@ -3,9 +3,12 @@ package bgp
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 
 	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/apiutil"
+	"github.com/osrg/gobgp/v3/pkg/packet/bgp"
 
 	"github.com/nexthop-net/nexthop/internal/prefixerr"
 )
@@ -36,10 +39,13 @@ func (s *Speaker) newBestRead() *bestRead {
 
 // add takes one destination (ListPath's callback).
 func (b *bestRead) add(d *api.Destination) {
-	pfx, err := netip.ParsePrefix(d.Prefix)
+	pfx, err := destPrefix(d)
 	if err != nil {
 		b.other = append(b.other, fmt.Errorf("parse prefix %q from RIB: %w", d.Prefix, err))
 		return
+	}
+	if mappedMartian(pfx) {
+		return // never a route (the rejected-path scan logs it)
 	}
 	nhs, err := b.s.multipath(d.Paths)
 	if err != nil {
@@ -52,6 +58,49 @@ func (b *bestRead) add(d *api.Destination) {
 		b.out[pfx] = nhs
 	}
 }
+
+// destPrefix is d's prefix, from its paths' NLRI: GoBGP writes an
+// IPv4-mapped IPv6 prefix in d.Prefix as if it were IPv4 ("1.2.3.4/128").
+func destPrefix(d *api.Destination) (netip.Prefix, error) {
+	if len(d.Paths) > 0 {
+		return pathPrefix(d.Paths[0])
+	}
+	return netip.ParsePrefix(d.Prefix)
+}
+
+// pathPrefix is the prefix of a unicast path, in its own family.
+func pathPrefix(p *api.Path) (netip.Prefix, error) {
+	nlri, err := apiutil.GetNativeNlri(p)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("decode NLRI: %w", err)
+	}
+	var ip net.IP
+	var bits uint8
+	v6 := false
+	switch n := nlri.(type) {
+	case *bgp.IPAddrPrefix:
+		ip, bits = n.Prefix.To4(), n.Length
+	case *bgp.IPv6AddrPrefix:
+		ip, bits, v6 = n.Prefix.To16(), n.Length, true
+	default:
+		return netip.Prefix{}, fmt.Errorf("not a unicast prefix: %v", nlri)
+	}
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok || a.Is6() != v6 {
+		return netip.Prefix{}, fmt.Errorf("malformed %s prefix %v", familyName(v6), nlri)
+	}
+	pfx := netip.PrefixFrom(a, int(bits))
+	if !pfx.IsValid() {
+		return netip.Prefix{}, fmt.Errorf("malformed %s prefix %v", familyName(v6), nlri)
+	}
+	return pfx, nil
+}
+
+// mappedMartian reports an IPv4-mapped IPv6 prefix (inside the martian
+// ::ffff:0:0/96), which GoBGP's prefix sets cannot match (see prefixSet):
+// the speaker refuses it itself: no route is made of it and it counts as
+// refused.
+func mappedMartian(p netip.Prefix) bool { return p.Addr().Is4In6() }
 
 // result is BestPaths' answer: a PrefixErrors when every failure names its
 // prefix; otherwise, as the other error, every failure together.

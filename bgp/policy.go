@@ -42,9 +42,19 @@ import (
 
 type statement = api.Statement
 
+// prefixSet is the set of ps and their more-specifics. IPv4-mapped IPv6
+// prefixes (::ffff:0:0/96) are left out: GoBGP parses them with
+// net.ParseCIDR into 4-byte keys with a 128-bit mask, and matching an
+// IPv4-mapped path against such a key indexes past its end (critbitgo's
+// lookup), a panic in GoBGP's server loop. GoBGP's prefix sets cannot
+// match an IPv4-mapped path at all (its lookup key is IPv4 then): the
+// speaker refuses those itself (mappedMartian).
 func prefixSet(name string, ps []netip.Prefix) *api.DefinedSet {
 	ds := &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: name}
 	for _, p := range ps {
+		if p.Addr().Is4In6() {
+			continue
+		}
 		ds.Prefixes = append(ds.Prefixes, &api.Prefix{IpPrefix: p.String(), MaskLengthMin: uint32(p.Bits()), MaskLengthMax: uint32(p.Addr().BitLen())})
 	}
 	return ds
@@ -230,6 +240,9 @@ func filterStatements(n func(string) string, peers map[netip.Addr]config.Peer, r
 				name := n(fmt.Sprintf("filter-peer%d-rule%d", i, k))
 				k++
 				cidr, t := r.CIDR, api.MatchSet_ANY
+				if cidr.Addr().Is4In6() {
+					continue // never in a prefix set (see prefixSet)
+				}
 				if !cidr.IsValid() {
 					cidr = defaultRoute(v6)
 				}

@@ -153,7 +153,7 @@ func (s *Speaker) reconcilePathsLocked(ctx context.Context) (int, error) {
 	var stray []*api.Path
 	for _, v6 := range families {
 		err := s.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyOf(v6)}, func(d *api.Destination) {
-			pfx, err := netip.ParsePrefix(d.Prefix)
+			pfx, err := destPrefix(d)
 			for _, p := range d.Paths {
 				if !isLocal(p) || p.IsWithdraw {
 					continue

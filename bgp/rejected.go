@@ -156,11 +156,15 @@ func (s *Speaker) scanRejected(ctx context.Context, peer netip.Addr) error {
 	req := &api.ListPathRequest{TableType: api.TableType_ADJ_IN, Name: peer.String(), Family: familyOf(peer.Is6()), EnableFiltered: true}
 	now := map[netip.Prefix]struct{}{}
 	err := s.srv.ListPath(ctx, req, func(d *api.Destination) {
+		pfx, err := destPrefix(d)
+		if err != nil {
+			return
+		}
 		for _, p := range d.Paths {
-			if p.Filtered {
-				if pfx, err := netip.ParsePrefix(d.Prefix); err == nil {
-					now[pfx] = struct{}{}
-				}
+			// An IPv4-mapped prefix passes GoBGP's policy (it cannot
+			// match it) but the speaker refuses it (mappedMartian).
+			if p.Filtered || mappedMartian(pfx) {
+				now[pfx] = struct{}{}
 			}
 		}
 	})

@@ -608,13 +608,15 @@ func (s *Speaker) WatchBest(ctx context.Context, fn func([]netip.Prefix)) error 
 		}
 		var changed []netip.Prefix
 		for _, p := range t.Paths {
-			nlri, err := apiutil.GetNativeNlri(p)
+			if !isUnicast(p.GetFamily()) {
+				continue
+			}
+			pfx, err := pathPrefix(p)
 			if err != nil {
 				s.log.Warn("undecodable path in best-path event", "err", err)
 				continue
 			}
-			pfx, err := netip.ParsePrefix(nlri.String())
-			if err != nil {
+			if mappedMartian(pfx) {
 				continue
 			}
 			changed = append(changed, pfx)
