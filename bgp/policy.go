@@ -88,11 +88,12 @@ func defaultRoute(v6 bool) netip.Prefix {
 	return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 }
 
-// ofFamily are the prefixes of ps of the family.
+// ofFamily are the prefixes of ps of the family that a GoBGP prefix set
+// can hold: IPv4-mapped ones cannot (see prefixSet).
 func ofFamily(ps []netip.Prefix, v6 bool) []netip.Prefix {
 	var out []netip.Prefix
 	for _, p := range ps {
-		if p.Addr().Is6() == v6 {
+		if p.Addr().Is6() == v6 && !p.Addr().Is4In6() {
 			out = append(out, p)
 		}
 	}
