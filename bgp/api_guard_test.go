@@ -190,7 +190,12 @@ func listPeers(t *testing.T, c api.GobgpApiClient) []*api.Peer {
 }
 
 func TestAPIReadOnlyAndRedacted(t *testing.T) {
-	sp, c, sock := apiSpeaker(t, nil)
+	// Dual-stack: `gobgp global rib -a ipv6` reads the IPv6 table.
+	sp, c, sock := apiSpeaker(t, func(c *config.Config) {
+		c.AddressV6 = netip.IPv6Loopback()
+		c.PodCIDRs = []netip.Prefix{c.PodCIDR, netip.MustParsePrefix("fd00:10:244:1::/64")}
+		c.PodCIDR = netip.Prefix{}
+	})
 	ctx := context.Background()
 
 	fi, err := os.Stat(sock)
@@ -222,8 +227,8 @@ func TestAPIReadOnlyAndRedacted(t *testing.T) {
 		t.Errorf("GetBgp says listen port %d, want %d", got, sp.cfg.BGPPort)
 	}
 
-	rib := func() []string {
-		st, err := c.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4})
+	rib := func(v6 bool) []string {
+		st, err := c.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyOf(v6)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -236,9 +241,12 @@ func TestAPIReadOnlyAndRedacted(t *testing.T) {
 			out = append(out, r.Destination.Prefix)
 		}
 	}
-	waitFor(t, "own block in the RIB", func() error {
-		if got := rib(); !slices.Equal(got, []string{"10.244.1.0/24"}) {
-			return fmt.Errorf("global RIB through the API: %v", got)
+	waitFor(t, "own blocks in the RIB", func() error {
+		if got := rib(false); !slices.Equal(got, []string{"10.244.1.0/24"}) {
+			return fmt.Errorf("global IPv4 RIB through the API: %v", got)
+		}
+		if got := rib(true); !slices.Equal(got, []string{"fd00:10:244:1::/64"}) {
+			return fmt.Errorf("global IPv6 RIB through the API: %v", got)
 		}
 		return nil
 	})
@@ -270,7 +278,7 @@ func TestAPIReadOnlyAndRedacted(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied {
 		t.Errorf("AddPathStream: got %v, want PermissionDenied", err)
 	}
-	if got := rib(); !slices.Equal(got, []string{"10.244.1.0/24"}) {
+	if got := rib(false); !slices.Equal(got, []string{"10.244.1.0/24"}) {
 		t.Errorf("global RIB after refused writes: %v", got)
 	}
 	if got := listPeers(t, c); len(got) != 1 {
