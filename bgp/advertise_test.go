@@ -15,11 +15,11 @@ import (
 	"github.com/nexthop-net/nexthop/config"
 )
 
-// receivedFrom lists what sp learned from peer, each prefix with its
-// communities ("65000:100 65000:1:2").
+// receivedFrom lists what sp learned from peer (in the family of its
+// session), each prefix with its communities ("65000:100 65000:1:2").
 func receivedFrom(ctx context.Context, sp *Speaker, peer netip.Addr) (map[string]string, error) {
 	got := map[string]string{}
-	err := sp.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4}, func(d *api.Destination) {
+	err := sp.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyOf(peer.Is6())}, func(d *api.Destination) {
 		for _, p := range d.Paths {
 			if p.NeighborIp != peer.String() {
 				continue

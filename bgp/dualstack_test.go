@@ -256,9 +256,15 @@ func TestDualStack(t *testing.T) {
 	})
 
 	// Services of both families: to the external router with the next hop
-	// of their family, never to nodes.
-	if err := n0.sp.SetAdvertisement(ctx, Advertisement{Services: []netip.Prefix{
-		netip.MustParsePrefix("198.51.100.10/32"), netip.MustParsePrefix("fd00:96::10/128")}}); err != nil {
+	// of their family, never to nodes. Communities by prefix go on the
+	// routes of their family.
+	if err := n0.sp.SetAdvertisement(ctx, Advertisement{
+		Services:    []netip.Prefix{netip.MustParsePrefix("198.51.100.10/32"), netip.MustParsePrefix("fd00:96::10/128")},
+		Communities: mustCommunities(t, "65000:100"),
+		PrefixCommunities: []PrefixCommunities{
+			{CIDR: netip.MustParsePrefix("10.244.0.0/16"), Communities: mustCommunities(t, "65000:400")},
+			{CIDR: netip.MustParsePrefix("fd00:10:244::/56"), Communities: mustCommunities(t, "65000:600")},
+		}}); err != nil {
 		t.Fatal(err)
 	}
 	routerView := func(want string) {
@@ -282,6 +288,18 @@ func TestDualStack(t *testing.T) {
 		})
 	}
 	routerView("[10.244.1.0/24 via [127.0.0.1] 198.51.100.10/32 via [127.0.0.1] fd00:10:244:1::/64 via [fd00:192::1] fd00:96::10/128 via [fd00:192::1]]")
+	for peer, want := range map[netip.Addr]string{
+		netip.MustParseAddr("127.0.0.1"): "map[10.244.1.0/24:65000:100 65000:400 198.51.100.10/32:65000:100]",
+		v6Addr(0):                        "map[fd00:10:244:1::/64:65000:100 65000:600 fd00:96::10/128:65000:100]",
+	} {
+		waitFor(t, "communities at the router from "+peer.String(), func() error {
+			got, err := receivedFrom(ctx, ext.sp, peer)
+			if err != nil || fmt.Sprint(got) != want {
+				return fmt.Errorf("got %v (%v), want %s", got, err, want)
+			}
+			return nil
+		})
+	}
 	bestIs(t, "n1 hears n0's blocks, not its services", n1.sp,
 		"map[10.244.1.0/24:[127.0.0.1] 203.0.113.0/24:[127.0.0.3] fd00:10:244:1::/64:[fd00:192::1] fd00:99::/48:[fd00:192::3]]")
 
