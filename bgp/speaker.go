@@ -293,7 +293,7 @@ func (s *Speaker) Announce(ctx context.Context, block netip.Prefix) error {
 	return nil
 }
 
-// ownBlocks are the blocks announced now, IPv4 first.
+// ownBlocksLocked are the blocks announced now, IPv4 first; s.mu is held.
 func (s *Speaker) ownBlocksLocked() []netip.Prefix {
 	var out []netip.Prefix
 	for _, v6 := range families {
