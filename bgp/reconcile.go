@@ -138,6 +138,21 @@ func peerDiff(want, got *api.Peer) string {
 	if limit(want) != limit(got) {
 		return "prefix limit changed"
 	}
+	// The session's family is its peer's: a family added or removed
+	// through the API is a change too.
+	fams := func(p *api.Peer) []string {
+		var out []string
+		for _, a := range p.GetAfiSafis() {
+			if a.GetConfig().GetEnabled() {
+				out = append(out, a.GetConfig().GetFamily().String())
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	if !slices.Equal(fams(want), fams(got)) {
+		return fmt.Sprintf("address families changed to %v", fams(got))
+	}
 	return ""
 }
 
