@@ -299,7 +299,7 @@ func TestGobgpAPIUnixSocketRootOnly(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var logBuf syncbuf.Buffer
-	sp := bgp.New(bgp.Options{Address: cfg.Address, RouterID: cfg.RouterID, LocalAS: cfg.LocalAS, PodCIDR: cfg.PodCIDR,
+	sp := bgp.New(bgp.Options{Address: cfg.Address, RouterID: cfg.RouterID, LocalAS: cfg.LocalAS, PodCIDRs: cfg.PodCIDRs,
 		BGPPort: cfg.BGPPort, Peers: cfg.Peers, GRPCListen: cfg.GRPCListen}, slog.New(slog.NewTextHandler(&logBuf, nil)))
 	if err := sp.Start(ctx); err != nil {
 		t.Fatal(err)
