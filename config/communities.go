@@ -65,8 +65,10 @@ func (c *Config) validateAdvertisement(bad func(field, format string, a ...any))
 	for i, p := range c.ServiceCIDRs {
 		f := fmt.Sprintf("serviceCIDRs[%d]", i)
 		switch {
-		case !p.IsValid():
-			bad(f, "%s is not a prefix", p)
+		case badPrefix(p) != "":
+			bad(f, "%s", badPrefix(p))
+		case !c.AddressOf(p.Addr().Is6()).IsValid():
+			bad(f, "%s is %s but the node has no %s address to be its next hop", p, familyName(p.Addr().Is6()), familyName(p.Addr().Is6()))
 		case p.Bits() == 0:
 			bad(f, "%s would announce a default route", p)
 		case c.PodCIDROf(p.Addr().Is6()).Overlaps(p):
@@ -89,8 +91,8 @@ func (c *Config) validateAdvertisement(bad func(field, format string, a ...any))
 	}
 	for i, pa := range c.PrefixAdvertisements {
 		f := fmt.Sprintf("prefixAdvertisements[%d]", i)
-		if !pa.CIDR.IsValid() {
-			bad(f+".cidr", "%s is not a prefix", pa.CIDR)
+		if why := badPrefix(pa.CIDR); why != "" {
+			bad(f+".cidr", "%s", why)
 		}
 		if len(pa.Communities) == 0 {
 			bad(f+".communities", "required: the communities to add to routes inside %s", pa.CIDR)

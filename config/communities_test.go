@@ -50,7 +50,7 @@ prefixAdvertisements:
 		"serviceCIDRs: [10.244.0.0/20]":                                    "overlaps this node's podCIDR",
 		"serviceCIDRs: [10.244.200.0/24]":                                  "overlaps the pod pool 10.244.0.0/16",
 		"serviceCIDRs: [169.254.0.0/24]":                                   "reserved range",
-		"serviceCIDRs: ['fe80::/64']":                                      "reserved range fe80::/10",
+		"serviceCIDRs: ['fd00:96::/112']":                                  "no IPv6 address to be its next hop",
 		`communities: ["65000:70000"]`:                                     "communities[0]: community \"65000:70000\"",
 		"prefixAdvertisements: [{cidr: 10.96.0.0/12}]":                     "prefixAdvertisements[0].communities: required",
 		`prefixAdvertisements: [{cidr: 10.96.0.0/12, communities: ["x"]}]`: "prefixAdvertisements[0].communities[0]",

@@ -285,6 +285,9 @@ func validateRule(r FilterRule, bits int) string {
 	default:
 		return fmt.Sprintf("matchOperator %q is not one of Equal, NotEqual, In, NotIn", r.MatchOperator)
 	}
+	if why := badPrefix(r.CIDR); r.CIDR.IsValid() && why != "" {
+		return why
+	}
 	if r.CIDR.IsValid() && r.CIDR.Addr().BitLen() != bits {
 		return fmt.Sprintf("cidr %s is not %s", r.CIDR, familyName(bits == 128))
 	}
@@ -622,8 +625,8 @@ func (c *Config) Validate() error {
 	for i, p := range c.NATOutgoingExclude {
 		f := fmt.Sprintf("natOutgoingExclude[%d]", i)
 		switch {
-		case !p.IsValid():
-			bad(f, "%s is not a prefix", p)
+		case badPrefix(p) != "":
+			bad(f, "%s", badPrefix(p))
 		case p.Bits() == 0:
 			bad(f, "%s excludes every destination: set natOutgoing: false instead", p)
 		}
@@ -750,8 +753,8 @@ func (c *Config) validatePeer(f string, p Peer, bad func(field, format string, a
 		}
 	}
 	for j, a := range p.Accept {
-		if !a.IsValid() {
-			bad(fmt.Sprintf("%s.accept[%d]", f, j), "%s is not a prefix", a)
+		if why := badPrefix(a); why != "" {
+			bad(fmt.Sprintf("%s.accept[%d]", f, j), "%s", why)
 		}
 	}
 	if len(p.Accept) > 0 && p.IsNode(c.LocalAS) {

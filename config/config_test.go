@@ -2,11 +2,11 @@ package config
 
 import (
 	"fmt"
-	"sigs.k8s.io/yaml"
-
 	"strings"
 	"testing"
 	"time"
+
+	"sigs.k8s.io/yaml"
 )
 
 const good = `

@@ -58,6 +58,19 @@ func HashRouterID(nodeName string) netip.Addr {
 	return netip.AddrFrom4(b)
 }
 
+// badPrefix says why p is no prefix to configure, or "". IPv4-mapped
+// IPv6 prefixes are refused: written as IPv6 they would never match the
+// IPv4 routes they stand for (and GoBGP's prefix sets cannot hold them).
+func badPrefix(p netip.Prefix) string {
+	switch {
+	case !p.IsValid():
+		return fmt.Sprintf("%s is not a prefix", p)
+	case p.Addr().Is4In6():
+		return fmt.Sprintf("%s is an IPv4-mapped IPv6 prefix: write the IPv4 prefix", p)
+	}
+	return ""
+}
+
 func familyName(v6 bool) string {
 	if v6 {
 		return "IPv6"
@@ -97,8 +110,8 @@ func (c *Config) validateFamilies(bad func(field, format string, a ...any)) {
 	seen := map[bool]bool{}
 	for i, p := range c.PodCIDRs {
 		f := fmt.Sprintf("podCIDRs[%d]", i)
-		if !p.IsValid() {
-			bad(f, "not a prefix")
+		if why := badPrefix(p); why != "" {
+			bad(f, "%s", why)
 			continue
 		}
 		v6 := p.Addr().Is6()
@@ -135,8 +148,8 @@ func (c *Config) validateFamilies(bad func(field, format string, a ...any)) {
 		}
 	}
 	for i, p := range c.Pools {
-		if !p.IsValid() {
-			bad(fmt.Sprintf("pools[%d]", i), "not a prefix")
+		if why := badPrefix(p); why != "" {
+			bad(fmt.Sprintf("pools[%d]", i), "%s", why)
 		}
 	}
 }

@@ -18,7 +18,7 @@ import (
 // the first such peer, so a node without BFD opens no UDP port 3784.
 type bfdSessions struct {
 	log   *slog.Logger
-	local netip.Addr
+	local func(config.Peer) netip.Addr
 	// resetPeer is the speaker's PeerDown; established reads whether the
 	// BGP session with a peer is up. Both run on the reset goroutine.
 	resetPeer   func(ctx context.Context, addr netip.Addr, reason string) error
@@ -39,7 +39,9 @@ type bfdSessions struct {
 }
 
 type bfdOptions struct {
-	Local       netip.Addr
+	// Local is the session source for a peer: the node's address of the
+	// peer's family (config.Config.LocalAddressOf).
+	Local       func(config.Peer) netip.Addr
 	ResetPeer   func(ctx context.Context, addr netip.Addr, reason string) error
 	Established func(addr netip.Addr) bool
 	OnChange    func(bfd.Change)
@@ -72,7 +74,7 @@ func (b *bfdSessions) sync(ctx context.Context, peers []config.Peer) error {
 	want := map[netip.Addr]bfd.PeerOptions{}
 	gr := map[netip.Addr]bool{}
 	for _, p := range peers {
-		if o, ok := bfdPeerOptions(b.local, p); ok {
+		if o, ok := bfdPeerOptions(b.local(p), p); ok {
 			want[p.Address] = o
 			gr[p.Address] = p.GracefulRestart.On()
 		}

@@ -131,7 +131,7 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 	n := &node{cfg: cfg, log: log, sp: sp, rec: rec, enc: enc, changes: changes, started: time.Now(),
 		ipamDone: served, o: o, obs: obs, nat: natOut,
 		prog: newProgramming(log, sp, enc, rec, obs.programmed)}
-	n.bfd = newBFDSessions(ctx, bfdOptions{Local: cfg.Address, ResetPeer: sp.PeerDown,
+	n.bfd = newBFDSessions(ctx, bfdOptions{Local: cfg.LocalAddressOf, ResetPeer: sp.PeerDown,
 		Established: n.established, OnChange: obs.bfdChanged}, log)
 	// On the way out, every BFD session goes AdminDown and the peers are
 	// told: they keep our routes for graceful restart (RFC 5882 3.2).
