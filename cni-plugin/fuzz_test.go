@@ -79,7 +79,8 @@ func FuzzParseConfig(f *testing.F) {
 			noPanic(t, "CHECK's reading of prevResult", func() {
 				if prev, err := current.NewResultFromResult(conf.PrevResult); err == nil {
 					for _, netns := range []string{"", "/run/netns/pod"} {
-						resultIP(prev, netns)
+						resultIP(prev, netns, false)
+						resultIP(prev, netns, true)
 						resultMTU(prev, netns, "eth0")
 					}
 				}

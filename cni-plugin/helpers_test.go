@@ -103,12 +103,22 @@ func newTestHost(t testing.TB, block string, opts ...ipam.ServeOption) *testHost
 	return h
 }
 
-// serveIPAM serves a real IPAM allocator for block, with opts, on a
-// socket in a temp dir, until the test ends. It needs no netns.
+// parseBlocks reads "10.0.0.0/24", "fd00::/64" or "10.0.0.0/24,fd00::/64".
+func parseBlocks(s string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, b := range strings.Split(s, ",") {
+		out = append(out, netip.MustParsePrefix(b))
+	}
+	return out
+}
+
+// serveIPAM serves a real IPAM allocator for block (comma separated for
+// one of each family), with opts, on a socket in a temp dir, until the test
+// ends. It needs no netns.
 func serveIPAM(t testing.TB, block string, opts ...ipam.ServeOption) (string, *ipam.Allocator) {
 	t.Helper()
 	dir := t.TempDir()
-	alloc, err := ipam.Open(context.Background(), filepath.Join(dir, "ipam.db"), netip.MustParsePrefix(block), nil)
+	alloc, err := ipam.Open(context.Background(), filepath.Join(dir, "ipam.db"), parseBlocks(block), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

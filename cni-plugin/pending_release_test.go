@@ -59,7 +59,7 @@ func (d *ipamDaemon) start(t *testing.T) {
 	if d.stop != nil {
 		t.Fatal("ipam daemon already running")
 	}
-	a, err := ipam.Open(context.Background(), d.db, d.block, nil)
+	a, err := ipam.Open(context.Background(), d.db, []netip.Prefix{d.block}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

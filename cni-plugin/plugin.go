@@ -1,13 +1,14 @@
 // Package cniplugin is the nexthop CNI plugin: Calico-style routed pod
-// wiring (veth, /32 pod address, link-local gateway answered by proxy ARP,
-// host /32 route) with addresses from the node daemon's IPAM socket.
+// wiring (veth; /32 pod address, link-local gateway 169.254.1.1 answered by
+// proxy ARP, host /32 route; /128 pod address, gateway fe80::1 held by the
+// host veth, host /128 route) with addresses from the node daemon's IPAM
+// socket: IPv4, IPv6 or both, as the node's blocks.
 package cniplugin
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/nexthop-net/nexthop/ipam"
+	"github.com/nexthop-net/nexthop/ipam/ipampb"
 )
 
 // Timeout bounds one plugin invocation; runtimes retry on code 11.
@@ -122,7 +124,7 @@ func add(ctx context.Context, conf *NetConf, args *skel.CmdArgs) (_ *current.Res
 		return nil, types.NewError(types.ErrInternal, err.Error(), "")
 	}
 	defer client.Close()
-	podIP, block, daemonMTU, err := client.Allocate(ctx, ipam.Request{
+	lease, err := client.Allocate(ctx, ipam.Request{
 		ContainerID:  args.ContainerID,
 		IfName:       args.IfName,
 		PodNamespace: string(kargs.K8S_POD_NAMESPACE),
@@ -131,8 +133,8 @@ func add(ctx context.Context, conf *NetConf, args *skel.CmdArgs) (_ *current.Res
 	if err != nil {
 		return nil, ipamError(err)
 	}
-	mtu, mtuSource := conf.podMTU(daemonMTU)
-	log = log.With("ip", podIP, "mtu", mtu, "mtuFrom", mtuSource)
+	mtu, mtuSource := conf.podMTU(lease.MTU)
+	log = log.With("ip", fmt.Sprint(lease.Addrs()), "mtu", mtu, "mtuFrom", mtuSource)
 	defer func() {
 		if retErr == nil {
 			return
@@ -151,17 +153,18 @@ func add(ctx context.Context, conf *NetConf, args *skel.CmdArgs) (_ *current.Res
 		ifName: args.IfName,
 		host:   hostVethFor(args.ContainerID, args.IfName, kargs),
 		mtu:    mtu,
-		podIP:  podIP,
+		podIP:  lease.IP,
+		podIP6: lease.IPv6,
 	}
 	hostIf, podIf, err := w.setup()
 	if err != nil {
-		return nil, types.NewError(types.ErrInternal, fmt.Sprintf("wire %s (%s) for %s: %v", args.IfName, podIP, args.ContainerID, err), "")
+		return nil, types.NewError(types.ErrInternal, fmt.Sprintf("wire %s (%v) for %s: %v", args.IfName, lease.Addrs(), args.ContainerID, err), "")
 	}
 	if w.replaced != "" {
 		log.Warn("removed the host veth of an older sandbox of the same pod (re-created under its name before the old sandbox's DEL)",
 			"hostVeth", w.host.name, "oldContainer", w.replaced)
 	}
-	log.Info("pod wired", "hostVeth", w.host.name, "block", block, "secondary", w.secondary, "table", tableName(w.table))
+	log.Info("pod wired", "hostVeth", w.host.name, "block", lease.Block, "blockV6", lease.BlockV6, "secondary", w.secondary, "table", tableName(w.table))
 
 	result := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
@@ -169,19 +172,23 @@ func add(ctx context.Context, conf *NetConf, args *skel.CmdArgs) (_ *current.Res
 			{Name: hostIf.Name, Mac: hostIf.HardwareAddr.String(), Mtu: hostIf.MTU},
 			{Name: podIf.Name, Mac: podIf.HardwareAddr.String(), Sandbox: args.Netns, Mtu: podIf.MTU},
 		},
-		IPs: []*current.IPConfig{{
-			Address:   net.IPNet{IP: podIP.AsSlice(), Mask: net.CIDRMask(32, 32)},
-			Gateway:   Gateway.AsSlice(),
-			Interface: current.Int(1),
-		}},
 	}
-	// A secondary interface's default route is in its own table, used only
-	// for traffic from its address: the pod's default route is not here.
-	if !w.secondary {
-		result.Routes = []*types.Route{{
-			Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
-			GW:  Gateway.AsSlice(),
-		}}
+	for _, ip := range lease.Addrs() {
+		result.IPs = append(result.IPs, &current.IPConfig{
+			Address:   *hostPrefix(ip),
+			Gateway:   gatewayOf(ip).AsSlice(),
+			Interface: current.Int(1),
+		})
+		// A secondary interface's default route is in its own table, used
+		// only for traffic from its address: the pod's default route is not
+		// here.
+		if !w.secondary {
+			dst := *defaultDst
+			if ip.Is6() {
+				dst = *defaultDstV6
+			}
+			result.Routes = append(result.Routes, &types.Route{Dst: dst, GW: gatewayOf(ip).AsSlice()})
+		}
 	}
 	return result, nil
 }
@@ -213,9 +220,9 @@ func Del(ctx context.Context, args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInternal, err.Error(), "")
 	}
 	defer client.Close()
-	ip, err := client.Release(ctx, args.ContainerID, args.IfName)
+	ips, err := client.Release(ctx, args.ContainerID, args.IfName)
 	if err == nil {
-		log.Info("pod unwired", "released", ip)
+		log.Info("pod unwired", "released", fmt.Sprint(ips))
 		return nil
 	}
 	if !ipam.IsUnavailable(err) {
@@ -273,34 +280,46 @@ func Check(ctx context.Context, args *skel.CmdArgs) error {
 	// the choice ADD would make now the best guess.
 	mtu, _ := conf.podMTU(daemonMTU)
 	var problems []string
-	podIP := al.IP
+	podIPs := [2]netip.Addr{al.IP, al.IPv6}
 	switch {
 	case !found:
 		problems = append(problems, fmt.Sprintf("ipam: no address allocated to %s/%s", args.ContainerID, args.IfName))
 	case al.OutOfBlock:
-		problems = append(problems, fmt.Sprintf("ipam: %s is outside the node block (the block changed)", al.IP))
+		problems = append(problems, fmt.Sprintf("ipam: %v is outside the node blocks (the blocks changed)", al.Addrs()))
 	}
 	if conf.PrevResult != nil {
 		prev, err := current.NewResultFromResult(conf.PrevResult)
 		if err != nil {
 			return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: %v", err), "")
 		}
-		if prevIP, ok := resultIP(prev, args.Netns); ok {
-			if found && prevIP != al.IP {
-				problems = append(problems, fmt.Sprintf("ipam holds %s but prevResult says %s", al.IP, prevIP))
+		// Each family on its own: the result and the record must agree on
+		// both addresses.
+		for i, v6 := range []bool{false, true} {
+			prevIP, ok := resultIP(prev, args.Netns, v6)
+			switch {
+			case ok && found && prevIP != al.Addr(v6):
+				held := "nothing"
+				if al.Addr(v6).IsValid() {
+					held = al.Addr(v6).String()
+				}
+				problems = append(problems, fmt.Sprintf("ipam holds %s but prevResult says %s", held, prevIP))
+			case !ok && found && al.Addr(v6).IsValid():
+				problems = append(problems, fmt.Sprintf("ipam holds %s but prevResult has no %s address", al.Addr(v6), familyName(v6)))
 			}
-			podIP = prevIP
+			if ok {
+				podIPs[i] = prevIP
+			}
 		}
 		if m, ok := resultMTU(prev, args.Netns, args.IfName); ok {
 			mtu = m
 		}
 	}
-	if podIP.IsValid() {
+	if podIPs[0].IsValid() || podIPs[1].IsValid() {
 		// Named after the pod, or after the container if wired before
 		// pods were (an upgrade) or the runtime names no pod.
 		host := hostVethFor(args.ContainerID, args.IfName, kargs)
 		host.name = findHostVeth(host.att, hostVethNames(args.ContainerID, args.IfName, kargs))
-		w := &wiring{hostNS: hostNS, podNS: podNS, ifName: args.IfName, host: host, mtu: mtu, podIP: podIP}
+		w := &wiring{hostNS: hostNS, podNS: podNS, ifName: args.IfName, host: host, mtu: mtu, podIP: podIPs[0], podIP6: podIPs[1]}
 		problems = append(problems, w.check()...)
 	}
 	if len(problems) > 0 {
@@ -309,8 +328,16 @@ func Check(ctx context.Context, args *skel.CmdArgs) error {
 	return nil
 }
 
-// resultIP finds the IPv4 address of the sandbox interface in a result.
-func resultIP(r *current.Result, netnsPath string) (netip.Addr, bool) {
+func familyName(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// resultIP finds the address of the family (v6: IPv6) of the sandbox
+// interface in a result.
+func resultIP(r *current.Result, netnsPath string, v6 bool) (netip.Addr, bool) {
 	for _, c := range r.IPs {
 		// An index outside the interface list (negative, say, from a
 		// hand-made prevResult) names no interface: not ours.
@@ -319,7 +346,7 @@ func resultIP(r *current.Result, netnsPath string) (netip.Addr, bool) {
 				continue
 			}
 		}
-		if a, ok := netip.AddrFromSlice(c.Address.IP); ok && a.Unmap().Is4() {
+		if a, ok := netip.AddrFromSlice(c.Address.IP); ok && a.Unmap().Is6() == v6 {
 			return a.Unmap(), true
 		}
 	}
@@ -361,12 +388,12 @@ func GC(ctx context.Context, args *skel.CmdArgs) error {
 	}
 	log := conf.logger()
 	for _, al := range released {
-		log.Info("gc released address", "ip", al.IP, "container", al.ContainerID, "ifName", al.IfName)
+		log.Info("gc released address", "ip", fmt.Sprint(al.Addrs()), "container", al.ContainerID, "ifName", al.IfName)
 	}
 	return nil
 }
 
-// Status reports whether ADD can succeed: the daemon answers and the block
+// Status reports whether ADD can succeed: the daemon answers and each block
 // has a free address.
 func Status(ctx context.Context, args *skel.CmdArgs) error {
 	conf, cerr := parseConfig(args.StdinData)
@@ -382,9 +409,15 @@ func Status(ctx context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
 	}
-	if st.GetUsed() >= st.GetSize() {
-		return types.NewError(types.ErrPluginNotAvailable,
-			fmt.Sprintf("block %s exhausted: all %d allocatable addresses are in use", st.GetBlock(), st.GetSize()), "")
+	blocks := st.GetBlocks()
+	if len(blocks) == 0 { // a daemon from before IPv6
+		blocks = []*ipampb.BlockStatus{{Block: st.GetBlock(), Size: uint64(st.GetSize()), Used: st.GetUsed()}}
+	}
+	for _, b := range blocks {
+		if uint64(b.GetUsed()) >= b.GetSize() {
+			return types.NewError(types.ErrPluginNotAvailable,
+				fmt.Sprintf("block %s exhausted: all %d allocatable addresses are in use", b.GetBlock(), b.GetSize()), "")
+		}
 	}
 	return nil
 }

@@ -14,11 +14,12 @@ import (
 // A pod can have more than one nexthop interface (Multus adds net1, net2,
 // ... next to eth0). Only one can own the main table's default route and
 // the 169.254.1.1 link route: the first one added to a pod that has no
-// default route yet (normally eth0), the primary. Any later one, or one
+// default route yet in a family it has an address of (normally eth0), the
+// primary. Any later one, or one
 // added to a pod whose default route another plugin made, is secondary: its
 // gateway and default routes go into a table of its own, podTable(its
-// ifindex), chosen by a rule "from <its address> lookup <table>" at
-// SecondaryRulePriority. Traffic from a secondary address leaves by its own
+// ifindex), chosen by a rule "from <its address> lookup <table>" (one per
+// address, IPv4 and IPv6) at SecondaryRulePriority. Traffic from a secondary address leaves by its own
 // interface (source-based routing, as the reference sbr plugin does); all
 // other traffic follows the primary's default route.
 const (
@@ -31,31 +32,56 @@ const (
 
 func podTable(ifindex int) int { return secondaryTableBase + ifindex }
 
-var defaultDst = &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+var (
+	defaultDst   = &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+	defaultDstV6 = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+)
 
-// hasDefaultRoute reports whether the current netns's main table has an
-// IPv4 default route, whoever made it.
-func hasDefaultRoute() (bool, error) {
-	routes, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: defaultDst}, netlink.RT_FILTER_DST)
-	if err != nil {
-		return false, fmt.Errorf("list default routes: %w", err)
+func familyOf(ip netip.Addr) int {
+	if ip.Is4() {
+		return netlink.FAMILY_V4
 	}
-	return len(routes) > 0, nil
+	return netlink.FAMILY_V6
 }
 
-// gatewayRoutes are the pod's routes for interface ifindex in table (0:
-// main): the gateway on the link, the default route through it.
-func gatewayRoutes(ifindex, table int) (gw, def *netlink.Route) {
-	gw = &netlink.Route{LinkIndex: ifindex, Dst: hostPrefix(Gateway), Scope: netlink.SCOPE_LINK, Table: table}
-	def = &netlink.Route{LinkIndex: ifindex, Dst: defaultDst, Gw: Gateway.AsSlice(), Table: table}
-	return gw, def
+// hasDefaultRoute reports whether the current netns's main table has a
+// default route, whoever made it, in the family of any of addrs.
+func hasDefaultRoute(addrs []netip.Addr) (bool, error) {
+	for _, ip := range addrs {
+		dst := defaultDst
+		if ip.Is6() {
+			dst = defaultDstV6
+		}
+		routes, err := netlinksafe.RouteListFiltered(familyOf(ip), &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
+		if err != nil {
+			return false, fmt.Errorf("list default routes: %w", err)
+		}
+		if len(routes) > 0 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// gatewayRoutes are the pod's routes of a family for interface ifindex in
+// table (0: main): IPv4, the gateway on the link and the default route
+// through it; IPv6, the default route via fe80::1 (on-link, as every
+// link-local address).
+func gatewayRoutes(ifindex, table int, v6 bool) []*netlink.Route {
+	if v6 {
+		return []*netlink.Route{{LinkIndex: ifindex, Dst: defaultDstV6, Gw: GatewayV6.AsSlice(), Table: table}}
+	}
+	return []*netlink.Route{
+		{LinkIndex: ifindex, Dst: hostPrefix(Gateway), Scope: netlink.SCOPE_LINK, Table: table},
+		{LinkIndex: ifindex, Dst: defaultDst, Gw: Gateway.AsSlice(), Table: table},
+	}
 }
 
 // sourceRule is the rule that sends traffic from a secondary interface's
 // address to its table.
 func sourceRule(podIP netip.Addr, table int) *netlink.Rule {
 	r := netlink.NewRule()
-	r.Family = netlink.FAMILY_V4
+	r.Family = familyOf(podIP)
 	r.Src = hostPrefix(podIP)
 	r.Table = table
 	r.Priority = SecondaryRulePriority
@@ -70,14 +96,22 @@ func addSourceRule(podIP netip.Addr, table int) error {
 	return nil
 }
 
-// ourRules are the rules at SecondaryRulePriority in the current netns.
+// ourRules are the rules at SecondaryRulePriority in the current netns,
+// of both families.
 func ourRules() ([]netlink.Rule, error) {
-	rules, err := netlinksafe.RuleListFiltered(netlink.FAMILY_V4,
-		&netlink.Rule{Priority: SecondaryRulePriority}, netlink.RT_FILTER_PRIORITY)
-	if err != nil {
-		return nil, fmt.Errorf("list rules: %w", err)
+	var out []netlink.Rule
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rules, err := netlinksafe.RuleListFiltered(family,
+			&netlink.Rule{Priority: SecondaryRulePriority}, netlink.RT_FILTER_PRIORITY)
+		if err != nil {
+			return nil, fmt.Errorf("list rules: %w", err)
+		}
+		for i := range rules {
+			rules[i].Family = family // RuleDel needs it
+		}
+		out = append(out, rules...)
 	}
-	return rules, nil
+	return out, nil
 }
 
 // deleteSourceRules removes, in the pod netns, the rule of the interface at
@@ -111,24 +145,34 @@ func isNoDevice(err error) bool {
 }
 
 // secondaryTable reports, in the pod netns, whether the interface at
-// ifindex with podIP is wired as secondary: its source rule or any route in
-// its table is there.
-func secondaryTable(ifindex int, podIP netip.Addr) (table int, secondary bool, err error) {
+// ifindex with podIPs is wired as secondary: a source rule of it or any
+// route in its table is there.
+func secondaryTable(ifindex int, podIPs []netip.Addr) (table int, secondary bool, err error) {
 	table = podTable(ifindex)
 	rules, err := ourRules()
 	if err != nil {
 		return table, false, err
 	}
 	for _, r := range rules {
-		if r.Table == table || (r.Src != nil && r.Src.String() == podIP.String()+"/32") {
+		if r.Table == table {
+			return table, true, nil
+		}
+		for _, ip := range podIPs {
+			if r.Src != nil && r.Src.String() == hostPrefix(ip).String() {
+				return table, true, nil
+			}
+		}
+	}
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, err := netlinksafe.RouteListFiltered(family, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return table, false, fmt.Errorf("list routes in table %d: %w", table, err)
+		}
+		if len(routes) > 0 {
 			return table, true, nil
 		}
 	}
-	routes, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return table, false, fmt.Errorf("list routes in table %d: %w", table, err)
-	}
-	return table, len(routes) > 0, nil
+	return table, false, nil
 }
 
 // checkSourceRule reports, in the pod netns, what is wrong with the source
@@ -141,7 +185,10 @@ func checkSourceRule(ifName string, podIP netip.Addr, table int) []string {
 	var problems []string
 	found := false
 	for _, r := range rules {
-		fromUs := r.Src != nil && r.Src.String() == podIP.String()+"/32"
+		if r.Family != familyOf(podIP) {
+			continue // the other family's rule, checked with its address
+		}
+		fromUs := r.Src != nil && r.Src.String() == hostPrefix(podIP).String()
 		switch {
 		case fromUs && r.Table == table:
 			found = true

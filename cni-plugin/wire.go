@@ -19,10 +19,23 @@ import (
 	"github.com/nexthop-net/nexthop/ipam"
 )
 
-// Gateway is the pod's next hop. Nothing owns it: the host veth answers ARP
-// for it with proxy_arp, so every pod can use the same link-local gateway
-// whatever its address (Calico's trick).
+// Gateway is the pod's IPv4 next hop. Nothing owns it: the host veth
+// answers ARP for it with proxy_arp, so every pod can use the same
+// link-local gateway whatever its address (Calico's trick).
 var Gateway = netip.MustParseAddr("169.254.1.1")
+
+// GatewayV6 is the pod's IPv6 next hop: the host veth holds it as its own
+// fe80::1/64 (as Calico's), so it answers neighbour solicitations for it
+// with no proxy NDP.
+var GatewayV6 = netip.MustParseAddr("fe80::1")
+
+// gatewayOf is the pod's next hop for ip's family.
+func gatewayOf(ip netip.Addr) netip.Addr {
+	if ip.Is4() {
+		return Gateway
+	}
+	return GatewayV6
+}
 
 // HostVethName is the host end's name when it is not named after its pod
 // (hostVethFor), and every attachment's name before it could be: "nh" + 11
@@ -129,8 +142,15 @@ func (w *wiring) removeStaleHostVeth() (replaced string, err error) {
 	return replaced, nil
 }
 
+// hostPrefix is a as a /32 or a /128.
 func hostPrefix(a netip.Addr) *net.IPNet {
-	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)}
+	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
+}
+
+// hostVethGateway is the address the host veth holds to be the pod's IPv6
+// gateway.
+func hostVethGateway() *net.IPNet {
+	return &net.IPNet{IP: GatewayV6.AsSlice(), Mask: net.CIDRMask(64, 128)}
 }
 
 // wiring describes one pod attachment.
@@ -140,7 +160,8 @@ type wiring struct {
 	ifName string // pod end, normally eth0
 	host   hostVeth
 	mtu    int
-	podIP  netip.Addr
+	podIP  netip.Addr // IPv4, zero on an IPv6-only node
+	podIP6 netip.Addr // IPv6, zero on an IPv4-only node
 	// replaced: set by setup to the container ID of an older sandbox of
 	// the same pod whose host veth it removed.
 	replaced string
@@ -184,33 +205,68 @@ func (w *wiring) setup() (hostIf, podIf net.Interface, err error) {
 	return hostIf, podIf, w.configureHost()
 }
 
-// configurePod runs in the pod netns: the address as a /32, a link-scope
-// route to the gateway, and the default route through it: in the main
-// table for the pod's primary interface, in a table of its own behind a
-// source rule for a secondary one.
+// addrs is the pod's addresses, IPv4 first.
+func (w *wiring) addrs() []netip.Addr {
+	var out []netip.Addr
+	for _, ip := range []netip.Addr{w.podIP, w.podIP6} {
+		if ip.IsValid() {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+// podSysctls are set on the pod interface for its IPv6 address: IPv6 on,
+// and no duplicate address detection (the address is the pod's alone; DAD
+// would hold it "tentative", unusable, for a second or two).
+func podSysctls(ifName string) []sysctlSetting {
+	return []sysctlSetting{
+		{"net/ipv6/conf/" + ifName + "/disable_ipv6", "0"},
+		{"net/ipv6/conf/" + ifName + "/accept_dad", "0"},
+	}
+}
+
+// configurePod runs in the pod netns: each address as a /32 or /128, and
+// per family the default route via the gateway (169.254.1.1, with a
+// link-scope route to it; fe80::1, on-link as any link-local address): in
+// the main table for the pod's primary interface, in a table of its own
+// behind source rules for a secondary one.
 func (w *wiring) configurePod() error {
 	link, err := netlinksafe.LinkByName(w.ifName)
 	if err != nil {
 		return fmt.Errorf("look up %s: %w", w.ifName, err)
 	}
+	if w.podIP6.IsValid() {
+		for _, s := range podSysctls(w.ifName) {
+			if _, err := sysctl.Sysctl(s.key, s.val); err != nil {
+				return fmt.Errorf("set sysctl %s=%s in the pod: %w", s.key, s.val, err)
+			}
+		}
+	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set %s up: %w", w.ifName, err)
 	}
-	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: hostPrefix(w.podIP)}); err != nil {
-		return fmt.Errorf("add address %s/32 to %s: %w", w.podIP, w.ifName, err)
+	for _, ip := range w.addrs() {
+		a := &netlink.Addr{IPNet: hostPrefix(ip)}
+		if ip.Is6() {
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := netlink.AddrAdd(link, a); err != nil {
+			return fmt.Errorf("add address %s to %s: %w", hostPrefix(ip), w.ifName, err)
+		}
 	}
-	if w.secondary, err = hasDefaultRoute(); err != nil {
+	if w.secondary, err = hasDefaultRoute(w.addrs()); err != nil {
 		return err
 	}
 	if w.secondary {
 		w.table = podTable(link.Attrs().Index)
 	}
-	gw, def := gatewayRoutes(link.Attrs().Index, w.table)
-	if err := netlink.RouteAdd(gw); err != nil {
-		return fmt.Errorf("add route %s dev %s table %s: %w", Gateway, w.ifName, tableName(w.table), err)
-	}
-	if err := netlink.RouteAdd(def); err != nil {
-		return fmt.Errorf("add default route via %s dev %s table %s: %w", Gateway, w.ifName, tableName(w.table), err)
+	for _, ip := range w.addrs() {
+		for _, r := range gatewayRoutes(link.Attrs().Index, w.table, ip.Is6()) {
+			if err := netlink.RouteAdd(r); err != nil {
+				return fmt.Errorf("add route %s dev %s table %s: %w", routeString(r), w.ifName, tableName(w.table), err)
+			}
+		}
 	}
 	if w.secondary {
 		// An interrupted earlier ADD may have left a rule whose interface
@@ -218,9 +274,25 @@ func (w *wiring) configurePod() error {
 		if err := deleteSourceRules(-1); err != nil {
 			return err
 		}
-		return addSourceRule(w.podIP, w.table)
+		for _, ip := range w.addrs() {
+			if err := addSourceRule(ip, w.table); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
+}
+
+// routeString is r as `ip route` shows its destination and next hop.
+func routeString(r *netlink.Route) string {
+	dst := "default"
+	if !isDefault(r.Dst) {
+		dst = r.Dst.String()
+	}
+	if r.Gw != nil {
+		return dst + " via " + r.Gw.String()
+	}
+	return dst
 }
 
 func tableName(t int) string {
@@ -231,10 +303,11 @@ func tableName(t int) string {
 }
 
 // configureHost runs in the host netns: proxy ARP so the host end answers
-// for the gateway, and the /32 route that brings the pod's traffic home.
+// for the IPv4 gateway, fe80::1 on it as the IPv6 gateway, and the /32 and
+// /128 routes that bring the pod's traffic home.
 func (w *wiring) configureHost() error {
 	// Only on our own interface: never touch the node's other sysctls.
-	for _, s := range hostSysctls(w.host.name) {
+	for _, s := range hostSysctls(w.host.name, w.podIP.IsValid(), w.podIP6.IsValid()) {
 		if _, err := sysctl.Sysctl(s.key, s.val); err != nil {
 			return fmt.Errorf("set sysctl %s=%s: %w", s.key, s.val, err)
 		}
@@ -250,26 +323,47 @@ func (w *wiring) configureHost() error {
 			return fmt.Errorf("set alias %q on %s: %w", w.host.alias, w.host.name, err)
 		}
 	}
-	r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: hostPrefix(w.podIP), Scope: netlink.SCOPE_LINK}
-	if err := netlink.RouteReplace(r); err != nil {
-		return fmt.Errorf("add route %s/32 dev %s: %w", w.podIP, w.host.name, err)
+	if w.podIP6.IsValid() {
+		gw := &netlink.Addr{IPNet: hostVethGateway(), Flags: unix.IFA_F_NODAD}
+		if err := netlink.AddrReplace(link, gw); err != nil {
+			return fmt.Errorf("add address %s to %s: %w", gw.IPNet, w.host.name, err)
+		}
+	}
+	for _, ip := range w.addrs() {
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: hostPrefix(ip), Scope: netlink.SCOPE_LINK}
+		if ip.Is6() {
+			r.Scope = netlink.SCOPE_UNIVERSE // the kernel keeps IPv6 routes at universe scope
+		}
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("add route %s dev %s: %w", hostPrefix(ip), w.host.name, err)
+		}
 	}
 	return nil
 }
 
 type sysctlSetting struct{ key, val string }
 
-// hostSysctls are set on the host veth only. proxy_arp makes it answer ARP
-// for the gateway, proxy_delay=0 without the default random delay of up to
-// 0.8 s. forwarding=1 on this interface is needed too: the kernel proxies ARP
-// only for targets it could forward to from the asking interface, and it
-// forwards the pod's traffic (Calico sets the same three).
-func hostSysctls(hostVeth string) []sysctlSetting {
-	return []sysctlSetting{
-		{"net/ipv4/conf/" + hostVeth + "/forwarding", "1"},
-		{"net/ipv4/conf/" + hostVeth + "/proxy_arp", "1"},
-		{"net/ipv4/neigh/" + hostVeth + "/proxy_delay", "0"},
+// hostSysctls are set on the host veth only. For IPv4 (v4): proxy_arp
+// makes it answer ARP for the gateway, proxy_delay=0 without the default
+// random delay of up to 0.8 s. forwarding=1 on this interface is needed
+// too: the kernel proxies ARP only for targets it could forward to from the
+// asking interface, and it forwards the pod's traffic (Calico sets the same
+// three). For IPv6 (v6): IPv6 on for it (it holds fe80::1, the pod's
+// gateway), without DAD for its addresses.
+func hostSysctls(hostVeth string, v4, v6 bool) []sysctlSetting {
+	var out []sysctlSetting
+	if v4 {
+		out = append(out,
+			sysctlSetting{"net/ipv4/conf/" + hostVeth + "/forwarding", "1"},
+			sysctlSetting{"net/ipv4/conf/" + hostVeth + "/proxy_arp", "1"},
+			sysctlSetting{"net/ipv4/neigh/" + hostVeth + "/proxy_delay", "0"})
 	}
+	if v6 {
+		out = append(out,
+			sysctlSetting{"net/ipv6/conf/" + hostVeth + "/disable_ipv6", "0"},
+			sysctlSetting{"net/ipv6/conf/" + hostVeth + "/accept_dad", "0"})
+	}
+	return out
 }
 
 // teardown removes both ends, and a secondary interface's source rule;
@@ -361,25 +455,11 @@ func (w *wiring) check() []string {
 		}
 		peerIndex = link.Attrs().ParentIndex
 		checkLink(bad, "pod", link, w.mtu)
-		addrs, err := netlinksafe.AddrList(link, netlink.FAMILY_V4)
-		if err != nil {
-			bad("pod interface %s: list addresses: %v", w.ifName, err)
-		} else {
-			found := false
-			for _, a := range addrs {
-				p, _ := netip.AddrFromSlice(a.IP)
-				ones, _ := a.Mask.Size()
-				if p.Unmap() == w.podIP && ones == 32 {
-					found = true
-				} else {
-					bad("pod interface %s: unexpected address %s", w.ifName, a.IPNet)
-				}
-			}
-			if !found {
-				bad("pod interface %s: address %s/32 missing", w.ifName, w.podIP)
-			}
+		w.checkPodAddrs(bad, link)
+		if w.podIP6.IsValid() {
+			checkSysctls(bad, "pod ", podSysctls(w.ifName))
 		}
-		table, secondary, err := secondaryTable(link.Attrs().Index, w.podIP)
+		table, secondary, err := secondaryTable(link.Attrs().Index, w.addrs())
 		if err != nil {
 			bad("pod interface %s: %v", w.ifName, err)
 			return nil
@@ -391,27 +471,36 @@ func (w *wiring) check() []string {
 			where = fmt.Sprintf(" table %d", table)
 			filter.Table = table
 			mask |= netlink.RT_FILTER_TABLE
-			problems = append(problems, checkSourceRule(w.ifName, w.podIP, table)...)
-		}
-		routes, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, filter, mask)
-		if err != nil {
-			bad("pod interface %s: list routes%s: %v", w.ifName, where, err)
-			return nil
-		}
-		var haveGW, haveDefault bool
-		for _, r := range routes {
-			switch {
-			case isDefault(r.Dst) && Gateway.Compare(addrOf(r.Gw)) == 0:
-				haveDefault = true
-			case r.Dst != nil && r.Dst.String() == Gateway.String()+"/32" && r.Scope == netlink.SCOPE_LINK && r.Gw == nil:
-				haveGW = true
+			for _, ip := range w.addrs() {
+				problems = append(problems, checkSourceRule(w.ifName, ip, table)...)
 			}
 		}
-		if !haveGW {
-			bad("pod route %s dev %s scope link%s missing", Gateway, w.ifName, where)
-		}
-		if !haveDefault {
-			bad("pod route default via %s dev %s%s missing", Gateway, w.ifName, where)
+		for _, ip := range w.addrs() {
+			family := netlink.FAMILY_V4
+			if ip.Is6() {
+				family = netlink.FAMILY_V6
+			}
+			routes, err := netlinksafe.RouteListFiltered(family, filter, mask)
+			if err != nil {
+				bad("pod interface %s: list routes%s: %v", w.ifName, where, err)
+				continue
+			}
+			gw := gatewayOf(ip)
+			haveGW, haveDefault := ip.Is6(), false // fe80::1 is on-link: no route to it
+			for _, r := range routes {
+				switch {
+				case isDefault(r.Dst) && gw.Compare(addrOf(r.Gw)) == 0:
+					haveDefault = true
+				case r.Dst != nil && r.Dst.String() == gw.String()+"/32" && r.Scope == netlink.SCOPE_LINK && r.Gw == nil:
+					haveGW = true
+				}
+			}
+			if !haveGW {
+				bad("pod route %s dev %s scope link%s missing", gw, w.ifName, where)
+			}
+			if !haveDefault {
+				bad("pod route default via %s dev %s%s missing", gw, w.ifName, where)
+			}
 		}
 		return nil
 	})
@@ -437,31 +526,102 @@ func (w *wiring) check() []string {
 		bad("host veth %s (index %d) is not the peer of pod %s (peer index %d)", hv, link.Attrs().Index, w.ifName, peerIndex)
 	}
 	checkLink(bad, "host", link, w.mtu)
-	if addrs, err := netlinksafe.AddrList(link, netlink.FAMILY_V4); err == nil && len(addrs) > 0 {
-		bad("host veth %s: unexpected address %s", hv, addrs[0].IPNet)
-	}
-	for _, s := range hostSysctls(hv) {
-		if got, err := sysctl.Sysctl(s.key); err != nil {
-			bad("sysctl %s: %v", s.key, err)
-		} else if strings.TrimSpace(got) != s.val {
-			bad("sysctl %s is %s, want %s", s.key, strings.TrimSpace(got), s.val)
+	w.checkHostAddrs(bad, link)
+	checkSysctls(bad, "", hostSysctls(hv, w.podIP.IsValid(), w.podIP6.IsValid()))
+	for _, ip := range w.addrs() {
+		family := netlink.FAMILY_V4
+		if ip.Is6() {
+			family = netlink.FAMILY_V6
 		}
-	}
-	routes, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: hostPrefix(w.podIP)}, netlink.RT_FILTER_DST)
-	if err != nil {
-		bad("host: list routes to %s: %v", w.podIP, err)
-		return problems
-	}
-	ok := false
-	for _, r := range routes {
-		if r.LinkIndex == link.Attrs().Index && r.Scope == netlink.SCOPE_LINK && r.Gw == nil {
-			ok = true
+		routes, err := netlinksafe.RouteListFiltered(family, &netlink.Route{Dst: hostPrefix(ip)}, netlink.RT_FILTER_DST)
+		if err != nil {
+			bad("host: list routes to %s: %v", ip, err)
+			continue
 		}
-	}
-	if !ok {
-		bad("host route %s/32 dev %s scope link missing", w.podIP, hv)
+		ok := false
+		for _, r := range routes {
+			if r.LinkIndex == link.Attrs().Index && (r.Scope == netlink.SCOPE_LINK || ip.Is6()) && r.Gw == nil {
+				ok = true
+			}
+		}
+		if !ok {
+			if ip.Is6() {
+				bad("host route %s dev %s missing", hostPrefix(ip), hv)
+			} else {
+				bad("host route %s dev %s scope link missing", hostPrefix(ip), hv)
+			}
+		}
 	}
 	return problems
+}
+
+// checkPodAddrs checks, in the pod netns, that the pod interface holds its
+// addresses (as /32 and /128) and no other, but for the kernel's own IPv6
+// link-local one.
+func (w *wiring) checkPodAddrs(bad func(string, ...any), link netlink.Link) {
+	addrs, err := netlinksafe.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		bad("pod interface %s: list addresses: %v", w.ifName, err)
+		return
+	}
+	found := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		p, _ := netip.AddrFromSlice(a.IP)
+		p = p.Unmap()
+		ones, bits := a.Mask.Size()
+		switch {
+		case p.IsLinkLocalUnicast() && p.Is6():
+			// The kernel's own (addrgenmode eui64): harmless, unused.
+		case (p == w.podIP || p == w.podIP6) && ones == bits:
+			found[p] = true
+		default:
+			bad("pod interface %s: unexpected address %s", w.ifName, a.IPNet)
+		}
+	}
+	for _, ip := range w.addrs() {
+		if !found[ip] {
+			bad("pod interface %s: address %s missing", w.ifName, hostPrefix(ip))
+		}
+	}
+}
+
+// checkHostAddrs checks that the host veth holds no IPv4 address, and holds
+// fe80::1/64 (the pod's IPv6 gateway) exactly when the pod has IPv6.
+func (w *wiring) checkHostAddrs(bad func(string, ...any), link netlink.Link) {
+	hv := link.Attrs().Name
+	addrs, err := netlinksafe.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		bad("host veth %s: list addresses: %v", hv, err)
+		return
+	}
+	haveGW := false
+	for _, a := range addrs {
+		p, _ := netip.AddrFromSlice(a.IP)
+		p = p.Unmap()
+		ones, _ := a.Mask.Size()
+		switch {
+		case p == GatewayV6 && ones == 64 && w.podIP6.IsValid():
+			haveGW = true
+		case p.Is6() && p.IsLinkLocalUnicast() && p != GatewayV6:
+			// The kernel's own link-local address.
+		default:
+			bad("host veth %s: unexpected address %s", hv, a.IPNet)
+		}
+	}
+	if w.podIP6.IsValid() && !haveGW {
+		bad("host veth %s: address %s missing (the pod's IPv6 gateway)", hv, hostVethGateway())
+	}
+}
+
+// checkSysctls reports each setting that does not have its value.
+func checkSysctls(bad func(string, ...any), where string, settings []sysctlSetting) {
+	for _, s := range settings {
+		if got, err := sysctl.Sysctl(s.key); err != nil {
+			bad("%ssysctl %s: %v", where, s.key, err)
+		} else if strings.TrimSpace(got) != s.val {
+			bad("%ssysctl %s is %s, want %s", where, s.key, strings.TrimSpace(got), s.val)
+		}
+	}
 }
 
 func checkLink(bad func(string, ...any), side string, l netlink.Link, mtu int) {

@@ -62,7 +62,7 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, o Option
 
 	// Checked against the pods wired in this namespace: a lost or damaged
 	// store is rebuilt from them, never a fresh start under live pods.
-	alloc, err := ipam.Open(ctx, filepath.Join(cfg.StateDir, "ipam.db"), cfg.PodCIDROf(false), log, ipam.WithKernel(ipam.KernelPodRoutes))
+	alloc, err := ipam.Open(ctx, filepath.Join(cfg.StateDir, "ipam.db"), cfg.PodCIDRs, log, ipam.WithKernel(ipam.KernelPodRoutes))
 	if err != nil {
 		return fmt.Errorf("open IPAM store in %s: %w", cfg.StateDir, err)
 	}

@@ -559,7 +559,7 @@ func TestCNIConcurrentAddsAndDaemonCrash(t *testing.T) {
 	if err := c.StopDaemon(n); err != nil {
 		t.Fatal(err)
 	}
-	a, err := ipam.Open(ctx, filepath.Join(n.Config.StateDir, "ipam.db"), n.PodCIDR(), nil)
+	a, err := ipam.Open(ctx, filepath.Join(n.Config.StateDir, "ipam.db"), n.Config.PodCIDRs, nil)
 	if err != nil {
 		t.Fatalf("open the daemon's IPAM store: %v", err)
 	}

@@ -1,4 +1,5 @@
-// Package ipam hands out pod addresses from the node's block. The node daemon
+// Package ipam hands out pod addresses from the node's blocks (one IPv4, one
+// IPv6, or both: a dual-stack pod holds one of each). The node daemon
 // owns the Allocator and serves it to the CNI plugin over a unix socket; every
 // change is committed (fsync'ed) to a bbolt file before anyone is told about
 // it, so a daemon killed at any moment neither forgets an address nor hands
@@ -7,11 +8,11 @@ package ipam
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -30,11 +31,17 @@ type Attachment struct {
 
 func (k Attachment) String() string { return k.ContainerID + "/" + k.IfName }
 
-// Allocation is one address held by one attachment.
+// Allocation is the addresses held by one attachment: one per family of the
+// node's blocks, recorded together in one record (a crash leaves both or
+// neither).
 type Allocation struct {
-	ContainerID  string     `json:"containerID"`
-	IfName       string     `json:"ifName"`
-	IP           netip.Addr `json:"ip"`
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+	// IP is the IPv4 address, zero if none (an IPv6-only node). Records of
+	// the IPv4-only build have only this one.
+	IP netip.Addr `json:"ip,omitzero"`
+	// IPv6 is the IPv6 address, zero if none (an IPv4-only node).
+	IPv6         netip.Addr `json:"ipv6,omitzero"`
 	PodNamespace string     `json:"podNamespace,omitempty"`
 	PodName      string     `json:"podName,omitempty"`
 	Allocated    time.Time  `json:"allocated"`
@@ -47,13 +54,53 @@ type Allocation struct {
 	// without an alias naming its attachment (one wired before the alias):
 	// the attachment is known only by the veth's name, a hash of it.
 	HostVeth string `json:"hostVeth,omitempty"`
-	// OutOfBlock is set (never stored) when the node's block changed and IP
-	// is no longer allocatable in it. It stays held until released.
+	// OutOfBlock is set (never stored) when the node's blocks changed and
+	// an address of it is no longer allocatable in its family's block. Both
+	// stay held until released.
 	OutOfBlock bool `json:"-"`
 }
 
 // Attachment returns the allocation's key.
 func (a Allocation) Attachment() Attachment { return Attachment{a.ContainerID, a.IfName} }
+
+// Addrs returns the addresses held, IPv4 first.
+func (a Allocation) Addrs() []netip.Addr {
+	var out []netip.Addr
+	for _, ip := range []netip.Addr{a.IP, a.IPv6} {
+		if ip.IsValid() {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+// Addr returns the address of the family (v6: IPv6), zero if none.
+func (a Allocation) Addr(v6 bool) netip.Addr {
+	if v6 {
+		return a.IPv6
+	}
+	return a.IP
+}
+
+// primary is the address the record is stored under: IPv4 if held, else IPv6.
+func (a Allocation) primary() netip.Addr {
+	if a.IP.IsValid() {
+		return a.IP
+	}
+	return a.IPv6
+}
+
+// addrString is the addresses for messages: "10.0.0.2", "10.0.0.2+fd00::2".
+func (a Allocation) addrString() string {
+	var s string
+	for _, ip := range a.Addrs() {
+		if s != "" {
+			s += "+"
+		}
+		s += ip.String()
+	}
+	return s
+}
 
 // Request asks for an address. Pod names are recorded for humans and for the
 // future pods informer; they are optional.
@@ -64,10 +111,10 @@ type Request struct {
 	PodName      string
 }
 
-// ExhaustedError means every allocatable address of the block is held.
+// ExhaustedError means every allocatable address of a block is held.
 type ExhaustedError struct {
 	Block netip.Prefix
-	Size  int
+	Size  uint64
 }
 
 func (e *ExhaustedError) Error() string {
@@ -79,44 +126,63 @@ func (e *ExhaustedError) Error() string {
 // would leak the old. The caller must release it first.
 type OutOfBlockError struct {
 	Allocation Allocation
-	Block      netip.Prefix
+	Blocks     []netip.Prefix
 }
 
 func (e *OutOfBlockError) Error() string {
-	return fmt.Sprintf("%s holds %s, outside the node block %s (the block changed); release it first",
-		e.Allocation.Attachment(), e.Allocation.IP, e.Block)
+	return fmt.Sprintf("%s holds %s, outside the node blocks %v (the blocks changed); release it first",
+		e.Allocation.Attachment(), e.Allocation.addrString(), e.Blocks)
 }
 
 // ErrInvalidArgument marks a request missing a required field.
 var ErrInvalidArgument = errors.New("invalid argument")
 
 var (
-	bucketAllocs = []byte("allocations") // IP (4 bytes) → JSON Allocation
+	// The record of an allocation is under its IPv4 address (4 bytes), or
+	// its IPv6 address (16 bytes) when it holds no IPv4 one: the IPv4-only
+	// build's records read as they are, no migration.
+	bucketAllocs = []byte("allocations") // primary IP → JSON Allocation
 	bucketMeta   = []byte("meta")
-	keyBlock     = []byte("block")
-	keyLast      = []byte("last") // last address handed out, for round robin
+	keyBlock     = []byte("block") // the blocks, comma separated
+	keyLast      = []byte("last")  // last IPv4 address handed out, for round robin
+	keyLast6     = []byte("last6") // last IPv6 address handed out
 	keySchema    = []byte("schema")
 )
 
 const schemaVersion = "1"
 
-// Allocator is the durable allocator for one node block. It is safe for
-// concurrent use.
+// family is the allocator's state for one address family's block. A block
+// may be an IPv6 /64: nothing is sized or scanned by the block's size.
+type family struct {
+	block netip.Prefix // invalid: the node has no block of this family
+	first netip.Addr   // first allocatable address
+	last  netip.Addr   // last allocatable address
+	size  uint64       // allocatable addresses, saturating at MaxUint64
+	next  netip.Addr   // where the next search starts
+}
+
+// fam is the index of ip's family in Allocator.fams.
+func fam(ip netip.Addr) int {
+	if ip.Is4() {
+		return 0
+	}
+	return 1
+}
+
+// Allocator is the durable allocator for the node's blocks (one per
+// family). It is safe for concurrent use.
 type Allocator struct {
-	db    *bolt.DB
-	block netip.Prefix
-	first netip.Addr // first allocatable address
-	last  netip.Addr // last allocatable address
-	size  int
-	log   *slog.Logger
+	db   *bolt.DB
+	fams [2]family // IPv4, IPv6
+	log  *slog.Logger
 
 	mu    sync.Mutex
 	byKey map[Attachment]*Allocation
-	byIP  map[netip.Addr]*Allocation
+	// byIP holds every held address, both of a dual-stack allocation.
+	byIP map[netip.Addr]*Allocation
 	// byVeth holds the allocations recovered from the kernel whose
 	// attachment is not known yet, by host veth name.
 	byVeth map[string]*Allocation
-	next   netip.Addr // where the next search starts
 	// inflight holds the allocations whose change is queued for the store
 	// and not yet settled (commit.go). Only the change's owner touches one:
 	// anyone else needing it waits for done.
@@ -133,17 +199,19 @@ type inflight struct {
 	fresh bool
 }
 
-// Open opens (creating if needed) the durable allocator for block at path.
-// The network address, the broadcast address and the first usable address
-// (kept for the node's own gateway/tunnel use) are never handed out. If the
-// stored block differs from block, allocations no longer inside it are logged
-// and reported by OutOfBlock, and are never reused.
+// Open opens (creating if needed) the durable allocator for blocks (at most
+// one per family) at path. The network address (in IPv6 the subnet-router
+// anycast address), the IPv4 broadcast address and the first usable address
+// (kept for the node's own gateway/tunnel use) are never handed out. Each
+// allocation holds one address of each block. If the stored blocks differ,
+// allocations no longer inside them are logged and reported by OutOfBlock,
+// and are never reused.
 //
 // A file bbolt cannot read safely is refused with a *CorruptError, before
 // bbolt touches it. With WithKernel, every pod address the kernel shows
 // that the store does not hold is held (recover.go): a missing or emptied
 // store is rebuilt from the pods on the node instead of starting afresh.
-func Open(ctx context.Context, path string, block netip.Prefix, log *slog.Logger, opts ...OpenOption) (*Allocator, error) {
+func Open(ctx context.Context, path string, blocks []netip.Prefix, log *slog.Logger, opts ...OpenOption) (*Allocator, error) {
 	o := openOptions{now: time.Now}
 	for _, f := range opts {
 		f(&o)
@@ -151,13 +219,43 @@ func Open(ctx context.Context, path string, block netip.Prefix, log *slog.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if !block.IsValid() || !block.Addr().Is4() {
-		return nil, fmt.Errorf("ipam: block %v: want an IPv4 prefix", block)
+	var fams [2]family
+	if len(blocks) == 0 {
+		return nil, errors.New("ipam: no block: want an IPv4 block, an IPv6 block, or one of each")
 	}
-	if block.Bits() > 30 {
-		return nil, fmt.Errorf("ipam: block %s: prefix length must be /30 or shorter", block)
+	for _, block := range blocks {
+		if !block.IsValid() {
+			return nil, fmt.Errorf("ipam: block %v: want an IP prefix", block)
+		}
+		block = block.Masked()
+		f := &fams[fam(block.Addr())]
+		if f.block.IsValid() {
+			return nil, fmt.Errorf("ipam: blocks %s and %s: at most one block per family", f.block, block)
+		}
+		if block.Addr().Is4In6() {
+			return nil, fmt.Errorf("ipam: block %s: an IPv4-mapped prefix, want a plain IPv4 or IPv6 one", block)
+		}
+		// Room for the network address, the reserved first address, one
+		// pod and (IPv4) the broadcast address.
+		if max := block.Addr().BitLen() - 2; block.Bits() > max {
+			return nil, fmt.Errorf("ipam: block %s: prefix length must be /%d or shorter", block, max)
+		}
+		f.block = block
+		f.first = block.Addr().Next().Next()
+		f.last = lastAddr(block)
+		if block.Addr().Is4() {
+			f.last = f.last.Prev()
+		}
+		hostBits := block.Addr().BitLen() - block.Bits()
+		f.size = math.MaxUint64
+		if hostBits < 64 {
+			f.size = 1<<hostBits - 2 // network and reserved addresses
+			if block.Addr().Is4() {
+				f.size-- // broadcast
+			}
+		}
+		f.next = f.first
 	}
-	block = block.Masked()
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -171,9 +269,8 @@ func Open(ctx context.Context, path string, block netip.Prefix, log *slog.Logger
 	}
 	a := &Allocator{
 		db:     db,
-		block:  block,
-		size:   1<<(32-block.Bits()) - 3,
-		log:    log.With("block", block.String()),
+		fams:   fams,
+		log:    log.With("blocks", fmt.Sprint(blocksOf(fams))),
 		byKey:  map[Attachment]*Allocation{},
 		byIP:   map[netip.Addr]*Allocation{},
 		byVeth: map[string]*Allocation{},
@@ -181,9 +278,6 @@ func Open(ctx context.Context, path string, block netip.Prefix, log *slog.Logger
 		inflight: map[*Allocation]*inflight{},
 	}
 	a.commits = newGroupCommit(db, &a.mu)
-	a.first = block.Addr().Next().Next()
-	a.last = lastAddr(block).Prev()
-	a.next = a.first
 	if err := safely(path, a.load); err != nil {
 		db.Close()
 		var ce *CorruptError
@@ -203,15 +297,61 @@ func Open(ctx context.Context, path string, block netip.Prefix, log *slog.Logger
 	return a, nil
 }
 
+// lastAddr is the last address of p (any family).
 func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Addr().As4()
-	v := binary.BigEndian.Uint32(b[:]) | (1<<(32-p.Bits()) - 1)
-	binary.BigEndian.PutUint32(b[:], v)
-	return netip.AddrFrom4(b)
+	b := p.Addr().As16()
+	host := p.Addr().BitLen() - p.Bits()
+	for i := 15; i >= 0 && host > 0; i-- {
+		n := min(host, 8)
+		b[i] |= byte(1<<n - 1)
+		host -= n
+	}
+	ip := netip.AddrFrom16(b)
+	if p.Addr().Is4() {
+		ip = ip.Unmap()
+	}
+	return ip
+}
+
+func blocksOf(fams [2]family) []netip.Prefix {
+	var out []netip.Prefix
+	for _, f := range fams {
+		if f.block.IsValid() {
+			out = append(out, f.block)
+		}
+	}
+	return out
 }
 
 func (a *Allocator) allocatable(ip netip.Addr) bool {
-	return ip.Is4() && a.first.Compare(ip) <= 0 && ip.Compare(a.last) <= 0
+	if !ip.IsValid() || ip.Is4In6() || ip.Zone() != "" {
+		return false
+	}
+	f := &a.fams[fam(ip)]
+	return f.block.IsValid() && f.first.Compare(ip) <= 0 && ip.Compare(f.last) <= 0
+}
+
+// outOfBlock reports whether an address al holds is outside its family's
+// block.
+func (a *Allocator) outOfBlock(al Allocation) bool {
+	for _, ip := range al.Addrs() {
+		if !a.allocatable(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// storedBlocks is how the blocks are kept in the meta bucket.
+func (a *Allocator) storedBlocks() string {
+	var s string
+	for i, p := range blocksOf(a.fams) {
+		if i > 0 {
+			s += ","
+		}
+		s += p.String()
+	}
+	return s
 }
 
 func (a *Allocator) load() error {
@@ -230,16 +370,16 @@ func (a *Allocator) load() error {
 		if err := meta.Put(keySchema, []byte(schemaVersion)); err != nil {
 			return err
 		}
-		if v := meta.Get(keyBlock); v != nil && string(v) != a.block.String() {
-			a.log.Warn("node block changed since last run; allocations outside the new block stay held until released",
+		if v := meta.Get(keyBlock); v != nil && string(v) != a.storedBlocks() {
+			a.log.Warn("node blocks changed since last run; allocations outside the new blocks stay held until released",
 				"previous", string(v))
 		}
-		if err := meta.Put(keyBlock, []byte(a.block.String())); err != nil {
+		if err := meta.Put(keyBlock, []byte(a.storedBlocks())); err != nil {
 			return err
 		}
-		if v := meta.Get(keyLast); len(v) == 4 {
-			if ip := netip.AddrFrom4([4]byte(v)); a.allocatable(ip) {
-				a.next = a.after(ip)
+		for _, k := range [][]byte{keyLast, keyLast6} {
+			if ip, ok := netip.AddrFromSlice(meta.Get(k)); ok && a.allocatable(ip) {
+				a.fams[fam(ip)].next = a.after(ip)
 			}
 		}
 		return allocs.ForEach(func(k, v []byte) error {
@@ -247,26 +387,33 @@ func (a *Allocator) load() error {
 			if err := json.Unmarshal(v, &al); err != nil {
 				return &CorruptError{Detail: fmt.Sprintf("allocation record %x: %v", k, err)}
 			}
-			if len(k) != 4 || netip.AddrFrom4([4]byte(k)) != al.IP {
-				return &CorruptError{Detail: fmt.Sprintf("allocation record %x holds %s under the wrong key", k, al.IP)}
+			if err := checkRecord(k, al); err != nil {
+				return err
 			}
 			if (al.ContainerID == "" || al.IfName == "") && (al.HostVeth == "" || al.ContainerID != "" || al.IfName != "") {
-				return &CorruptError{Detail: fmt.Sprintf("allocation record %x for %s names no attachment", k, al.IP)}
+				return &CorruptError{Detail: fmt.Sprintf("allocation record %x for %s names no attachment", k, al.addrString())}
 			}
-			al.OutOfBlock = !a.allocatable(al.IP)
+			for _, ip := range al.Addrs() {
+				if other, dup := a.byIP[ip]; dup {
+					return &CorruptError{Detail: fmt.Sprintf("allocation records %x and %x both hold %s", ipKey(other.primary()), k, ip)}
+				}
+			}
+			al.OutOfBlock = a.outOfBlock(al)
 			if al.OutOfBlock {
-				a.log.Warn("allocation outside the node block", "ip", al.IP, "container", al.ContainerID,
+				a.log.Warn("allocation outside the node blocks", "ip", al.addrString(), "container", al.ContainerID,
 					"ifName", al.IfName, "pod", al.PodNamespace+"/"+al.PodName)
 			}
 			p := &al
-			a.byIP[al.IP] = p
+			for _, ip := range al.Addrs() {
+				a.byIP[ip] = p
+			}
 			if al.ContainerID == "" {
 				a.byVeth[al.HostVeth] = p
 				return nil
 			}
 			if prev, dup := a.byKey[al.Attachment()]; dup {
 				// Cannot happen through this package; keep both held and say so.
-				a.log.Error("attachment holds two addresses", "attachment", al.Attachment(), "ip", al.IP, "other", prev.IP)
+				a.log.Error("attachment holds two records", "attachment", al.Attachment(), "ip", al.addrString(), "other", prev.addrString())
 				return nil
 			}
 			a.byKey[al.Attachment()] = p
@@ -275,12 +422,29 @@ func (a *Allocator) load() error {
 	})
 }
 
-// after returns the allocatable address following ip, wrapping around.
+// checkRecord checks that a record's addresses are of the right families
+// and that its key is its primary address.
+func checkRecord(k []byte, al Allocation) error {
+	switch {
+	case al.IP.IsValid() && !al.IP.Is4():
+		return &CorruptError{Detail: fmt.Sprintf("allocation record %x: IPv4 address %s is not IPv4", k, al.IP)}
+	case al.IPv6.IsValid() && (!al.IPv6.Is6() || al.IPv6.Is4In6() || al.IPv6.Zone() != ""):
+		return &CorruptError{Detail: fmt.Sprintf("allocation record %x: IPv6 address %s is not a plain IPv6 address", k, al.IPv6)}
+	case !al.primary().IsValid():
+		return &CorruptError{Detail: fmt.Sprintf("allocation record %x holds no address", k)}
+	case string(k) != string(ipKey(al.primary())):
+		return &CorruptError{Detail: fmt.Sprintf("allocation record %x holds %s under the wrong key", k, al.addrString())}
+	}
+	return nil
+}
+
+// after returns the allocatable address following ip in its family's
+// block, wrapping around.
 func (a *Allocator) after(ip netip.Addr) netip.Addr {
 	if n := ip.Next(); a.allocatable(n) {
 		return n
 	}
-	return a.first
+	return a.fams[fam(ip)].first
 }
 
 // Close settles the changes already queued, then closes the store.
@@ -289,17 +453,45 @@ func (a *Allocator) Close() error {
 	return a.db.Close()
 }
 
-// Block is the node block addresses come from.
-func (a *Allocator) Block() netip.Prefix { return a.block }
+// Block is the node's IPv4 block, or its IPv6 block on an IPv6-only node.
+func (a *Allocator) Block() netip.Prefix { return blocksOf(a.fams)[0] }
 
-// Reserved is the first usable address of the block, never handed to pods:
-// it is kept for the node's own gateway or tunnel address.
-func (a *Allocator) Reserved() netip.Addr { return a.block.Addr().Next() }
+// Blocks is the node's blocks, IPv4 first.
+func (a *Allocator) Blocks() []netip.Prefix { return blocksOf(a.fams) }
 
-// Size is how many addresses the block can hand out.
-func (a *Allocator) Size() int { return a.size }
+// BlockOf is the node's block of the family (v6: IPv6), zero if none.
+func (a *Allocator) BlockOf(v6 bool) netip.Prefix { return a.fams[famIndex(v6)].block }
 
-func ipKey(ip netip.Addr) []byte { b := ip.As4(); return b[:] }
+func famIndex(v6 bool) int {
+	if v6 {
+		return 1
+	}
+	return 0
+}
+
+// Reserved is the first usable address of Block, never handed to pods: it
+// is kept for the node's own gateway or tunnel address (ReservedOf for a
+// family's).
+func (a *Allocator) Reserved() netip.Addr { return a.Block().Addr().Next() }
+
+// ReservedOf is Reserved of the family's block, zero if none.
+func (a *Allocator) ReservedOf(v6 bool) netip.Addr {
+	if b := a.BlockOf(v6); b.IsValid() {
+		return b.Addr().Next()
+	}
+	return netip.Addr{}
+}
+
+// Size is how many addresses Block can hand out, at most MaxInt (an IPv6
+// /64 holds more).
+func (a *Allocator) Size() int { return int(min(a.SizeOf(fam(a.Block().Addr()) == 1), math.MaxInt)) }
+
+// SizeOf is how many addresses the family's block can hand out, saturating
+// at MaxUint64; 0 without a block of that family.
+func (a *Allocator) SizeOf(v6 bool) uint64 { return a.fams[famIndex(v6)].size }
+
+// ipKey is the store key of an address: 4 bytes for IPv4, 16 for IPv6.
+func ipKey(ip netip.Addr) []byte { return ip.AsSlice() }
 
 // Allocate returns the address held by (ContainerID, IfName), allocating and
 // durably recording a new one if there is none. Addresses are handed out
@@ -338,19 +530,26 @@ func (a *Allocator) Allocate(ctx context.Context, r Request) (Allocation, error)
 		case ok:
 			if al.OutOfBlock {
 				a.mu.Unlock()
-				return Allocation{}, &OutOfBlockError{Allocation: *al, Block: a.block}
+				return Allocation{}, &OutOfBlockError{Allocation: *al, Blocks: a.Blocks()}
 			}
 			// Durably note the claim: a pending release recorded by a DEL
 			// that began before this ADD may be processed after it (spool.go).
 			upd := *al
 			upd.Readded = time.Now().UTC()
-			c, err := a.rewriteLocked(al, upd, nil)
+			// A family whose block the node gained since (IPv4 to
+			// dual-stack) is added to the same record.
+			added, err := a.completeLocked(&upd)
+			if err != nil {
+				a.mu.Unlock()
+				return Allocation{}, err
+			}
+			c, err := a.rewriteLocked(al, upd, added, nil)
 			a.mu.Unlock()
 			if err == nil {
 				err = wait(ctx, c)
 			}
 			if err != nil {
-				return Allocation{}, fmt.Errorf("record re-allocation of %s to %s: %w", upd.IP, key, err)
+				return Allocation{}, fmt.Errorf("record re-allocation of %s to %s: %w", upd.addrString(), key, err)
 			}
 			return upd, nil
 		case recovered:
@@ -361,10 +560,15 @@ func (a *Allocator) Allocate(ctx context.Context, r Request) (Allocation, error)
 			upd.Readded = time.Now().UTC()
 			if upd.OutOfBlock {
 				a.mu.Unlock()
-				return Allocation{}, &OutOfBlockError{Allocation: upd, Block: a.block}
+				return Allocation{}, &OutOfBlockError{Allocation: upd, Blocks: a.Blocks()}
+			}
+			added, err := a.completeLocked(&upd)
+			if err != nil {
+				a.mu.Unlock()
+				return Allocation{}, err
 			}
 			veth := al.HostVeth
-			c, err := a.rewriteLocked(al, upd, func() {
+			c, err := a.rewriteLocked(al, upd, added, func() {
 				if a.byVeth[veth] == al {
 					delete(a.byVeth, veth)
 				}
@@ -375,7 +579,7 @@ func (a *Allocator) Allocate(ctx context.Context, r Request) (Allocation, error)
 				err = wait(ctx, c)
 			}
 			if err != nil {
-				return Allocation{}, fmt.Errorf("record re-allocation of recovered %s to %s: %w", upd.IP, key, err)
+				return Allocation{}, fmt.Errorf("record re-allocation of recovered %s to %s: %w", upd.addrString(), key, err)
 			}
 			return upd, nil
 		}
@@ -385,27 +589,52 @@ func (a *Allocator) Allocate(ctx context.Context, r Request) (Allocation, error)
 			return Allocation{}, err
 		}
 		if err := wait(ctx, c); err != nil {
-			return Allocation{}, fmt.Errorf("record allocation of %s to %s: %w", fresh.IP, key, err)
+			return Allocation{}, fmt.Errorf("record allocation of %s to %s: %w", fresh.addrString(), key, err)
 		}
 		return fresh, nil
 	}
 }
 
-// reserveLocked picks a free address for r, holds it in memory and queues
-// its record. A failed commit frees it again.
-func (a *Allocator) reserveLocked(r Request) (Allocation, *change, error) {
-	ip, ok := a.findFree()
-	if !ok {
-		return Allocation{}, nil, &ExhaustedError{Block: a.block, Size: a.size}
+// completeLocked picks, for every family the node has a block of and al
+// holds no address of, a free address into al, and returns the picks. They
+// are held in memory only once the caller queues al's record
+// (rewriteLocked).
+func (a *Allocator) completeLocked(al *Allocation) ([]netip.Addr, error) {
+	var added []netip.Addr
+	for i := range a.fams {
+		v6 := i == 1
+		if !a.fams[i].block.IsValid() || al.Addr(v6).IsValid() {
+			continue
+		}
+		ip, ok := a.findFree(i, added)
+		if !ok {
+			return nil, &ExhaustedError{Block: a.fams[i].block, Size: a.fams[i].size}
+		}
+		if v6 {
+			al.IPv6 = ip
+		} else {
+			al.IP = ip
+		}
+		added = append(added, ip)
 	}
+	return added, nil
+}
+
+// reserveLocked picks a free address of each family for r, holds them in
+// memory and queues their record: one record, so a crash leaves both or
+// neither. A failed commit frees them again.
+func (a *Allocator) reserveLocked(r Request) (Allocation, *change, error) {
 	al := Allocation{
 		ContainerID:  r.ContainerID,
 		IfName:       r.IfName,
-		IP:           ip,
 		PodNamespace: r.PodNamespace,
 		PodName:      r.PodName,
 		// Full precision: ReleaseUnclaimedSince compares it with a DEL's time.
 		Allocated: time.Now().UTC(),
+	}
+	ips, err := a.completeLocked(&al)
+	if err != nil {
+		return Allocation{}, nil, err
 	}
 	v, err := json.Marshal(al)
 	if err != nil {
@@ -414,29 +643,49 @@ func (a *Allocator) reserveLocked(r Request) (Allocation, *change, error) {
 	p := &al
 	key := al.Attachment()
 	a.byKey[key] = p
-	a.byIP[ip] = p
-	a.next = a.after(ip)
+	for _, ip := range ips {
+		a.byIP[ip] = p
+		a.fams[fam(ip)].next = a.after(ip)
+	}
+	rec := ipKey(al.primary())
 	c := a.queueLocked([]*Allocation{p}, true, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAllocs)
-		if b.Get(ipKey(ip)) != nil {
-			return fmt.Errorf("store already holds %s", ip) // memory and disk disagree: refuse
+		if b.Get(rec) != nil {
+			return fmt.Errorf("store already holds %s", al.primary()) // memory and disk disagree: refuse
 		}
-		if err := b.Put(ipKey(ip), v); err != nil {
+		if err := b.Put(rec, v); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketMeta).Put(keyLast, ipKey(ip))
+		return putLast(tx, ips)
 	}, func(err error) {
 		if err == nil {
 			return
 		}
-		if a.byIP[ip] == p {
-			delete(a.byIP, ip)
+		for _, ip := range ips {
+			if a.byIP[ip] == p {
+				delete(a.byIP, ip)
+			}
 		}
 		if a.byKey[key] == p {
 			delete(a.byKey, key)
 		}
 	})
 	return al, c, nil
+}
+
+// putLast records the addresses just handed out, for round robin.
+func putLast(tx *bolt.Tx, ips []netip.Addr) error {
+	meta := tx.Bucket(bucketMeta)
+	for _, ip := range ips {
+		k := keyLast
+		if !ip.Is4() {
+			k = keyLast6
+		}
+		if err := meta.Put(k, ipKey(ip)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // queueLocked marks als in flight and queues apply for the store; settle
@@ -460,17 +709,42 @@ func (a *Allocator) queueLocked(als []*Allocation, fresh bool, apply func(*bolt.
 	return c
 }
 
-// rewriteLocked queues the rewrite of al's stored record as upd; once it is
-// committed, al becomes upd and then (if set) named runs.
-func (a *Allocator) rewriteLocked(al *Allocation, upd Allocation, named func()) (*change, error) {
+// rewriteLocked queues the rewrite of al's stored record as upd, which may
+// hold added, addresses al does not (held in memory from now, freed again if
+// the commit fails); once it is committed, al becomes upd and then (if set)
+// named runs.
+func (a *Allocator) rewriteLocked(al *Allocation, upd Allocation, added []netip.Addr, named func()) (*change, error) {
 	v, err := json.Marshal(upd)
 	if err != nil {
 		return nil, fmt.Errorf("encode allocation: %w", err)
 	}
+	for _, ip := range added {
+		a.byIP[ip] = al
+		a.fams[fam(ip)].next = a.after(ip)
+	}
+	oldKey, newKey := ipKey(al.primary()), ipKey(upd.primary())
 	return a.queueLocked([]*Allocation{al}, false, func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketAllocs).Put(ipKey(upd.IP), v)
+		b := tx.Bucket(bucketAllocs)
+		if string(oldKey) != string(newKey) {
+			// An IPv6-only record gaining an IPv4 address moves under it.
+			if b.Get(newKey) != nil {
+				return fmt.Errorf("store already holds %s", upd.primary())
+			}
+			if err := b.Delete(oldKey); err != nil {
+				return err
+			}
+		}
+		if err := b.Put(newKey, v); err != nil {
+			return err
+		}
+		return putLast(tx, added)
 	}, func(err error) {
 		if err != nil {
+			for _, ip := range added {
+				if a.byIP[ip] == al {
+					delete(a.byIP, ip)
+				}
+			}
 			return
 		}
 		*al = upd
@@ -500,10 +774,19 @@ func waitDone(ctx context.Context, done <-chan struct{}) error {
 	}
 }
 
-func (a *Allocator) findFree() (netip.Addr, bool) {
-	ip := a.next
-	for range a.size {
-		if _, used := a.byIP[ip]; !used {
+// findFree returns the first address of family i's block from its cursor on
+// that is neither held nor in also. Every address it steps over is held, so
+// it looks at no more addresses than are held plus one, whatever the
+// block's size (an IPv6 /64).
+func (a *Allocator) findFree(i int, also []netip.Addr) (netip.Addr, bool) {
+	f := &a.fams[i]
+	ip := f.next
+	if !a.allocatable(ip) {
+		ip = f.first
+	}
+	steps := min(f.size, uint64(len(a.byIP)+len(also))+1)
+	for range steps {
+		if _, used := a.byIP[ip]; !used && !slices.Contains(also, ip) {
 			return ip, true
 		}
 		ip = a.after(ip)
@@ -637,8 +920,8 @@ func (a *Allocator) nameRecovered(ctx context.Context, valid []Attachment) error
 		}
 		upd := *al
 		upd.ContainerID, upd.IfName, upd.HostVeth = v.ContainerID, v.IfName, ""
-		veth, ip := al.HostVeth, al.IP
-		c, err := a.rewriteLocked(al, upd, func() {
+		veth, ip := al.HostVeth, al.addrString()
+		c, err := a.rewriteLocked(al, upd, nil, func() {
 			if a.byVeth[veth] == al {
 				delete(a.byVeth, veth)
 			}
@@ -681,7 +964,10 @@ func (a *Allocator) reclaim(ctx context.Context, pass func() func(Allocation) bo
 		var drop []*Allocation
 		var out []Allocation
 		var busy chan struct{}
-		for _, al := range a.byIP {
+		for ip, al := range a.byIP {
+			if ip != al.primary() {
+				continue // the IPv6 address of a dual-stack allocation: seen once
+			}
 			f := a.inflight[al]
 			if f != nil && f.fresh {
 				continue
@@ -712,7 +998,8 @@ func (a *Allocator) reclaim(ctx context.Context, pass func() func(Allocation) bo
 		c := a.queueLocked(drop, false, func(tx *bolt.Tx) error {
 			b := tx.Bucket(bucketAllocs)
 			for _, al := range drop {
-				if err := b.Delete(ipKey(al.IP)); err != nil {
+				// One record holds both families: freed together.
+				if err := b.Delete(ipKey(al.primary())); err != nil {
 					return err
 				}
 			}
@@ -722,8 +1009,10 @@ func (a *Allocator) reclaim(ctx context.Context, pass func() func(Allocation) bo
 				return
 			}
 			for _, al := range drop {
-				if a.byIP[al.IP] == al {
-					delete(a.byIP, al.IP)
+				for _, ip := range al.Addrs() {
+					if a.byIP[ip] == al {
+						delete(a.byIP, ip)
+					}
 				}
 				if cur := a.byKey[al.Attachment()]; cur == al {
 					delete(a.byKey, al.Attachment())
@@ -742,11 +1031,14 @@ func (a *Allocator) reclaim(ctx context.Context, pass func() func(Allocation) bo
 	}
 }
 
-// List returns every stored allocation, ordered by address.
+// List returns every stored allocation, ordered by address (IPv4 first).
 func (a *Allocator) List() []Allocation {
 	a.mu.Lock()
 	out := make([]Allocation, 0, len(a.byIP))
-	for _, al := range a.byIP {
+	for ip, al := range a.byIP {
+		if ip != al.primary() {
+			continue
+		}
 		if f := a.inflight[al]; f == nil || !f.fresh {
 			out = append(out, *al)
 		}
@@ -761,20 +1053,27 @@ func (a *Allocator) OutOfBlock() []Allocation {
 	return slices.DeleteFunc(a.List(), func(al Allocation) bool { return !al.OutOfBlock })
 }
 
-// Used is how many addresses are held (stored), including any out of the
-// block.
-func (a *Allocator) Used() int {
+// Used is how many addresses of Block's family are held (stored),
+// including any out of the block.
+func (a *Allocator) Used() int { return a.UsedOf(fam(a.Block().Addr()) == 1) }
+
+// UsedOf is how many addresses of the family are held (stored), including
+// any out of the block.
+func (a *Allocator) UsedOf(v6 bool) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	n := len(a.byIP)
-	for _, f := range a.inflight {
-		if f.fresh {
-			n--
+	n := 0
+	for ip, al := range a.byIP {
+		if ip.Is4() == v6 {
+			continue
+		}
+		if f := a.inflight[al]; f == nil || !f.fresh {
+			n++
 		}
 	}
 	return n
 }
 
 func sortByIP(s []Allocation) {
-	slices.SortFunc(s, func(x, y Allocation) int { return x.IP.Compare(y.IP) })
+	slices.SortFunc(s, func(x, y Allocation) int { return x.primary().Compare(y.primary()) })
 }

@@ -13,12 +13,21 @@ import (
 
 func openT(t *testing.T, path, block string) *Allocator {
 	t.Helper()
-	a, err := Open(context.Background(), path, netip.MustParsePrefix(block), nil)
+	a, err := Open(context.Background(), path, parseBlocks(block), nil)
 	if err != nil {
 		t.Fatalf("Open(%s): %v", block, err)
 	}
 	t.Cleanup(func() { a.Close() })
 	return a
+}
+
+// parseBlocks reads "10.0.0.0/24" or "10.0.0.0/24,fd00::/64".
+func parseBlocks(s string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, b := range strings.Split(s, ",") {
+		out = append(out, netip.MustParsePrefix(b))
+	}
+	return out
 }
 
 func alloc(t *testing.T, a *Allocator, id, ifName string) netip.Addr {
@@ -106,7 +115,7 @@ func TestRoundRobinDoesNotReuseAtOnce(t *testing.T) {
 func TestPersistence(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ipam.db")
 	ctx := context.Background()
-	a, err := Open(ctx, path, netip.MustParsePrefix("10.2.0.0/24"), nil)
+	a, err := Open(ctx, path, []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +152,7 @@ func TestPersistence(t *testing.T) {
 func TestBlockChangeReportsAndNeverReuses(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ipam.db")
 	ctx := context.Background()
-	a, err := Open(ctx, path, netip.MustParsePrefix("10.0.0.0/23"), nil)
+	a, err := Open(ctx, path, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/23")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +241,13 @@ func TestConcurrentAllocate(t *testing.T) {
 // concurrently runs n jobs, par at a time, and returns their addresses.
 func concurrently(t *testing.T, n, par int, job func(i int) (netip.Addr, error)) []netip.Addr {
 	t.Helper()
-	out := make([]netip.Addr, n)
+	return concurrentlyT(t, n, par, job)
+}
+
+// concurrentlyT runs n jobs, par at a time, and returns their results.
+func concurrentlyT[T any](t *testing.T, n, par int, job func(i int) (T, error)) []T {
+	t.Helper()
+	out := make([]T, n)
 	errs := make([]error, n)
 	sem := make(chan struct{}, par)
 	var wg sync.WaitGroup

@@ -20,7 +20,7 @@ import (
 //	go test -run '^$' -bench AllocateParallel50 -benchtime 20x ./ipam/
 func BenchmarkAllocateParallel50(b *testing.B) {
 	const par = 50
-	a, err := Open(context.Background(), filepath.Join(b.TempDir(), "ipam.db"), netip.MustParsePrefix("10.6.0.0/24"), nil)
+	a, err := Open(context.Background(), filepath.Join(b.TempDir(), "ipam.db"), []netip.Prefix{netip.MustParsePrefix("10.6.0.0/24")}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

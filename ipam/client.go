@@ -41,28 +41,56 @@ func IsUnavailable(err error) bool { return status.Code(err) == codes.Unavailabl
 // IsExhausted reports whether err means the block has no free address.
 func IsExhausted(err error) bool { return status.Code(err) == codes.ResourceExhausted }
 
-// Allocate returns the address for the attachment, the block it came from
-// and the pod MTU the daemon reports (0 when it does not know).
-func (c *Client) Allocate(ctx context.Context, r Request) (ip netip.Addr, block netip.Prefix, mtu int, err error) {
+// Lease is what Allocate hands an attachment: an address per family of the
+// node's blocks (zero for a family the node has no block of), the blocks
+// they came from and the pod MTU the daemon reports (0 when it does not
+// know).
+type Lease struct {
+	IP      netip.Addr // IPv4
+	Block   netip.Prefix
+	IPv6    netip.Addr
+	BlockV6 netip.Prefix
+	MTU     int
+}
+
+// Addrs returns the leased addresses, IPv4 first.
+func (l Lease) Addrs() []netip.Addr { return Allocation{IP: l.IP, IPv6: l.IPv6}.Addrs() }
+
+// Allocate returns the addresses for the attachment.
+func (c *Client) Allocate(ctx context.Context, r Request) (Lease, error) {
 	resp, err := c.api.Allocate(ctx, &ipampb.AllocateRequest{
 		ContainerId: r.ContainerID, IfName: r.IfName, PodNamespace: r.PodNamespace, PodName: r.PodName,
 	})
 	if err != nil {
-		return netip.Addr{}, netip.Prefix{}, 0, c.wrap("allocate", err)
+		return Lease{}, c.wrap("allocate", err)
 	}
-	ip, err = netip.ParseAddr(resp.GetIp())
-	if err != nil {
-		return netip.Addr{}, netip.Prefix{}, 0, fmt.Errorf("ipam allocate: daemon sent bad address %q: %w", resp.GetIp(), err)
+	var l Lease
+	for _, f := range []struct {
+		v6         bool
+		ip, block  string
+		addr       *netip.Addr
+		blockField *netip.Prefix
+	}{{false, resp.GetIp(), resp.GetBlock(), &l.IP, &l.Block}, {true, resp.GetIpv6(), resp.GetBlockV6(), &l.IPv6, &l.BlockV6}} {
+		if f.ip == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(f.ip)
+		if err != nil || ip.Is6() != f.v6 || ip.Zone() != "" {
+			return Lease{}, fmt.Errorf("ipam allocate: daemon sent bad address %q", f.ip)
+		}
+		block, err := netip.ParsePrefix(f.block)
+		if err != nil || block.Addr().Is6() != f.v6 {
+			return Lease{}, fmt.Errorf("ipam allocate: daemon sent bad block %q for %s", f.block, ip)
+		}
+		*f.addr, *f.blockField = ip, block
 	}
-	block, err = netip.ParsePrefix(resp.GetBlock())
-	if err != nil {
-		return netip.Addr{}, netip.Prefix{}, 0, fmt.Errorf("ipam allocate: daemon sent bad block %q: %w", resp.GetBlock(), err)
+	if !l.IP.IsValid() && !l.IPv6.IsValid() {
+		return Lease{}, fmt.Errorf("ipam allocate: daemon sent no address")
 	}
-	mtu, err = checkMTU("allocate", resp.GetMtu())
-	if err != nil {
-		return netip.Addr{}, netip.Prefix{}, 0, err
+	if l.MTU, err = checkMTU("allocate", resp.GetMtu()); err != nil {
+		return Lease{}, err
 	}
-	return ip, block, mtu, nil
+	return l, nil
 }
 
 // checkMTU vets a pod MTU from the daemon: 0 (unknown) or MinMTU-MaxMTU.
@@ -73,14 +101,20 @@ func checkMTU(op string, v uint32) (int, error) {
 	return int(v), nil
 }
 
-// Release frees the attachment's address; ip is invalid if none was held.
-func (c *Client) Release(ctx context.Context, containerID, ifName string) (netip.Addr, error) {
+// Release frees the attachment's addresses, both families together, and
+// returns them; none if none was held.
+func (c *Client) Release(ctx context.Context, containerID, ifName string) ([]netip.Addr, error) {
 	resp, err := c.api.Release(ctx, &ipampb.ReleaseRequest{ContainerId: containerID, IfName: ifName})
 	if err != nil {
-		return netip.Addr{}, c.wrap("release", err)
+		return nil, c.wrap("release", err)
 	}
-	ip, _ := netip.ParseAddr(resp.GetIp())
-	return ip, nil
+	var out []netip.Addr
+	for _, s := range []string{resp.GetIp(), resp.GetIpv6()} {
+		if ip, err := netip.ParseAddr(s); err == nil {
+			out = append(out, ip)
+		}
+	}
+	return out, nil
 }
 
 // Get returns the attachment's allocation (found is false if it holds none)
@@ -159,10 +193,12 @@ func fromPB(in []*ipampb.Allocation) []Allocation {
 	out := make([]Allocation, 0, len(in))
 	for _, p := range in {
 		ip, _ := netip.ParseAddr(p.GetIp())
+		ip6, _ := netip.ParseAddr(p.GetIpv6())
 		out = append(out, Allocation{
 			ContainerID:  p.GetContainerId(),
 			IfName:       p.GetIfName(),
 			IP:           ip,
+			IPv6:         ip6,
 			PodNamespace: p.GetPodNamespace(),
 			PodName:      p.GetPodName(),
 			Allocated:    time.Unix(p.GetAllocatedUnix(), 0).UTC(),

@@ -279,7 +279,8 @@ func TestParallelAllocationsDurableAfterKill(t *testing.T) {
 	errs := parallel(50, func(i int) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		ip, _, _, err := clients[i].Allocate(ctx, Request{ContainerID: fmt.Sprint("ctr-", i), IfName: "eth0"})
+		l, err := clients[i].Allocate(ctx, Request{ContainerID: fmt.Sprint("ctr-", i), IfName: "eth0"})
+		ip := l.IP
 		told[i] = ip
 		return err
 	})

@@ -41,7 +41,7 @@ func TestMain(m *testing.M) {
 func serveHelper(db, sock, block string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	a, err := Open(ctx, db, netip.MustParsePrefix(block), nil)
+	a, err := Open(ctx, db, parseBlocks(block), nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -156,12 +156,27 @@ func retry[T any](sock string, op func(context.Context, *Client) (T, error)) (T,
 	}
 }
 
+// TestCrashSafety allocates and releases 200 attachments, 50 at a time,
+// while the daemon is SIGKILLed at random moments: every client is told
+// what ends up on disk, no address is held twice in either family, and a
+// dual-stack attachment's two addresses are held and released together.
 func TestCrashSafety(t *testing.T) {
 	if testing.Short() {
 		t.Skip("crash test skipped in -short mode")
 	}
+	for _, tc := range []struct{ name, block string }{
+		{"IPv4", "10.9.0.0/24"},
+		{"DualStack", "10.9.0.0/24,fd00:10:9::/64"},
+		{"IPv6", "fd00:10:9::/64"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { crashSafety(t, tc.block) })
+	}
+}
+
+func crashSafety(t *testing.T, block string) {
 	dir := t.TempDir()
-	db, sock, block := filepath.Join(dir, "ipam.db"), filepath.Join(dir, "run", "ipam.sock"), "10.9.0.0/24"
+	db, sock := filepath.Join(dir, "ipam.db"), filepath.Join(dir, "run", "ipam.sock")
+	blocks := parseBlocks(block)
 
 	// Rounds of allocating 200 and releasing them, until each phase has
 	// seen enough kills: with group commit a round takes a few daemon
@@ -169,38 +184,47 @@ func TestCrashSafety(t *testing.T) {
 	var killsAlloc, killsRelease int64
 	for round := 0; round < 40 && (killsAlloc < 20 || killsRelease < 20); round++ {
 		d := startCrashingDaemon(t, db, sock, block)
-		got := concurrently(t, 200, 50, func(i int) (netip.Addr, error) {
-			return retry(sock, func(ctx context.Context, c *Client) (netip.Addr, error) {
-				ip, _, _, err := c.Allocate(ctx, Request{ContainerID: fmt.Sprint("ctr-", round, "-", i), IfName: "eth0"})
-				return ip, err
+		got := concurrentlyT(t, 200, 50, func(i int) (Lease, error) {
+			return retry(sock, func(ctx context.Context, c *Client) (Lease, error) {
+				return c.Allocate(ctx, Request{ContainerID: fmt.Sprint("ctr-", round, "-", i), IfName: "eth0"})
 			})
 		})
 		killsAlloc += d.kills.Load()
-		assertDistinct(t, got, netip.MustParsePrefix(block))
+		for _, b := range blocks {
+			fam := make([]netip.Addr, len(got))
+			for i, l := range got {
+				fam[i] = Allocation{IP: l.IP, IPv6: l.IPv6}.Addr(b.Addr().Is6())
+			}
+			assertDistinct(t, fam, b)
+		}
 
 		// What every client was told must be exactly what is on disk:
-		// nothing forgotten, nothing extra, nothing held twice.
+		// nothing forgotten, nothing extra, nothing held twice, no
+		// attachment holding one family without the other.
 		d.Stop()
 		a := openT(t, db, block)
 		list := a.List()
 		if len(list) != 200 {
 			t.Fatalf("round %d: store holds %d allocations after crashes, want 200", round, len(list))
 		}
-		byKey := map[string]netip.Addr{}
+		byKey := map[string]Allocation{}
 		for _, al := range list {
-			byKey[al.ContainerID+"/"+al.IfName] = al.IP
+			byKey[al.ContainerID+"/"+al.IfName] = al
+			if len(al.Addrs()) != len(blocks) {
+				t.Fatalf("round %d: %s/%s holds %s, want one address of each of %v", round, al.ContainerID, al.IfName, al.addrString(), blocks)
+			}
 		}
-		for i, ip := range got {
-			if stored := byKey[fmt.Sprint("ctr-", round, "-", i, "/eth0")]; stored != ip {
-				t.Fatalf("round %d: ctr-%d was told %s but the store holds %s", round, i, ip, stored)
+		for i, l := range got {
+			if stored := byKey[fmt.Sprint("ctr-", round, "-", i, "/eth0")]; stored.IP != l.IP || stored.IPv6 != l.IPv6 {
+				t.Fatalf("round %d: ctr-%d was told %v but the store holds %s", round, i, l.Addrs(), stored.addrString())
 			}
 		}
 		a.Close()
 
-		// Release everything under the same crashes: the block ends up empty.
+		// Release everything under the same crashes: the blocks end up empty.
 		d = startCrashingDaemon(t, db, sock, block)
-		concurrently(t, 200, 50, func(i int) (netip.Addr, error) {
-			return retry(sock, func(ctx context.Context, c *Client) (netip.Addr, error) {
+		concurrentlyT(t, 200, 50, func(i int) ([]netip.Addr, error) {
+			return retry(sock, func(ctx context.Context, c *Client) ([]netip.Addr, error) {
 				return c.Release(ctx, fmt.Sprint("ctr-", round, "-", i), "eth0")
 			})
 		})

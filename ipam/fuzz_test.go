@@ -34,7 +34,7 @@ func FuzzOpenStore(f *testing.F) {
 		k := KernelFunc(func() ([]PodRoute, error) {
 			return []PodRoute{{IP: live, HostVeth: HostVethName("live", "eth0")}}, nil
 		})
-		a, err := Open(context.Background(), p, netip.MustParsePrefix("10.9.0.0/24"), nil, WithKernel(k))
+		a, err := Open(context.Background(), p, []netip.Prefix{netip.MustParsePrefix("10.9.0.0/24")}, nil, WithKernel(k))
 		if err != nil {
 			var ce *CorruptError
 			if !errors.As(err, &ce) {

@@ -103,7 +103,7 @@ func TestStoreRebuiltFromRealPodRoutes(t *testing.T) {
 			var a *Allocator
 			err := nsh.Do(func(ns.NetNS) error {
 				var err error
-				a, err = Open(context.Background(), path, netip.MustParsePrefix("10.77.0.0/24"), nil, WithKernel(KernelPodRoutes))
+				a, err = Open(context.Background(), path, []netip.Prefix{netip.MustParsePrefix("10.77.0.0/24")}, nil, WithKernel(KernelPodRoutes))
 				return err
 			})
 			if err != nil {
@@ -125,7 +125,8 @@ func TestStoreRebuiltFromRealPodRoutes(t *testing.T) {
 			waitSocket(t, sock)
 			c := clientT(t, sock)
 			for i := range 40 {
-				ip, _, _, err := c.Allocate(context.Background(), Request{ContainerID: fmt.Sprint(how, i), IfName: "eth0"})
+				l, err := c.Allocate(context.Background(), Request{ContainerID: fmt.Sprint(how, i), IfName: "eth0"})
+				ip := l.IP
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -160,7 +161,7 @@ func TestStoreRebuiltFromAliasedPodRoutes(t *testing.T) {
 	var a *Allocator
 	err = nsh.Do(func(ns.NetNS) error {
 		var err error
-		a, err = Open(context.Background(), filepath.Join(t.TempDir(), "ipam.db"), netip.MustParsePrefix("10.78.0.0/24"), nil, WithKernel(KernelPodRoutes))
+		a, err = Open(context.Background(), filepath.Join(t.TempDir(), "ipam.db"), []netip.Prefix{netip.MustParsePrefix("10.78.0.0/24")}, nil, WithKernel(KernelPodRoutes))
 		return err
 	})
 	if err != nil {

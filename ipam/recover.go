@@ -22,14 +22,15 @@ import (
 )
 
 // The store never silently forgets: at every start the allocator compares
-// itself with the pods wired on this node, whose /32 routes through host
-// veths are in the kernel, and holds every such address it does not hold
-// yet. A missing or emptied store is so rebuilt from the kernel; a store
+// itself with the pods wired on this node, whose /32 and /128 routes through
+// host veths are in the kernel, and holds every such address it does not
+// hold yet: a pod's IPv4 and IPv6 addresses, routed through the same veth,
+// become one allocation as ADD made them. A missing or emptied store is so rebuilt from the kernel; a store
 // that lost its last transaction (a zeroed newest meta page) gets the
 // address back; and no ADD can be given an address a live pod uses.
 
-// PodRoute is a pod's address as the kernel shows it: a /32 route through
-// the pod's host veth.
+// PodRoute is a pod's address as the kernel shows it: a /32 (IPv4) or /128
+// (IPv6) route through the pod's host veth.
 type PodRoute struct {
 	IP       netip.Addr
 	HostVeth string
@@ -279,10 +280,17 @@ func (a *Allocator) reconcileKernel(k Kernel, state storeState, now time.Time) e
 	if err != nil {
 		return fmt.Errorf("ipam: read pod routes from the kernel (needed to check the store against the pods on this node): %w", err)
 	}
-	var add []Allocation
-	named := map[Attachment]bool{}
+	// The addresses the store does not hold, by host veth, in the order the
+	// kernel listed them.
+	type vethRoutes struct {
+		att      Attachment
+		v4, v6   []netip.Addr
+		hostVeth string
+	}
+	var order []string
+	unheld := map[string]*vethRoutes{}
 	for _, r := range routes {
-		if !r.IP.Is4() {
+		if !r.IP.IsValid() || r.IP.Is4In6() {
 			continue
 		}
 		if have, ok := a.byIP[r.IP]; ok {
@@ -292,53 +300,146 @@ func (a *Allocator) reconcileKernel(k Kernel, state storeState, now time.Time) e
 			}
 			continue
 		}
-		al := Allocation{IP: r.IP, HostVeth: r.HostVeth, Allocated: now, OutOfBlock: !a.allocatable(r.IP)}
-		if k := r.Attachment; k != (Attachment{}) && !named[k] {
-			// The alias names the attachment: recovered whole, as stored.
-			if _, held := a.byKey[k]; !held {
-				al.ContainerID, al.IfName, al.HostVeth = k.ContainerID, k.IfName, ""
-				named[k] = true
+		g := unheld[r.HostVeth]
+		if g == nil {
+			g = &vethRoutes{att: r.Attachment, hostVeth: r.HostVeth}
+			unheld[r.HostVeth] = g
+			order = append(order, r.HostVeth)
+		}
+		if r.IP.Is4() {
+			g.v4 = append(g.v4, r.IP)
+		} else {
+			g.v6 = append(g.v6, r.IP)
+		}
+	}
+	// An allocation the store holds for a veth's attachment that lacks a
+	// family the kernel routes there (a store that lost its last
+	// transaction cannot do that; one from a build without IPv6 can):
+	// completed rather than split.
+	byVeth := map[string]*Allocation{}
+	for ip, al := range a.byIP {
+		if ip != al.primary() {
+			continue
+		}
+		if al.ContainerID == "" {
+			byVeth[al.HostVeth] = al
+		} else {
+			byVeth[HostVethName(al.ContainerID, al.IfName)] = al
+		}
+	}
+	type rewrite struct {
+		al  *Allocation
+		upd Allocation
+	}
+	var completed []rewrite
+	var add []Allocation
+	named := map[Attachment]bool{}
+	for _, veth := range order {
+		g := unheld[veth]
+		have := byVeth[veth]
+		if h := a.byKey[g.att]; g.att != (Attachment{}) && h != nil {
+			have = h
+		}
+		if have != nil {
+			upd := *have
+			if !upd.IP.IsValid() && len(g.v4) > 0 {
+				upd.IP, g.v4 = g.v4[0], g.v4[1:]
+			}
+			if !upd.IPv6.IsValid() && len(g.v6) > 0 {
+				upd.IPv6, g.v6 = g.v6[0], g.v6[1:]
+			}
+			if upd != *have {
+				upd.OutOfBlock = a.outOfBlock(upd)
+				completed = append(completed, rewrite{have, upd})
 			}
 		}
-		add = append(add, al)
+		// A pod's addresses of both families, paired as ADD made them;
+		// anything more (which no ADD makes) is held on its own.
+		for i := range max(len(g.v4), len(g.v6)) {
+			al := Allocation{HostVeth: veth, Allocated: now}
+			if i < len(g.v4) {
+				al.IP = g.v4[i]
+			}
+			if i < len(g.v6) {
+				al.IPv6 = g.v6[i]
+			}
+			al.OutOfBlock = a.outOfBlock(al)
+			if k := g.att; k != (Attachment{}) && !named[k] {
+				// The alias names the attachment: recovered whole, as stored.
+				if _, held := a.byKey[k]; !held {
+					al.ContainerID, al.IfName, al.HostVeth = k.ContainerID, k.IfName, ""
+					named[k] = true
+				}
+			}
+			add = append(add, al)
+		}
 	}
 	switch {
-	case len(add) == 0 && (state == storeMissing || state == storeEmpty):
+	case len(add)+len(completed) == 0 && (state == storeMissing || state == storeEmpty):
 		a.log.Info("ipam: new IPAM store: no pod routes in the kernel, nothing to recover", "state", state.String())
 		return nil
-	case len(add) == 0:
+	case len(add)+len(completed) == 0:
 		return nil
 	}
 	sortByIP(add)
 	err = a.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAllocs)
+		for _, c := range completed {
+			if old, now := ipKey(c.al.primary()), ipKey(c.upd.primary()); string(old) != string(now) {
+				if err := b.Delete(old); err != nil {
+					return err
+				}
+			}
+			v, err := json.Marshal(c.upd)
+			if err != nil {
+				return err
+			}
+			if err := b.Put(ipKey(c.upd.primary()), v); err != nil {
+				return err
+			}
+		}
 		for _, al := range add {
 			v, err := json.Marshal(al)
 			if err != nil {
 				return err
 			}
-			if err := b.Put(ipKey(al.IP), v); err != nil {
+			if err := b.Put(ipKey(al.primary()), v); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("ipam: record %d pod addresses recovered from the kernel: %w", len(add), err)
+		return fmt.Errorf("ipam: record %d pod allocations recovered from the kernel: %w", len(add)+len(completed), err)
+	}
+	for _, c := range completed {
+		*c.al = c.upd
+		for _, ip := range c.al.Addrs() {
+			a.byIP[ip] = c.al
+		}
+		a.log.Warn("ipam: completing a pod's allocation with an address found in the kernel but not in the store",
+			"ip", c.al.addrString(), "container", c.al.ContainerID, "ifName", c.al.IfName, "hostVeth", c.al.HostVeth, "outOfBlock", c.al.OutOfBlock)
 	}
 	for i := range add {
 		p := &add[i]
-		a.byIP[p.IP] = p
+		for _, ip := range p.Addrs() {
+			a.byIP[ip] = p
+		}
 		if p.ContainerID != "" {
 			a.byKey[p.Attachment()] = p
 		} else {
 			a.byVeth[p.HostVeth] = p
 		}
 		a.log.Warn("ipam: holding a pod address found in the kernel but not in the store",
-			"ip", p.IP, "hostVeth", p.HostVeth, "container", p.ContainerID, "ifName", p.IfName, "outOfBlock", p.OutOfBlock)
+			"ip", p.addrString(), "hostVeth", p.HostVeth, "container", p.ContainerID, "ifName", p.IfName, "outOfBlock", p.OutOfBlock)
 	}
-	a.log.Warn(fmt.Sprintf("ipam: IPAM store %s: recovered %d pod addresses from the kernel's pod routes", state, len(add)),
-		"recovered", len(add), "held", len(a.byIP))
+	n := 0 // addresses recovered
+	for _, al := range add {
+		n += len(al.Addrs())
+	}
+	n += len(completed)
+	a.log.Warn(fmt.Sprintf("ipam: IPAM store %s: recovered %d pod addresses from the kernel's pod routes", state, n),
+		"recovered", n, "allocations", len(add), "completed", len(completed), "held", len(a.byIP))
 	return nil
 }
 

@@ -35,7 +35,7 @@ func openK(t *testing.T, path, block string, k Kernel, log *bytes.Buffer) (*Allo
 	if log != nil {
 		l = slog.New(slog.NewTextHandler(log, nil))
 	}
-	a, err := Open(context.Background(), path, netip.MustParsePrefix(block), l, WithKernel(k))
+	a, err := Open(context.Background(), path, []netip.Prefix{netip.MustParsePrefix(block)}, l, WithKernel(k))
 	if err == nil {
 		t.Cleanup(func() { a.Close() })
 	}
@@ -47,7 +47,7 @@ func openK(t *testing.T, path, block string, k Kernel, log *bytes.Buffer) (*Allo
 func storeWith(t testing.TB, n int) (string, []netip.Addr) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "ipam.db")
-	a, err := Open(context.Background(), path, netip.MustParsePrefix("10.9.0.0/16"), nil)
+	a, err := Open(context.Background(), path, []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -71,7 +73,7 @@ func Serve(ctx context.Context, a *Allocator, socketPath string, log *slog.Logge
 	}
 	s := grpc.NewServer(gopts...)
 	ipampb.RegisterIPAMServer(s, srv)
-	log.Info("ipam: serving", "socket", socketPath, "block", a.Block().String(), "used", a.Used(), "size", a.Size(), "mtu", srv.mtu())
+	log.Info("ipam: serving", "socket", socketPath, "blocks", fmt.Sprint(a.Blocks()), "used", a.Used(), "size", a.Size(), "mtu", srv.mtu())
 
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(l) }()
@@ -166,11 +168,27 @@ func grpcErr(err error) error {
 	}
 }
 
+// addrPB is an address for the API: "" for none.
+func addrPB(ip netip.Addr) string {
+	if !ip.IsValid() {
+		return ""
+	}
+	return ip.String()
+}
+
+func prefixPB(p netip.Prefix) string {
+	if !p.IsValid() {
+		return ""
+	}
+	return p.String()
+}
+
 func toPB(al Allocation) *ipampb.Allocation {
 	return &ipampb.Allocation{
 		ContainerId:   al.ContainerID,
 		IfName:        al.IfName,
-		Ip:            al.IP.String(),
+		Ip:            addrPB(al.IP),
+		Ipv6:          addrPB(al.IPv6),
 		PodNamespace:  al.PodNamespace,
 		PodName:       al.PodName,
 		AllocatedUnix: al.Allocated.Unix(),
@@ -189,8 +207,12 @@ func (s *server) Allocate(ctx context.Context, r *ipampb.AllocateRequest) (*ipam
 		s.log.Warn("ipam: allocate failed", "container", r.GetContainerId(), "ifName", r.GetIfName(), "err", err)
 		return nil, grpcErr(err)
 	}
-	s.log.Debug("ipam: allocated", "ip", al.IP, "container", al.ContainerID, "ifName", al.IfName)
-	return &ipampb.AllocateResponse{Ip: al.IP.String(), Block: s.a.Block().String(), Mtu: s.mtu()}, nil
+	s.log.Debug("ipam: allocated", "ip", al.addrString(), "container", al.ContainerID, "ifName", al.IfName)
+	return &ipampb.AllocateResponse{
+		Ip: addrPB(al.IP), Block: prefixPB(s.a.BlockOf(false)),
+		Ipv6: addrPB(al.IPv6), BlockV6: prefixPB(s.a.BlockOf(true)),
+		Mtu: s.mtu(),
+	}, nil
 }
 
 func (s *server) Release(ctx context.Context, r *ipampb.ReleaseRequest) (*ipampb.ReleaseResponse, error) {
@@ -201,8 +223,8 @@ func (s *server) Release(ctx context.Context, r *ipampb.ReleaseRequest) (*ipampb
 	if !found {
 		return &ipampb.ReleaseResponse{}, nil
 	}
-	s.log.Debug("ipam: released", "ip", al.IP, "container", al.ContainerID, "ifName", al.IfName)
-	return &ipampb.ReleaseResponse{Ip: al.IP.String()}, nil
+	s.log.Debug("ipam: released", "ip", al.addrString(), "container", al.ContainerID, "ifName", al.IfName)
+	return &ipampb.ReleaseResponse{Ip: addrPB(al.IP), Ipv6: addrPB(al.IPv6)}, nil
 }
 
 func (s *server) Get(_ context.Context, r *ipampb.GetRequest) (*ipampb.GetResponse, error) {
@@ -227,7 +249,7 @@ func (s *server) GC(ctx context.Context, r *ipampb.GCRequest) (*ipampb.GCRespons
 	}
 	resp := &ipampb.GCResponse{}
 	for _, al := range released {
-		s.log.Info("ipam: garbage-collected", "ip", al.IP, "container", al.ContainerID, "ifName", al.IfName)
+		s.log.Info("ipam: garbage-collected", "ip", al.addrString(), "container", al.ContainerID, "ifName", al.IfName)
 		resp.Released = append(resp.Released, toPB(al))
 	}
 	return resp, nil
@@ -235,6 +257,9 @@ func (s *server) GC(ctx context.Context, r *ipampb.GCRequest) (*ipampb.GCRespons
 
 func (s *server) List(context.Context, *ipampb.ListRequest) (*ipampb.ListResponse, error) {
 	resp := &ipampb.ListResponse{Block: s.a.Block().String()}
+	for _, b := range s.a.Blocks() {
+		resp.Blocks = append(resp.Blocks, b.String())
+	}
 	for _, al := range s.a.List() {
 		resp.Allocations = append(resp.Allocations, toPB(al))
 	}
@@ -242,13 +267,28 @@ func (s *server) List(context.Context, *ipampb.ListRequest) (*ipampb.ListRespons
 }
 
 func (s *server) Status(context.Context, *ipampb.StatusRequest) (*ipampb.StatusResponse, error) {
-	resp := &ipampb.StatusResponse{Block: s.a.Block().String(), Size: uint32(s.a.Size()), Mtu: s.mtu()}
+	blocks := map[bool]*ipampb.BlockStatus{}
+	resp := &ipampb.StatusResponse{Mtu: s.mtu()}
+	for _, b := range s.a.Blocks() {
+		bs := &ipampb.BlockStatus{Block: b.String(), Size: s.a.SizeOf(b.Addr().Is6())}
+		blocks[b.Addr().Is6()] = bs
+		resp.Blocks = append(resp.Blocks, bs)
+	}
 	for _, al := range s.a.List() {
-		if al.OutOfBlock {
-			resp.OutOfBlock++
-		} else {
-			resp.Used++
+		for _, ip := range al.Addrs() {
+			bs := blocks[ip.Is6()]
+			if bs == nil {
+				continue // a family the node no longer has: counted nowhere
+			}
+			if s.a.allocatable(ip) {
+				bs.Used++
+			} else {
+				bs.OutOfBlock++
+			}
 		}
 	}
+	// The first block's counts, as before IPv6 (old plugins read these).
+	first := resp.Blocks[0]
+	resp.Block, resp.Size, resp.Used, resp.OutOfBlock = first.Block, uint32(min(first.Size, math.MaxUint32)), first.Used, first.OutOfBlock
 	return resp, nil
 }

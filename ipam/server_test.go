@@ -85,18 +85,19 @@ func TestGRPCRoundTrip(t *testing.T) {
 	_, sock := serveT(t, "10.7.0.0/30")
 	c := clientT(t, sock)
 	ctx := context.Background()
-	ip, block, mtu, err := c.Allocate(ctx, Request{ContainerID: "c1", IfName: "eth0", PodNamespace: "default", PodName: "web"})
+	l, err := c.Allocate(ctx, Request{ContainerID: "c1", IfName: "eth0", PodNamespace: "default", PodName: "web"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	ip, block, mtu := l.IP, l.Block, l.MTU
 	// Served without WithMTU: the daemon does not know the MTU.
 	if ip != netip.MustParseAddr("10.7.0.2") || block != netip.MustParsePrefix("10.7.0.0/30") || mtu != 0 {
 		t.Fatalf("Allocate = %s %s mtu %d", ip, block, mtu)
 	}
-	if again, _, _, err := c.Allocate(ctx, Request{ContainerID: "c1", IfName: "eth0"}); err != nil || again != ip {
-		t.Fatalf("retry = %s %v", again, err)
+	if again, err := c.Allocate(ctx, Request{ContainerID: "c1", IfName: "eth0"}); err != nil || again != l {
+		t.Fatalf("retry = %v %v", again, err)
 	}
-	_, _, _, err = c.Allocate(ctx, Request{ContainerID: "c2", IfName: "eth0"})
+	_, err = c.Allocate(ctx, Request{ContainerID: "c2", IfName: "eth0"})
 	if !IsExhausted(err) || !strings.Contains(err.Error(), "10.7.0.0/30") {
 		t.Fatalf("exhausted: %v", err)
 	}
@@ -114,10 +115,10 @@ func TestGRPCRoundTrip(t *testing.T) {
 	if err != nil || st.GetUsed() != 1 || st.GetSize() != 1 || st.GetMtu() != 0 {
 		t.Fatalf("Status = %v %v", st, err)
 	}
-	if rel, err := c.Release(ctx, "c1", "eth0"); err != nil || rel != ip {
+	if rel, err := c.Release(ctx, "c1", "eth0"); err != nil || len(rel) != 1 || rel[0] != ip {
 		t.Fatalf("Release = %s %v", rel, err)
 	}
-	if rel, err := c.Release(ctx, "c1", "eth0"); err != nil || rel.IsValid() {
+	if rel, err := c.Release(ctx, "c1", "eth0"); err != nil || len(rel) != 0 {
 		t.Fatalf("second Release = %s %v", rel, err)
 	}
 	gc, err := c.GC(ctx, nil)
@@ -135,7 +136,8 @@ func TestGRPCConcurrentAllocate(t *testing.T) {
 			return netip.Addr{}, err
 		}
 		defer c.Close()
-		ip, _, _, err := c.Allocate(context.Background(), Request{ContainerID: fmt.Sprint("c", i), IfName: "eth0"})
+		l, err := c.Allocate(context.Background(), Request{ContainerID: fmt.Sprint("c", i), IfName: "eth0"})
+		ip := l.IP
 		return ip, err
 	})
 	assertDistinct(t, ips, a.Block())
@@ -149,7 +151,7 @@ func TestClientDaemonUnreachable(t *testing.T) {
 	c := clientT(t, sock)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, _, _, err := c.Allocate(ctx, Request{ContainerID: "c", IfName: "eth0"})
+	_, err := c.Allocate(ctx, Request{ContainerID: "c", IfName: "eth0"})
 	if !IsUnavailable(err) || !strings.Contains(err.Error(), sock) {
 		t.Fatalf("want Unavailable naming %s, got %v", sock, err)
 	}
@@ -164,7 +166,8 @@ func TestGRPCReportsMTU(t *testing.T) {
 	c := clientT(t, sock)
 	ctx := context.Background()
 
-	ip, _, mtu, err := c.Allocate(ctx, Request{ContainerID: "c1", IfName: "eth0"})
+	l, err := c.Allocate(ctx, Request{ContainerID: "c1", IfName: "eth0"})
+	ip, mtu := l.IP, l.MTU
 	if err != nil || mtu != 1430 {
 		t.Fatalf("Allocate = %s mtu %d %v, want mtu 1430", ip, mtu, err)
 	}
@@ -176,7 +179,7 @@ func TestGRPCReportsMTU(t *testing.T) {
 	}
 
 	cur.Store(1450) // IP-in-IP → VXLAN on a 1500 underlay
-	if _, _, mtu, err := c.Allocate(ctx, Request{ContainerID: "c2", IfName: "eth0"}); err != nil || mtu != 1450 {
+	if l, err := c.Allocate(ctx, Request{ContainerID: "c2", IfName: "eth0"}); err != nil || l.MTU != 1450 {
 		t.Fatalf("Allocate after the switch: mtu %d %v, want 1450", mtu, err)
 	}
 	// Get says the MTU now, even for an attachment made before the switch and
@@ -192,7 +195,7 @@ func TestGRPCReportsMTU(t *testing.T) {
 	// as 0: the plugin falls back to its default rather than using them.
 	for _, v := range []int64{0, 10, 70000, -1} {
 		cur.Store(v)
-		if _, _, mtu, err := c.Allocate(ctx, Request{ContainerID: "c1", IfName: "eth0"}); err != nil || mtu != 0 {
+		if l, err := c.Allocate(ctx, Request{ContainerID: "c1", IfName: "eth0"}); err != nil || l.MTU != 0 {
 			t.Fatalf("mtu() = %d: Allocate reported %d %v, want 0", v, mtu, err)
 		}
 	}
@@ -228,7 +231,7 @@ func TestClientRejectsBadMTU(t *testing.T) {
 	go s.Serve(l)
 	t.Cleanup(s.Stop)
 	c := clientT(t, sock)
-	if _, _, _, err := c.Allocate(context.Background(), Request{ContainerID: "c", IfName: "eth0"}); err == nil || !strings.Contains(err.Error(), "MTU 70000") {
+	if _, err := c.Allocate(context.Background(), Request{ContainerID: "c", IfName: "eth0"}); err == nil || !strings.Contains(err.Error(), "MTU 70000") {
 		t.Fatalf("Allocate with MTU 70000: %v", err)
 	}
 	if _, _, _, err := c.Get(context.Background(), "c", "eth0"); err == nil || !strings.Contains(err.Error(), "MTU 20") {
@@ -238,7 +241,7 @@ func TestClientRejectsBadMTU(t *testing.T) {
 
 func TestObserverSeesEveryRequest(t *testing.T) {
 	ctx := context.Background()
-	a, err := Open(ctx, filepath.Join(t.TempDir(), "ipam.db"), netip.MustParsePrefix("10.84.0.0/29"), nil)
+	a, err := Open(ctx, filepath.Join(t.TempDir(), "ipam.db"), []netip.Prefix{netip.MustParsePrefix("10.84.0.0/29")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

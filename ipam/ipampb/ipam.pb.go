@@ -80,13 +80,14 @@ type Allocation struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
 	IfName        string                 `protobuf:"bytes,2,opt,name=if_name,json=ifName,proto3" json:"if_name,omitempty"`
-	Ip            string                 `protobuf:"bytes,3,opt,name=ip,proto3" json:"ip,omitempty"` // e.g. "10.244.1.7"
+	Ip            string                 `protobuf:"bytes,3,opt,name=ip,proto3" json:"ip,omitempty"` // IPv4, e.g. "10.244.1.7"; empty if none (an IPv6-only node)
 	PodNamespace  string                 `protobuf:"bytes,4,opt,name=pod_namespace,json=podNamespace,proto3" json:"pod_namespace,omitempty"`
 	PodName       string                 `protobuf:"bytes,5,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
 	AllocatedUnix int64                  `protobuf:"varint,6,opt,name=allocated_unix,json=allocatedUnix,proto3" json:"allocated_unix,omitempty"`
 	// out_of_block is set when the node's block changed and this address is
 	// no longer inside it: it stays held until released, never reused.
-	OutOfBlock    bool `protobuf:"varint,7,opt,name=out_of_block,json=outOfBlock,proto3" json:"out_of_block,omitempty"`
+	OutOfBlock    bool   `protobuf:"varint,7,opt,name=out_of_block,json=outOfBlock,proto3" json:"out_of_block,omitempty"`
+	Ipv6          string `protobuf:"bytes,8,opt,name=ipv6,proto3" json:"ipv6,omitempty"` // IPv6, e.g. "fd00:10:244:1::7"; empty if none (an IPv4-only node)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -170,6 +171,13 @@ func (x *Allocation) GetOutOfBlock() bool {
 	return false
 }
 
+func (x *Allocation) GetIpv6() string {
+	if x != nil {
+		return x.Ipv6
+	}
+	return ""
+}
+
 type AllocateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId   string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
@@ -240,12 +248,14 @@ func (x *AllocateRequest) GetPodName() string {
 
 type AllocateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Ip    string                 `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`       // the pod's address
-	Block string                 `protobuf:"bytes,2,opt,name=block,proto3" json:"block,omitempty"` // the node's block it came from, e.g. "10.244.1.0/24"
+	Ip    string                 `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`       // the pod's IPv4 address; empty on an IPv6-only node
+	Block string                 `protobuf:"bytes,2,opt,name=block,proto3" json:"block,omitempty"` // the node's IPv4 block it came from, e.g. "10.244.1.0/24"
 	// mtu is the pod MTU the daemon wants: the underlay's minus the overhead of
 	// the encapsulation in force. 0 when the daemon does not know (the plugin
 	// then falls back to its own default). It can change while the daemon runs.
 	Mtu           uint32 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	Ipv6          string `protobuf:"bytes,4,opt,name=ipv6,proto3" json:"ipv6,omitempty"`                      // the pod's IPv6 address; empty on an IPv4-only node
+	BlockV6       string `protobuf:"bytes,5,opt,name=block_v6,json=blockV6,proto3" json:"block_v6,omitempty"` // the node's IPv6 block it came from, e.g. "fd00:10:244:1::/64"
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -299,6 +309,20 @@ func (x *AllocateResponse) GetMtu() uint32 {
 		return x.Mtu
 	}
 	return 0
+}
+
+func (x *AllocateResponse) GetIpv6() string {
+	if x != nil {
+		return x.Ipv6
+	}
+	return ""
+}
+
+func (x *AllocateResponse) GetBlockV6() string {
+	if x != nil {
+		return x.BlockV6
+	}
+	return ""
 }
 
 type ReleaseRequest struct {
@@ -355,7 +379,8 @@ func (x *ReleaseRequest) GetIfName() string {
 
 type ReleaseResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ip            string                 `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"` // empty when nothing was held
+	Ip            string                 `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`     // the IPv4 address released; empty when none was held
+	Ipv6          string                 `protobuf:"bytes,2,opt,name=ipv6,proto3" json:"ipv6,omitempty"` // the IPv6 address released; empty when none was held
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -393,6 +418,13 @@ func (*ReleaseResponse) Descriptor() ([]byte, []int) {
 func (x *ReleaseResponse) GetIp() string {
 	if x != nil {
 		return x.Ip
+	}
+	return ""
+}
+
+func (x *ReleaseResponse) GetIpv6() string {
+	if x != nil {
+		return x.Ipv6
 	}
 	return ""
 }
@@ -629,8 +661,9 @@ func (*ListRequest) Descriptor() ([]byte, []int) {
 
 type ListResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Block         string                 `protobuf:"bytes,1,opt,name=block,proto3" json:"block,omitempty"`
+	Block         string                 `protobuf:"bytes,1,opt,name=block,proto3" json:"block,omitempty"` // the IPv4 block, or the IPv6 one on an IPv6-only node
 	Allocations   []*Allocation          `protobuf:"bytes,2,rep,name=allocations,proto3" json:"allocations,omitempty"`
+	Blocks        []string               `protobuf:"bytes,3,rep,name=blocks,proto3" json:"blocks,omitempty"` // every block of the node (one per family)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -679,6 +712,13 @@ func (x *ListResponse) GetAllocations() []*Allocation {
 	return nil
 }
 
+func (x *ListResponse) GetBlocks() []string {
+	if x != nil {
+		return x.Blocks
+	}
+	return nil
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -716,12 +756,15 @@ func (*StatusRequest) Descriptor() ([]byte, []int) {
 }
 
 type StatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Block         string                 `protobuf:"bytes,1,opt,name=block,proto3" json:"block,omitempty"`
-	Size          uint32                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"` // allocatable addresses in the block
-	Used          uint32                 `protobuf:"varint,3,opt,name=used,proto3" json:"used,omitempty"`
-	OutOfBlock    uint32                 `protobuf:"varint,4,opt,name=out_of_block,json=outOfBlock,proto3" json:"out_of_block,omitempty"`
-	Mtu           uint32                 `protobuf:"varint,5,opt,name=mtu,proto3" json:"mtu,omitempty"` // the daemon's pod MTU now, as in AllocateResponse (0 = unknown)
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// block, size, used and out_of_block are those of the IPv4 block, or of
+	// the IPv6 one on an IPv6-only node (as before IPv6); blocks has each.
+	Block         string         `protobuf:"bytes,1,opt,name=block,proto3" json:"block,omitempty"`
+	Size          uint32         `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"` // allocatable addresses in the block (at most 2^32-1)
+	Used          uint32         `protobuf:"varint,3,opt,name=used,proto3" json:"used,omitempty"`
+	OutOfBlock    uint32         `protobuf:"varint,4,opt,name=out_of_block,json=outOfBlock,proto3" json:"out_of_block,omitempty"`
+	Mtu           uint32         `protobuf:"varint,5,opt,name=mtu,proto3" json:"mtu,omitempty"` // the daemon's pod MTU now, as in AllocateResponse (0 = unknown)
+	Blocks        []*BlockStatus `protobuf:"bytes,6,rep,name=blocks,proto3" json:"blocks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -791,6 +834,85 @@ func (x *StatusResponse) GetMtu() uint32 {
 	return 0
 }
 
+func (x *StatusResponse) GetBlocks() []*BlockStatus {
+	if x != nil {
+		return x.Blocks
+	}
+	return nil
+}
+
+// BlockStatus is one block's counts. An IPv6 /64 holds more addresses than
+// any counter: size saturates at 2^64-1.
+type BlockStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Block string                 `protobuf:"bytes,1,opt,name=block,proto3" json:"block,omitempty"`
+	Size  uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"` // allocatable addresses in the block
+	Used  uint32                 `protobuf:"varint,3,opt,name=used,proto3" json:"used,omitempty"` // addresses of this family held in the block
+	// out_of_block: addresses of this family held outside the block (a block
+	// change), never reused.
+	OutOfBlock    uint32 `protobuf:"varint,4,opt,name=out_of_block,json=outOfBlock,proto3" json:"out_of_block,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlockStatus) Reset() {
+	*x = BlockStatus{}
+	mi := &file_ipam_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlockStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlockStatus) ProtoMessage() {}
+
+func (x *BlockStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_ipam_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlockStatus.ProtoReflect.Descriptor instead.
+func (*BlockStatus) Descriptor() ([]byte, []int) {
+	return file_ipam_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *BlockStatus) GetBlock() string {
+	if x != nil {
+		return x.Block
+	}
+	return ""
+}
+
+func (x *BlockStatus) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *BlockStatus) GetUsed() uint32 {
+	if x != nil {
+		return x.Used
+	}
+	return 0
+}
+
+func (x *BlockStatus) GetOutOfBlock() uint32 {
+	if x != nil {
+		return x.OutOfBlock
+	}
+	return 0
+}
+
 var File_ipam_proto protoreflect.FileDescriptor
 
 const file_ipam_proto_rawDesc = "" +
@@ -800,7 +922,7 @@ const file_ipam_proto_rawDesc = "" +
 	"\n" +
 	"Attachment\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
-	"\aif_name\x18\x02 \x01(\tR\x06ifName\"\xe1\x01\n" +
+	"\aif_name\x18\x02 \x01(\tR\x06ifName\"\xf5\x01\n" +
 	"\n" +
 	"Allocation\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
@@ -810,21 +932,25 @@ const file_ipam_proto_rawDesc = "" +
 	"\bpod_name\x18\x05 \x01(\tR\apodName\x12%\n" +
 	"\x0eallocated_unix\x18\x06 \x01(\x03R\rallocatedUnix\x12 \n" +
 	"\fout_of_block\x18\a \x01(\bR\n" +
-	"outOfBlock\"\x8d\x01\n" +
+	"outOfBlock\x12\x12\n" +
+	"\x04ipv6\x18\b \x01(\tR\x04ipv6\"\x8d\x01\n" +
 	"\x0fAllocateRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
 	"\aif_name\x18\x02 \x01(\tR\x06ifName\x12#\n" +
 	"\rpod_namespace\x18\x03 \x01(\tR\fpodNamespace\x12\x19\n" +
-	"\bpod_name\x18\x04 \x01(\tR\apodName\"J\n" +
+	"\bpod_name\x18\x04 \x01(\tR\apodName\"y\n" +
 	"\x10AllocateResponse\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x14\n" +
 	"\x05block\x18\x02 \x01(\tR\x05block\x12\x10\n" +
-	"\x03mtu\x18\x03 \x01(\rR\x03mtu\"L\n" +
+	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12\x12\n" +
+	"\x04ipv6\x18\x04 \x01(\tR\x04ipv6\x12\x19\n" +
+	"\bblock_v6\x18\x05 \x01(\tR\ablockV6\"L\n" +
 	"\x0eReleaseRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
-	"\aif_name\x18\x02 \x01(\tR\x06ifName\"!\n" +
+	"\aif_name\x18\x02 \x01(\tR\x06ifName\"5\n" +
 	"\x0fReleaseResponse\x12\x0e\n" +
-	"\x02ip\x18\x01 \x01(\tR\x02ip\"H\n" +
+	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x12\n" +
+	"\x04ipv6\x18\x02 \x01(\tR\x04ipv6\"H\n" +
 	"\n" +
 	"GetRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x17\n" +
@@ -839,18 +965,26 @@ const file_ipam_proto_rawDesc = "" +
 	"\n" +
 	"GCResponse\x127\n" +
 	"\breleased\x18\x01 \x03(\v2\x1b.nexthop.ipam.v1.AllocationR\breleased\"\r\n" +
-	"\vListRequest\"c\n" +
+	"\vListRequest\"{\n" +
 	"\fListResponse\x12\x14\n" +
 	"\x05block\x18\x01 \x01(\tR\x05block\x12=\n" +
-	"\vallocations\x18\x02 \x03(\v2\x1b.nexthop.ipam.v1.AllocationR\vallocations\"\x0f\n" +
-	"\rStatusRequest\"\x82\x01\n" +
+	"\vallocations\x18\x02 \x03(\v2\x1b.nexthop.ipam.v1.AllocationR\vallocations\x12\x16\n" +
+	"\x06blocks\x18\x03 \x03(\tR\x06blocks\"\x0f\n" +
+	"\rStatusRequest\"\xb8\x01\n" +
 	"\x0eStatusResponse\x12\x14\n" +
 	"\x05block\x18\x01 \x01(\tR\x05block\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\rR\x04size\x12\x12\n" +
 	"\x04used\x18\x03 \x01(\rR\x04used\x12 \n" +
 	"\fout_of_block\x18\x04 \x01(\rR\n" +
 	"outOfBlock\x12\x10\n" +
-	"\x03mtu\x18\x05 \x01(\rR\x03mtu2\xb6\x03\n" +
+	"\x03mtu\x18\x05 \x01(\rR\x03mtu\x124\n" +
+	"\x06blocks\x18\x06 \x03(\v2\x1c.nexthop.ipam.v1.BlockStatusR\x06blocks\"m\n" +
+	"\vBlockStatus\x12\x14\n" +
+	"\x05block\x18\x01 \x01(\tR\x05block\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x12\n" +
+	"\x04used\x18\x03 \x01(\rR\x04used\x12 \n" +
+	"\fout_of_block\x18\x04 \x01(\rR\n" +
+	"outOfBlock2\xb6\x03\n" +
 	"\x04IPAM\x12O\n" +
 	"\bAllocate\x12 .nexthop.ipam.v1.AllocateRequest\x1a!.nexthop.ipam.v1.AllocateResponse\x12L\n" +
 	"\aRelease\x12\x1f.nexthop.ipam.v1.ReleaseRequest\x1a .nexthop.ipam.v1.ReleaseResponse\x12@\n" +
@@ -871,7 +1005,7 @@ func file_ipam_proto_rawDescGZIP() []byte {
 	return file_ipam_proto_rawDescData
 }
 
-var file_ipam_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_ipam_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_ipam_proto_goTypes = []any{
 	(*Attachment)(nil),       // 0: nexthop.ipam.v1.Attachment
 	(*Allocation)(nil),       // 1: nexthop.ipam.v1.Allocation
@@ -887,29 +1021,31 @@ var file_ipam_proto_goTypes = []any{
 	(*ListResponse)(nil),     // 11: nexthop.ipam.v1.ListResponse
 	(*StatusRequest)(nil),    // 12: nexthop.ipam.v1.StatusRequest
 	(*StatusResponse)(nil),   // 13: nexthop.ipam.v1.StatusResponse
+	(*BlockStatus)(nil),      // 14: nexthop.ipam.v1.BlockStatus
 }
 var file_ipam_proto_depIdxs = []int32{
 	1,  // 0: nexthop.ipam.v1.GetResponse.allocation:type_name -> nexthop.ipam.v1.Allocation
 	0,  // 1: nexthop.ipam.v1.GCRequest.valid:type_name -> nexthop.ipam.v1.Attachment
 	1,  // 2: nexthop.ipam.v1.GCResponse.released:type_name -> nexthop.ipam.v1.Allocation
 	1,  // 3: nexthop.ipam.v1.ListResponse.allocations:type_name -> nexthop.ipam.v1.Allocation
-	2,  // 4: nexthop.ipam.v1.IPAM.Allocate:input_type -> nexthop.ipam.v1.AllocateRequest
-	4,  // 5: nexthop.ipam.v1.IPAM.Release:input_type -> nexthop.ipam.v1.ReleaseRequest
-	6,  // 6: nexthop.ipam.v1.IPAM.Get:input_type -> nexthop.ipam.v1.GetRequest
-	8,  // 7: nexthop.ipam.v1.IPAM.GC:input_type -> nexthop.ipam.v1.GCRequest
-	10, // 8: nexthop.ipam.v1.IPAM.List:input_type -> nexthop.ipam.v1.ListRequest
-	12, // 9: nexthop.ipam.v1.IPAM.Status:input_type -> nexthop.ipam.v1.StatusRequest
-	3,  // 10: nexthop.ipam.v1.IPAM.Allocate:output_type -> nexthop.ipam.v1.AllocateResponse
-	5,  // 11: nexthop.ipam.v1.IPAM.Release:output_type -> nexthop.ipam.v1.ReleaseResponse
-	7,  // 12: nexthop.ipam.v1.IPAM.Get:output_type -> nexthop.ipam.v1.GetResponse
-	9,  // 13: nexthop.ipam.v1.IPAM.GC:output_type -> nexthop.ipam.v1.GCResponse
-	11, // 14: nexthop.ipam.v1.IPAM.List:output_type -> nexthop.ipam.v1.ListResponse
-	13, // 15: nexthop.ipam.v1.IPAM.Status:output_type -> nexthop.ipam.v1.StatusResponse
-	10, // [10:16] is the sub-list for method output_type
-	4,  // [4:10] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	14, // 4: nexthop.ipam.v1.StatusResponse.blocks:type_name -> nexthop.ipam.v1.BlockStatus
+	2,  // 5: nexthop.ipam.v1.IPAM.Allocate:input_type -> nexthop.ipam.v1.AllocateRequest
+	4,  // 6: nexthop.ipam.v1.IPAM.Release:input_type -> nexthop.ipam.v1.ReleaseRequest
+	6,  // 7: nexthop.ipam.v1.IPAM.Get:input_type -> nexthop.ipam.v1.GetRequest
+	8,  // 8: nexthop.ipam.v1.IPAM.GC:input_type -> nexthop.ipam.v1.GCRequest
+	10, // 9: nexthop.ipam.v1.IPAM.List:input_type -> nexthop.ipam.v1.ListRequest
+	12, // 10: nexthop.ipam.v1.IPAM.Status:input_type -> nexthop.ipam.v1.StatusRequest
+	3,  // 11: nexthop.ipam.v1.IPAM.Allocate:output_type -> nexthop.ipam.v1.AllocateResponse
+	5,  // 12: nexthop.ipam.v1.IPAM.Release:output_type -> nexthop.ipam.v1.ReleaseResponse
+	7,  // 13: nexthop.ipam.v1.IPAM.Get:output_type -> nexthop.ipam.v1.GetResponse
+	9,  // 14: nexthop.ipam.v1.IPAM.GC:output_type -> nexthop.ipam.v1.GCResponse
+	11, // 15: nexthop.ipam.v1.IPAM.List:output_type -> nexthop.ipam.v1.ListResponse
+	13, // 16: nexthop.ipam.v1.IPAM.Status:output_type -> nexthop.ipam.v1.StatusResponse
+	11, // [11:17] is the sub-list for method output_type
+	5,  // [5:11] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_ipam_proto_init() }
@@ -923,7 +1059,7 @@ func file_ipam_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ipam_proto_rawDesc), len(file_ipam_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,11 +34,12 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type IPAMClient interface {
-	// Allocate returns the address held by (container_id, if_name), allocating
-	// one if there is none: a retried CNI ADD gets the same address.
+	// Allocate returns the addresses held by (container_id, if_name), one per
+	// family of the node's blocks, allocating them if there are none: a
+	// retried CNI ADD gets the same addresses.
 	Allocate(ctx context.Context, in *AllocateRequest, opts ...grpc.CallOption) (*AllocateResponse, error)
-	// Release frees the address held by (container_id, if_name); releasing
-	// nothing is not an error.
+	// Release frees the addresses held by (container_id, if_name), both
+	// families together; releasing nothing is not an error.
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
 	// Get returns the allocation held by (container_id, if_name), if any,
 	// without allocating (CNI CHECK).
@@ -47,7 +48,7 @@ type IPAMClient interface {
 	GC(ctx context.Context, in *GCRequest, opts ...grpc.CallOption) (*GCResponse, error)
 	// List returns every allocation.
 	List(ctx context.Context, in *ListRequest, opts ...grpc.CallOption) (*ListResponse, error)
-	// Status reports the block and how many addresses are free (CNI STATUS).
+	// Status reports the blocks and how many addresses are free (CNI STATUS).
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 }
 
@@ -123,11 +124,12 @@ func (c *iPAMClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc
 // All implementations must embed UnimplementedIPAMServer
 // for forward compatibility.
 type IPAMServer interface {
-	// Allocate returns the address held by (container_id, if_name), allocating
-	// one if there is none: a retried CNI ADD gets the same address.
+	// Allocate returns the addresses held by (container_id, if_name), one per
+	// family of the node's blocks, allocating them if there are none: a
+	// retried CNI ADD gets the same addresses.
 	Allocate(context.Context, *AllocateRequest) (*AllocateResponse, error)
-	// Release frees the address held by (container_id, if_name); releasing
-	// nothing is not an error.
+	// Release frees the addresses held by (container_id, if_name), both
+	// families together; releasing nothing is not an error.
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
 	// Get returns the allocation held by (container_id, if_name), if any,
 	// without allocating (CNI CHECK).
@@ -136,7 +138,7 @@ type IPAMServer interface {
 	GC(context.Context, *GCRequest) (*GCResponse, error)
 	// List returns every allocation.
 	List(context.Context, *ListRequest) (*ListResponse, error)
-	// Status reports the block and how many addresses are free (CNI STATUS).
+	// Status reports the blocks and how many addresses are free (CNI STATUS).
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	mustEmbedUnimplementedIPAMServer()
 }
