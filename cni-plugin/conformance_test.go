@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -405,6 +406,161 @@ func TestConformanceResultVersions(t *testing.T) {
 			}
 			if host.alloc.Used() != 0 {
 				t.Fatalf("DEL at %s left %d allocations", v, host.alloc.Used())
+			}
+		})
+	}
+}
+
+// TestConformanceDualStack runs the shipped conflist (nexthop, then
+// portmap) through libcni on a dual-stack node: ADD's result lists both
+// addresses, the port mapping answers over both families, CHECK through the
+// binary verifies both, and DEL and GC free both. Then ADD, CHECK and DEL
+// at every result version the plugin claims: a 0.3.x/0.4.0 result carries
+// both addresses too.
+func TestConformanceDualStack(t *testing.T) {
+	requireRoot(t)
+	requireIptables(t)
+	if _, err := exec.LookPath("ip6tables"); err != nil {
+		t.Skip("portmap needs ip6tables in the host netns: apt-get install iptables")
+	}
+	bin := buildPlugins(t)
+	host := newTestHost(t, "10.87.0.0/24,fd00:10:87::/64")
+	addHostV6(t, host)
+	pod := newNetNS(t, "pod")
+	ctx := context.Background()
+	list, err := libcni.ConfListFromBytes(shippedConfList(t, host.sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cni := libcni.NewCNIConfigWithCacheDir([]string{bin}, t.TempDir(), nil)
+	rt := &libcni.RuntimeConf{
+		ContainerID: "nhc-ctr-" + randSuffix(),
+		NetNS:       pod.Path(),
+		IfName:      "eth0",
+		Args:        [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", "dual"}},
+		CapabilityArgs: map[string]any{"portMappings": []map[string]any{
+			{"hostPort": 18082, "containerPort": 80, "protocol": "tcp"},
+		}},
+	}
+	r, err := in(t, host.ns, func() (types.Result, error) { return cni.AddNetworkList(ctx, list, rt) })
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	res, err := current.NewResultFromResult(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := resultIPs(res), []string{"10.87.0.2/32 gw 169.254.1.1 if 1", "fd00:10:87::2/128 gw fe80::1 if 1"}; !slices.Equal(got, want) {
+		t.Fatalf("ADD result IPs %q, want %q", got, want)
+	}
+	if got, want := resultRoutes(res), []string{"0.0.0.0/0 via 169.254.1.1", "::/0 via fe80::1"}; !slices.Equal(got, want) {
+		t.Fatalf("ADD result routes %q, want %q", got, want)
+	}
+	// portmap read both addresses from the result: the mapping answers
+	// over IPv6 as over IPv4.
+	assertTCP6(t, pod, host.ns, "[fd00:10:87::2]:80")
+	assertTCPVia(t, pod, ":80", host.ns, net.JoinHostPort(host.addr.String(), "18082"))
+	l6, err := in(t, pod, func() (net.Listener, error) { return net.Listen("tcp6", "[::]:80") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		if c, err := l6.Accept(); err == nil {
+			c.Write([]byte("hi"))
+			c.Close()
+		}
+	}()
+	c, err := in(t, host.ns, func() (net.Conn, error) {
+		return net.Dial("tcp6", net.JoinHostPort(hostAddrV6.String(), "18082"))
+	})
+	if err != nil {
+		out, _ := in(t, host.ns, func() ([]byte, error) { return exec.Command("ip6tables", "-w", "-t", "nat", "-S").CombinedOutput() })
+		t.Fatalf("connect to the port mapping over IPv6: %v\nip6tables:\n%s", err, out)
+	}
+	buf := make([]byte, 2)
+	if _, err := c.Read(buf); err != nil || string(buf) != "hi" {
+		t.Fatalf("read via the IPv6 port mapping: %q %v", buf, err)
+	}
+	c.Close()
+	l6.Close()
+
+	if _, err := in(t, host.ns, func() (any, error) { return nil, cni.CheckNetworkList(ctx, list, rt) }); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if err := cni.GetStatusNetworkList(ctx, list); err != nil {
+		t.Fatalf("STATUS: %v", err)
+	}
+	// The pod loses its IPv6 address: CHECK through the binary names it.
+	err = pod.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		return netlink.AddrDel(l, &netlink.Addr{IPNet: hostPrefix(netip.MustParseAddr("fd00:10:87::2"))})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = in(t, host.ns, func() (any, error) { return nil, cni.CheckNetworkList(ctx, list, rt) })
+	if err == nil || !strings.Contains(err.Error(), "address fd00:10:87::2/128 missing") {
+		t.Fatalf("CHECK after deleting the pod's IPv6 address: %v", err)
+	}
+	if _, err := in(t, host.ns, func() (any, error) { return nil, cni.DelNetworkList(ctx, list, rt) }); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if n := host.alloc.UsedOf(false) + host.alloc.UsedOf(true); n != 0 {
+		t.Fatalf("DEL left %d addresses", n)
+	}
+	// GC frees both families of an attachment no runtime lists.
+	if _, err := host.alloc.Allocate(ctx, ipam.Request{ContainerID: "leaked", IfName: "eth0"}); err != nil {
+		t.Fatal(err)
+	}
+	none := &libcni.GCArgs{ValidAttachments: []types.GCAttachment{}}
+	if _, err := in(t, host.ns, func() (any, error) { return nil, cni.GCNetworkList(ctx, list, none) }); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if n := host.alloc.UsedOf(false) + host.alloc.UsedOf(true); n != 0 {
+		t.Fatalf("GC left %d addresses", n)
+	}
+
+	for _, v := range version.All.SupportedVersions() {
+		t.Run(v, func(t *testing.T) {
+			conf, err := libcni.ConfFromBytes(netConf(t, host.sock, map[string]any{"cniVersion": v}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt := &libcni.RuntimeConf{ContainerID: "nhc-ver-" + randSuffix(), NetNS: pod.Path(), IfName: "eth0"}
+			r, err := in(t, host.ns, func() (types.Result, error) { return cni.AddNetwork(ctx, conf, rt) })
+			if err != nil {
+				t.Fatalf("ADD at %s: %v", v, err)
+			}
+			b, _ := json.Marshal(r)
+			parsed, err := version.NewResult(v, b)
+			if err != nil {
+				t.Fatalf("%s result does not parse: %v\n%s", v, err, b)
+			}
+			res, err := current.NewResultFromResult(parsed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			al, _ := host.alloc.Get(rt.ContainerID, "eth0")
+			var got []string
+			for _, c := range res.IPs {
+				got = append(got, c.Address.IP.String())
+			}
+			if want := []string{al.IP.String(), al.IPv6.String()}; !slices.Equal(got, want) {
+				t.Fatalf("%s result names %q, the daemon allocated %q\n%s", v, got, want, b)
+			}
+			if ok, _ := version.GreaterThanOrEqualTo(v, "0.4.0"); ok {
+				if _, err := in(t, host.ns, func() (any, error) { return nil, cni.CheckNetwork(ctx, conf, rt) }); err != nil {
+					t.Fatalf("CHECK at %s: %v", v, err)
+				}
+			}
+			if _, err := in(t, host.ns, func() (any, error) { return nil, cni.DelNetwork(ctx, conf, rt) }); err != nil {
+				t.Fatalf("DEL at %s: %v", v, err)
+			}
+			if _, ok := host.alloc.Get(rt.ContainerID, "eth0"); ok {
+				t.Fatalf("DEL at %s left the allocation", v)
 			}
 		})
 	}
