@@ -247,9 +247,11 @@ func Open(ctx context.Context, path string, blocks []netip.Prefix, log *slog.Log
 			f.last = f.last.Prev()
 		}
 		hostBits := block.Addr().BitLen() - block.Bits()
-		f.size = math.MaxUint64
-		if hostBits < 64 {
-			f.size = 1<<hostBits - 2 // network and reserved addresses
+		f.size = math.MaxUint64 // more than a counter holds
+		if hostBits <= 64 {
+			// Network and reserved addresses; unsigned, so a /64's 2^64
+			// wraps to 0 and the result is exact.
+			f.size = uint64(1)<<hostBits - 2
 			if block.Addr().Is4() {
 				f.size-- // broadcast
 			}

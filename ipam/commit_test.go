@@ -89,9 +89,16 @@ func assertNoLeak(t *testing.T, a *Allocator, want int) {
 	a.mu.Lock()
 	byIP, byKey, inflight := len(a.byIP), len(a.byKey)+len(a.byVeth), len(a.inflight)
 	a.mu.Unlock()
-	if byIP != want || byKey != want || inflight != 0 || a.Used() != want || len(a.List()) != want {
+	// Every allocation holds an address of each block.
+	fams := len(a.Blocks())
+	if byIP != want*fams || byKey != want || inflight != 0 || a.Used() != want || len(a.List()) != want {
 		t.Fatalf("in memory: %d addresses, %d attachments, %d changes in flight, Used %d, List %d; want %d, %d, 0, %d, %d",
-			byIP, byKey, inflight, a.Used(), len(a.List()), want, want, want, want)
+			byIP, byKey, inflight, a.Used(), len(a.List()), want*fams, want, want, want)
+	}
+	for _, b := range a.Blocks() {
+		if n := a.UsedOf(b.Addr().Is6()); n != want {
+			t.Fatalf("%d addresses of %s held, want %d", n, b, want)
+		}
 	}
 	var stored int
 	if err := a.db.View(func(tx *bolt.Tx) error { stored = tx.Bucket(bucketAllocs).Stats().KeyN; return nil }); err != nil {

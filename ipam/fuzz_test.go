@@ -56,3 +56,76 @@ func FuzzOpenStore(f *testing.F) {
 		}
 	})
 }
+
+// FuzzOpenStoreDualStack: the same for a dual-stack node, seeded with a
+// dual-stack store and one of the IPv4-only build: whatever the file holds,
+// Open refuses it as corrupt or opens a store in which no address of
+// either family is held twice and the kernel's live pod is never handed
+// out.
+func FuzzOpenStoreDualStack(f *testing.F) {
+	blocks := []netip.Prefix{netip.MustParsePrefix("10.9.0.0/24"), netip.MustParsePrefix("fd00:10:9::/64")}
+	path := filepath.Join(f.TempDir(), "ipam.db")
+	a, err := Open(context.Background(), path, blocks, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := a.Allocate(context.Background(), Request{ContainerID: string(rune('a' + i)), IfName: "eth0"}); err != nil {
+			f.Fatal(err)
+		}
+	}
+	a.Close()
+	dual, err := os.ReadFile(path)
+	if err != nil {
+		f.Fatal(err)
+	}
+	legacy, _ := storeWith(f, 3)
+	old, err := os.ReadFile(legacy)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(dual)
+	f.Add(old)
+	f.Add(dual[:len(dual)/2])
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p := filepath.Join(t.TempDir(), "ipam.db")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		live4, live6 := netip.MustParseAddr("10.9.0.200"), netip.MustParseAddr("fd00:10:9::c8")
+		k := KernelFunc(func() ([]PodRoute, error) {
+			veth := HostVethName("live", "eth0")
+			return []PodRoute{{IP: live4, HostVeth: veth}, {IP: live6, HostVeth: veth}}, nil
+		})
+		a, err := Open(context.Background(), p, blocks, nil, WithKernel(k))
+		if err != nil {
+			var ce *CorruptError
+			if !errors.As(err, &ce) {
+				t.Logf("not corrupt, still refused: %v", err)
+			}
+			return
+		}
+		defer a.Close()
+		al, err := a.Allocate(context.Background(), Request{ContainerID: "fuzz", IfName: "eth0"})
+		var ex *ExhaustedError
+		var ob *OutOfBlockError
+		if err != nil && !errors.As(err, &ex) && !errors.As(err, &ob) {
+			t.Fatalf("Allocate on an opened store: %v", err)
+		}
+		if err == nil && (al.IP == live4 || al.IPv6 == live6) {
+			t.Fatalf("handed out %s, which the kernel shows a live pod using", al.addrString())
+		}
+		held := map[netip.Addr]bool{}
+		for _, al := range a.List() {
+			for _, ip := range al.Addrs() {
+				if held[ip] {
+					t.Fatalf("%s held twice", ip)
+				}
+				held[ip] = true
+			}
+		}
+		if !held[live4] || !held[live6] {
+			t.Fatalf("the live pod's addresses are not held: %v", held)
+		}
+	})
+}

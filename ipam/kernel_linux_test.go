@@ -183,3 +183,67 @@ func TestStoreRebuiltFromAliasedPodRoutes(t *testing.T) {
 		t.Fatalf("GC without new/eth0 released %v (%v), want 10.78.0.3", released, err)
 	}
 }
+
+// Dual-stack pods wired as the plugin wires them (a /32 and a /128 through
+// the host veth, fe80::1/64 on it): a lost store is rebuilt with each pod
+// holding both addresses in one allocation; the veth's own fe80::1 and its
+// fe80::/64 route are no pod's.
+func TestStoreRebuiltFromRealDualStackPodRoutes(t *testing.T) {
+	needRoot(t)
+	node := nodeNS(t)
+	type pod struct{ id, v4, v6 string }
+	pods := []pod{{"d1", "10.79.0.2", "fd00:10:79::2"}, {"d2", "10.79.0.3", "fd00:10:79::3"}, {"v6only", "", "fd00:10:79::4"}}
+	for _, p := range pods {
+		pns := nodeNS(t)
+		host := HostVethName(p.id, "eth0")
+		ipNS(t, node, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", pns)
+		ipNS(t, node, "link", "set", host, "up")
+		ipNS(t, node, "addr", "add", "fe80::1/64", "dev", host, "nodad")
+		if p.v4 != "" {
+			ipNS(t, node, "route", "add", p.v4+"/32", "dev", host, "scope", "link")
+		}
+		ipNS(t, node, "-6", "route", "add", p.v6+"/128", "dev", host)
+	}
+	nsh, err := ns.GetNS("/run/netns/" + node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsh.Close()
+	var a *Allocator
+	err = nsh.Do(func(ns.NetNS) error {
+		var err error
+		a, err = Open(context.Background(), filepath.Join(t.TempDir(), "ipam.db"),
+			parseBlocks("10.79.0.0/24,fd00:10:79::/64"), nil, WithKernel(KernelPodRoutes))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var got []string
+	for _, al := range a.List() {
+		got = append(got, al.HostVeth+"="+al.addrString())
+	}
+	var want []string
+	for _, p := range pods {
+		s := p.v6
+		if p.v4 != "" {
+			s = p.v4 + "+" + p.v6
+		}
+		want = append(want, HostVethName(p.id, "eth0")+"="+s)
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("recovered %q, want %q", got, want)
+	}
+	for i := range 10 {
+		al, err := a.Allocate(context.Background(), Request{ContainerID: fmt.Sprint("new", i), IfName: "eth0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range pods {
+			if al.IP.String() == p.v4 || al.IPv6.String() == p.v6 {
+				t.Fatalf("ADD %d got %s, a live pod's address", i, al.addrString())
+			}
+		}
+	}
+}

@@ -35,7 +35,7 @@ func openK(t *testing.T, path, block string, k Kernel, log *bytes.Buffer) (*Allo
 	if log != nil {
 		l = slog.New(slog.NewTextHandler(log, nil))
 	}
-	a, err := Open(context.Background(), path, []netip.Prefix{netip.MustParsePrefix(block)}, l, WithKernel(k))
+	a, err := Open(context.Background(), path, parseBlocks(block), l, WithKernel(k))
 	if err == nil {
 		t.Cleanup(func() { a.Close() })
 	}
