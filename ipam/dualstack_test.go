@@ -246,8 +246,8 @@ func TestIPv6OnlyRecordMovesUnderIPv4Key(t *testing.T) {
 // the store cannot say which pod holds the address.
 func TestDualStackCorruptRecordsRefused(t *testing.T) {
 	for name, recs := range map[string]map[string]string{
-		"v6 in ip": {string(ipKey(netip.MustParseAddr("fd00::2"))): `{"containerID":"c","ifName":"eth0","ip":"fd00::2"}`},
-		"v4 in ipv6": {string(ipKey(netip.MustParseAddr("10.20.0.2"))): `{"containerID":"c","ifName":"eth0","ip":"10.20.0.2","ipv6":"10.20.0.3"}`},
+		"v6 in ip":       {string(ipKey(netip.MustParseAddr("fd00::2"))): `{"containerID":"c","ifName":"eth0","ip":"fd00::2"}`},
+		"v4 in ipv6":     {string(ipKey(netip.MustParseAddr("10.20.0.2"))): `{"containerID":"c","ifName":"eth0","ip":"10.20.0.2","ipv6":"10.20.0.3"}`},
 		"v6 key with v4": {string(ipKey(netip.MustParseAddr("fd00:10:20::2"))): `{"containerID":"c","ifName":"eth0","ip":"10.20.0.2","ipv6":"fd00:10:20::2"}`},
 		"no address":     {"\x0a\x14\x00\x02": `{"containerID":"c","ifName":"eth0"}`},
 		"ipv6 twice": {
