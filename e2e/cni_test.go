@@ -47,9 +47,19 @@ func requireCNI(t *testing.T) {
 // returns its CNI runtime. A failing test prints the plugins' log.
 func startCNINode(t *testing.T) (*Cluster, *Node, *CNI) {
 	t.Helper()
+	return startCNINodeWith(t, nil)
+}
+
+// startCNINodeWith is startCNINode with configure (if set) run on the
+// node's config before its daemon starts.
+func startCNINodeWith(t *testing.T, configure func(*Node)) (*Cluster, *Node, *CNI) {
+	t.Helper()
 	requireCNI(t)
 	c := newCluster(t, Options{Nodes: 1, NoPods: true})
 	n := c.Nodes[0]
+	if configure != nil {
+		configure(n)
+	}
 	if err := c.StartDaemon(n); err != nil {
 		t.Fatal(err)
 	}
@@ -77,8 +87,9 @@ func cniRuntime(t *testing.T, c *Cluster, n *Node) *CNI {
 type cniPod struct {
 	ns string
 	rt *libcni.RuntimeConf
-	// From the successful ADD.
-	ip       netip.Addr
+	// From the successful ADD: the IPv4 and IPv6 addresses (zero for a
+	// family the node has no block of).
+	ip, ip6  netip.Addr
 	hostVeth string
 	// retries counts ADDs that failed with code 11 before one succeeded.
 	retries int
@@ -120,7 +131,7 @@ func (p *cniPod) add(ctx context.Context, k *CNI, retry bool) error {
 	for {
 		res, err := k.Add(ctx, p.rt)
 		if err == nil {
-			p.ip, p.hostVeth, err = ResultPod(res)
+			p.ip, p.ip6, p.hostVeth, err = ResultPodAddrs(res)
 			return err
 		}
 		if code, _ := CNIErrorCode(err); !retry || code != types.ErrTryAgainLater {
@@ -184,31 +195,59 @@ func ipamList(n *Node) (netip.Prefix, []ipam.Allocation, error) {
 }
 
 // allocatable reports whether ip may be handed out from block: inside it,
-// and neither its network address, the node's reserved first address, nor
-// its broadcast address.
+// and neither its network address (IPv6: the subnet-router anycast
+// address), the node's reserved first address, nor its IPv4 broadcast
+// address.
 func allocatable(block netip.Prefix, ip netip.Addr) bool {
 	if !block.Contains(ip) || ip == block.Addr() || ip == block.Addr().Next() {
 		return false
 	}
-	return block.Contains(ip.Next())
+	return ip.Is6() || block.Contains(ip.Next())
+}
+
+// addrOf is the pod's address of the family (v6: IPv6).
+func (p *cniPod) addrOf(v6 bool) netip.Addr {
+	if v6 {
+		return p.ip6
+	}
+	return p.ip
+}
+
+// addrs is the pod's addresses for messages.
+func (p *cniPod) addrs() string {
+	return ipam.Allocation{IP: p.ip, IPv6: p.ip6}.AddrString()
 }
 
 // checkPods checks the three records of who holds which address agree and
-// hold no address twice: the ADD results, each pod's eth0, and the
-// daemon's IPAM store; and that the node routes each address to its pod's
-// veth only.
+// hold no address twice, in each family of the node's blocks: the ADD
+// results, each pod's eth0, and the daemon's IPAM store (one allocation
+// per pod, holding its addresses of both families); and that the node
+// routes each address to its pod's veth only.
 func checkPods(n *Node, pods []*cniPod) error {
 	var errs []error
-	block := n.PodCIDR()
+	blocks := NodeBlocks(n)
+	has := map[bool]netip.Prefix{}
+	for _, b := range blocks {
+		has[b.Addr().Is6()] = b
+	}
 	byIP := map[netip.Addr]*cniPod{}
 	for _, p := range pods {
-		if !allocatable(block, p.ip) {
-			errs = append(errs, fmt.Errorf("ADD gave %s %s, not an allocatable address of %s", short(p.rt.ContainerID), p.ip, block))
+		for _, v6 := range []bool{false, true} {
+			ip, block := p.addrOf(v6), has[v6]
+			switch {
+			case !block.IsValid() && ip.IsValid():
+				errs = append(errs, fmt.Errorf("ADD gave %s %s, but the node has no block of its family", short(p.rt.ContainerID), ip))
+				continue
+			case !block.IsValid():
+				continue
+			case !allocatable(block, ip):
+				errs = append(errs, fmt.Errorf("ADD gave %s %q, not an allocatable address of %s", short(p.rt.ContainerID), ip, block))
+			}
+			if q, dup := byIP[ip]; dup {
+				errs = append(errs, fmt.Errorf("ADD gave %s to two pods: %s and %s", ip, short(q.rt.ContainerID), short(p.rt.ContainerID)))
+			}
+			byIP[ip] = p
 		}
-		if q, dup := byIP[p.ip]; dup {
-			errs = append(errs, fmt.Errorf("ADD gave %s to two pods: %s and %s", p.ip, short(q.rt.ContainerID), short(p.rt.ContainerID)))
-		}
-		byIP[p.ip] = p
 	}
 
 	// What `ip -n <pod> addr show eth0` shows.
@@ -218,8 +257,22 @@ func checkPods(n *Node, pods []*cniPod) error {
 		if err != nil {
 			return err
 		}
-		if want := []netip.Prefix{netip.PrefixFrom(p.ip, 32)}; !slices.Equal(addrs, want) {
+		var want []netip.Prefix
+		if p.ip.IsValid() {
+			want = []netip.Prefix{netip.PrefixFrom(p.ip, 32)}
+		}
+		if !slices.Equal(addrs, want) {
 			return fmt.Errorf("pod %s eth0 has %v, its ADD result says %v", p.ns, addrs, want)
+		}
+		if _, dual := has[true]; !dual {
+			return nil
+		}
+		addrs6, err := IfAddrs6(p.ns, "eth0")
+		if err != nil {
+			return err
+		}
+		if want := []netip.Prefix{netip.PrefixFrom(p.ip6, 128)}; !slices.Equal(addrs6, want) {
+			return fmt.Errorf("pod %s eth0 has IPv6 %v, its ADD result says %v", p.ns, addrs6, want)
 		}
 		return nil
 	}); err != nil {
@@ -227,13 +280,13 @@ func checkPods(n *Node, pods []*cniPod) error {
 	}
 
 	// What the daemon's store holds: exactly these pods, nothing leaked by
-	// an ADD that failed half-way.
+	// an ADD that failed half-way, no pod holding one family only.
 	gotBlock, allocs, err := ipamList(n)
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	if gotBlock != block {
-		errs = append(errs, fmt.Errorf("IPAM block %s, want %s", gotBlock, block))
+	if gotBlock != blocks[0] {
+		errs = append(errs, fmt.Errorf("IPAM block %s, want %s", gotBlock, blocks[0]))
 	}
 	byID := map[string]*cniPod{}
 	for _, p := range pods {
@@ -244,44 +297,55 @@ func checkPods(n *Node, pods []*cniPod) error {
 		p, ok := byID[al.ContainerID]
 		switch {
 		case !ok:
-			errs = append(errs, fmt.Errorf("IPAM holds %s for %s/%s, which is no live pod (leaked)", al.IP, al.ContainerID, al.IfName))
+			errs = append(errs, fmt.Errorf("IPAM holds %s for %s/%s, which is no live pod (leaked)", al.AddrString(), al.ContainerID, al.IfName))
 		case seen[al.ContainerID]:
-			errs = append(errs, fmt.Errorf("IPAM holds two addresses for %s", short(al.ContainerID)))
-		case al.IP != p.ip || al.IfName != "eth0":
-			errs = append(errs, fmt.Errorf("IPAM holds %s for %s/%s, its ADD result says %s/eth0", al.IP, short(al.ContainerID), al.IfName, p.ip))
+			errs = append(errs, fmt.Errorf("IPAM holds two allocations for %s", short(al.ContainerID)))
+		case al.IP != p.ip || al.IPv6 != p.ip6 || al.IfName != "eth0":
+			errs = append(errs, fmt.Errorf("IPAM holds %s for %s/%s, its ADD result says %s/eth0", al.AddrString(), short(al.ContainerID), al.IfName, p.addrs()))
 		}
 		seen[al.ContainerID] = true
 	}
 	for _, p := range pods {
 		if !seen[p.rt.ContainerID] {
-			errs = append(errs, fmt.Errorf("IPAM has no allocation for %s (%s)", short(p.rt.ContainerID), p.ip))
+			errs = append(errs, fmt.Errorf("IPAM has no allocation for %s (%s)", short(p.rt.ContainerID), p.addrs()))
 		}
 	}
 
-	// What `ip -n <node> route` shows: one /32 per pod, to its own veth.
-	routes, err := HostRoutes(n.NS)
-	if err != nil {
-		return errors.Join(append(errs, err)...)
-	}
-	for ip, devs := range routes {
-		p, ok := byIP[ip]
-		switch {
-		case ok && !slices.Equal(devs, []string{p.hostVeth}):
-			errs = append(errs, fmt.Errorf("node routes %s to %v, want only %s", ip, devs, p.hostVeth))
-		case !ok && block.Contains(ip):
-			errs = append(errs, fmt.Errorf("node routes %s (dev %v), which no pod holds", ip, devs))
+	// What `ip -n <node> route` and `ip -n <node> -6 route` show: one /32
+	// and one /128 per pod, to its own veth.
+	for _, v6 := range []bool{false, true} {
+		block, ok := has[v6]
+		if !ok {
+			continue
 		}
-	}
-	for _, p := range pods {
-		if _, ok := routes[p.ip]; !ok {
-			errs = append(errs, fmt.Errorf("node has no route %s/32 dev %s", p.ip, p.hostVeth))
+		list, width := HostRoutes, 32
+		if v6 {
+			list, width = HostRoutes6, 128
+		}
+		routes, err := list(n.NS)
+		if err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		for ip, devs := range routes {
+			p, ok := byIP[ip]
+			switch {
+			case ok && !slices.Equal(devs, []string{p.hostVeth}):
+				errs = append(errs, fmt.Errorf("node routes %s to %v, want only %s", ip, devs, p.hostVeth))
+			case !ok && block.Contains(ip):
+				errs = append(errs, fmt.Errorf("node routes %s (dev %v), which no pod holds", ip, devs))
+			}
+		}
+		for _, p := range pods {
+			if _, ok := routes[p.addrOf(v6)]; !ok {
+				errs = append(errs, fmt.Errorf("node has no route %s/%d dev %s", p.addrOf(v6), width, p.hostVeth))
+			}
 		}
 	}
 	return joinFirst(errs, 10)
 }
 
 // checkBlockEmpty checks the daemon holds no allocation and the node no
-// pod route.
+// pod route, in either family.
 func checkBlockEmpty(n *Node) error {
 	_, allocs, err := ipamList(n)
 	if err != nil {
@@ -289,15 +353,19 @@ func checkBlockEmpty(n *Node) error {
 	}
 	var errs []error
 	for _, al := range allocs {
-		errs = append(errs, fmt.Errorf("IPAM still holds %s for %s/%s", al.IP, al.ContainerID, al.IfName))
+		errs = append(errs, fmt.Errorf("IPAM still holds %s for %s/%s", al.AddrString(), al.ContainerID, al.IfName))
 	}
-	routes, err := HostRoutes(n.NS)
-	if err != nil {
-		return err
-	}
-	for ip, devs := range routes {
-		if n.PodCIDR().Contains(ip) {
-			errs = append(errs, fmt.Errorf("node still routes %s to %v", ip, devs))
+	for _, list := range []func(string) (map[netip.Addr][]string, error){HostRoutes, HostRoutes6} {
+		routes, err := list(n.NS)
+		if err != nil {
+			return err
+		}
+		for ip, devs := range routes {
+			for _, b := range NodeBlocks(n) {
+				if b.Contains(ip) {
+					errs = append(errs, fmt.Errorf("node still routes %s to %v", ip, devs))
+				}
+			}
 		}
 	}
 	return joinFirst(errs, 10)
@@ -503,11 +571,59 @@ func TestCNICheckAndDel(t *testing.T) {
 // twice or leaked, in the ADD results, the pods and the daemon's store.
 // After DEL of everything the block is empty, on disk too.
 func TestCNIConcurrentAddsAndDaemonCrash(t *testing.T) {
+	c, n, k := startCNINode(t)
+	concurrentAddsAndDaemonCrash(t, c, n, k)
+}
+
+// blockV6 is the IPv6 block of the node whose IPv4 block is 10.244.N.0/24:
+// fd00:10:244:N::/64 (a node block of the pool fd00:10:244::/56, a /64 as
+// Kubernetes' default node-cidr-mask-size-ipv6).
+func blockV6(n *Node) netip.Prefix {
+	b := NodeBlocks(n)[0].Addr().As4()
+	return netip.MustParsePrefix(fmt.Sprintf("fd00:10:244:%x::/64", b[2]))
+}
+
+// poolV6 is the IPv6 pod pool of the CNI tests' nodes.
+var poolV6 = netip.MustParsePrefix("fd00:10:244::/56")
+
+// withIPv6 gives node n an IPv6 underlay address (fd00:192::<last byte of
+// its IPv4 one>/64, on its underlay link, without DAD) and the IPv6 pool,
+// and makes blocks its pod blocks.
+func withIPv6(t *testing.T, n *Node, blocks ...netip.Prefix) {
+	t.Helper()
+	b := n.Address.As4()
+	addr := netip.MustParseAddr(fmt.Sprintf("fd00:192::%x", b[3]))
+	if out, err := run("ip", "-n", n.NS, "addr", "add", netip.PrefixFrom(addr, 64).String(), "dev", underlayLink, "nodad"); err != nil {
+		t.Fatalf("add %s to %s's underlay: %v: %s", addr, n.Name, err, out)
+	}
+	n.Config.AddressV6 = addr
+	n.Config.Pools = append(n.Config.Pools, poolV6)
+	n.Config.PodCIDRs = blocks
+	n.Config.PodCIDR = netip.Prefix{}
+}
+
+// TestCNIConcurrentAddsAndDaemonCrashDualStack is the same on a dual-stack
+// node (issue 14): 200 dual-stack ADDs, 50 at a time, with the daemon
+// SIGKILLed at random moments. No address is held twice in either family,
+// every pod holds both or (while its ADD is retried) neither, and DEL
+// releases both families together.
+func TestCNIConcurrentAddsAndDaemonCrashDualStack(t *testing.T) {
+	c, n, k := startCNINodeWith(t, func(n *Node) { withIPv6(t, n, NodeBlocks(n)[0], blockV6(n)) })
+	concurrentAddsAndDaemonCrash(t, c, n, k)
+}
+
+// TestCNIConcurrentAddsAndDaemonCrashIPv6Only: the same on an IPv6-only
+// node: pods get an IPv6 address only.
+func TestCNIConcurrentAddsAndDaemonCrashIPv6Only(t *testing.T) {
+	c, n, k := startCNINodeWith(t, func(n *Node) { withIPv6(t, n, blockV6(n)) })
+	concurrentAddsAndDaemonCrash(t, c, n, k)
+}
+
+func concurrentAddsAndDaemonCrash(t *testing.T, c *Cluster, n *Node, k *CNI) {
 	count, kills := 200, 4
 	if testing.Short() {
 		count, kills = 100, 2
 	}
-	c, n, k := startCNINode(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -559,7 +675,7 @@ func TestCNIConcurrentAddsAndDaemonCrash(t *testing.T) {
 	if err := c.StopDaemon(n); err != nil {
 		t.Fatal(err)
 	}
-	a, err := ipam.Open(ctx, filepath.Join(n.Config.StateDir, "ipam.db"), n.Config.PodCIDRs, nil)
+	a, err := ipam.Open(ctx, filepath.Join(n.Config.StateDir, "ipam.db"), NodeBlocks(n), nil)
 	if err != nil {
 		t.Fatalf("open the daemon's IPAM store: %v", err)
 	}
@@ -720,10 +836,10 @@ func holds(n *Node, pods []*cniPod) error {
 	}
 	var got, want []string
 	for _, al := range allocs {
-		got = append(got, short(al.ContainerID)+"="+al.IP.String())
+		got = append(got, short(al.ContainerID)+"="+al.AddrString())
 	}
 	for _, p := range pods {
-		want = append(want, short(p.rt.ContainerID)+"="+p.ip.String())
+		want = append(want, short(p.rt.ContainerID)+"="+p.addrs())
 	}
 	slices.Sort(got)
 	slices.Sort(want)

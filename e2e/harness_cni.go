@@ -277,13 +277,29 @@ func CNIErrorCode(err error) (uint, bool) {
 // ResultPod returns the pod address (/32 on the sandbox interface) and the
 // host-side veth from an ADD result.
 func ResultPod(res *current.Result) (ip netip.Addr, hostVeth string, err error) {
+	ip, _, hostVeth, err = ResultPodAddrs(res)
+	if err == nil && !ip.IsValid() {
+		b, _ := json.Marshal(res)
+		err = fmt.Errorf("ADD result lacks a /32 pod address: %s", b)
+	}
+	return ip, hostVeth, err
+}
+
+// ResultPodAddrs returns the pod's IPv4 address (/32 on the sandbox
+// interface) and IPv6 address (/128), either zero if the result has none,
+// and the host-side veth from an ADD result.
+func ResultPodAddrs(res *current.Result) (ip, ip6 netip.Addr, hostVeth string, err error) {
 	for _, c := range res.IPs {
 		if c.Interface == nil || *c.Interface < 0 || *c.Interface >= len(res.Interfaces) || res.Interfaces[*c.Interface].Sandbox == "" {
 			continue
 		}
 		a, ok := netip.AddrFromSlice(c.Address.IP)
-		if ones, _ := c.Address.Mask.Size(); ok && ones == 32 {
+		ones, _ := c.Address.Mask.Size()
+		switch {
+		case ok && ones == 32 && a.Unmap().Is4():
 			ip = a.Unmap()
+		case ok && ones == 128 && a.Is6() && !a.Is4In6():
+			ip6 = a
 		}
 	}
 	for _, i := range res.Interfaces {
@@ -291,11 +307,23 @@ func ResultPod(res *current.Result) (ip netip.Addr, hostVeth string, err error) 
 			hostVeth = i.Name
 		}
 	}
-	if !ip.IsValid() || hostVeth == "" {
+	if (!ip.IsValid() && !ip6.IsValid()) || hostVeth == "" {
 		b, _ := json.Marshal(res)
-		return ip, hostVeth, fmt.Errorf("ADD result lacks a /32 pod address or a host interface: %s", b)
+		return ip, ip6, hostVeth, fmt.Errorf("ADD result lacks a pod address (/32 or /128) or a host interface: %s", b)
 	}
-	return ip, hostVeth, nil
+	return ip, ip6, hostVeth, nil
+}
+
+// NodeBlocks is the node's pod blocks (one per family): its podCIDRs, or
+// the legacy podCIDR.
+func NodeBlocks(n *Node) []netip.Prefix {
+	if len(n.Config.PodCIDRs) > 0 {
+		return n.Config.PodCIDRs
+	}
+	if n.Config.PodCIDR.IsValid() {
+		return []netip.Prefix{n.Config.PodCIDR}
+	}
+	return nil
 }
 
 // AddPodNS creates pod namespace c.Prefix+name (lo up) and returns its
@@ -347,6 +375,67 @@ func IfAddrs(ns, iface string) ([]netip.Prefix, error) {
 		}
 	}
 	return addrs, nil
+}
+
+// IfAddrs6 lists the global IPv6 addresses (with prefix length) of iface
+// in ns, as `ip -n ns -6 addr show dev iface scope global` shows them: not
+// the kernel's own link-local one.
+func IfAddrs6(ns, iface string) ([]netip.Prefix, error) {
+	out, err := run("ip", "-n", ns, "-j", "-6", "addr", "show", "dev", iface, "scope", "global")
+	if err != nil {
+		return nil, fmt.Errorf("list IPv6 addresses of %s in %s: %w", iface, ns, err)
+	}
+	var links []struct {
+		AddrInfo []struct {
+			Local     string `json:"local"`
+			PrefixLen int    `json:"prefixlen"`
+		} `json:"addr_info"`
+	}
+	if err := json.Unmarshal([]byte(out), &links); err != nil {
+		return nil, fmt.Errorf("parse IPv6 addresses of %s in %s: %w: %.200s", iface, ns, err, out)
+	}
+	var addrs []netip.Prefix
+	for _, l := range links {
+		for _, a := range l.AddrInfo {
+			if a.Local == "" {
+				continue // iproute2 ends a filtered list with an empty {}
+			}
+			ip, err := netip.ParseAddr(a.Local)
+			if err != nil {
+				return nil, fmt.Errorf("parse address %q of %s in %s: %w", a.Local, iface, ns, err)
+			}
+			addrs = append(addrs, netip.PrefixFrom(ip, a.PrefixLen))
+		}
+	}
+	return addrs, nil
+}
+
+// HostRoutes6 maps each /128 route of the main table in ns to the devices
+// it points at: the plugin's `podIP6 dev nhXXXX` routes.
+func HostRoutes6(ns string) (map[netip.Addr][]string, error) {
+	out, err := run("ip", "-n", ns, "-j", "-6", "route", "show", "table", "main")
+	if err != nil {
+		return nil, fmt.Errorf("list IPv6 routes in %s: %w", ns, err)
+	}
+	var raw []ipRoute
+	if strings.TrimSpace(out) != "" {
+		if err := json.Unmarshal([]byte(out), &raw); err != nil {
+			return nil, fmt.Errorf("parse IPv6 routes of %s: %w: %.200s", ns, err, out)
+		}
+	}
+	routes := map[netip.Addr][]string{}
+	for _, r := range raw {
+		dst := strings.TrimSuffix(r.Dst, "/128") // a host route shows without its length
+		if strings.Contains(dst, "/") || r.Dst == "default" || r.Gateway != "" || r.Type == "blackhole" {
+			continue
+		}
+		a, err := netip.ParseAddr(dst)
+		if err != nil || a.IsLinkLocalUnicast() || a.IsMulticast() {
+			continue
+		}
+		routes[a] = append(routes[a], r.Dev)
+	}
+	return routes, nil
 }
 
 // HostRoutes maps each /32 route of the main table in ns to the devices it

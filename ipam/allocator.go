@@ -90,8 +90,8 @@ func (a Allocation) primary() netip.Addr {
 	return a.IPv6
 }
 
-// addrString is the addresses for messages: "10.0.0.2", "10.0.0.2+fd00::2".
-func (a Allocation) addrString() string {
+// AddrString is the addresses for messages: "10.0.0.2", "10.0.0.2+fd00::2".
+func (a Allocation) AddrString() string {
 	var s string
 	for _, ip := range a.Addrs() {
 		if s != "" {
@@ -131,7 +131,7 @@ type OutOfBlockError struct {
 
 func (e *OutOfBlockError) Error() string {
 	return fmt.Sprintf("%s holds %s, outside the node blocks %v (the blocks changed); release it first",
-		e.Allocation.Attachment(), e.Allocation.addrString(), e.Blocks)
+		e.Allocation.Attachment(), e.Allocation.AddrString(), e.Blocks)
 }
 
 // ErrInvalidArgument marks a request missing a required field.
@@ -393,7 +393,7 @@ func (a *Allocator) load() error {
 				return err
 			}
 			if (al.ContainerID == "" || al.IfName == "") && (al.HostVeth == "" || al.ContainerID != "" || al.IfName != "") {
-				return &CorruptError{Detail: fmt.Sprintf("allocation record %x for %s names no attachment", k, al.addrString())}
+				return &CorruptError{Detail: fmt.Sprintf("allocation record %x for %s names no attachment", k, al.AddrString())}
 			}
 			for _, ip := range al.Addrs() {
 				if other, dup := a.byIP[ip]; dup {
@@ -402,7 +402,7 @@ func (a *Allocator) load() error {
 			}
 			al.OutOfBlock = a.outOfBlock(al)
 			if al.OutOfBlock {
-				a.log.Warn("allocation outside the node blocks", "ip", al.addrString(), "container", al.ContainerID,
+				a.log.Warn("allocation outside the node blocks", "ip", al.AddrString(), "container", al.ContainerID,
 					"ifName", al.IfName, "pod", al.PodNamespace+"/"+al.PodName)
 			}
 			p := &al
@@ -415,7 +415,7 @@ func (a *Allocator) load() error {
 			}
 			if prev, dup := a.byKey[al.Attachment()]; dup {
 				// Cannot happen through this package; keep both held and say so.
-				a.log.Error("attachment holds two records", "attachment", al.Attachment(), "ip", al.addrString(), "other", prev.addrString())
+				a.log.Error("attachment holds two records", "attachment", al.Attachment(), "ip", al.AddrString(), "other", prev.AddrString())
 				return nil
 			}
 			a.byKey[al.Attachment()] = p
@@ -435,7 +435,7 @@ func checkRecord(k []byte, al Allocation) error {
 	case !al.primary().IsValid():
 		return &CorruptError{Detail: fmt.Sprintf("allocation record %x holds no address", k)}
 	case string(k) != string(ipKey(al.primary())):
-		return &CorruptError{Detail: fmt.Sprintf("allocation record %x holds %s under the wrong key", k, al.addrString())}
+		return &CorruptError{Detail: fmt.Sprintf("allocation record %x holds %s under the wrong key", k, al.AddrString())}
 	}
 	return nil
 }
@@ -551,7 +551,7 @@ func (a *Allocator) Allocate(ctx context.Context, r Request) (Allocation, error)
 				err = wait(ctx, c)
 			}
 			if err != nil {
-				return Allocation{}, fmt.Errorf("record re-allocation of %s to %s: %w", upd.addrString(), key, err)
+				return Allocation{}, fmt.Errorf("record re-allocation of %s to %s: %w", upd.AddrString(), key, err)
 			}
 			return upd, nil
 		case recovered:
@@ -581,7 +581,7 @@ func (a *Allocator) Allocate(ctx context.Context, r Request) (Allocation, error)
 				err = wait(ctx, c)
 			}
 			if err != nil {
-				return Allocation{}, fmt.Errorf("record re-allocation of recovered %s to %s: %w", upd.addrString(), key, err)
+				return Allocation{}, fmt.Errorf("record re-allocation of recovered %s to %s: %w", upd.AddrString(), key, err)
 			}
 			return upd, nil
 		}
@@ -591,7 +591,7 @@ func (a *Allocator) Allocate(ctx context.Context, r Request) (Allocation, error)
 			return Allocation{}, err
 		}
 		if err := wait(ctx, c); err != nil {
-			return Allocation{}, fmt.Errorf("record allocation of %s to %s: %w", fresh.addrString(), key, err)
+			return Allocation{}, fmt.Errorf("record allocation of %s to %s: %w", fresh.AddrString(), key, err)
 		}
 		return fresh, nil
 	}
@@ -922,7 +922,7 @@ func (a *Allocator) nameRecovered(ctx context.Context, valid []Attachment) error
 		}
 		upd := *al
 		upd.ContainerID, upd.IfName, upd.HostVeth = v.ContainerID, v.IfName, ""
-		veth, ip := al.HostVeth, al.addrString()
+		veth, ip := al.HostVeth, al.AddrString()
 		c, err := a.rewriteLocked(al, upd, nil, func() {
 			if a.byVeth[veth] == al {
 				delete(a.byVeth, veth)

@@ -211,12 +211,12 @@ func crashSafety(t *testing.T, block string) {
 		for _, al := range list {
 			byKey[al.ContainerID+"/"+al.IfName] = al
 			if len(al.Addrs()) != len(blocks) {
-				t.Fatalf("round %d: %s/%s holds %s, want one address of each of %v", round, al.ContainerID, al.IfName, al.addrString(), blocks)
+				t.Fatalf("round %d: %s/%s holds %s, want one address of each of %v", round, al.ContainerID, al.IfName, al.AddrString(), blocks)
 			}
 		}
 		for i, l := range got {
 			if stored := byKey[fmt.Sprint("ctr-", round, "-", i, "/eth0")]; stored.IP != l.IP || stored.IPv6 != l.IPv6 {
-				t.Fatalf("round %d: ctr-%d was told %v but the store holds %s", round, i, l.Addrs(), stored.addrString())
+				t.Fatalf("round %d: ctr-%d was told %v but the store holds %s", round, i, l.Addrs(), stored.AddrString())
 			}
 		}
 		a.Close()

@@ -36,11 +36,11 @@ func TestDualStackAllocateHoldsBothAndReleasesBoth(t *testing.T) {
 	}
 	// Never ::0 (the subnet-router anycast address) nor ::1 (reserved).
 	if al.IP != netip.MustParseAddr("10.20.0.2") || al.IPv6 != netip.MustParseAddr("fd00:10:20::2") {
-		t.Fatalf("first allocation %s, want 10.20.0.2+fd00:10:20::2", al.addrString())
+		t.Fatalf("first allocation %s, want 10.20.0.2+fd00:10:20::2", al.AddrString())
 	}
 	again, err := a.Allocate(ctx, Request{ContainerID: "c0", IfName: "eth0"})
 	if err != nil || again.IP != al.IP || again.IPv6 != al.IPv6 {
-		t.Fatalf("retried ADD got %s %v, want the same two addresses", again.addrString(), err)
+		t.Fatalf("retried ADD got %s %v, want the same two addresses", again.AddrString(), err)
 	}
 	for i := 1; i < 5; i++ {
 		alloc(t, a, fmt.Sprint("c", i), "eth0")
@@ -56,14 +56,14 @@ func TestDualStackAllocateHoldsBothAndReleasesBoth(t *testing.T) {
 
 	rel, found, err := a.Release(ctx, "c0", "eth0")
 	if err != nil || !found || rel.IP != al.IP || rel.IPv6 != al.IPv6 {
-		t.Fatalf("Release = %s %v %v, want both addresses", rel.addrString(), found, err)
+		t.Fatalf("Release = %s %v %v, want both addresses", rel.AddrString(), found, err)
 	}
 	assertNoLeak(t, a, 4)
 	// The freed IPv4 address is the only one: reused. The IPv6 address is
 	// not reused at once (round robin in a /64).
 	next, err := a.Allocate(ctx, Request{ContainerID: "c6", IfName: "eth0"})
 	if err != nil || next.IP != al.IP || next.IPv6 == al.IPv6 {
-		t.Fatalf("after the release: %s %v, want %s and a fresh IPv6 address", next.addrString(), err, al.IP)
+		t.Fatalf("after the release: %s %v, want %s and a fresh IPv6 address", next.AddrString(), err, al.IP)
 	}
 
 	// GC frees both halves of what it drops.
@@ -73,7 +73,7 @@ func TestDualStackAllocateHoldsBothAndReleasesBoth(t *testing.T) {
 	}
 	for _, r := range released {
 		if !r.IP.IsValid() || !r.IPv6.IsValid() {
-			t.Fatalf("GC released %s: want both families", r.addrString())
+			t.Fatalf("GC released %s: want both families", r.AddrString())
 		}
 	}
 	assertNoLeak(t, a, 1)
@@ -104,10 +104,10 @@ func TestIPv6BlockIsSparse(t *testing.T) {
 	a.fams[1].next = last
 	a.mu.Unlock()
 	if al, err := a.Allocate(ctx, Request{ContainerID: "last", IfName: "eth0"}); err != nil || al.IPv6 != last {
-		t.Fatalf("allocation at the cursor %s: %s %v", last, al.addrString(), err)
+		t.Fatalf("allocation at the cursor %s: %s %v", last, al.AddrString(), err)
 	}
 	if al, err := a.Allocate(ctx, Request{ContainerID: "wrapped", IfName: "eth0"}); err != nil || al.IPv6 != netip.MustParseAddr("fd00:10:21::7d2") {
-		t.Fatalf("allocation after the last address: %s %v, want the first free one, fd00:10:21::7d2", al.addrString(), err)
+		t.Fatalf("allocation after the last address: %s %v, want the first free one, fd00:10:21::7d2", al.AddrString(), err)
 	}
 
 	small := openT(t, filepath.Join(t.TempDir(), "ipam.db"), "fd00:10:22::/126")
@@ -186,11 +186,11 @@ func TestIPv4OnlyStoreOpensDualStack(t *testing.T) {
 	}
 	al, err := a.Allocate(ctx, Request{ContainerID: "old0", IfName: "eth0"})
 	if err != nil || al.IP != netip.MustParseAddr("10.20.0.2") || al.IPv6 != netip.MustParseAddr("fd00:10:20::2") {
-		t.Fatalf("re-ADD of a legacy pod: %s %v, want its IPv4 address and a new IPv6 one", al.addrString(), err)
+		t.Fatalf("re-ADD of a legacy pod: %s %v, want its IPv4 address and a new IPv6 one", al.AddrString(), err)
 	}
 	fresh, err := a.Allocate(ctx, Request{ContainerID: "new", IfName: "eth0"})
 	if err != nil || fresh.IP != netip.MustParseAddr("10.20.0.4") || fresh.IPv6 != netip.MustParseAddr("fd00:10:20::3") {
-		t.Fatalf("new pod: %s %v", fresh.addrString(), err)
+		t.Fatalf("new pod: %s %v", fresh.AddrString(), err)
 	}
 	a.Close()
 
@@ -230,7 +230,7 @@ func TestIPv6OnlyRecordMovesUnderIPv4Key(t *testing.T) {
 	b := openT(t, path, dualBlocks)
 	al, err := b.Allocate(context.Background(), Request{ContainerID: "c", IfName: "eth0"})
 	if err != nil || al.IPv6 != ip6 || !al.IP.IsValid() {
-		t.Fatalf("re-ADD on the dual-stack node: %s %v", al.addrString(), err)
+		t.Fatalf("re-ADD on the dual-stack node: %s %v", al.AddrString(), err)
 	}
 	keys := map[int]int{}
 	b.db.View(func(tx *bolt.Tx) error {

@@ -113,7 +113,7 @@ func FuzzOpenStoreDualStack(f *testing.F) {
 			t.Fatalf("Allocate on an opened store: %v", err)
 		}
 		if err == nil && (al.IP == live4 || al.IPv6 == live6) {
-			t.Fatalf("handed out %s, which the kernel shows a live pod using", al.addrString())
+			t.Fatalf("handed out %s, which the kernel shows a live pod using", al.AddrString())
 		}
 		held := map[netip.Addr]bool{}
 		for _, al := range a.List() {

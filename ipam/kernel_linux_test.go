@@ -222,7 +222,7 @@ func TestStoreRebuiltFromRealDualStackPodRoutes(t *testing.T) {
 	defer a.Close()
 	var got []string
 	for _, al := range a.List() {
-		got = append(got, al.HostVeth+"="+al.addrString())
+		got = append(got, al.HostVeth+"="+al.AddrString())
 	}
 	var want []string
 	for _, p := range pods {
@@ -242,7 +242,7 @@ func TestStoreRebuiltFromRealDualStackPodRoutes(t *testing.T) {
 		}
 		for _, p := range pods {
 			if al.IP.String() == p.v4 || al.IPv6.String() == p.v6 {
-				t.Fatalf("ADD %d got %s, a live pod's address", i, al.addrString())
+				t.Fatalf("ADD %d got %s, a live pod's address", i, al.AddrString())
 			}
 		}
 	}

@@ -418,7 +418,7 @@ func (a *Allocator) reconcileKernel(k Kernel, state storeState, now time.Time) e
 			a.byIP[ip] = c.al
 		}
 		a.log.Warn("ipam: completing a pod's allocation with an address found in the kernel but not in the store",
-			"ip", c.al.addrString(), "container", c.al.ContainerID, "ifName", c.al.IfName, "hostVeth", c.al.HostVeth, "outOfBlock", c.al.OutOfBlock)
+			"ip", c.al.AddrString(), "container", c.al.ContainerID, "ifName", c.al.IfName, "hostVeth", c.al.HostVeth, "outOfBlock", c.al.OutOfBlock)
 	}
 	for i := range add {
 		p := &add[i]
@@ -431,7 +431,7 @@ func (a *Allocator) reconcileKernel(k Kernel, state storeState, now time.Time) e
 			a.byVeth[p.HostVeth] = p
 		}
 		a.log.Warn("ipam: holding a pod address found in the kernel but not in the store",
-			"ip", p.addrString(), "hostVeth", p.HostVeth, "container", p.ContainerID, "ifName", p.IfName, "outOfBlock", p.OutOfBlock)
+			"ip", p.AddrString(), "hostVeth", p.HostVeth, "container", p.ContainerID, "ifName", p.IfName, "outOfBlock", p.OutOfBlock)
 	}
 	n := 0 // addresses recovered
 	for _, al := range add {

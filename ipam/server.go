@@ -207,7 +207,7 @@ func (s *server) Allocate(ctx context.Context, r *ipampb.AllocateRequest) (*ipam
 		s.log.Warn("ipam: allocate failed", "container", r.GetContainerId(), "ifName", r.GetIfName(), "err", err)
 		return nil, grpcErr(err)
 	}
-	s.log.Debug("ipam: allocated", "ip", al.addrString(), "container", al.ContainerID, "ifName", al.IfName)
+	s.log.Debug("ipam: allocated", "ip", al.AddrString(), "container", al.ContainerID, "ifName", al.IfName)
 	return &ipampb.AllocateResponse{
 		Ip: addrPB(al.IP), Block: prefixPB(s.a.BlockOf(false)),
 		Ipv6: addrPB(al.IPv6), BlockV6: prefixPB(s.a.BlockOf(true)),
@@ -223,7 +223,7 @@ func (s *server) Release(ctx context.Context, r *ipampb.ReleaseRequest) (*ipampb
 	if !found {
 		return &ipampb.ReleaseResponse{}, nil
 	}
-	s.log.Debug("ipam: released", "ip", al.addrString(), "container", al.ContainerID, "ifName", al.IfName)
+	s.log.Debug("ipam: released", "ip", al.AddrString(), "container", al.ContainerID, "ifName", al.IfName)
 	return &ipampb.ReleaseResponse{Ip: addrPB(al.IP), Ipv6: addrPB(al.IPv6)}, nil
 }
 
@@ -249,7 +249,7 @@ func (s *server) GC(ctx context.Context, r *ipampb.GCRequest) (*ipampb.GCRespons
 	}
 	resp := &ipampb.GCResponse{}
 	for _, al := range released {
-		s.log.Info("ipam: garbage-collected", "ip", al.addrString(), "container", al.ContainerID, "ifName", al.IfName)
+		s.log.Info("ipam: garbage-collected", "ip", al.AddrString(), "container", al.ContainerID, "ifName", al.IfName)
 		resp.Released = append(resp.Released, toPB(al))
 	}
 	return resp, nil
