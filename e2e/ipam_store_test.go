@@ -19,6 +19,19 @@ import (
 // moved aside, the next start rebuilds.
 func TestIPAMStoreNeverForgets(t *testing.T) {
 	c, n, k := startCNINode(t)
+	ipamStoreNeverForgets(t, c, n, k)
+}
+
+// TestIPAMStoreNeverForgetsDualStack is the same on a dual-stack node
+// (issue 14): the store is rebuilt from each pod's /32 and /128 routes,
+// one allocation per pod holding both, and no new ADD gets a live pod's
+// address of either family.
+func TestIPAMStoreNeverForgetsDualStack(t *testing.T) {
+	c, n, k := startCNINodeWith(t, func(n *Node) { withIPv6(t, n, NodeBlocks(n)[0], blockV6(n)) })
+	ipamStoreNeverForgets(t, c, n, k)
+}
+
+func ipamStoreNeverForgets(t *testing.T, c *Cluster, n *Node, k *CNI) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*CNITimeout)
 	defer cancel()
 	store := filepath.Join(n.Config.StateDir, "ipam.db")
@@ -46,7 +59,8 @@ func TestIPAMStoreNeverForgets(t *testing.T) {
 	// lets the runtime's GC name the recovered addresses again.
 	recovered := func(how string) {
 		t.Helper()
-		want := fmt.Sprintf("IPAM store %s: recovered %d pod addresses from the kernel", how, len(live))
+		// Counted per address: a dual-stack pod has two.
+		want := fmt.Sprintf("IPAM store %s: recovered %d pod addresses from the kernel", how, len(live)*len(NodeBlocks(n)))
 		if err := n.LogContains(want); err != nil {
 			t.Fatalf("%v\n%s", err, tail(n.LogPath(), 20))
 		}
@@ -54,13 +68,21 @@ func TestIPAMStoreNeverForgets(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		held := map[netip.Addr]bool{}
+		held := map[netip.Addr]string{}
 		for _, al := range allocs {
-			held[al.IP] = true
+			for _, ip := range al.Addrs() {
+				held[ip] = al.HostVeth + al.ContainerID
+			}
 		}
 		for _, p := range live {
-			if !held[p.ip] {
-				t.Fatalf("after the store %s, IPAM does not hold %s (pod %s)", how, p.ip, p.ns)
+			for _, ip := range []netip.Addr{p.ip, p.ip6} {
+				if ip.IsValid() && held[ip] == "" {
+					t.Fatalf("after the store %s, IPAM does not hold %s (pod %s)", how, ip, p.ns)
+				}
+			}
+			// Both halves recovered into one allocation, not two.
+			if p.ip.IsValid() && p.ip6.IsValid() && held[p.ip] != held[p.ip6] {
+				t.Fatalf("after the store %s, pod %s's addresses are held apart: %s by %s, %s by %s", how, p.ns, p.ip, held[p.ip], p.ip6, held[p.ip6])
 			}
 		}
 		if err := k.GC(ctx, attachments(live)); err != nil {
