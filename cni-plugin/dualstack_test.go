@@ -356,3 +356,70 @@ func TestAddCheckDelIPv6Only(t *testing.T) {
 		t.Fatal("DEL left the allocation")
 	}
 }
+
+// TestSecondInterfaceDualStack: a dual-stack pod with a second nexthop
+// interface (net1, as Multus adds it): net1's IPv4 and IPv6 default routes
+// are in its own table, chosen by a source rule per family; the pod's
+// default routes of both families stay on eth0; CHECK verifies both rules;
+// DEL of net1 removes both.
+func TestSecondInterfaceDualStack(t *testing.T) {
+	requireRoot(t)
+	host, pod, conf, eth0, net1 := twoInterfacePod(t, "10.91.0.0/24,fd00:10:91::/64")
+	addHostV6(t, host)
+	ctx := context.Background()
+	res0, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, conf, eth0) })
+	if err != nil {
+		t.Fatalf("ADD eth0: %v", err)
+	}
+	res1, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, conf, net1) })
+	if err != nil {
+		t.Fatalf("ADD net1: %v", err)
+	}
+	if len(res0.Routes) != 2 || len(res1.Routes) != 0 || len(res1.IPs) != 2 {
+		t.Fatalf("results: eth0 routes %v, net1 routes %v and IPs %v; want both default routes on eth0 only, two net1 addresses", res0.Routes, res1.Routes, resultIPs(res1))
+	}
+	ip6net1 := res1.IPs[1].Address.IP.String()
+	if dev := routeGet(t, pod, hostAddrV6, ""); dev != "eth0" {
+		t.Errorf("ip -6 route get %s: dev %s, want eth0", hostAddrV6, dev)
+	}
+	if dev := routeGet(t, pod, hostAddrV6, ip6net1); dev != "net1" {
+		t.Errorf("ip -6 route get %s from %s: dev %s, want net1", hostAddrV6, ip6net1, dev)
+	}
+	if rules := podRules(t, pod); len(rules) != 2 {
+		t.Fatalf("pod rules %v, want one per family for net1", rules)
+	}
+	ping(t, host.ns, ip6net1)
+	check := func(a *skel.CmdArgs, res *current.Result) error {
+		c := *a
+		c.StdinData = withPrevResult(t, eth0.StdinData, res)
+		_, err := in(t, host.ns, func() (any, error) { return nil, Check(ctx, &c) })
+		return err
+	}
+	for _, c := range []struct {
+		a   *skel.CmdArgs
+		res *current.Result
+	}{{eth0, res0}, {net1, res1}} {
+		if err := check(c.a, c.res); err != nil {
+			t.Fatalf("CHECK %s: %v", c.a.IfName, err)
+		}
+	}
+	table1 := podTable(linkIndex(t, pod, "net1"))
+	if err := pod.Do(func(ns.NetNS) error { return netlink.RuleDel(sourceRule(netip.MustParseAddr(ip6net1), table1)) }); err != nil {
+		t.Fatalf("delete net1's IPv6 rule: %v", err)
+	}
+	if err := check(net1, res1); err == nil || !strings.Contains(err.Error(), "pod rule from "+ip6net1+" lookup") {
+		t.Fatalf("CHECK net1 without its IPv6 rule: %v", err)
+	}
+	if err := pod.Do(func(ns.NetNS) error { return addSourceRule(netip.MustParseAddr(ip6net1), table1) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in(t, host.ns, func() (any, error) { return nil, Del(ctx, net1) }); err != nil {
+		t.Fatalf("DEL net1: %v", err)
+	}
+	if rules := podRules(t, pod); len(rules) != 0 {
+		t.Fatalf("DEL net1 left rules %v", rules)
+	}
+	if err := check(eth0, res0); err != nil {
+		t.Fatalf("CHECK eth0 after DEL net1: %v", err)
+	}
+}

@@ -213,10 +213,10 @@ func (a *Allocator) ReleasePending(ctx context.Context, dir string, log *slog.Lo
 		switch {
 		case released:
 			res.Released++
-			rlog.Info("ipam: released address of a pod deleted while the daemon was down", "ip", al.IP)
+			rlog.Info("ipam: released address of a pod deleted while the daemon was down", "ip", al.AddrString())
 		case kept:
 			res.Kept++
-			rlog.Info("ipam: pending release skipped: the attachment was added again after its DEL", "ip", al.IP,
+			rlog.Info("ipam: pending release skipped: the attachment was added again after its DEL", "ip", al.AddrString(),
 				"allocated", al.Allocated, "readded", al.Readded)
 		default:
 			res.Free++
