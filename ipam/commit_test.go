@@ -252,8 +252,15 @@ func TestFailedChangeLeavesItsBatchCommitted(t *testing.T) {
 // tmpfs fsync costs nothing, commits rarely overlap and there is little to
 // coalesce.
 func TestParallelAllocationsDurableAfterKill(t *testing.T) {
+	t.Run("IPv4", func(t *testing.T) { parallelAllocationsDurableAfterKill(t, "10.9.3.0/24") })
+	// Both families of each allocation in its one record: still one
+	// record per ADD, still coalesced.
+	t.Run("DualStack", func(t *testing.T) { parallelAllocationsDurableAfterKill(t, "10.9.3.0/24,fd00:10:9:3::/64") })
+}
+
+func parallelAllocationsDurableAfterKill(t *testing.T, block string) {
 	dir := t.TempDir()
-	db, sock, block := filepath.Join(dir, "ipam.db"), filepath.Join(dir, "run", "ipam.sock"), "10.9.3.0/24"
+	db, sock := filepath.Join(dir, "ipam.db"), filepath.Join(dir, "run", "ipam.sock")
 	txid := func() int {
 		a := openT(t, db, block) // Open commits one transaction itself
 		defer a.Close()
@@ -282,13 +289,12 @@ func TestParallelAllocationsDurableAfterKill(t *testing.T) {
 		defer c.Close()
 		clients[i] = c
 	}
-	var told [50]netip.Addr
+	var told [50]string
 	errs := parallel(50, func(i int) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		l, err := clients[i].Allocate(ctx, Request{ContainerID: fmt.Sprint("ctr-", i), IfName: "eth0"})
-		ip := l.IP
-		told[i] = ip
+		told[i] = Allocation{IP: l.IP, IPv6: l.IPv6}.AddrString()
 		return err
 	})
 	cmd.Process.Signal(syscall.SIGKILL)
@@ -300,13 +306,13 @@ func TestParallelAllocationsDurableAfterKill(t *testing.T) {
 	after := txid()
 	commits := after - before - 2 // the daemon's Open and ours
 	a := openT(t, db, block)
-	byKey := map[string]netip.Addr{}
+	byKey := map[string]string{}
 	for _, al := range a.List() {
-		byKey[al.Attachment().String()] = al.IP
+		byKey[al.Attachment().String()] = al.AddrString()
 	}
 	for i, ip := range told {
-		if stored := byKey[fmt.Sprint("ctr-", i, "/eth0")]; stored != ip {
-			t.Fatalf("ctr-%d was told %s but after SIGKILL the store holds %q", i, ip, stored)
+		if stored := byKey[fmt.Sprint("ctr-", i, "/eth0")]; stored != ip || len(strings.Split(ip, "+")) != len(a.Blocks()) {
+			t.Fatalf("ctr-%d was told %s but after SIGKILL the store holds %q (blocks %v)", i, ip, stored, a.Blocks())
 		}
 	}
 	if len(byKey) != 50 {
