@@ -151,14 +151,13 @@ var (
 
 const schemaVersion = "1"
 
-// family is the allocator's state for one address family's block. A block
+// family is one address family's block, fixed once Open returns. A block
 // may be an IPv6 /64: nothing is sized or scanned by the block's size.
 type family struct {
 	block netip.Prefix // invalid: the node has no block of this family
 	first netip.Addr   // first allocatable address
 	last  netip.Addr   // last allocatable address
 	size  uint64       // allocatable addresses, saturating at MaxUint64
-	next  netip.Addr   // where the next search starts
 }
 
 // fam is the index of ip's family in Allocator.fams.
@@ -183,6 +182,7 @@ type Allocator struct {
 	// byVeth holds the allocations recovered from the kernel whose
 	// attachment is not known yet, by host veth name.
 	byVeth map[string]*Allocation
+	next   [2]netip.Addr // per family (fams), where the next search starts
 	// inflight holds the allocations whose change is queued for the store
 	// and not yet settled (commit.go). Only the change's owner touches one:
 	// anyone else needing it waits for done.
@@ -256,7 +256,6 @@ func Open(ctx context.Context, path string, blocks []netip.Prefix, log *slog.Log
 				f.size-- // broadcast
 			}
 		}
-		f.next = f.first
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -381,7 +380,7 @@ func (a *Allocator) load() error {
 		}
 		for _, k := range [][]byte{keyLast, keyLast6} {
 			if ip, ok := netip.AddrFromSlice(meta.Get(k)); ok && a.allocatable(ip) {
-				a.fams[fam(ip)].next = a.after(ip)
+				a.next[fam(ip)] = a.after(ip)
 			}
 		}
 		return allocs.ForEach(func(k, v []byte) error {
@@ -647,7 +646,7 @@ func (a *Allocator) reserveLocked(r Request) (Allocation, *change, error) {
 	a.byKey[key] = p
 	for _, ip := range ips {
 		a.byIP[ip] = p
-		a.fams[fam(ip)].next = a.after(ip)
+		a.next[fam(ip)] = a.after(ip)
 	}
 	rec := ipKey(al.primary())
 	c := a.queueLocked([]*Allocation{p}, true, func(tx *bolt.Tx) error {
@@ -722,7 +721,7 @@ func (a *Allocator) rewriteLocked(al *Allocation, upd Allocation, added []netip.
 	}
 	for _, ip := range added {
 		a.byIP[ip] = al
-		a.fams[fam(ip)].next = a.after(ip)
+		a.next[fam(ip)] = a.after(ip)
 	}
 	oldKey, newKey := ipKey(al.primary()), ipKey(upd.primary())
 	return a.queueLocked([]*Allocation{al}, false, func(tx *bolt.Tx) error {
@@ -782,7 +781,7 @@ func waitDone(ctx context.Context, done <-chan struct{}) error {
 // block's size (an IPv6 /64).
 func (a *Allocator) findFree(i int, also []netip.Addr) (netip.Addr, bool) {
 	f := &a.fams[i]
-	ip := f.next
+	ip := a.next[i]
 	if !a.allocatable(ip) {
 		ip = f.first
 	}

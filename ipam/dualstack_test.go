@@ -101,7 +101,7 @@ func TestIPv6BlockIsSparse(t *testing.T) {
 	// search wraps to the first free one.
 	a.mu.Lock()
 	last := lastAddr(a.BlockOf(true))
-	a.fams[1].next = last
+	a.next[1] = last
 	a.mu.Unlock()
 	if al, err := a.Allocate(ctx, Request{ContainerID: "last", IfName: "eth0"}); err != nil || al.IPv6 != last {
 		t.Fatalf("allocation at the cursor %s: %s %v", last, al.AddrString(), err)
