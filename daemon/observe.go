@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"sync"
@@ -154,7 +155,13 @@ func (o *observer) routes() map[string]int {
 // ipamBlocks is the use of each block the allocator hands addresses from,
 // IPv4 first.
 func (o *observer) ipamBlocks() []metrics.IPAM {
-	return []metrics.IPAM{{Block: o.alloc.Block(), Size: o.alloc.Size(), Allocated: o.alloc.Used()}}
+	var out []metrics.IPAM
+	for _, b := range o.alloc.Blocks() {
+		v6 := b.Addr().Is6()
+		// A /64 holds more than an int: its size saturates.
+		out = append(out, metrics.IPAM{Block: b, Size: int(min(o.alloc.SizeOf(v6), math.MaxInt)), Allocated: o.alloc.UsedOf(v6)})
+	}
+	return out
 }
 
 // report is the /status document.

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"math"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -21,7 +22,7 @@ func TestReportDualStack(t *testing.T) {
 		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("fd00:10:244:1::/64"), netip.MustParsePrefix("10.244.1.0/24")},
 	}
 	cfg.Normalize()
-	alloc, err := ipam.Open(t.Context(), filepath.Join(t.TempDir(), "ipam.db"), cfg.PodCIDROf(false), nil)
+	alloc, err := ipam.Open(t.Context(), filepath.Join(t.TempDir(), "ipam.db"), cfg.PodCIDRs, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,6 +33,11 @@ func TestReportDualStack(t *testing.T) {
 	if r.Address != "192.0.2.11" || r.AddressV6 != "fd00:192::11" || r.PodCIDR != "10.244.1.0/24" ||
 		!slices.Equal(r.PodCIDRs, []string{"10.244.1.0/24", "fd00:10:244:1::/64"}) || r.IPAM.Block != "10.244.1.0/24" {
 		t.Fatalf("report: %+v", r)
+	}
+	// The allocator's IPv6 block is reported beside the IPv4 one (a /64's
+	// size saturates).
+	if v6 := r.IPAMV6; v6 == nil || v6.Block != "fd00:10:244:1::/64" || v6.Size != math.MaxInt || r.IPAM.Size != 253 {
+		t.Fatalf("report IPAM %+v, IPAMV6 %+v", r.IPAM, r.IPAMV6)
 	}
 	var b strings.Builder
 	if err := status.Render(&b, r); err != nil {
