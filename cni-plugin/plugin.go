@@ -134,7 +134,7 @@ func add(ctx context.Context, conf *NetConf, args *skel.CmdArgs) (_ *current.Res
 		return nil, ipamError(err)
 	}
 	mtu, mtuSource := conf.podMTU(lease.MTU)
-	log = log.With("ip", fmt.Sprint(lease.Addrs()), "mtu", mtu, "mtuFrom", mtuSource)
+	log = log.With("ip", lease.AddrString(), "mtu", mtu, "mtuFrom", mtuSource)
 	defer func() {
 		if retErr == nil {
 			return
@@ -158,7 +158,7 @@ func add(ctx context.Context, conf *NetConf, args *skel.CmdArgs) (_ *current.Res
 	}
 	hostIf, podIf, err := w.setup()
 	if err != nil {
-		return nil, types.NewError(types.ErrInternal, fmt.Sprintf("wire %s (%v) for %s: %v", args.IfName, lease.Addrs(), args.ContainerID, err), "")
+		return nil, types.NewError(types.ErrInternal, fmt.Sprintf("wire %s (%s) for %s: %v", args.IfName, lease.AddrString(), args.ContainerID, err), "")
 	}
 	if w.replaced != "" {
 		log.Warn("removed the host veth of an older sandbox of the same pod (re-created under its name before the old sandbox's DEL)",
@@ -388,7 +388,7 @@ func GC(ctx context.Context, args *skel.CmdArgs) error {
 	}
 	log := conf.logger()
 	for _, al := range released {
-		log.Info("gc released address", "ip", fmt.Sprint(al.Addrs()), "container", al.ContainerID, "ifName", al.IfName)
+		log.Info("gc released address", "ip", al.AddrString(), "container", al.ContainerID, "ifName", al.IfName)
 	}
 	return nil
 }

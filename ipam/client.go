@@ -56,6 +56,9 @@ type Lease struct {
 // Addrs returns the leased addresses, IPv4 first.
 func (l Lease) Addrs() []netip.Addr { return Allocation{IP: l.IP, IPv6: l.IPv6}.Addrs() }
 
+// AddrString is the addresses for messages, as Allocation's.
+func (l Lease) AddrString() string { return Allocation{IP: l.IP, IPv6: l.IPv6}.AddrString() }
+
 // Allocate returns the addresses for the attachment.
 func (c *Client) Allocate(ctx context.Context, r Request) (Lease, error) {
 	resp, err := c.api.Allocate(ctx, &ipampb.AllocateRequest{
