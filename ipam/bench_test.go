@@ -19,8 +19,20 @@ import (
 //
 //	go test -run '^$' -bench AllocateParallel50 -benchtime 20x ./ipam/
 func BenchmarkAllocateParallel50(b *testing.B) {
+	benchmarkAllocateParallel50(b, netip.MustParsePrefix("10.6.0.0/24"))
+}
+
+// BenchmarkAllocateParallel50DualStack is the same on a dual-stack node: an
+// IPv4 and an IPv6 (/64) address per allocation, in its one record.
+//
+//	go test -run '^$' -bench AllocateParallel50DualStack -benchtime 20x ./ipam/
+func BenchmarkAllocateParallel50DualStack(b *testing.B) {
+	benchmarkAllocateParallel50(b, netip.MustParsePrefix("10.6.0.0/24"), netip.MustParsePrefix("fd00:10:6::/64"))
+}
+
+func benchmarkAllocateParallel50(b *testing.B, blocks ...netip.Prefix) {
 	const par = 50
-	a, err := Open(context.Background(), filepath.Join(b.TempDir(), "ipam.db"), []netip.Prefix{netip.MustParsePrefix("10.6.0.0/24")}, nil)
+	a, err := Open(context.Background(), filepath.Join(b.TempDir(), "ipam.db"), blocks, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
