@@ -569,7 +569,8 @@ func TestCNICheckAndDel(t *testing.T) {
 // burst while the daemon is SIGKILLed and restarted at random moments
 // retries the code-11 failures and ends the same way: no address held
 // twice or leaked, in the ADD results, the pods and the daemon's store.
-// After DEL of everything the block is empty, on disk too.
+// DEL of everything, with the daemon SIGKILLed again, leaves the block
+// empty, on disk too.
 func TestCNIConcurrentAddsAndDaemonCrash(t *testing.T) {
 	c, n, k := startCNINode(t)
 	concurrentAddsAndDaemonCrash(t, c, n, k)
@@ -669,7 +670,64 @@ func concurrentAddsAndDaemonCrash(t *testing.T, c *Cluster, n *Node, k *CNI) {
 	if err := parallel(len(pods), cniParallel, func(i int) error { return k.Check(ctx, pods[i].rt) }); err != nil {
 		t.Errorf("CHECK after the crashes: %v", err)
 	}
-	delAll(t, ctx, c, n, k, pods)
+
+	// DEL of every pod while the daemon dies and comes back again: a DEL
+	// that finds no daemon records the release, which the daemon makes once
+	// back. Each release frees a pod's addresses of every family at once:
+	// no allocation is ever seen holding one family only, and the blocks
+	// end up empty.
+	logBefore, _ := os.ReadFile(k.LogPath)
+	done.Store(0)
+	stop = make(chan struct{})
+	go func() { crashed <- crashLoop(c, n, killMoments(count, kills), &done, stop) }()
+	err := parallel(len(pods), cniParallel, func(i int) error {
+		for {
+			err := k.Del(ctx, pods[i].rt)
+			if code, _ := CNIErrorCode(err); err != nil && code == types.ErrTryAgainLater && ctx.Err() == nil {
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			if err == nil {
+				done.Add(1)
+			}
+			return err
+		}
+	})
+	close(stop)
+	report = <-crashed
+	if err != nil {
+		t.Fatalf("DEL of %d pods with daemon crashes: %v", len(pods), err)
+	}
+	if report.err != nil {
+		t.Fatalf("kill/restart of %s's daemon during DEL: %v", n.Name, report.err)
+	}
+	logAfter, _ := os.ReadFile(k.LogPath)
+	pending := strings.Count(string(logAfter[min(len(logBefore), len(logAfter)):]), "released when the daemon is back")
+	t.Logf("%d SIGKILLs of nexthopd during %d DELs; %d DELs found no daemon and recorded their release", report.kills, count, pending)
+	if pending == 0 {
+		t.Errorf("no DEL found the daemon down: the kills never hit a DEL, so the recorded-release path went untested")
+	}
+	if err := deleteCNIPods(c, pods); err != nil {
+		t.Fatal(err)
+	}
+	families := len(NodeBlocks(n))
+	// Releases recorded while the daemon was down are made at its start,
+	// or by its periodic pass (30 s) for one recorded just after.
+	err = WaitFor(45*time.Second, 250*time.Millisecond, func() error {
+		_, allocs, err := ipamList(n)
+		if err != nil {
+			return err
+		}
+		for _, al := range allocs {
+			if len(al.Addrs()) != families {
+				return Permanent(fmt.Errorf("IPAM holds %s for %s: one family released without the other", al.AddrString(), short(al.ContainerID)))
+			}
+		}
+		return checkBlockEmpty(n)
+	})
+	if err != nil {
+		t.Fatalf("after DEL of all %d pods with daemon crashes: %v", len(pods), err)
+	}
 
 	// The store on disk agrees: stop the daemon and open it.
 	if err := c.StopDaemon(n); err != nil {
