@@ -564,6 +564,59 @@ func TestCNICheckAndDel(t *testing.T) {
 	}
 }
 
+// TestCNICheckAndDelDualStack: a pod on a dual-stack node, through the
+// shipped plugin chain: it reaches its IPv6 gateway fe80::1 and the node
+// reaches its IPv6 address; CHECK passes, then names the pod's /128 host
+// route once it is deleted; DEL frees both families.
+func TestCNICheckAndDelDualStack(t *testing.T) {
+	c, n, k := startCNINodeWith(t, func(n *Node) { withIPv6(t, n, NodeBlocks(n)[0], blockV6(n)) })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*CNITimeout)
+	defer cancel()
+	pods, err := newCNIPods(c, k, "chk6", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := pods[0]
+	if err := p.add(ctx, k, false); err != nil {
+		t.Fatal(err)
+	}
+	if !p.ip.IsValid() || !p.ip6.IsValid() {
+		t.Fatalf("ADD gave %s, want an address of each family", p.addrs())
+	}
+	if err := checkPods(n, pods); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Check(ctx, p.rt); err != nil {
+		t.Fatalf("CHECK of a good dual-stack pod: %v", err)
+	}
+	for _, ping := range [][]string{
+		{p.ns, "fe80::1%eth0"}, // the pod's IPv6 gateway, the host veth
+		{n.NS, p.ip6.String()}, // the node to the pod over IPv6
+		{n.NS, p.ip.String()},
+	} {
+		if out, err := run("ip", "netns", "exec", ping[0], "ping", "-c", "1", "-W", "2", ping[1]); err != nil {
+			t.Fatalf("ping %s from %s: %v\n%s", ping[1], ping[0], err, out)
+		}
+	}
+
+	route := fmt.Sprintf("%s/128 dev %s", p.ip6, p.hostVeth)
+	if err := ipn(n.NS, "delete pod route "+route, "-6", "route", "del", p.ip6.String()+"/128", "dev", p.hostVeth); err != nil {
+		t.Fatal(err)
+	}
+	err = k.Check(ctx, p.rt)
+	if code, _ := CNIErrorCode(err); err == nil || code != cniplugin.ErrCheckFailed || !strings.Contains(err.Error(), "host route "+route+" missing") {
+		t.Fatalf("CHECK with the IPv6 host route deleted: %v, want code %d naming %q", err, cniplugin.ErrCheckFailed, route)
+	}
+	for i := 1; i <= 2; i++ {
+		if err := k.Del(ctx, p.rt); err != nil {
+			t.Fatalf("DEL #%d: %v", i, err)
+		}
+	}
+	if err := checkBlockEmpty(n); err != nil {
+		t.Error(err)
+	}
+}
+
 // TestCNIConcurrentAddsAndDaemonCrash: a burst of pods on one node (ADDs
 // 50 at a time) gets distinct addresses from the node's block; a second
 // burst while the daemon is SIGKILLed and restarted at random moments
