@@ -134,7 +134,7 @@ func (p *PodTracker) Reclaim(ctx context.Context, alloc *ipam.Allocator, grace t
 			case err == nil && pod.Spec.NodeName == p.nodeName:
 				continue // the cache lagged: the pod is here
 			case err != nil && !apierrors.IsNotFound(err):
-				return nil, fmt.Errorf("check pod %s/%s before releasing %s: %w", al.PodNamespace, al.PodName, al.IP, err)
+				return nil, fmt.Errorf("check pod %s/%s before releasing %s: %w", al.PodNamespace, al.PodName, al.AddrString(), err)
 			}
 		}
 		gone[al.Attachment()] = true
@@ -152,7 +152,7 @@ func (p *PodTracker) Reclaim(ctx context.Context, alloc *ipam.Allocator, grace t
 	}
 	for _, al := range released {
 		p.log.Info("released address of a pod that no longer exists on this node",
-			"ip", al.IP, "pod", al.PodNamespace+"/"+al.PodName, "container", al.ContainerID, "allocated", al.Allocated)
+			"ip", al.AddrString(), "pod", al.PodNamespace+"/"+al.PodName, "container", al.ContainerID, "allocated", al.Allocated)
 	}
 	return released, nil
 }

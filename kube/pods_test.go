@@ -39,7 +39,7 @@ func TestReclaimKeepsAddressesOfLivePods(t *testing.T) {
 	mkPod("web", "alive", "node1")
 	mkPod("default", "elsewhere", "node2")
 
-	alloc, err := ipam.Open(ctx, filepath.Join(t.TempDir(), "ipam.db"), netip.MustParsePrefix("10.244.1.0/24"), nil)
+	alloc, err := ipam.Open(ctx, filepath.Join(t.TempDir(), "ipam.db"), []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
