@@ -60,10 +60,84 @@ func NodePodCIDR(i int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24)
 }
 
+// IPv6 addresses of the test topology, all unique-local (fd00::/8), as
+// the IPv4 ones are documentation space: nothing here routes anywhere real.
+var (
+	UnderlayPrefixV6 = netip.MustParsePrefix("fd00:192::/64")
+	// PodPoolV6 holds every node's IPv6 pod block (fd00:10:244:i::/64).
+	PodPoolV6    = netip.MustParsePrefix("fd00:10:244::/56")
+	ToRAddressV6 = netip.MustParseAddr("fd00:192::254")
+)
+
+// NodeAddressV6 is node i's IPv6 underlay address, UnderlayV6 of its
+// IPv4 one (node1: fd00:192::11).
+func NodeAddressV6(i int) netip.Addr { return UnderlayV6(NodeAddress(i)) }
+
+// UnderlayV6 is the IPv6 underlay address that goes with an IPv4 one:
+// fd00:192:: and the last byte's decimal digits read as hex, so that
+// 192.0.2.11 is fd00:192::11 and 192.0.2.254 (the ToR) fd00:192::254.
+func UnderlayV6(v4 netip.Addr) netip.Addr {
+	return netip.MustParseAddr(fmt.Sprintf("fd00:192::%d", v4.As4()[3]))
+}
+
+// NodePodCIDRv6 is node i's IPv6 pod block, fd00:10:244:i::/64 (i in
+// hex: 256 /64s fit the /56 pool).
+func NodePodCIDRv6(i int) netip.Prefix {
+	return netip.MustParsePrefix(fmt.Sprintf("fd00:10:244:%x::/64", i))
+}
+
+// Stack is which address families a cluster's underlay, nodes and pods
+// have.
+type Stack int
+
+const (
+	// StackIPv4 is the default: IPv4 only.
+	StackIPv4 Stack = iota
+	// StackDual gives every node an IPv6 underlay address and block next
+	// to its IPv4 ones, and every pod an address of each family; each
+	// pair of speakers has one session per family (the design of
+	// issue 14: an IPv6 session between the IPv6 addresses).
+	StackDual
+	// StackIPv6 is IPv6 only: no IPv4 underlay or pod address; a node's
+	// Address is its IPv6 one and its router ID is derived from its name.
+	StackIPv6
+)
+
+func (s Stack) String() string {
+	return [...]string{"IPv4", "dual-stack", "IPv6-only"}[s]
+}
+
+// Families lists the families the stack has, as the config package's
+// v6 flags: IPv4 first.
+func (s Stack) Families() []bool {
+	switch s {
+	case StackDual:
+		return []bool{false, true}
+	case StackIPv6:
+		return []bool{true}
+	}
+	return []bool{false}
+}
+
+// Has says whether the stack has the family.
+func (s Stack) Has(v6 bool) bool {
+	return s == StackDual || v6 == (s == StackIPv6)
+}
+
+// family names a family in messages and FRR/gobgp arguments.
+func family(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
 // Options describe the cluster to build.
 type Options struct {
 	// Nodes is the number of node namespaces (1..200).
 	Nodes int
+	// Stack chooses the address families; the zero value is IPv4 only.
+	Stack Stack
 	// ToR adds a namespace running FRR bgpd that peers with every node.
 	ToR bool
 	// AttachPod wires a pod namespace to its node. Nil means VethPod, the
@@ -97,10 +171,15 @@ type Cluster struct {
 	Nodes    []*Node
 	ToR      *ToR
 	Bin      string
+	// Stack is the address families of the underlay, nodes and pods.
+	Stack Stack
 
 	log Logger
 	// cniBin finds (or builds) the reference portmap plugin once.
 	cniBin cniBinaries
+
+	// tors are every FRR router on the underlay (ToR and any added).
+	tors []*ToR
 
 	mu         sync.Mutex
 	namespaces []string
@@ -113,10 +192,14 @@ type Cluster struct {
 type Node struct {
 	Index int
 	// Name is the short name ("node1"), NS the namespace name.
-	Name    string
-	NS      string
+	Name string
+	NS   string
+	// Address is the node's underlay address: IPv4, or IPv6 on an
+	// IPv6-only cluster (as config.Config.Address).
 	Address netip.Addr
-	Pod     *Pod
+	// AddressV6 is its IPv6 underlay address (dual-stack and IPv6-only).
+	AddressV6 netip.Addr
+	Pod       *Pod
 	// Config is what the next StartDaemon writes; RestartDaemon edits it.
 	Config config.Config
 
@@ -133,18 +216,70 @@ type Node struct {
 	kubeconfig string
 }
 
-// PodCIDR is the block the node's daemon is configured to announce.
-func (n *Node) PodCIDR() netip.Prefix { return n.Config.PodCIDR }
+// PodCIDR is the block the node's daemon is configured to announce: the
+// IPv4 one, or the IPv6 one on an IPv6-only node.
+func (n *Node) PodCIDR() netip.Prefix {
+	if p := n.PodCIDROf(false); p.IsValid() {
+		return p
+	}
+	return n.PodCIDROf(true)
+}
+
+// PodCIDROf is the node's configured block of the family, or the zero
+// Prefix.
+func (n *Node) PodCIDROf(v6 bool) netip.Prefix {
+	if !v6 && n.Config.PodCIDR.IsValid() {
+		return n.Config.PodCIDR // the single-family spelling IPv4 tests edit
+	}
+	return n.Config.PodCIDROf(v6)
+}
+
+// PodCIDRs are the node's configured blocks, IPv4 first.
+func (n *Node) PodCIDRs() []netip.Prefix {
+	var out []netip.Prefix
+	for _, v6 := range []bool{false, true} {
+		if p := n.PodCIDROf(v6); p.IsValid() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// AddressOf is the node's underlay address of the family, or the zero
+// Addr.
+func (n *Node) AddressOf(v6 bool) netip.Addr {
+	if v6 {
+		return n.AddressV6
+	}
+	if n.Address.Is4() {
+		return n.Address
+	}
+	return netip.Addr{}
+}
 
 // Pod is one pod namespace, attached to a node.
 type Pod struct {
 	Name string
 	NS   string
-	IP   netip.Addr
+	// IP is the pod's address: IPv4, or IPv6 on an IPv6-only cluster.
+	IP netip.Addr
+	// IPv6 is its IPv6 address on a dual-stack or IPv6-only cluster.
+	IPv6 netip.Addr
 	// HostVeth is the node-side interface (set by the attacher).
 	HostVeth string
 	// ContainerID is the CNI container ID (CNIPod only).
 	ContainerID string
+}
+
+// IPOf is the pod's address of the family, or the zero Addr.
+func (p *Pod) IPOf(v6 bool) netip.Addr {
+	if v6 {
+		return p.IPv6
+	}
+	if p.IP.Is4() {
+		return p.IP
+	}
+	return netip.Addr{}
 }
 
 var nsPattern = regexp.MustCompile(`^nh-[0-9a-f]{4}-`)
@@ -179,7 +314,10 @@ func New(o Options) (c *Cluster, err error) {
 	if err := Sweep(o.Log); err != nil {
 		o.Log.Logf("sweep of earlier runs: %v", err)
 	}
-	c = &Cluster{log: o.Log, Bin: o.Bin}
+	if o.Stack < StackIPv4 || o.Stack > StackIPv6 {
+		return nil, fmt.Errorf("options: unknown Stack %d", o.Stack)
+	}
+	c = &Cluster{log: o.Log, Bin: o.Bin, Stack: o.Stack}
 	if c.Bin == "" {
 		c.Bin = BinDir()
 	}
@@ -214,11 +352,14 @@ func New(o Options) (c *Cluster, err error) {
 		}
 	}
 	c.setPeers()
+	if err := c.pinUnderlayV6(); err != nil {
+		return c, err
+	}
 	tor := ""
 	if o.ToR {
 		tor = " + FRR ToR"
 	}
-	c.log.Logf("cluster %s: %d nodes%s, files in %s", c.Prefix, o.Nodes, tor, c.Dir)
+	c.log.Logf("cluster %s: %d nodes%s, %s, files in %s", c.Prefix, o.Nodes, tor, c.Stack, c.Dir)
 	return c, nil
 }
 

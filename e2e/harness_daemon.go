@@ -26,14 +26,16 @@ const (
 	GRPCPort    = 50051
 )
 
-// defaultConfig is node i's daemon config before peers are known.
+// defaultConfig is node i's daemon config before peers are known. An
+// IPv4 node keeps the single-family `podCIDR` spelling (its tests edit
+// it); a node with IPv6 has `podCIDRs` (IPv4 first) and `addressV6`, and
+// on an IPv6-only node `address` is IPv6 and the router ID is left for
+// the daemon to derive.
 func (c *Cluster) defaultConfig(n *Node, i int) config.Config {
-	return config.Config{
+	cfg := config.Config{
 		NodeName:    n.Name,
 		Address:     n.Address,
 		LocalAS:     NodeAS,
-		PodCIDR:     NodePodCIDR(i),
-		Pools:       []netip.Prefix{PodPool},
 		HoldTime:    config.Duration{Duration: HoldTime},
 		GRPCListen:  fmt.Sprintf("127.0.0.1:%d", GRPCPort),
 		InitialSync: config.Duration{Duration: InitialSync},
@@ -41,25 +43,44 @@ func (c *Cluster) defaultConfig(n *Node, i int) config.Config {
 		StateDir:    filepath.Join(n.dir, "state"),
 		LogLevel:    "info",
 	}
+	switch c.Stack {
+	case StackDual:
+		cfg.AddressV6 = n.AddressV6
+		cfg.PodCIDRs = []netip.Prefix{NodePodCIDR(i), NodePodCIDRv6(i)}
+		cfg.Pools = []netip.Prefix{PodPool, PodPoolV6}
+	case StackIPv6:
+		cfg.PodCIDRs = []netip.Prefix{NodePodCIDRv6(i)}
+		cfg.Pools = []netip.Prefix{PodPoolV6}
+	default:
+		cfg.PodCIDR = NodePodCIDR(i)
+		cfg.Pools = []netip.Prefix{PodPool}
+	}
+	return cfg
 }
 
-// setPeers gives every node the full iBGP mesh plus the ToR (if any).
+// setPeers gives every node the full iBGP mesh plus the ToR (if any):
+// one session per family the cluster has, between the addresses of that
+// family (the nodes' IPv4 peers first, as on an IPv4 cluster).
 func (c *Cluster) setPeers() {
 	for _, n := range c.Nodes {
 		n.Config.Peers = nil
-		for _, m := range c.Nodes {
-			if m != n {
-				n.Config.Peers = append(n.Config.Peers, config.Peer{
-					Address: m.Address, AS: NodeAS, HoldTime: config.Duration{Duration: HoldTime},
-					Description: m.Name,
-				})
+		for _, v6 := range c.Stack.Families() {
+			for _, m := range c.Nodes {
+				if m != n {
+					n.Config.Peers = append(n.Config.Peers, config.Peer{
+						Address: m.AddressOf(v6), AS: NodeAS, HoldTime: config.Duration{Duration: HoldTime},
+						Description: m.Name,
+					})
+				}
 			}
 		}
 		if c.ToR != nil {
-			n.Config.Peers = append(n.Config.Peers, config.Peer{
-				Address: c.ToR.Address, AS: ToRAS, HoldTime: config.Duration{Duration: HoldTime},
-				Description: "tor",
-			})
+			for _, v6 := range c.Stack.Families() {
+				n.Config.Peers = append(n.Config.Peers, config.Peer{
+					Address: c.ToR.AddressOf(v6), AS: ToRAS, HoldTime: config.Duration{Duration: HoldTime},
+					Description: "tor",
+				})
+			}
 		}
 	}
 }
@@ -151,7 +172,7 @@ func (c *Cluster) StartDaemon(n *Node) error {
 	if err != nil {
 		return fmt.Errorf("start nexthopd on %s: %w\n%s", n.Name, err, tail(n.LogPath(), 30))
 	}
-	c.log.Logf("%s: nexthopd running (pid %d, podCIDR %s)", n.Name, p.Pid(), n.Config.PodCIDR)
+	c.log.Logf("%s: nexthopd running (pid %d, podCIDRs %v)", n.Name, p.Pid(), n.PodCIDRs())
 	return c.attachPendingPod(n)
 }
 
@@ -270,8 +291,16 @@ func (c *Cluster) Gobgp(n *Node, args ...string) (string, error) {
 }
 
 // GobgpRIB returns n's daemon's global RIB as `gobgp global rib -j` shows it.
-func (c *Cluster) GobgpRIB(n *Node) ([]RIBPath, error) {
-	out, err := c.Gobgp(n, "global", "rib", "-j")
+func (c *Cluster) GobgpRIB(n *Node) ([]RIBPath, error) { return c.GobgpRIBOf(n, false) }
+
+// GobgpRIBOf returns n's daemon's global RIB of the family: `gobgp global
+// rib -j`, or `gobgp global rib -a ipv6 -j`.
+func (c *Cluster) GobgpRIBOf(n *Node, v6 bool) ([]RIBPath, error) {
+	args := []string{"global", "rib", "-j"}
+	if v6 {
+		args = []string{"global", "rib", "-a", "ipv6", "-j"}
+	}
+	out, err := c.Gobgp(n, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -280,7 +309,7 @@ func (c *Cluster) GobgpRIB(n *Node) ([]RIBPath, error) {
 		return nil, nil
 	}
 	if err := json.Unmarshal([]byte(out), &rib); err != nil {
-		return nil, fmt.Errorf("parse gobgp global rib -j on %s: %w: %.200s", n.Name, err, out)
+		return nil, fmt.Errorf("parse gobgp %s on %s: %w: %.200s", strings.Join(args, " "), n.Name, err, out)
 	}
 	var paths []RIBPath
 	for pfx, ps := range rib {

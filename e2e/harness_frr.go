@@ -19,8 +19,12 @@ const bgpdPath = "/usr/lib/frr/bgpd"
 // ToR is FRR's bgpd in its own namespace: the top-of-rack router every
 // node peers with over eBGP.
 type ToR struct {
-	NS      string
+	NS string
+	// Address is its underlay address: IPv4, or IPv6 on an IPv6-only
+	// cluster.
 	Address netip.Addr
+	// AddressV6 is its IPv6 underlay address when the cluster has IPv6.
+	AddressV6 netip.Addr
 	// Dir holds bgpd.conf, the pid file, the log and the vty socket dir.
 	Dir     string
 	LogPath string
@@ -32,12 +36,18 @@ type ToR struct {
 //
 // With BFD (AddBFDToR) every node session also runs BFD, at FRR's default
 // timers (300 ms x 3).
+//
+// On a cluster with IPv6, the ToR has a second session with every node,
+// between the IPv6 addresses, carrying IPv6 unicast only (peer group
+// NODES6), as issue 14's design has it; the IPv4 sessions carry IPv4
+// unicast only. An IPv6-only cluster has only the NODES6 sessions.
 var torConfig = template.Must(template.New("bgpd.conf").Parse(`frr defaults datacenter
 hostname {{.Name}}
 log stdout informational
 router bgp {{.AS}}
  bgp router-id {{.RouterID}}
  no bgp ebgp-requires-policy
+{{- if .Nodes}}
  neighbor NODES peer-group
  neighbor NODES remote-as {{.NodeAS}}
  neighbor NODES timers 1 3
@@ -48,9 +58,32 @@ router bgp {{.AS}}
  neighbor {{.}} bfd
 {{- end}}
 {{- end}}
+{{- end}}
+{{- if .Nodes6}}
+ neighbor NODES6 peer-group
+ neighbor NODES6 remote-as {{.NodeAS}}
+ neighbor NODES6 timers 1 3
+ neighbor NODES6 timers connect 1
+{{- range .Nodes6}}
+ neighbor {{.}} peer-group NODES6
+{{- if $.BFD}}
+ neighbor {{.}} bfd
+{{- end}}
+{{- end}}
+{{- end}}
  address-family ipv4 unicast
+{{- if .Nodes}}
   neighbor NODES activate
+{{- end}}
+{{- if .Nodes6}}
+  no neighbor NODES6 activate
+{{- end}}
  exit-address-family
+{{- if .Nodes6}}
+ address-family ipv6 unicast
+  neighbor NODES6 activate
+ exit-address-family
+{{- end}}
 `))
 
 // startToR creates the ToR namespace and runs bgpd there without zebra
@@ -69,19 +102,34 @@ func (c *Cluster) startToR() error {
 // AddToR starts another FRR ToR (same AS as the first, ToRAS), named name,
 // at addr on the underlay, and adds it to every node's peers. Call it
 // before the daemons start (or restart them): a second ToR is how a test
-// shows what a node does towards each of several RFC 4724 routers.
+// shows what a node does towards each of several RFC 4724 routers. addr
+// is IPv4; on a cluster with IPv6 the ToR also gets UnderlayV6(addr)
+// (and only that one on an IPv6-only cluster).
 func (c *Cluster) AddToR(name string, addr netip.Addr) (*ToR, error) {
 	t, err := c.startToRAt(name, addr)
 	if err != nil {
 		return nil, err
 	}
 	for _, n := range c.Nodes {
-		n.Config.Peers = append(n.Config.Peers, config.Peer{
-			Address: addr, AS: ToRAS, HoldTime: config.Duration{Duration: HoldTime}, Description: name,
-		})
+		for _, v6 := range c.Stack.Families() {
+			n.Config.Peers = append(n.Config.Peers, config.Peer{
+				Address: t.AddressOf(v6), AS: ToRAS, HoldTime: config.Duration{Duration: HoldTime}, Description: name,
+			})
+		}
 	}
-	c.log.Logf("cluster %s: FRR ToR %s at %s", c.Prefix, name, addr)
+	c.log.Logf("cluster %s: FRR ToR %s at %s", c.Prefix, name, t.Address)
 	return t, nil
+}
+
+// AddressOf is the ToR's underlay address of the family, or the zero Addr.
+func (t *ToR) AddressOf(v6 bool) netip.Addr {
+	if v6 {
+		return t.AddressV6
+	}
+	if t.Address.Is4() {
+		return t.Address
+	}
+	return netip.Addr{}
 }
 
 func (c *Cluster) startToRAt(name string, addr netip.Addr) (*ToR, error) {
@@ -91,7 +139,7 @@ func (c *Cluster) startToRAt(name string, addr netip.Addr) (*ToR, error) {
 		return nil, err
 	}
 	conf := filepath.Join(t.Dir, "bgpd.conf")
-	if err := writeTemplate(conf, torConfig, c.torConfigData(name, t.Address, false)); err != nil {
+	if err := writeTemplate(conf, torConfig, c.torConfigData(t, name, false)); err != nil {
 		return nil, err
 	}
 	if err := c.runBgpd(t, name, conf); err != nil {
@@ -100,13 +148,24 @@ func (c *Cluster) startToRAt(name string, addr netip.Addr) (*ToR, error) {
 	return t, nil
 }
 
-// torConfigData is what torConfig needs: the ToR peers with every node.
-func (c *Cluster) torConfigData(name string, addr netip.Addr, bfd bool) map[string]any {
-	var nodes []string
+// torConfigData is what torConfig needs: the ToR peers with every node,
+// once per family. Its router ID is its IPv4 address, or one derived from
+// its name on an IPv6-only cluster (as the nodes derive theirs).
+func (c *Cluster) torConfigData(t *ToR, name string, bfd bool) map[string]any {
+	var nodes, nodes6 []string
 	for _, n := range c.Nodes {
-		nodes = append(nodes, n.Address.String())
+		if a := n.AddressOf(false); a.IsValid() {
+			nodes = append(nodes, a.String())
+		}
+		if n.AddressV6.IsValid() {
+			nodes6 = append(nodes6, n.AddressV6.String())
+		}
 	}
-	return map[string]any{"Name": name, "AS": ToRAS, "RouterID": addr, "NodeAS": NodeAS, "Nodes": nodes, "BFD": bfd}
+	routerID := t.AddressOf(false)
+	if !routerID.IsValid() {
+		routerID = config.HashRouterID(name)
+	}
+	return map[string]any{"Name": name, "AS": ToRAS, "RouterID": routerID, "NodeAS": NodeAS, "Nodes": nodes, "Nodes6": nodes6, "BFD": bfd}
 }
 
 // plugToR makes t's directory and namespace, plugs it into the underlay at
@@ -114,17 +173,30 @@ func (c *Cluster) torConfigData(name string, addr netip.Addr, bfd bool) map[stri
 // it to forward, a node missing a route would still reach pods through
 // the ToR via its default route and a broken daemon would pass the ping
 // tests.
+//
+// t.Address comes in as IPv4; on a cluster with IPv6 the ToR gets
+// UnderlayV6 of it as well (instead, on an IPv6-only cluster).
 func (c *Cluster) plugToR(t *ToR, name string) error {
+	if c.Stack.Has(true) && !t.AddressV6.IsValid() {
+		t.AddressV6 = UnderlayV6(t.Address)
+	}
+	if c.Stack == StackIPv6 {
+		t.Address = t.AddressV6
+	}
 	if err := os.MkdirAll(filepath.Join(t.Dir, "vty"), 0o755); err != nil {
 		return fmt.Errorf("create %s dir: %w", name, err)
 	}
 	if err := c.addNS(t.NS); err != nil {
 		return err
 	}
-	if err := c.plugUnderlay(t.NS, name, t.Address); err != nil {
+	if err := c.plugUnderlay(t.NS, name, t.AddressOf(false), t.AddressV6); err != nil {
 		return err
 	}
-	return setSysctls(t.NS, "net.ipv4.ip_forward", "0")
+	if err := setSysctls(t.NS, "net.ipv4.ip_forward", "0", "net.ipv6.conf.all.forwarding", "0"); err != nil {
+		return err
+	}
+	c.tors = append(c.tors, t)
+	return c.pinUnderlayV6()
 }
 
 // runBgpd starts FRR's bgpd without zebra (-Z, no kernel routes) in
@@ -191,14 +263,23 @@ type frrRIB struct {
 }
 
 // RIB returns FRR's IPv4 unicast table (`show ip bgp json`), sorted.
-func (t *ToR) RIB() ([]RIBPath, error) {
-	out, err := t.Vtysh("show ip bgp json")
+func (t *ToR) RIB() ([]RIBPath, error) { return t.RIBOf(false) }
+
+// RIBOf returns FRR's unicast table of the family (`show ip bgp json`,
+// `show bgp ipv6 unicast json`), sorted. An IPv6 path's next hop is its
+// global one (FRR also lists the link-local one it received).
+func (t *ToR) RIBOf(v6 bool) ([]RIBPath, error) {
+	cmd := "show ip bgp json"
+	if v6 {
+		cmd = "show bgp ipv6 unicast json"
+	}
+	out, err := t.Vtysh(cmd)
 	if err != nil {
 		return nil, err
 	}
 	var rib frrRIB
 	if err := json.Unmarshal([]byte(out), &rib); err != nil {
-		return nil, fmt.Errorf("parse FRR show ip bgp json: %w: %.200s", err, out)
+		return nil, fmt.Errorf("parse FRR %s: %w: %.200s", cmd, err, out)
 	}
 	var paths []RIBPath
 	for pfx, ps := range rib.Routes {
@@ -209,8 +290,11 @@ func (t *ToR) RIB() ([]RIBPath, error) {
 		for _, p := range ps {
 			rp := RIBPath{Prefix: prefix, Best: p.Bestpath, ASPath: p.Path}
 			rp.From, _ = netip.ParseAddr(p.PeerID)
-			if len(p.Nexthops) > 0 {
-				rp.NextHop, _ = netip.ParseAddr(p.Nexthops[0].IP)
+			for _, nh := range p.Nexthops {
+				if a, err := netip.ParseAddr(nh.IP); err == nil && !a.IsLinkLocalUnicast() {
+					rp.NextHop = a
+					break
+				}
 			}
 			paths = append(paths, rp)
 		}
@@ -219,28 +303,63 @@ func (t *ToR) RIB() ([]RIBPath, error) {
 	return paths, nil
 }
 
-// Established lists the peers FRR has an established session with.
+// Established lists the peers FRR has an established session with, in
+// every family it speaks.
 func (t *ToR) Established() ([]netip.Addr, error) {
-	out, err := t.Vtysh("show bgp ipv4 unicast summary json")
+	peers, err := t.Peers()
 	if err != nil {
 		return nil, err
 	}
-	var sum struct {
-		Peers map[string]struct {
-			State string `json:"state"`
-		} `json:"peers"`
-	}
-	if err := json.Unmarshal([]byte(out), &sum); err != nil {
-		return nil, fmt.Errorf("parse FRR summary json: %w: %.200s", err, out)
-	}
 	var up []netip.Addr
-	for a, p := range sum.Peers {
-		if ip, err := netip.ParseAddr(a); err == nil && p.State == "Established" {
-			up = append(up, ip)
+	for a, p := range peers {
+		if p.State == "Established" {
+			up = append(up, a)
 		}
 	}
 	sort.Slice(up, func(i, j int) bool { return up[i].Less(up[j]) })
 	return up, nil
+}
+
+// FRRPeer is one neighbour in FRR's `show bgp ... summary json`.
+type FRRPeer struct {
+	State                  string `json:"state"`
+	ConnectionsEstablished int    `json:"connectionsEstablished"`
+	ConnectionsDropped     int    `json:"connectionsDropped"`
+}
+
+// Peers is FRR's summary of each neighbour, over the families the ToR
+// speaks: IPv4 unicast for IPv4 neighbours, IPv6 unicast for IPv6 ones.
+func (t *ToR) Peers() (map[netip.Addr]FRRPeer, error) {
+	fams := []bool{false}
+	switch {
+	case t.Address.Is6():
+		fams = []bool{true}
+	case t.AddressV6.IsValid():
+		fams = []bool{false, true}
+	}
+	m := map[netip.Addr]FRRPeer{}
+	for _, v6 := range fams {
+		cmd := "show bgp ipv4 unicast summary json"
+		if v6 {
+			cmd = "show bgp ipv6 unicast summary json"
+		}
+		out, err := t.Vtysh(cmd)
+		if err != nil {
+			return nil, err
+		}
+		var sum struct {
+			Peers map[string]FRRPeer `json:"peers"`
+		}
+		if err := json.Unmarshal([]byte(out), &sum); err != nil {
+			return nil, fmt.Errorf("parse FRR %s: %w: %.200s", cmd, err, out)
+		}
+		for a, p := range sum.Peers {
+			if ip, err := netip.ParseAddr(a); err == nil && ip.Is6() == v6 {
+				m[ip] = p
+			}
+		}
+	}
+	return m, nil
 }
 
 func sortPaths(paths []RIBPath) {
@@ -292,21 +411,48 @@ func (t *ToR) Configure(lines ...string) error {
 // Announce makes the ToR originate prefixes towards every node. bgpd runs
 // without zebra, so there is no RIB to check them against: `network` with
 // import-check off announces them as they are (next hop: the ToR itself).
+// IPv6 prefixes go out over the IPv6 sessions.
 func (t *ToR) Announce(prefixes ...netip.Prefix) error {
-	lines := []string{fmt.Sprintf("router bgp %d", ToRAS), "no bgp network import-check", "address-family ipv4 unicast"}
-	for _, p := range prefixes {
-		lines = append(lines, "network "+p.String())
-	}
-	return t.Configure(lines...)
+	return t.Configure(networkLines(true, prefixes)...)
 }
 
 // Withdraw stops originating prefixes announced by Announce.
 func (t *ToR) Withdraw(prefixes ...netip.Prefix) error {
-	lines := []string{fmt.Sprintf("router bgp %d", ToRAS), "address-family ipv4 unicast"}
-	for _, p := range prefixes {
-		lines = append(lines, "no network "+p.String())
+	return t.Configure(networkLines(false, prefixes)...)
+}
+
+// networkLines are the vtysh lines that add (or remove) `network`
+// statements, each in the address family of its prefix.
+func networkLines(add bool, prefixes []netip.Prefix) []string {
+	lines := []string{fmt.Sprintf("router bgp %d", ToRAS)}
+	if add {
+		lines = append(lines, "no bgp network import-check")
 	}
-	return t.Configure(lines...)
+	for _, v6 := range []bool{false, true} {
+		af := "address-family ipv4 unicast"
+		if v6 {
+			af = "address-family ipv6 unicast"
+		}
+		started := false
+		for _, p := range prefixes {
+			if p.Addr().Is6() != v6 {
+				continue
+			}
+			if !started {
+				lines = append(lines, af)
+				started = true
+			}
+			if add {
+				lines = append(lines, "network "+p.String())
+			} else {
+				lines = append(lines, "no network "+p.String())
+			}
+		}
+		if started {
+			lines = append(lines, "exit-address-family")
+		}
+	}
+	return lines
 }
 
 // SetPassword sets the TCP MD5 password (RFC 2385) FRR uses with one node;

@@ -40,7 +40,7 @@ func (c *Cluster) AddBFDToR(name string, addr netip.Addr) (*ToR, error) {
 		return nil, err
 	}
 	conf := func(daemon string) string { return filepath.Join(t.Dir, daemon+".conf") }
-	if err := writeTemplate(conf("bgpd"), torConfig, c.torConfigData(name, t.Address, true)); err != nil {
+	if err := writeTemplate(conf("bgpd"), torConfig, c.torConfigData(t, name, true)); err != nil {
 		return nil, err
 	}
 	for _, d := range []string{"zebra", "bfdd"} {

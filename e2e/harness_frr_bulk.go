@@ -13,11 +13,10 @@ import (
 // instead of one -c argument per prefix on the command line.
 func (t *ToR) AnnounceBulk(prefixes ...netip.Prefix) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "router bgp %d\n no bgp network import-check\n address-family ipv4 unicast\n", ToRAS)
-	for _, p := range prefixes {
-		b.WriteString("  network " + p.String() + "\n")
+	for _, l := range networkLines(true, prefixes) {
+		b.WriteString(l + "\n")
 	}
-	b.WriteString(" exit-address-family\nexit\n")
+	b.WriteString("exit\n")
 	f, err := os.CreateTemp(t.Dir, "announce-*.conf")
 	if err != nil {
 		return fmt.Errorf("announce: %w", err)

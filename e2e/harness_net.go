@@ -60,22 +60,79 @@ func (c *Cluster) buildUnderlay() error {
 }
 
 // plugUnderlay connects namespace ns to the underlay bridge with a veth
-// (ns side ul0, bridge side named port) and gives it addr/24.
-func (c *Cluster) plugUnderlay(ns, port string, addr netip.Addr) error {
+// (ns side ul0, bridge side named port) and gives it its addresses: an
+// IPv4 one as /24, an IPv6 one as /64 (nodad: duplicate address detection
+// would hold it back for a second or two, and the harness hands out each
+// address once).
+func (c *Cluster) plugUnderlay(ns, port string, addrs ...netip.Addr) error {
 	if err := ipn(ns, "add veth "+underlayLink, "link", "add", underlayLink, "type", "veth", "peer", "name", port, "netns", c.Underlay); err != nil {
 		return err
 	}
 	if err := ipn(c.Underlay, "attach "+port, "link", "set", port, "master", bridgeName, "up"); err != nil {
 		return err
 	}
-	pfx := netip.PrefixFrom(addr, UnderlayPrefix.Bits()).String()
-	if err := ipn(ns, "address "+pfx, "addr", "add", pfx, "dev", underlayLink); err != nil {
-		return err
+	for _, addr := range addrs {
+		if !addr.IsValid() {
+			continue
+		}
+		if addr.Is6() {
+			pfx := netip.PrefixFrom(addr, UnderlayPrefixV6.Bits()).String()
+			if err := ipn(ns, "address "+pfx, "addr", "add", pfx, "dev", underlayLink, "nodad"); err != nil {
+				return err
+			}
+			continue
+		}
+		pfx := netip.PrefixFrom(addr, UnderlayPrefix.Bits()).String()
+		if err := ipn(ns, "address "+pfx, "addr", "add", pfx, "dev", underlayLink); err != nil {
+			return err
+		}
 	}
 	if err := setSysctls(ns, "net.ipv4.conf."+underlayLink+".rp_filter", "0"); err != nil {
 		return err
 	}
 	return ipn(ns, "link up "+underlayLink, "link", "set", underlayLink, "up")
+}
+
+// pinUnderlayV6 makes every IPv6 underlay neighbour (nodes, ToRs)
+// permanent in every one of them: the kernel's neighbour tables count the
+// entries of all namespaces against one garbage-collection threshold, and
+// an evicted entry would cost a session its neighbour discovery (the
+// IPv4 tests live with ARP; the IPv6 ones should not depend on NDP over a
+// bridge). A no-op on an IPv4 cluster.
+func (c *Cluster) pinUnderlayV6() error {
+	if !c.Stack.Has(true) {
+		return nil
+	}
+	type host struct {
+		ns   string
+		addr netip.Addr
+		mac  string
+	}
+	var hosts []host
+	for _, n := range c.Nodes {
+		hosts = append(hosts, host{ns: n.NS, addr: n.AddressV6})
+	}
+	for _, t := range c.tors {
+		hosts = append(hosts, host{ns: t.NS, addr: t.AddressV6})
+	}
+	for i := range hosts {
+		mac, err := linkMAC(hosts[i].ns, underlayLink)
+		if err != nil {
+			return err
+		}
+		hosts[i].mac = mac
+	}
+	for _, a := range hosts {
+		for _, b := range hosts {
+			if a.ns == b.ns || !b.addr.IsValid() {
+				continue
+			}
+			if err := ipn(a.ns, "pin neighbour "+b.addr.String(), "neigh", "replace", b.addr.String(), "lladdr", b.mac, "dev", underlayLink, "nud", "permanent"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // addNode creates node i: namespace, forwarding on, rp_filter off (routes
@@ -88,6 +145,12 @@ func (c *Cluster) addNode(i int) (*Node, error) {
 		Index:   i,
 		Name:    fmt.Sprintf("node%d", i),
 		Address: NodeAddress(i),
+	}
+	if c.Stack.Has(true) {
+		n.AddressV6 = NodeAddressV6(i)
+	}
+	if c.Stack == StackIPv6 {
+		n.Address = n.AddressV6
 	}
 	n.NS = c.Prefix + n.Name
 	n.dir = filepath.Join(c.Dir, n.Name)
@@ -123,17 +186,30 @@ func (c *Cluster) wireNode(n *Node) error {
 	); err != nil {
 		return err
 	}
-	if err := c.plugUnderlay(n.NS, n.Name, n.Address); err != nil {
+	// IPv6 forwarding is left to the daemon (issue 14: it turns it on when
+	// the node has an IPv6 block), so the tests can see that it does.
+	if err := c.plugUnderlay(n.NS, n.Name, n.AddressOf(false), n.AddressV6); err != nil {
 		return err
 	}
-	return ipn(n.NS, "default route", "route", "add", "default", "via", ToRAddress.String(), "dev", underlayLink)
+	if c.Stack.Has(false) {
+		if err := ipn(n.NS, "default route", "route", "add", "default", "via", ToRAddress.String(), "dev", underlayLink); err != nil {
+			return err
+		}
+	}
+	if c.Stack.Has(true) {
+		return ipn(n.NS, "IPv6 default route", "-6", "route", "add", "default", "via", ToRAddressV6.String(), "dev", underlayLink)
+	}
+	return nil
 }
 
 // addPod creates node n's pod namespace and wires it with attach.
 func (c *Cluster) addPod(n *Node, attach PodAttacher) error {
 	p := &Pod{
 		Name: fmt.Sprintf("pod%d", n.Index),
-		IP:   n.Config.PodCIDR.Addr().Next().Next(), // 10.244.i.2
+		IP:   n.PodCIDR().Addr().Next().Next(), // 10.244.i.2 (fd00:10:244:i::2 on IPv6 only)
+	}
+	if v6 := n.PodCIDROf(true); v6.IsValid() {
+		p.IPv6 = v6.Addr().Next().Next()
 	}
 	p.NS = c.Prefix + p.Name
 	if err := c.addNS(p.NS); err != nil {
@@ -142,7 +218,7 @@ func (c *Cluster) addPod(n *Node, attach PodAttacher) error {
 	err := attach(c, n, p)
 	if errors.Is(err, ErrAttachAfterStart) {
 		// No address until the daemon hands one out.
-		p.IP = netip.Addr{}
+		p.IP, p.IPv6 = netip.Addr{}, netip.Addr{}
 		n.attachPending = attach
 		err = nil
 	}
@@ -171,7 +247,10 @@ func (c *Cluster) attachPendingPod(n *Node) error {
 // VethPod is the stand-in for the CNI plugin, wired the way Calico does
 // it: a veth whose pod end is eth0 with the pod IP /32 and a default route
 // via the link-local 169.254.1.1, answered by proxy ARP on the node end;
-// the node routes the pod IP /32 to its end of the veth.
+// the node routes the pod IP /32 to its end of the veth. A pod with an
+// IPv6 address gets it as a /128 with a default route via fe80::1, which
+// the node end holds itself (so no proxy NDP), and the node a /128 route
+// to the pod: the wiring of issue 14's design.
 func VethPod(c *Cluster, n *Node, p *Pod) error {
 	p.HostVeth = "veth" + p.Name
 	if err := ipn(n.NS, "add veth "+p.HostVeth, "link", "add", p.HostVeth, "type", "veth", "peer", "name", "eth0", "netns", p.NS); err != nil {
@@ -187,22 +266,68 @@ func VethPod(c *Cluster, n *Node, p *Pod) error {
 	if err := ipn(n.NS, "link up "+p.HostVeth, "link", "set", p.HostVeth, "up"); err != nil {
 		return err
 	}
-	ip := p.IP.String()
-	if err := ipn(n.NS, "route to "+ip, "route", "add", ip+"/32", "dev", p.HostVeth, "scope", "link"); err != nil {
+	if ip := p.IPOf(false); ip.IsValid() {
+		if err := ipn(n.NS, "route to "+ip.String(), "route", "add", ip.String()+"/32", "dev", p.HostVeth, "scope", "link"); err != nil {
+			return err
+		}
+		steps := [][]string{
+			{"addr", "add", ip.String() + "/32", "dev", "eth0"},
+			{"link", "set", "eth0", "up"},
+			{"route", "add", podGateway, "dev", "eth0", "scope", "link"},
+			{"route", "add", "default", "via", podGateway, "dev", "eth0"},
+		}
+		for _, s := range steps {
+			if err := ipn(p.NS, strings.Join(s, " "), s...); err != nil {
+				return err
+			}
+		}
+	}
+	if p.IPv6.IsValid() {
+		return vethPodV6(n, p)
+	}
+	return nil
+}
+
+// podGatewayV6 is the pods' IPv6 default gateway, held by every host veth.
+const podGatewayV6 = "fe80::1"
+
+// vethPodV6 adds the IPv6 half of VethPod. Both neighbour entries are
+// pinned (the kernel's neighbour table is shared by every namespace).
+func vethPodV6(n *Node, p *Pod) error {
+	ip := p.IPv6.String()
+	if err := setSysctls(n.NS, "net.ipv6.conf."+p.HostVeth+".disable_ipv6", "0"); err != nil {
 		return err
 	}
-	steps := [][]string{
-		{"addr", "add", ip + "/32", "dev", "eth0"},
-		{"link", "set", "eth0", "up"},
-		{"route", "add", podGateway, "dev", "eth0", "scope", "link"},
-		{"route", "add", "default", "via", podGateway, "dev", "eth0"},
+	if err := setSysctls(p.NS, "net.ipv6.conf.eth0.disable_ipv6", "0", "net.ipv6.conf.eth0.accept_dad", "0"); err != nil {
+		return err
 	}
-	for _, s := range steps {
+	if err := ipn(n.NS, "gateway "+podGatewayV6, "addr", "add", podGatewayV6+"/64", "dev", p.HostVeth, "nodad"); err != nil {
+		return err
+	}
+	if err := ipn(n.NS, "route to "+ip, "-6", "route", "add", ip+"/128", "dev", p.HostVeth); err != nil {
+		return err
+	}
+	for _, s := range [][]string{
+		{"addr", "add", ip + "/128", "dev", "eth0", "nodad"},
+		{"link", "set", "eth0", "up"},
+		{"-6", "route", "add", "default", "via", podGatewayV6, "dev", "eth0"},
+	} {
 		if err := ipn(p.NS, strings.Join(s, " "), s...); err != nil {
 			return err
 		}
 	}
-	return nil
+	hostMAC, err := linkMAC(n.NS, p.HostVeth)
+	if err != nil {
+		return err
+	}
+	podMAC, err := linkMAC(p.NS, "eth0")
+	if err != nil {
+		return err
+	}
+	if err := ipn(p.NS, "pin gateway "+podGatewayV6, "neigh", "replace", podGatewayV6, "lladdr", hostMAC, "dev", "eth0", "nud", "permanent"); err != nil {
+		return err
+	}
+	return ipn(n.NS, "pin pod "+ip, "neigh", "replace", ip, "lladdr", podMAC, "dev", p.HostVeth, "nud", "permanent")
 }
 
 // AddStaticRoute adds a plain kernel route in node n (not proto 201), for

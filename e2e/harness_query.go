@@ -58,8 +58,16 @@ type ipRoute struct {
 
 // Routes lists the main-table IPv4 routes of namespace ns with the given
 // protocol number, sorted by destination.
-func Routes(ns string, proto int) ([]Route, error) {
-	out, err := run("ip", "-n", ns, "-j", "-4", "route", "show", "table", "main", "proto", fmt.Sprint(proto))
+func Routes(ns string, proto int) ([]Route, error) { return RoutesOf(ns, proto, false) }
+
+// RoutesOf lists the main-table routes of the family (IPv4, or IPv6 when
+// v6) of namespace ns with the given protocol number, sorted.
+func RoutesOf(ns string, proto int, v6 bool) ([]Route, error) {
+	fam, defaultDst, host := "-4", "0.0.0.0/0", "/32"
+	if v6 {
+		fam, defaultDst, host = "-6", "::/0", "/128"
+	}
+	out, err := run("ip", "-n", ns, "-j", fam, "route", "show", "table", "main", "proto", fmt.Sprint(proto))
 	if err != nil {
 		return nil, fmt.Errorf("list routes in %s: %w", ns, err)
 	}
@@ -77,9 +85,9 @@ func Routes(ns string, proto int) ([]Route, error) {
 		}
 		dst := r.Dst
 		if dst == "default" {
-			dst = "0.0.0.0/0"
+			dst = defaultDst
 		} else if !strings.Contains(dst, "/") {
-			dst += "/32"
+			dst += host
 		}
 		if rt.Dst, err = netip.ParsePrefix(dst); err != nil {
 			return nil, fmt.Errorf("parse route dst %q in %s: %w", r.Dst, ns, err)
@@ -101,12 +109,20 @@ func Routes(ns string, proto int) ([]Route, error) {
 	return routes, nil
 }
 
-// NexthopRoutes lists n's kernel routes owned by nexthopd (proto 201).
+// NexthopRoutes lists n's kernel routes owned by nexthopd (proto 201):
+// the IPv4 ones and, on a cluster with IPv6, the IPv6 ones too (so an
+// IPv6-only node's stray IPv4 route shows as well).
 func (c *Cluster) NexthopRoutes(n *Node) ([]Route, error) {
-	return Routes(n.NS, RouteProtocol)
+	routes, err := Routes(n.NS, RouteProtocol)
+	if err != nil || !c.Stack.Has(true) {
+		return routes, err
+	}
+	v6, err := RoutesOf(n.NS, RouteProtocol, true)
+	return append(routes, v6...), err
 }
 
 // Ping sends count pings from pod p to dst and fails unless replies came.
+// iputils ping speaks ICMPv6 to an IPv6 dst (ping6 is the same program).
 func Ping(p *Pod, dst netip.Addr, count int) error {
 	out, err := Exec(p.NS, "ping", "-n", "-c", fmt.Sprint(count), "-i", "0.2", "-W", "2", dst.String())
 	if err != nil {

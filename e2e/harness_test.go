@@ -81,41 +81,68 @@ func stays(t *testing.T, d time.Duration, what string, fn func() error) {
 // TestHarnessStaticRouting checks the harness without any daemon: FRR
 // answers, and pods on two nodes reach each other over plain static routes
 // across the underlay bridge, where tcpdump sees the packets.
-func TestHarnessStaticRouting(t *testing.T) {
-	c := newCluster(t, Options{Nodes: 2, ToR: true})
+func TestHarnessStaticRouting(t *testing.T) { harnessStaticRouting(t, StackIPv4) }
+
+// TestHarnessStaticRoutingDualStack is the same on a dual-stack cluster,
+// in both families: the IPv6 underlay, the pods' IPv6 wiring (fe80::1
+// gateway, /128 routes) and FRR's IPv6 sessions' config work before any
+// daemon is involved. IPv6 forwarding is turned on by hand here (the
+// daemon does it otherwise).
+func TestHarnessStaticRoutingDualStack(t *testing.T) { harnessStaticRouting(t, StackDual) }
+
+func harnessStaticRouting(t *testing.T, stack Stack) {
+	c := newCluster(t, Options{Nodes: 2, ToR: true, Stack: stack})
 	n1, n2 := c.Nodes[0], c.Nodes[1]
 
-	rib, err := c.ToR.RIB()
+	for _, v6 := range stack.Families() {
+		rib, err := c.ToR.RIBOf(v6)
+		if err != nil {
+			t.Fatalf("query FRR: %v", err)
+		}
+		if len(rib) != 0 {
+			t.Errorf("FRR %s RIB with no daemons running: want empty, got\n%s", family(v6), FormatPaths(rib))
+		}
+	}
+	for _, n := range c.Nodes {
+		if stack.Has(true) {
+			if err := setSysctls(n.NS, "net.ipv6.conf.all.forwarding", "1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, v6 := range stack.Families() {
+		to := n2.Pod.IPOf(v6)
+		if err := Ping(n1.Pod, to, 1); err == nil {
+			t.Fatalf("ping %s → %s worked before any route existed: the harness leaks a path", n1.Pod.IPOf(v6), to)
+		}
+		if err := n1.AddStaticRoute(n2.PodCIDROf(v6), n2.AddressOf(v6)); err != nil {
+			t.Fatal(err)
+		}
+		if err := n2.AddStaticRoute(n1.PodCIDROf(v6), n1.AddressOf(v6)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	capture, err := c.StartCapture("static", "icmp or (icmp6 and ip6[40] <= 129)")
 	if err != nil {
-		t.Fatalf("query FRR: %v", err)
-	}
-	if len(rib) != 0 {
-		t.Errorf("FRR RIB with no daemons running: want empty, got\n%s", FormatPaths(rib))
-	}
-
-	if err := Ping(n1.Pod, n2.Pod.IP, 1); err == nil {
-		t.Fatalf("ping %s → %s worked before any route existed: the harness leaks a path", n1.Pod.IP, n2.Pod.IP)
-	}
-	if err := n1.AddStaticRoute(n2.PodCIDR(), n2.Address); err != nil {
 		t.Fatal(err)
 	}
-	if err := n2.AddStaticRoute(n1.PodCIDR(), n1.Address); err != nil {
-		t.Fatal(err)
-	}
-	capture, err := c.StartCapture("static", "icmp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := Ping(n1.Pod, n2.Pod.IP, 3); err != nil {
-		t.Fatal(err)
+	for _, v6 := range stack.Families() {
+		if err := Ping(n1.Pod, n2.Pod.IPOf(v6), 3); err != nil {
+			t.Fatal(err)
+		}
 	}
 	lines, err := capture.Stop()
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf("IP %s > %s: ICMP echo request", n1.Pod.IP, n2.Pod.IP)
-	if !containsLine(lines, want) {
-		t.Errorf("capture on the underlay bridge has no %q; got:\n%s", want, strings.Join(lines, "\n"))
+	for _, v6 := range stack.Families() {
+		want := fmt.Sprintf("IP %s > %s: ICMP echo request", n1.Pod.IP, n2.Pod.IP)
+		if v6 {
+			want = fmt.Sprintf("IP6 %s > %s: ICMP6, echo request", n1.Pod.IPv6, n2.Pod.IPv6)
+		}
+		if !containsLine(lines, want) {
+			t.Errorf("capture on the underlay bridge has no %q; got:\n%s", want, strings.Join(lines, "\n"))
+		}
 	}
 	// No proto 201 routes exist without a daemon.
 	for _, n := range c.Nodes {

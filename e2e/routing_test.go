@@ -28,9 +28,16 @@ const (
 // waits until routes have converged.
 func startRoutingCluster(t *testing.T, change ...func(*config.Config)) *Cluster {
 	t.Helper()
+	return startStackCluster(t, StackIPv4, change...)
+}
+
+// startStackCluster is startRoutingCluster with the address families of
+// stack.
+func startStackCluster(t *testing.T, stack Stack, change ...func(*config.Config)) *Cluster {
+	t.Helper()
 	requireHarness(t)
 	requireBinaries(t)
-	c := newCluster(t, Options{Nodes: 3, ToR: true, AttachPod: envPodAttacher()})
+	c := newCluster(t, Options{Nodes: 3, ToR: true, Stack: stack, AttachPod: envPodAttacher()})
 	for _, n := range c.Nodes {
 		for _, f := range change {
 			f(&n.Config)
@@ -44,13 +51,20 @@ func startRoutingCluster(t *testing.T, change ...func(*config.Config)) *Cluster 
 }
 
 // wantKernel is the exact set of proto 201 routes node n must have when
-// the daemons of live are running: a blackhole for its own block and, for
-// every other live node, its block via that node's underlay address.
+// the daemons of live are running: for each family n has, a blackhole for
+// its own block and, for every other live node, its block via that
+// node's underlay address of the family.
 func wantKernel(n *Node, live []*Node) []string {
-	want := []string{"blackhole " + n.PodCIDR().String()}
-	for _, m := range live {
-		if m != n {
-			want = append(want, fmt.Sprintf("%s via %s dev %s", m.PodCIDR(), m.Address, underlayLink))
+	var want []string
+	for _, v6 := range []bool{false, true} {
+		if !n.PodCIDROf(v6).IsValid() {
+			continue
+		}
+		want = append(want, "blackhole "+n.PodCIDROf(v6).String())
+		for _, m := range live {
+			if m != n {
+				want = append(want, fmt.Sprintf("%s via %s dev %s", m.PodCIDROf(v6), m.AddressOf(v6), underlayLink))
+			}
 		}
 	}
 	slices.Sort(want)
@@ -78,25 +92,29 @@ func checkKernel(c *Cluster, n *Node, live []*Node) error {
 
 // checkFRR checks the ToR holds exactly the live nodes' blocks, each as a
 // single path learned from its owner with the owner as next hop: no stale
-// block, no copy re-advertised by another node, no hairpin next hop.
+// block, no copy re-advertised by another node, no hairpin next hop. Each
+// family the cluster has is checked in its own table.
 func checkFRR(c *Cluster, live []*Node) error {
-	rib, err := c.ToR.RIB()
-	if err != nil {
-		return err
+	var errs []error
+	for _, v6 := range c.Stack.Families() {
+		rib, err := c.ToR.RIBOf(v6)
+		if err != nil {
+			return err
+		}
+		if err := checkPaths(rib, live, nil, v6); err != nil {
+			errs = append(errs, fmt.Errorf("FRR show bgp %s unicast:\n%s%w", strings.ToLower(family(v6)), FormatPaths(rib), err))
+		}
 	}
-	if err := checkPaths(rib, live, nil); err != nil {
-		return fmt.Errorf("FRR show ip bgp:\n%s%w", FormatPaths(rib), err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
-// checkPaths checks a RIB holds one best path per live node's block and
-// nothing else. self, if set, is the node whose RIB this is: its own block
-// is a local path with no peer.
-func checkPaths(rib []RIBPath, live []*Node, self *Node) error {
+// checkPaths checks a RIB of one family holds one best path per live
+// node's block of that family and nothing else. self, if set, is the node
+// whose RIB this is: its own block is a local path with no peer.
+func checkPaths(rib []RIBPath, live []*Node, self *Node, v6 bool) error {
 	owner := map[netip.Prefix]*Node{}
 	for _, m := range live {
-		owner[m.PodCIDR()] = m
+		owner[m.PodCIDROf(v6)] = m
 	}
 	count := map[netip.Prefix]int{}
 	var errs []error
@@ -110,8 +128,8 @@ func checkPaths(rib []RIBPath, live []*Node, self *Node) error {
 			if p.From.IsValid() {
 				errs = append(errs, fmt.Errorf("own block learned from a peer: %s", p))
 			}
-		case p.NextHop != m.Address || p.From != m.Address:
-			errs = append(errs, fmt.Errorf("%s: want a path from %s (%s) with it as next hop", p, m.Address, m.Name))
+		case p.NextHop != m.AddressOf(v6) || p.From != m.AddressOf(v6):
+			errs = append(errs, fmt.Errorf("%s: want a path from %s (%s) with it as next hop", p, m.AddressOf(v6), m.Name))
 		case !p.Best:
 			errs = append(errs, fmt.Errorf("%s: not the best path", p))
 		}
@@ -127,18 +145,21 @@ func checkPaths(rib []RIBPath, live []*Node, self *Node) error {
 	return errors.Join(errs...)
 }
 
-// checkGobgp checks n's GoBGP RIB, as `gobgp global rib` shows it, holds
-// exactly the live nodes' blocks: its own as a local path, the others
-// learned from and pointing at their owner.
+// checkGobgp checks n's GoBGP RIB, as `gobgp global rib [-a ipv6]` shows
+// it, holds exactly the live nodes' blocks: its own as a local path, the
+// others learned from and pointing at their owner.
 func checkGobgp(c *Cluster, n *Node, live []*Node) error {
-	rib, err := c.GobgpRIB(n)
-	if err != nil {
-		return err
+	var errs []error
+	for _, v6 := range c.Stack.Families() {
+		rib, err := c.GobgpRIBOf(n, v6)
+		if err != nil {
+			return err
+		}
+		if err := checkPaths(rib, live, n, v6); err != nil {
+			errs = append(errs, fmt.Errorf("%s gobgp global rib -a %s:\n%s%w", n.Name, strings.ToLower(family(v6)), FormatPaths(rib), err))
+		}
 	}
-	if err := checkPaths(rib, live, n); err != nil {
-		return fmt.Errorf("%s gobgp global rib:\n%s%w", n.Name, FormatPaths(rib), err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // converged checks every live node's kernel and GoBGP RIB and, if there

@@ -316,32 +316,8 @@ func gobgpNeighbors(c *Cluster, n *Node) (map[netip.Addr]gobgpNeighbor, error) {
 	return m, nil
 }
 
-// frrPeers is FRR's `show bgp ipv4 unicast summary json`, per neighbour.
-type frrPeer struct {
-	State                  string `json:"state"`
-	ConnectionsEstablished int    `json:"connectionsEstablished"`
-	ConnectionsDropped     int    `json:"connectionsDropped"`
-}
-
-func frrPeers(c *Cluster) (map[netip.Addr]frrPeer, error) {
-	out, err := c.ToR.Vtysh("show bgp ipv4 unicast summary json")
-	if err != nil {
-		return nil, err
-	}
-	var sum struct {
-		Peers map[string]frrPeer `json:"peers"`
-	}
-	if err := json.Unmarshal([]byte(out), &sum); err != nil {
-		return nil, fmt.Errorf("parse FRR summary json: %w: %.200s", err, out)
-	}
-	m := map[netip.Addr]frrPeer{}
-	for a, p := range sum.Peers {
-		if ip, err := netip.ParseAddr(a); err == nil {
-			m[ip] = p
-		}
-	}
-	return m, nil
-}
+// frrPeers is FRR's summary per neighbour, in every family.
+func frrPeers(c *Cluster) (map[netip.Addr]FRRPeer, error) { return c.ToR.Peers() }
 
 // established checks n's sessions: up with exactly the peers in want,
 // down with the others.
