@@ -229,7 +229,9 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 
 // BenchmarkThroughput measures TCP throughput pod↔pod across two nodes on
 // one subnet, natively and through VXLAN, each as a ratio to node↔node
-// (underlay to underlay) measured in the same run. iperf3, 3 s per figure.
+// (underlay to underlay) measured in the same run; native-ipv6 does the
+// same over IPv6 (an IPv6-only cluster: IPv6 underlay and pods). iperf3,
+// 3 s per figure.
 func BenchmarkThroughput(b *testing.B) {
 	if err := CheckTools(); err != nil {
 		b.Skipf("needs root and system tools: %v", err)
@@ -237,10 +239,18 @@ func BenchmarkThroughput(b *testing.B) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		b.Skip("needs iperf3 (make deps installs it)")
 	}
-	for _, mode := range []config.EncapMode{config.Never, config.Always} {
-		name := map[config.EncapMode]string{config.Never: "native", config.Always: "vxlan"}[mode]
-		b.Run(name, func(b *testing.B) {
-			c, err := New(Options{Nodes: 2})
+	for _, bc := range []struct {
+		name  string
+		mode  config.EncapMode
+		stack Stack
+	}{
+		{"native", config.Never, StackIPv4},
+		{"vxlan", config.Always, StackIPv4},
+		{"native-ipv6", config.Never, StackIPv6},
+	} {
+		mode := bc.mode
+		b.Run(bc.name, func(b *testing.B) {
+			c, err := New(Options{Nodes: 2, Stack: bc.stack})
 			if err != nil {
 				b.Fatal(err)
 			}

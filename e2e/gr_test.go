@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/netip"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -45,8 +46,8 @@ func (p *pinger) stop(t *testing.T) (sent, lost int) {
 }
 
 // torStale reports whether FRR holds prefix only as a stale path.
-func torStale(c *Cluster, prefix string) (bool, error) {
-	out, err := c.ToR.Vtysh("show ip bgp " + prefix + " json")
+func torStale(c *Cluster, prefix netip.Prefix) (bool, error) {
+	out, err := c.ToR.Vtysh(fmt.Sprintf("show bgp %s unicast %s json", strings.ToLower(family(prefix.Addr().Is6())), prefix))
 	if err != nil {
 		return false, err
 	}
@@ -59,10 +60,16 @@ func torStale(c *Cluster, prefix string) (bool, error) {
 // (FRR shows it stale meanwhile) and node2 keeps its own routes: not one
 // packet is lost, and afterwards every node holds exactly the expected
 // routes, nothing stale at the ToR.
-func TestGracefulRestart(t *testing.T) {
-	c := startRoutingCluster(t)
+func TestGracefulRestart(t *testing.T) { gracefulRestart(t, StackIPv4) }
+
+// TestGracefulRestartIPv6 is TestGracefulRestart over IPv6 (an IPv6-only
+// cluster): IPv6 pings, graceful restart of the IPv6 unicast sessions.
+func TestGracefulRestartIPv6(t *testing.T) { gracefulRestart(t, StackIPv6) }
+
+func gracefulRestart(t *testing.T, stack Stack) {
+	c := startStackCluster(t, stack)
 	n1, n2 := c.Nodes[0], c.Nodes[1]
-	block := n2.PodCIDR().String()
+	block := n2.PodCIDR()
 	for _, stop := range []struct {
 		name string
 		do   func(*Node) error

@@ -289,7 +289,10 @@ func (t *ToR) RIBOf(v6 bool) ([]RIBPath, error) {
 		}
 		for _, p := range ps {
 			rp := RIBPath{Prefix: prefix, Best: p.Bestpath, ASPath: p.Path}
-			rp.From, _ = netip.ParseAddr(p.PeerID)
+			// FRR names the peer of its own paths "::" in IPv6 tables.
+			if from, err := netip.ParseAddr(p.PeerID); err == nil && !from.IsUnspecified() {
+				rp.From = from
+			}
 			for _, nh := range p.Nexthops {
 				if a, err := netip.ParseAddr(nh.IP); err == nil && !a.IsLinkLocalUnicast() {
 					rp.NextHop = a

@@ -51,16 +51,37 @@ func wantTorMetric(t *testing.T, c *Cluster, name string, want int) {
 // prefixes next to a legitimate one. Only the legitimate one reaches the
 // kernels; each martian is logged once with its reason and counted, and
 // ACCEPTED counts the legitimate prefix only.
-func TestMartiansRefused(t *testing.T) {
-	c := startSecurityCluster(t, nil)
+func TestMartiansRefused(t *testing.T) { martiansRefused(t, StackIPv4) }
+
+// TestMartiansRefusedIPv6 is TestMartiansRefused over IPv6 sessions (an
+// IPv6-only cluster): the unspecified and loopback addresses, IPv4-mapped
+// addresses, multicast and the documentation ranges (no pool covers
+// them). FRR refuses to originate link-local prefixes (fe80::/10: "%
+// Malformed prefix"), so no ToR can send those; the unit tests of the
+// policy cover them.
+func TestMartiansRefusedIPv6(t *testing.T) { martiansRefused(t, StackIPv6) }
+
+// martianCases are the martians and the legitimate prefix the ToR
+// announces, per family.
+var martianCases = map[Stack]struct {
+	legit    string
+	martians []string
+}{
+	StackIPv4: {"203.0.113.0/24", []string{"127.0.0.0/8", "127.0.0.1/32", "224.0.0.0/4", "239.1.2.0/24", "169.254.1.1/32",
+		"169.254.0.0/16", "240.0.0.0/8", "0.0.0.0/8"}},
+	StackIPv6: {"fd00:203::/48", []string{"::/128", "::1/128", "::ffff:0:0/96", "::ffff:127.0.0.0/104", "ff00::/8",
+		"ff02::/16", "2001:db8::/32", "2001:db8:1::/48", "3fff::/20"}},
+}
+
+func martiansRefused(t *testing.T, stack Stack) {
+	c := startSecurityClusterOf(t, stack, nil)
 	waitFor(t, convergeTimeout, "initial convergence", func() error { return converged(c, c.Nodes) })
 	wantTorMetric(t, c, "nexthop_bgp_prefixes_rejected_total", 0)
 	wantTorMetric(t, c, "nexthop_bgp_prefixes_accepted", 0)
 
-	legit := netip.MustParsePrefix("203.0.113.0/24")
+	legit := netip.MustParsePrefix(martianCases[stack].legit)
 	var martians []netip.Prefix
-	for _, s := range []string{"127.0.0.0/8", "127.0.0.1/32", "224.0.0.0/4", "239.1.2.0/24", "169.254.1.1/32",
-		"169.254.0.0/16", "240.0.0.0/8", "0.0.0.0/8"} {
+	for _, s := range martianCases[stack].martians {
 		martians = append(martians, netip.MustParsePrefix(s))
 	}
 	if err := c.ToR.Announce(append(martians, legit)...); err != nil {

@@ -273,8 +273,14 @@ func noGracefulRestart(cfg *config.Config) {
 // time; once restarted it is back and no node holds a stale or duplicate
 // route. (With graceful restart, the default, peers keep it instead:
 // TestGracefulRestart.)
-func TestDaemonKillAndRestart(t *testing.T) {
-	c := startRoutingCluster(t, noGracefulRestart)
+func TestDaemonKillAndRestart(t *testing.T) { daemonKillAndRestart(t, StackIPv4) }
+
+// TestDaemonKillAndRestartIPv6 is TestDaemonKillAndRestart on an
+// IPv6-only cluster: the IPv6 block withdrawn, no stale IPv6 route.
+func TestDaemonKillAndRestartIPv6(t *testing.T) { daemonKillAndRestart(t, StackIPv6) }
+
+func daemonKillAndRestart(t *testing.T, stack Stack) {
+	c := startStackCluster(t, stack, noGracefulRestart)
 	victim := c.Nodes[1]
 	if err := c.KillDaemon(victim); err != nil {
 		t.Fatal(err)

@@ -27,9 +27,18 @@ import (
 // and waits until routes have converged.
 func startSecurityCluster(t *testing.T, prep func(c *Cluster)) *Cluster {
 	t.Helper()
+	return startSecurityClusterOf(t, StackIPv4, prep)
+}
+
+// startSecurityClusterOf is startSecurityCluster with the families of
+// stack. The IPv6 variants of the security tests run on an IPv6-only
+// cluster, where the node, ToR and pod addresses the tests use (Address,
+// PodCIDR, Pod.IP) are IPv6 ones: the same test code then speaks IPv6.
+func startSecurityClusterOf(t *testing.T, stack Stack, prep func(c *Cluster)) *Cluster {
+	t.Helper()
 	requireHarness(t)
 	requireBinaries(t)
-	c := newCluster(t, Options{Nodes: 3, ToR: true})
+	c := newCluster(t, Options{Nodes: 3, ToR: true, Stack: stack})
 	if prep != nil {
 		prep(c)
 	}
@@ -52,9 +61,10 @@ func torPeer(t *testing.T, c *Cluster, n *Node) *config.Peer {
 }
 
 // viaToR is the kernel route nexthopd writes for a prefix learned from the
-// ToR, as Route.String renders it.
+// ToR (over the session of the prefix's family), as Route.String renders
+// it.
 func viaToR(c *Cluster, p netip.Prefix) string {
-	return fmt.Sprintf("%s via %s dev %s", p, c.ToR.Address, underlayLink)
+	return fmt.Sprintf("%s via %s dev %s", p, c.ToR.AddressOf(p.Addr().Is6()), underlayLink)
 }
 
 // checkKernelPlus compares n's proto 201 routes with the exact expected
@@ -109,20 +119,24 @@ func logLines(n *Node, substrs ...string) ([]string, error) {
 }
 
 // lookups is what the kernel of one node answers for each probe address
-// (`ip -j route get`) and for the default route (`ip -j route show exact
-// 0.0.0.0/0`, whose protocol tells a BGP-installed default from the
-// static one).
+// (`ip -j route get`) and for the default route of the probes' family
+// (`ip -j route show exact 0.0.0.0/0` or `::/0`, whose protocol tells a
+// BGP-installed default from the static one).
 func lookups(n *Node, probes []netip.Addr) (map[string]string, error) {
 	out := map[string]string{}
+	fam, def := "-4", "0.0.0.0/0"
 	for _, a := range probes {
+		if a.Is6() {
+			fam, def = "-6", "::/0"
+		}
 		// A blackhole answers EINVAL: that is an answer too.
-		s, err := Exec(n.NS, "ip", "-j", "-4", "route", "get", a.String())
+		s, err := Exec(n.NS, "ip", "-j", fam, "route", "get", a.String())
 		if err != nil {
 			s = "error: " + err.Error()
 		}
 		out["get "+a.String()] = strings.TrimSpace(s)
 	}
-	s, err := Exec(n.NS, "ip", "-j", "-4", "route", "show", "exact", "0.0.0.0/0")
+	s, err := Exec(n.NS, "ip", "-j", fam, "route", "show", "exact", def)
 	if err != nil {
 		return nil, err
 	}
@@ -146,20 +160,54 @@ func diffLookups(n *Node, before, after map[string]string) error {
 // reaches the kernels; every node logs each refused path with the ToR's
 // address, the prefix and why, and lookups of addresses in the refused
 // prefixes go where they went before.
-func TestHostileToR(t *testing.T) {
-	c := startSecurityCluster(t, nil)
+func TestHostileToR(t *testing.T) { hostileToR(t, StackIPv4) }
+
+// TestHostileToRIPv6 is TestHostileToR over IPv6 sessions (an IPv6-only
+// cluster): ::/0, a /64 of the IPv6 pool and a /65 of node2's block.
+func TestHostileToRIPv6(t *testing.T) { hostileToR(t, StackIPv6) }
+
+// hostileCase is what the ToR announces in TestHostileToR, per family.
+type hostileCase struct {
+	allowed, defaultRoute, inPool, hijack netip.Prefix
+	// probes: one only the default route covers, one in inPool, one in
+	// hijack.
+	probes []netip.Addr
+}
+
+var hostileCases = map[Stack]hostileCase{
+	StackIPv4: {
+		allowed:      netip.MustParsePrefix("203.0.113.0/24"),
+		defaultRoute: netip.MustParsePrefix("0.0.0.0/0"),
+		inPool:       netip.MustParsePrefix("10.244.200.0/24"),
+		hijack:       netip.MustParsePrefix("10.244.2.128/25"), // node2 owns 10.244.2.0/24
+		probes: []netip.Addr{
+			netip.MustParseAddr("198.51.100.7"),
+			netip.MustParseAddr("10.244.200.1"),
+			netip.MustParseAddr("10.244.2.130"),
+		},
+	},
+	StackIPv6: {
+		allowed:      netip.MustParsePrefix("fd00:203::/48"),
+		defaultRoute: netip.MustParsePrefix("::/0"),
+		inPool:       netip.MustParsePrefix("fd00:10:244:c8::/64"),
+		hijack:       netip.MustParsePrefix("fd00:10:244:2:8000::/65"), // node2 owns fd00:10:244:2::/64
+		probes: []netip.Addr{
+			netip.MustParseAddr("fd00:198:51:100::7"),
+			netip.MustParseAddr("fd00:10:244:c8::1"),
+			netip.MustParseAddr("fd00:10:244:2:8000::2"),
+		},
+	},
+}
+
+func hostileToR(t *testing.T, stack Stack) {
+	c := startSecurityClusterOf(t, stack, nil)
 	waitFor(t, convergeTimeout, "initial convergence", func() error { return converged(c, c.Nodes) })
 
-	allowed := netip.MustParsePrefix("203.0.113.0/24")
-	defaultRoute := netip.MustParsePrefix("0.0.0.0/0")
-	inPool := netip.MustParsePrefix("10.244.200.0/24")
-	hijack := netip.MustParsePrefix("10.244.2.128/25") // node2 owns 10.244.2.0/24
-	hostile := []netip.Prefix{defaultRoute, inPool, hijack}
-	probes := []netip.Addr{
-		netip.MustParseAddr("198.51.100.7"), // only the default route covers it
-		netip.MustParseAddr("10.244.200.1"),
-		netip.MustParseAddr("10.244.2.130"),
-	}
+	tc := hostileCases[stack]
+	v6 := stack == StackIPv6
+	allowed, defaultRoute := tc.allowed, tc.defaultRoute
+	hostile := []netip.Prefix{defaultRoute, tc.inPool, tc.hijack}
+	probes := tc.probes
 	before := map[*Node]map[string]string{}
 	for _, n := range c.Nodes {
 		l, err := lookups(n, probes)
@@ -173,7 +221,7 @@ func TestHostileToR(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, convergeTimeout, "FRR originates the four prefixes", func() error {
-		rib, err := c.ToR.RIB()
+		rib, err := c.ToR.RIBOf(v6)
 		if err != nil {
 			return err
 		}
@@ -259,7 +307,7 @@ func TestHostileToR(t *testing.T) {
 		return errors.Join(errs...)
 	})
 	for _, n := range c.Nodes {
-		rib, err := c.GobgpRIB(n)
+		rib, err := c.GobgpRIBOf(n, v6)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -271,7 +319,7 @@ func TestHostileToR(t *testing.T) {
 		if !slices.ContainsFunc(rib, func(r RIBPath) bool { return r.Prefix == allowed && r.From == c.ToR.Address }) {
 			t.Errorf("%s: `gobgp global rib` lacks %s from the ToR:\n%s", n.Name, allowed, FormatPaths(rib))
 		}
-		adjIn, err := c.Gobgp(n, "neighbor", c.ToR.Address.String(), "adj-in")
+		adjIn, err := c.Gobgp(n, "neighbor", c.ToR.Address.String(), "adj-in", "-a", strings.ToLower(family(v6)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -350,9 +398,24 @@ func addrs(nodes []*Node) []netip.Addr {
 // logs why. Node1's sessions with the other nodes and its routes from
 // them stay; the other nodes keep their ToR sessions, without a single
 // reconnect, and install the 5 prefixes; node1's daemon keeps running.
-func TestMaxPrefixes(t *testing.T) {
+func TestMaxPrefixes(t *testing.T) { maxPrefixes(t, StackIPv4) }
+
+// TestMaxPrefixesIPv6 is TestMaxPrefixes over IPv6 sessions (an IPv6-only
+// cluster; the 5 prefixes are /64s of fd00:203::/48).
+func TestMaxPrefixesIPv6(t *testing.T) { maxPrefixes(t, StackIPv6) }
+
+// extraPrefix is the i-th of the external prefixes TestMaxPrefixes
+// announces: 203.0.113.(32i)/27, or fd00:203:0:i::/64.
+func extraPrefix(stack Stack, i int) netip.Prefix {
+	if stack == StackIPv6 {
+		return netip.MustParsePrefix(fmt.Sprintf("fd00:203:0:%x::/64", i))
+	}
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(32 * i)}), 27)
+}
+
+func maxPrefixes(t *testing.T, stack Stack) {
 	var limited *Node
-	c := startSecurityCluster(t, func(c *Cluster) {
+	c := startSecurityClusterOf(t, stack, func(c *Cluster) {
 		limited = c.Nodes[0]
 		// Room for the echoed node blocks and 2 more: below GoBGP's 80 %
 		// warning threshold until the ToR announces.
@@ -376,7 +439,7 @@ func TestMaxPrefixes(t *testing.T) {
 	var extra []netip.Prefix
 	var extraRoutes []string
 	for i := range 5 {
-		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(32 * i)}), 27)
+		p := extraPrefix(stack, i)
 		extra = append(extra, p)
 		extraRoutes = append(extraRoutes, viaToR(c, p))
 	}

@@ -1,0 +1,245 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nexthop-net/nexthop/config"
+)
+
+// The proof of issue 14 (IPv6 and dual-stack) on the netns cluster: the
+// IPv6 half routed natively over its own BGP sessions, next to IPv4 or
+// alone. The safety tests' IPv6 variants sit next to their IPv4 originals
+// (TestHostileToRIPv6, TestMartiansRefusedIPv6, TestMaxPrefixesIPv6,
+// TestGracefulRestartIPv6, TestDaemonKillAndRestartIPv6).
+
+// TestDualStack: 3 nodes and the FRR ToR, every node with an IPv4 and an
+// IPv6 block, every pod with an address of each. Each pair of speakers has
+// an IPv4 session and an IPv6 session. Pods ping across nodes in both
+// families; the underlay carries the IPv6 packets with the pods' own
+// addresses; `gobgp global rib -a ipv6` and FRR's `show bgp ipv6 unicast`
+// list every IPv6 block with its owner's IPv6 address as next hop; the
+// kernels hold proto 201 IPv6 routes via the peers' IPv6 addresses and a
+// blackhole for the own IPv6 block; IPv6 forwarding is on.
+func TestDualStack(t *testing.T) { stackProof(t, StackDual) }
+
+// TestIPv6Only is TestDualStack without any IPv4: IPv6 underlay, IPv6
+// sessions only, pods with an IPv6 address only, no IPv4 route from the
+// daemon, and a router ID derived from the node name.
+func TestIPv6Only(t *testing.T) { stackProof(t, StackIPv6) }
+
+func stackProof(t *testing.T, stack Stack) {
+	// startStackCluster waits for converged(): every node's kernel holds
+	// exactly the expected proto 201 routes of each family (the peers'
+	// blocks via their address of that family, a blackhole for its own),
+	// and each family's GoBGP RIB and FRR table exactly the blocks, from
+	// their owners with the owners as next hops.
+	c := startStackCluster(t, stack)
+
+	t.Run("sessions", func(t *testing.T) {
+		for _, n := range c.Nodes {
+			var want []netip.Addr
+			for _, v6 := range stack.Families() {
+				for _, m := range without(c.Nodes, n) {
+					want = append(want, m.AddressOf(v6))
+				}
+				want = append(want, c.ToR.AddressOf(v6))
+			}
+			if err := establishedExactly(c, n, want...); err != nil {
+				t.Error(err)
+			}
+		}
+		peers, err := c.ToR.Peers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range c.Nodes {
+			for _, v6 := range stack.Families() {
+				if p := peers[n.AddressOf(v6)]; p.State != "Established" {
+					t.Errorf("FRR's %s session with %s (%s): %q, want Established", family(v6), n.Name, n.AddressOf(v6), p.State)
+				}
+			}
+			if stack == StackIPv6 {
+				// No IPv4 address: the router ID is the hash of the name.
+				out, err := c.Gobgp(n, "global")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if id := config.HashRouterID(n.Name).String(); !strings.Contains(out, id) {
+					t.Errorf("%s: `gobgp global` does not show the derived router ID %s:\n%s", n.Name, id, out)
+				}
+			}
+		}
+	})
+
+	t.Run("forwarding", func(t *testing.T) {
+		for _, n := range c.Nodes {
+			out, err := Exec(n.NS, "cat", "/proc/sys/net/ipv6/conf/all/forwarding")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.TrimSpace(out) != "1" {
+				t.Errorf("%s: net.ipv6.conf.all.forwarding = %s, want 1 (the daemon turns it on for its IPv6 block)", n.Name, strings.TrimSpace(out))
+			}
+		}
+	})
+
+	t.Run("kernel", func(t *testing.T) {
+		// What a user types, on top of converged()'s exact comparison.
+		for _, n := range c.Nodes {
+			out, err := Exec(n.NS, "ip", "-6", "route", "show", "proto", fmt.Sprint(RouteProtocol))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s `ip -6 route show proto %d`:\n%s", n.Name, RouteProtocol, out)
+			lines := strings.Split(out, "\n")
+			if !containsLine(lines, "blackhole "+n.PodCIDROf(true).String()) {
+				t.Errorf("%s: no blackhole for its own IPv6 block %s", n.Name, n.PodCIDROf(true))
+			}
+			for _, m := range without(c.Nodes, n) {
+				if want := fmt.Sprintf("%s via %s dev %s", m.PodCIDROf(true), m.AddressV6, underlayLink); !containsLine(lines, want) {
+					t.Errorf("%s: no %q", n.Name, want)
+				}
+			}
+			if stack == StackIPv6 {
+				if v4, err := Routes(n.NS, RouteProtocol); err != nil || len(v4) > 0 {
+					t.Errorf("%s: IPv4 proto %d routes on an IPv6-only node (%v): %v", n.Name, RouteProtocol, err, v4)
+				}
+			}
+		}
+	})
+
+	t.Run("bgp", func(t *testing.T) {
+		for _, n := range c.Nodes {
+			out, err := c.Gobgp(n, "global", "rib", "-a", "ipv6")
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Split(out, "\n")
+			for _, m := range c.Nodes {
+				block := m.PodCIDROf(true).String()
+				if m == n {
+					if !containsLine(lines, block) {
+						t.Errorf("%s `gobgp global rib -a ipv6` lacks its own block %s:\n%s", n.Name, block, out)
+					}
+					continue
+				}
+				if !slices.ContainsFunc(lines, func(l string) bool {
+					return strings.Contains(l, block) && strings.Contains(l, m.AddressV6.String())
+				}) {
+					t.Errorf("%s `gobgp global rib -a ipv6` lacks %s via %s:\n%s", n.Name, block, m.AddressV6, out)
+				}
+			}
+		}
+		out, err := c.ToR.Vtysh("show bgp ipv6 unicast")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range c.Nodes {
+			if !strings.Contains(out, m.PodCIDROf(true).String()) {
+				t.Errorf("FRR `show bgp ipv6 unicast` lacks %s:\n%s", m.PodCIDROf(true), out)
+			}
+		}
+		t.Logf("FRR show bgp ipv6 unicast:\n%s", out)
+	})
+
+	t.Run("pods", func(t *testing.T) {
+		for _, n := range c.Nodes {
+			p := n.Pod
+			out, err := Exec(p.NS, "ip", "-j", "addr", "show", "dev", "eth0", "scope", "global")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, v6 := range []bool{false, true} {
+				a := p.IPOf(v6)
+				switch has := a.IsValid() && strings.Contains(out, `"`+a.String()+`"`); {
+				case stack.Has(v6) && !has:
+					t.Errorf("%s has no %s address (%s) on eth0: %s", p.Name, family(v6), a, out)
+				case !stack.Has(v6) && (a.IsValid() || strings.Contains(out, `"family":"inet"`)):
+					t.Errorf("%s has an IPv4 address on an IPv6-only cluster: %s", p.Name, out)
+				}
+			}
+		}
+	})
+
+	t.Run("underlay", func(t *testing.T) {
+		// Everything but BGP and ARP: a tunnelled or NATed copy of a
+		// ping would show too.
+		capture, err := c.StartCapture("pods-"+strings.ToLower(stack.String()), "not tcp port 179 and not arp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pingAround(t, c)
+		lines, err := capture.Stop()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, from := range c.Nodes {
+			to := c.Nodes[(i+1)%len(c.Nodes)]
+			for _, v6 := range stack.Families() {
+				for _, want := range echoLines(from.Pod, to.Pod, v6) {
+					if !containsLine(lines, want) {
+						t.Errorf("underlay capture lacks %q", want)
+					}
+				}
+			}
+		}
+		if err := notTunnelled(lines); err != nil {
+			t.Error(err)
+		}
+		if t.Failed() {
+			t.Logf("capture:\n%s", strings.Join(lines, "\n"))
+		}
+	})
+}
+
+// pingAround pings from every node's pod to the next node's, in every
+// family the cluster has.
+func pingAround(t *testing.T, c *Cluster) {
+	t.Helper()
+	for i, from := range c.Nodes {
+		to := c.Nodes[(i+1)%len(c.Nodes)]
+		for _, v6 := range c.Stack.Families() {
+			if err := Ping(from.Pod, to.Pod.IPOf(v6), 3); err != nil {
+				t.Errorf("%s → %s over %s: %v", from.Name, to.Name, family(v6), err)
+			}
+		}
+	}
+}
+
+// echoLines are tcpdump's lines for a ping between two pods and its reply,
+// with the pods' own addresses.
+func echoLines(from, to *Pod, v6 bool) []string {
+	a, b := from.IPOf(v6), to.IPOf(v6)
+	if v6 {
+		return []string{
+			fmt.Sprintf("IP6 %s > %s: ICMP6, echo request", a, b),
+			fmt.Sprintf("IP6 %s > %s: ICMP6, echo reply", b, a),
+		}
+	}
+	return []string{
+		fmt.Sprintf("IP %s > %s: ICMP echo request", a, b),
+		fmt.Sprintf("IP %s > %s: ICMP echo reply", b, a),
+	}
+}
+
+// notTunnelled fails on any captured packet that carries pod addresses
+// inside or behind node addresses: a tunnel (IP-in-IP, IPv6-in-IPv6,
+// VXLAN) shows the underlay addresses around the pods', NAT an underlay
+// address talking to a pod.
+func notTunnelled(lines []string) error {
+	var errs []error
+	for _, l := range lines {
+		underlay := strings.Contains(l, "192.0.2.") || strings.Contains(l, "fd00:192::")
+		pod := strings.Contains(l, "10.244.") || strings.Contains(l, "fd00:10:244:")
+		encap := strings.Contains(l, "VXLAN") || strings.Contains(l, "ip-proto-4") || strings.Contains(l, "ip-proto-41")
+		if (underlay && pod) || encap {
+			errs = append(errs, fmt.Errorf("encapsulated or NATed pod traffic on the underlay: %s", l))
+		}
+	}
+	return errors.Join(errs...)
+}
