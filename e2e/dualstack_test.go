@@ -15,7 +15,9 @@ import (
 // IPv6 half routed natively over its own BGP sessions, next to IPv4 or
 // alone. The safety tests' IPv6 variants sit next to their IPv4 originals
 // (TestHostileToRIPv6, TestMartiansRefusedIPv6, TestMaxPrefixesIPv6,
-// TestGracefulRestartIPv6, TestDaemonKillAndRestartIPv6).
+// TestGracefulRestartIPv6, TestDaemonKillAndRestartIPv6, and the
+// dual-stack TestGracefulRestartDualStack and
+// TestDaemonKillAndRestartDualStack).
 
 // TestDualStack: 3 nodes and the FRR ToR, every node with an IPv4 and an
 // IPv6 block, every pod with an address of each. Each pair of speakers has
@@ -118,6 +120,9 @@ func stackProof(t *testing.T, stack Stack) {
 			out, err := c.Gobgp(n, "global", "rib", "-a", "ipv6")
 			if err != nil {
 				t.Fatal(err)
+			}
+			if n == c.Nodes[0] {
+				t.Logf("%s `gobgp global rib -a ipv6`:\n%s", n.Name, out)
 			}
 			lines := strings.Split(out, "\n")
 			for _, m := range c.Nodes {

@@ -66,27 +66,37 @@ func TestGracefulRestart(t *testing.T) { gracefulRestart(t, StackIPv4) }
 // cluster): IPv6 pings, graceful restart of the IPv6 unicast sessions.
 func TestGracefulRestartIPv6(t *testing.T) { gracefulRestart(t, StackIPv6) }
 
+// TestGracefulRestartDualStack: the same with both families at once, one
+// pinger each: node2's IPv4 and IPv6 sessions each restart gracefully,
+// and FRR holds both of its blocks stale meanwhile.
+func TestGracefulRestartDualStack(t *testing.T) { gracefulRestart(t, StackDual) }
+
 func gracefulRestart(t *testing.T, stack Stack) {
 	c := startStackCluster(t, stack)
 	n1, n2 := c.Nodes[0], c.Nodes[1]
-	block := n2.PodCIDR()
+	blocks := n2.PodCIDRs()
 	for _, stop := range []struct {
 		name string
 		do   func(*Node) error
 	}{{"SIGKILL", c.KillDaemon}, {"SIGTERM", c.StopDaemon}} {
 		t.Run(stop.name, func(t *testing.T) {
-			p := startPinger(t, n1.Pod, n2.Pod.IP.String())
+			var pingers []*pinger
+			for _, v6 := range stack.Families() {
+				pingers = append(pingers, startPinger(t, n1.Pod, n2.Pod.IPOf(v6).String()))
+			}
 			time.Sleep(time.Second) // traffic flowing before the restart
 			if err := stop.do(n2); err != nil {
 				t.Fatal(err)
 			}
 			waitFor(t, withdrawTimeout, "FRR holds node2's block as stale", func() error {
-				stale, err := torStale(c, block)
-				if err != nil {
-					return err
-				}
-				if !stale {
-					return fmt.Errorf("FRR's path for %s is not stale", block)
+				for _, block := range blocks {
+					stale, err := torStale(c, block)
+					if err != nil {
+						return err
+					}
+					if !stale {
+						return fmt.Errorf("FRR's path for %s is not stale", block)
+					}
 				}
 				return nil
 			})
@@ -102,20 +112,28 @@ func gracefulRestart(t *testing.T, stack Stack) {
 			})
 			waitFor(t, restartTimeout, "routes exact everywhere", func() error { return converged(c, c.Nodes) })
 			waitFor(t, restartTimeout, "no stale path left at FRR", func() error {
-				stale, err := torStale(c, block)
-				if err == nil && stale {
-					err = fmt.Errorf("FRR still holds %s as stale", block)
+				for _, block := range blocks {
+					stale, err := torStale(c, block)
+					if err == nil && stale {
+						err = fmt.Errorf("FRR still holds %s as stale", block)
+					}
+					if err != nil {
+						return err
+					}
 				}
-				return err
+				return nil
 			})
 			time.Sleep(time.Second) // traffic flowing after the restart
-			sent, lost := p.stop(t)
-			t.Logf("%s restart: %d pings sent, %d lost", stop.name, sent, lost)
-			if sent < 100 {
-				t.Errorf("only %d pings sent: the test did not cover the restart", sent)
-			}
-			if lost != 0 {
-				t.Errorf("%d of %d pings lost across a %s restart of node2's daemon", lost, sent, stop.name)
+			for i, p := range pingers {
+				v6 := stack.Families()[i]
+				sent, lost := p.stop(t)
+				t.Logf("%s restart: %d pings sent to %s, %d lost", stop.name, sent, n2.Pod.IPOf(v6), lost)
+				if sent < 100 {
+					t.Errorf("only %d pings sent: the test did not cover the restart", sent)
+				}
+				if lost != 0 {
+					t.Errorf("%d of %d %s pings lost across a %s restart of node2's daemon", lost, sent, family(v6), stop.name)
+				}
 			}
 			if err := n2.LogContains("restarting=true"); err != nil {
 				t.Errorf("node2 did not come back as a restarting speaker: %v", err)

@@ -240,7 +240,11 @@ func (c *Cluster) attachPendingPod(n *Node) error {
 		return fmt.Errorf("attach %s to %s: %w", n.Pod.Name, n.Name, err)
 	}
 	n.attachPending = nil
-	c.log.Logf("%s: %s attached, %s", n.Name, n.Pod.Name, n.Pod.IP)
+	ips := n.Pod.IP.String()
+	if n.Pod.IPv6.IsValid() && n.Pod.IPv6 != n.Pod.IP {
+		ips += ", " + n.Pod.IPv6.String()
+	}
+	c.log.Logf("%s: %s attached, %s", n.Name, n.Pod.Name, ips)
 	return nil
 }
 

@@ -279,6 +279,11 @@ func TestDaemonKillAndRestart(t *testing.T) { daemonKillAndRestart(t, StackIPv4)
 // IPv6-only cluster: the IPv6 block withdrawn, no stale IPv6 route.
 func TestDaemonKillAndRestartIPv6(t *testing.T) { daemonKillAndRestart(t, StackIPv6) }
 
+// TestDaemonKillAndRestartDualStack: both of the killed node's blocks
+// withdrawn (each over its own session), both back, nothing stale in
+// either family.
+func TestDaemonKillAndRestartDualStack(t *testing.T) { daemonKillAndRestart(t, StackDual) }
+
 func daemonKillAndRestart(t *testing.T, stack Stack) {
 	c := startStackCluster(t, stack, noGracefulRestart)
 	victim := c.Nodes[1]
@@ -306,8 +311,10 @@ func daemonKillAndRestart(t *testing.T, stack Stack) {
 	})
 	for i, from := range c.Nodes {
 		to := c.Nodes[(i+1)%len(c.Nodes)]
-		if err := Ping(from.Pod, to.Pod.IP, 2); err != nil {
-			t.Errorf("%s → %s after restart: %v", from.Name, to.Name, err)
+		for _, v6 := range stack.Families() {
+			if err := Ping(from.Pod, to.Pod.IPOf(v6), 2); err != nil {
+				t.Errorf("%s → %s after restart: %v", from.Name, to.Name, err)
+			}
 		}
 	}
 }
