@@ -248,3 +248,54 @@ func notTunnelled(lines []string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// TestVXLANIPv6: vxlanMode Always on a dual-stack cluster. IPv6 pod
+// traffic goes through the second VXLAN device (vxlan.deviceV6) over the
+// IPv6 underlay, next hop the remote block's first address as for IPv4;
+// the underlay shows UDP 4789 between the nodes' IPv6 addresses with the
+// pods' packet inside (and notTunnelled, TestDualStack's check, says so);
+// the pod MTU is the least over the families (70 bytes of overhead over
+// IPv6).
+func TestVXLANIPv6(t *testing.T) {
+	requireHarness(t)
+	requireBinaries(t)
+	c := newCluster(t, Options{Nodes: 2, Stack: StackDual})
+	for _, n := range c.Nodes {
+		n.Config.VXLANMode = config.Always
+	}
+	if err := c.StartDaemons(); err != nil {
+		t.Fatal(err)
+	}
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	dev6 := config.DefaultVXLAN6Dev
+	wantRoute(t, n1, n2.PodCIDROf(true), fmt.Sprintf("%s via %s dev %s", n2.PodCIDROf(true), n2.PodCIDROf(true).Addr().Next(), dev6))
+	wantRoute(t, n1, n2.PodCIDROf(false), fmt.Sprintf("%s via %s dev %s", n2.PodCIDROf(false), n2.PodCIDROf(false).Addr().Next(), vxlanDev))
+	if err := n1.LogContains("podMTU=1430"); err != nil {
+		t.Errorf("pod MTU with VXLAN over an IPv6 1500 underlay: %v", err)
+	}
+	before := rxPackets(t, n2, dev6)
+	capture, err := c.StartCapture("vxlan6", "udp port 4789")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Ping(n1.Pod, n2.Pod.IPv6, 3); err != nil {
+		t.Fatal(err)
+	}
+	lines, err := capture.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rxPackets(t, n2, dev6) - before; got < 3 {
+		t.Errorf("node2's %s received %d packets for 3 pings, want ≥ 3", dev6, got)
+	}
+	all := strings.Join(lines, "\n")
+	if !strings.Contains(all, fmt.Sprintf("IP6 %s.", n1.AddressV6)) || !strings.Contains(all, fmt.Sprintf("> %s.4789: VXLAN", n2.AddressV6)) {
+		t.Errorf("no VXLAN packet from %s to %s on the underlay:\n%s", n1.AddressV6, n2.AddressV6, all)
+	}
+	if want := echoLines(n1.Pod, n2.Pod, true)[0]; !strings.Contains(all, want) {
+		t.Errorf("no %q inside the VXLAN packets:\n%s", want, all)
+	}
+	if notTunnelled(lines) == nil {
+		t.Errorf("notTunnelled finds nothing wrong with VXLAN traffic:\n%s", all)
+	}
+}

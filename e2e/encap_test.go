@@ -67,9 +67,14 @@ func vxlan(m config.EncapMode) func(*config.Config) {
 	return func(c *config.Config) { c.VXLANMode = m }
 }
 
-// routeLine returns `ip route show <dst> proto 201` on n, one line.
+// routeLine returns `ip [-6] route show <dst> proto 201` on n, one line
+// (ip lists IPv4 routes unless told otherwise, even for an IPv6 dst).
 func routeLine(n *Node, dst netip.Prefix) (string, error) {
-	out, err := Exec(n.NS, "ip", "route", "show", dst.String(), "proto", "201")
+	fam := "-4"
+	if dst.Addr().Is6() {
+		fam = "-6"
+	}
+	out, err := Exec(n.NS, "ip", fam, "route", "show", dst.String(), "proto", "201")
 	return strings.Join(strings.Fields(out), " "), err
 }
 
