@@ -3,7 +3,10 @@
 // pod ping, then waits for Ctrl-C and removes everything.
 //
 // With DEMO_CHECK=1 it runs non-interactively and exits 0 only when the
-// cross-node pings work. Run it as root through `make demo`.
+// cross-node pings work. DEMO_STACK picks the address families: dual (the
+// default: every node and pod has an IPv4 and an IPv6 address, one BGP
+// session per family), ipv4 or ipv6 (IPv6 only). Run it as root through
+// `make demo`.
 package main
 
 import (
@@ -42,9 +45,14 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	stack, err := stackFromEnv()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		return 2
+	}
 	log := stdoutLog{}
-	section("Building 3 nodes, 3 pods and an FRR ToR (AS 65000); nodes are AS 64512, iBGP full mesh")
-	c, err := e2e.New(e2e.Options{Nodes: 3, ToR: true, Log: log})
+	section(fmt.Sprintf("Building 3 nodes, 3 pods and an FRR ToR (AS 65000), %s; nodes are AS 64512, iBGP full mesh", stack))
+	c, err := e2e.New(e2e.Options{Nodes: 3, ToR: true, Stack: stack, Log: log})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		return 1
@@ -78,9 +86,11 @@ func run() int {
 	section("Cluster is up. Look around, for example:")
 	n1 := c.Nodes[0]
 	fmt.Printf("  ip netns exec %s %s/gobgp -p %d neighbor\n", n1.NS, c.Bin, e2e.GRPCPort)
-	fmt.Printf("  ip -n %s route show proto %d\n", n1.NS, e2e.RouteProtocol)
-	fmt.Printf("  ip netns exec %s ping %s\n", n1.Pod.NS, c.Nodes[1].Pod.IP)
-	fmt.Printf("  vtysh --vty_socket %s/vty -c 'show ip bgp'\n", c.ToR.Dir)
+	for _, v6 := range stack.Families() {
+		fmt.Printf("  ip -n %s %s route show proto %d\n", n1.NS, ipFlag(v6), e2e.RouteProtocol)
+		fmt.Printf("  ip netns exec %s ping %s\n", n1.Pod.NS, c.Nodes[1].Pod.IPOf(v6))
+		fmt.Printf("  vtysh --vty_socket %s/vty -c 'show bgp %s unicast'\n", c.ToR.Dir, afi(v6))
+	}
 	fmt.Printf("  logs: %s\n", c.Dir)
 	fmt.Println("\nPress Ctrl-C to tear everything down.")
 	<-ctx.Done()
@@ -91,6 +101,36 @@ func run() int {
 }
 
 func section(title string) { fmt.Printf("\n=== %s\n", title) }
+
+// stackFromEnv reads DEMO_STACK.
+func stackFromEnv() (e2e.Stack, error) {
+	switch s := os.Getenv("DEMO_STACK"); s {
+	case "", "dual":
+		return e2e.StackDual, nil
+	case "ipv4":
+		return e2e.StackIPv4, nil
+	case "ipv6":
+		return e2e.StackIPv6, nil
+	default:
+		return 0, fmt.Errorf("DEMO_STACK=%q: want dual, ipv4 or ipv6", s)
+	}
+}
+
+// afi is the family's name in FRR and gobgp commands.
+func afi(v6 bool) string {
+	if v6 {
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+// ipFlag is iproute2's family flag.
+func ipFlag(v6 bool) string {
+	if v6 {
+		return "-6"
+	}
+	return "-4"
+}
 
 // waitSessions prints BGP session progress until every node has all its
 // sessions up and every kernel holds the other nodes' blocks.
@@ -133,9 +173,10 @@ func progress(c *e2e.Cluster) (string, bool) {
 		parts = append(parts, fmt.Sprintf("%s %d/%d", n.Name, len(up), len(n.Config.Peers)))
 		done = done && len(up) == len(n.Config.Peers)
 	}
+	fams := c.Stack.Families()
 	if up, err := c.ToR.Established(); err == nil {
-		parts = append(parts, fmt.Sprintf("tor %d/%d", len(up), len(c.Nodes)))
-		done = done && len(up) == len(c.Nodes)
+		parts = append(parts, fmt.Sprintf("tor %d/%d", len(up), len(c.Nodes)*len(fams)))
+		done = done && len(up) == len(c.Nodes)*len(fams)
 	} else {
 		done = false
 	}
@@ -146,11 +187,13 @@ func progress(c *e2e.Cluster) (string, bool) {
 			if m == n {
 				continue
 			}
-			want++
-			if slices.ContainsFunc(routes, func(r e2e.Route) bool {
-				return r.Dst == m.PodCIDR() && slices.Contains(r.Gateways, m.Address)
-			}) {
-				have++
+			for _, v6 := range fams {
+				want++
+				if slices.ContainsFunc(routes, func(r e2e.Route) bool {
+					return r.Dst == m.PodCIDROf(v6) && slices.Contains(r.Gateways, m.AddressOf(v6))
+				}) {
+					have++
+				}
 			}
 		}
 	}
@@ -158,19 +201,23 @@ func progress(c *e2e.Cluster) (string, bool) {
 	return fmt.Sprintf("sessions established: %s; pod routes in kernels %d/%d", strings.Join(parts, ", "), have, want), done
 }
 
-// show prints what an operator would look at.
+// show prints what an operator would look at, per family.
 func show(c *e2e.Cluster) {
 	for _, n := range c.Nodes {
-		section(fmt.Sprintf("%s (%s, pod block %s): gobgp -p %d global rib", n.Name, n.Address, n.PodCIDR(), e2e.GRPCPort))
-		out, err := c.Gobgp(n, "global", "rib")
-		printOut(out, err)
-		section(fmt.Sprintf("%s: ip route show proto %d", n.Name, e2e.RouteProtocol))
-		out, err = e2e.Exec(n.NS, "ip", "route", "show", "proto", fmt.Sprint(e2e.RouteProtocol))
+		for _, v6 := range c.Stack.Families() {
+			section(fmt.Sprintf("%s (%s, pod block %s): gobgp -p %d global rib -a %s", n.Name, n.AddressOf(v6), n.PodCIDROf(v6), e2e.GRPCPort, afi(v6)))
+			out, err := c.Gobgp(n, "global", "rib", "-a", afi(v6))
+			printOut(out, err)
+			section(fmt.Sprintf("%s: ip %s route show proto %d", n.Name, ipFlag(v6), e2e.RouteProtocol))
+			out, err = e2e.Exec(n.NS, "ip", ipFlag(v6), "route", "show", "proto", fmt.Sprint(e2e.RouteProtocol))
+			printOut(out, err)
+		}
+	}
+	for _, v6 := range c.Stack.Families() {
+		section("FRR ToR: show bgp " + afi(v6) + " unicast")
+		out, err := c.ToR.Vtysh("show bgp " + afi(v6) + " unicast")
 		printOut(out, err)
 	}
-	section("FRR ToR: show ip bgp")
-	out, err := c.ToR.Vtysh("show ip bgp")
-	printOut(out, err)
 }
 
 func printOut(out string, err error) {
@@ -180,15 +227,18 @@ func printOut(out string, err error) {
 	}
 }
 
-// pingAll pings from each pod to the pod on the next node.
+// pingAll pings from each pod to the pod on the next node, in every
+// family.
 func pingAll(c *e2e.Cluster) bool {
 	ok := true
 	for i, from := range c.Nodes {
 		to := c.Nodes[(i+1)%len(c.Nodes)]
-		section(fmt.Sprintf("ping from %s (%s on %s) to %s (%s on %s)", from.Pod.Name, from.Pod.IP, from.Name, to.Pod.Name, to.Pod.IP, to.Name))
-		out, err := ping(from.Pod, to.Pod.IP)
-		printOut(out, err)
-		ok = ok && err == nil
+		for _, v6 := range c.Stack.Families() {
+			section(fmt.Sprintf("ping from %s (%s on %s) to %s (%s on %s)", from.Pod.Name, from.Pod.IPOf(v6), from.Name, to.Pod.Name, to.Pod.IPOf(v6), to.Name))
+			out, err := ping(from.Pod, to.Pod.IPOf(v6))
+			printOut(out, err)
+			ok = ok && err == nil
+		}
 	}
 	return ok
 }
