@@ -1,14 +1,18 @@
 package e2e
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/nexthop-net/nexthop/config"
+	"github.com/nexthop-net/nexthop/status"
 )
 
 // The proof of issue 14 (IPv6 and dual-stack) on the netns cluster: the
@@ -74,6 +78,89 @@ func stackProof(t *testing.T, stack Stack) {
 				if id := config.HashRouterID(n.Name).String(); !strings.Contains(out, id) {
 					t.Errorf("%s: `gobgp global` does not show the derived router ID %s:\n%s", n.Name, id, out)
 				}
+			}
+		}
+	})
+
+	t.Run("status", func(t *testing.T) {
+		// `nexthopd status` and /metrics show both families: the blocks,
+		// each peer with its family, the session gauges per family.
+		bin := filepath.Join(BinDir(), "nexthopd")
+		n := c.Nodes[0]
+		var want []netip.Addr
+		for _, v6 := range stack.Families() {
+			for _, m := range without(c.Nodes, n) {
+				want = append(want, m.AddressOf(v6))
+			}
+			want = append(want, c.ToR.AddressOf(v6))
+		}
+		var r status.Report
+		waitFor(t, restartTimeout, "status -o json with every peer established", func() error {
+			js, err := Exec(n.NS, bin, "status", "-o", "json")
+			if err != nil {
+				return err
+			}
+			r = status.Report{}
+			if err := json.Unmarshal([]byte(js), &r); err != nil {
+				return Permanent(fmt.Errorf("status -o json does not parse: %v\n%s", err, js))
+			}
+			var errs []error
+			peers := map[string]status.Peer{}
+			for _, p := range r.Peers {
+				peers[p.Address] = p
+			}
+			for _, a := range want {
+				switch p, ok := peers[a.String()]; {
+				case !ok:
+					errs = append(errs, fmt.Errorf("no peer %s", a))
+				case p.State != "established" || p.Family != family(a.Is6()):
+					errs = append(errs, fmt.Errorf("peer %s: %s %s, want established %s", a, p.Family, p.State, family(a.Is6())))
+				}
+			}
+			if len(r.Peers) != len(want) {
+				errs = append(errs, fmt.Errorf("%d peers, want %d", len(r.Peers), len(want)))
+			}
+			return errors.Join(errs...)
+		})
+		var blocks []string
+		for _, b := range n.PodCIDRs() {
+			blocks = append(blocks, b.String())
+		}
+		if !slices.Equal(r.PodCIDRs, blocks) {
+			t.Errorf("status -o json: podCIDRs %v, want %v", r.PodCIDRs, blocks)
+		}
+		if r.AddressV6 != n.AddressV6.String() {
+			t.Errorf("status -o json: addressV6 %q, want %s", r.AddressV6, n.AddressV6)
+		}
+		out, err := Exec(n.NS, bin, "status")
+		if err != nil {
+			t.Fatalf("nexthopd status: %v\n%s", err, out)
+		}
+		t.Logf("nexthopd status on %s:\n%s", n.Name, out)
+		for _, b := range blocks {
+			if !strings.Contains(out, b) {
+				t.Errorf("nexthopd status does not show the block %s", b)
+			}
+		}
+		for _, a := range want {
+			if !regexp.MustCompile(`(?m)^\s+` + regexp.QuoteMeta(a.String()) + `\s+` + family(a.Is6()) + `\s+\d+\s+established\s`).MatchString(out) {
+				t.Errorf("nexthopd status does not list %s as an established %s peer", a, family(a.Is6()))
+			}
+		}
+		body, err := httpGetIn(n.NS, "http://"+config.DefaultMetricsListen+"/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v6 := range []bool{false, true} {
+			wantUp := 0
+			for _, a := range want {
+				if a.Is6() == v6 {
+					wantUp++
+				}
+			}
+			series := fmt.Sprintf(`nexthop_bgp_sessions{established="true",family=%q}`, strings.ToLower(family(v6)))
+			if v, ok := metric(body, series); !ok || v != float64(wantUp) {
+				t.Errorf("/metrics: %s = %v (found %v), want %d", series, v, ok, wantUp)
 			}
 		}
 	})
