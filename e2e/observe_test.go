@@ -118,7 +118,7 @@ func TestMetricsAndStatus(t *testing.T) {
 	}
 	t.Logf("nexthopd status on %s:\n%s", n.Name, out)
 	for _, peer := range []string{c.Nodes[1].Address.String(), c.Nodes[2].Address.String(), c.ToR.Address.String()} {
-		if !regexp.MustCompile(`(?m)^\s+` + regexp.QuoteMeta(peer) + `\s+\d+\s+established\s`).MatchString(out) {
+		if !regexp.MustCompile(`(?m)^\s+` + regexp.QuoteMeta(peer) + `\s+IPv4\s+\d+\s+established\s`).MatchString(out) {
 			t.Errorf("status does not list %s as established", peer)
 		}
 	}
