@@ -48,14 +48,7 @@ func stackProof(t *testing.T, stack Stack) {
 
 	t.Run("sessions", func(t *testing.T) {
 		for _, n := range c.Nodes {
-			var want []netip.Addr
-			for _, v6 := range stack.Families() {
-				for _, m := range without(c.Nodes, n) {
-					want = append(want, m.AddressOf(v6))
-				}
-				want = append(want, c.ToR.AddressOf(v6))
-			}
-			if err := establishedExactly(c, n, want...); err != nil {
+			if err := establishedExactly(c, n, peerAddrs(c, n)...); err != nil {
 				t.Error(err)
 			}
 		}
@@ -87,13 +80,7 @@ func stackProof(t *testing.T, stack Stack) {
 		// each peer with its family, the session gauges per family.
 		bin := filepath.Join(BinDir(), "nexthopd")
 		n := c.Nodes[0]
-		var want []netip.Addr
-		for _, v6 := range stack.Families() {
-			for _, m := range without(c.Nodes, n) {
-				want = append(want, m.AddressOf(v6))
-			}
-			want = append(want, c.ToR.AddressOf(v6))
-		}
+		want := peerAddrs(c, n)
 		var r status.Report
 		waitFor(t, restartTimeout, "status -o json with every peer established", func() error {
 			js, err := Exec(n.NS, bin, "status", "-o", "json")
@@ -287,6 +274,19 @@ func stackProof(t *testing.T, stack Stack) {
 			t.Logf("capture:\n%s", strings.Join(lines, "\n"))
 		}
 	})
+}
+
+// peerAddrs are the addresses node n has a session with: every other
+// node and the ToR, in each family of the cluster.
+func peerAddrs(c *Cluster, n *Node) []netip.Addr {
+	var out []netip.Addr
+	for _, v6 := range c.Stack.Families() {
+		for _, m := range without(c.Nodes, n) {
+			out = append(out, m.AddressOf(v6))
+		}
+		out = append(out, c.ToR.AddressOf(v6))
+	}
+	return out
 }
 
 // pingAround pings from every node's pod to the next node's, in every
