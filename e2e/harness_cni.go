@@ -484,10 +484,14 @@ func CNIPod(c *Cluster, n *Node, p *Pod) error {
 	if err != nil {
 		return err
 	}
-	ip, veth, err := ResultPod(res)
+	ip, ip6, veth, err := ResultPodAddrs(res)
 	if err != nil {
 		return err
 	}
-	p.IP, p.HostVeth = ip, veth
+	// Pod.IP is the IPv4 address, or the IPv6 one on an IPv6-only pod.
+	p.IP, p.IPv6, p.HostVeth = ip, ip6, veth
+	if !p.IP.IsValid() {
+		p.IP = ip6
+	}
 	return nil
 }
