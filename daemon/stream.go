@@ -81,7 +81,7 @@ var (
 	ipv4Forwarding = forwardingSysctl{"net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward",
 		"the init container sets it"}
 	ipv6Forwarding = forwardingSysctl{"net.ipv6.conf.all.forwarding", "/proc/sys/net/ipv6/conf/all/forwarding",
-		"the init container sets it when run with -ipv6-forward=/proc/sys/net/ipv6/conf/all/forwarding"}
+		"the init container sets it with -ipv6-forward=auto, the manifests' setting, when the Node has an IPv6 pod CIDR at its start (see its log; a pod restart runs it again), or always with -ipv6-forward=/proc/sys/net/ipv6/conf/all/forwarding"}
 )
 
 // ensureForwarding makes sure the node routes the family of s, and says

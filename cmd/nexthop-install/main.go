@@ -20,12 +20,15 @@
 // It also enables IPv4 forwarding on the host, the one thing that needs a
 // writable /proc/sys, so that the long-running daemon container can stay
 // unprivileged; and IPv6 forwarding too when -ipv6-forward names its
-// sysctl (a dual-stack or IPv6 cluster: a forwarding host ignores router
-// advertisements, which an IPv4-only cluster has no reason to risk).
+// sysctl, or with -ipv6-forward=auto (the manifests' setting) when the
+// Node has an IPv6 pod CIDR (a dual-stack or IPv6 cluster: a forwarding
+// host ignores router advertisements, which an IPv4-only cluster has no
+// reason to risk).
 package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"flag"
@@ -37,6 +40,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 )
 
 const (
@@ -63,13 +67,24 @@ func main() {
 	confOverride := flag.String("conf-override", "/etc/nexthop/cni", "directory of an optional conflist from the ConfigMap")
 	confDst := flag.String("conf-dst", "/host/etc/cni/net.d", "host CNI config directory (mounted)")
 	ipForward := flag.String("ip-forward", "/proc/sys/net/ipv4/ip_forward", "sysctl file to set to 1; empty to skip")
-	ipv6Forward := flag.String("ipv6-forward", "", "IPv6 forwarding sysctl file to set to 1 (/proc/sys/net/ipv6/conf/all/forwarding on a node with an IPv6 pod block); empty to skip")
+	ipv6Forward := flag.String("ipv6-forward", "", `IPv6 forwarding sysctl file to set to 1 (/proc/sys/net/ipv6/conf/all/forwarding on a node with an IPv6 pod block); "auto": that file when this Node has an IPv6 pod CIDR (read from the API); empty to skip`)
+	nodeName := flag.String("node-name", os.Getenv("NODE_NAME"), `this node's name, for -ipv6-forward=auto (default $NODE_NAME)`)
+	podCIDRWait := flag.Duration("pod-cidr-wait", 2*time.Minute, "-ipv6-forward=auto: how long to wait for the Node's spec.podCIDRs")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 
-	if err := run(log, *binSrc, *binDst, *confSrc, *confOverride, *confDst, *ipForward, *ipv6Forward); err != nil {
+	explicit := *ipv6Forward
+	if explicit == "auto" {
+		explicit = ""
+	}
+	if err := run(log, *binSrc, *binDst, *confSrc, *confOverride, *confDst, *ipForward, explicit); err != nil {
 		log.Error("install failed", "err", err)
 		os.Exit(1)
+	}
+	if *ipv6Forward == "auto" {
+		ctx, cancel := context.WithTimeout(context.Background(), *podCIDRWait+30*time.Second)
+		defer cancel()
+		enableIPv6Forwarding(ctx, log, ipv6Options{Sysctl: ipv6ForwardingSysctl, Node: *nodeName, Wait: *podCIDRWait, PodCIDRs: inClusterPodCIDRs(*nodeName)})
 	}
 }
 
