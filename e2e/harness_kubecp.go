@@ -30,7 +30,31 @@ var (
 	ClusterCIDR = netip.MustParsePrefix("10.244.0.0/16")
 	// ServiceCIDR is where ClusterIP Services get their addresses.
 	ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
+	// ClusterCIDRV6 and ServiceCIDRV6 are their IPv6 halves on a
+	// dual-stack cluster: each Node gets a /64 of ClusterCIDRV6 (the pod
+	// pool of the netns tests, PodPoolV6), Services an address of
+	// ServiceCIDRV6 (a /112: as many addresses as the IPv4 /16).
+	ClusterCIDRV6 = PodPoolV6
+	ServiceCIDRV6 = netip.MustParsePrefix("fd00:10:96::/112")
 )
+
+// Node block sizes kube-controller-manager carves from the cluster CIDRs:
+// a /64 per node, as the netns tests' blocks (the IPAM allocates sparsely,
+// so a /64 costs nothing).
+const (
+	nodeCIDRBitsV4 = 24
+	nodeCIDRBitsV6 = 64
+)
+
+// joinPrefixes is prefixes as the Kubernetes flags take them, comma
+// separated, IPv4 first.
+func joinPrefixes(prefixes []netip.Prefix) string {
+	s := make([]string, len(prefixes))
+	for i, p := range prefixes {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
+}
 
 const (
 	apiServerPort = 6443
@@ -67,9 +91,19 @@ func controlPlaneUsers(nodes []*Node) [][2]string {
 	return u
 }
 
+// cpOptions describe the control plane: where its binaries are and the
+// families of the cluster (one CIDR of each in both lists, IPv4 first).
+type cpOptions struct {
+	bin                        string
+	clusterCIDRs, serviceCIDRs []netip.Prefix
+}
+
 // startControlPlane creates the control-plane namespace on the underlay
-// and starts the four servers in it.
-func (c *Cluster) startControlPlane(bin string) (*controlPlane, error) {
+// and starts the four servers in it. The API server stays on IPv4 on a
+// dual-stack cluster too, as the kubernetes Service (of the first family)
+// is.
+func (c *Cluster) startControlPlane(o cpOptions) (*controlPlane, error) {
+	bin := o.bin
 	cp := &controlPlane{ns: c.Prefix + "cp", dir: filepath.Join(c.Dir, "cp"), bin: bin, tokens: map[string]string{}}
 	if err := os.MkdirAll(cp.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create control-plane dir: %w", err)
@@ -122,7 +156,7 @@ func (c *Cluster) startControlPlane(bin string) (*controlPlane, error) {
 		"--authorization-mode=Node,RBAC",
 		"--service-account-key-file="+saPub, "--service-account-signing-key-file="+saKey,
 		"--service-account-issuer=https://kubernetes.default.svc",
-		"--service-cluster-ip-range="+ServiceCIDR.String(),
+		"--service-cluster-ip-range="+joinPrefixes(o.serviceCIDRs),
 		"--allow-privileged=true",
 		// exec and logs dial the node's InternalIP, not its name.
 		"--kubelet-preferred-address-types=InternalIP",
@@ -143,17 +177,27 @@ func (c *Cluster) startControlPlane(bin string) (*controlPlane, error) {
 	if err := cp.writeKubeconfig(admin, fmt.Sprintf("https://%s:%d", addr, apiServerPort), "admin"); err != nil {
 		return nil, err
 	}
-	if err := inNS("kube-controller-manager", "--kubeconfig="+admin,
+	kcm := []string{"--kubeconfig=" + admin,
 		"--leader-elect=false", "--bind-address=127.0.0.1",
-		"--allocate-node-cidrs=true", "--cluster-cidr="+ClusterCIDR.String(), "--node-cidr-mask-size=24",
-		"--service-cluster-ip-range="+ServiceCIDR.String(),
+		"--allocate-node-cidrs=true", "--cluster-cidr=" + joinPrefixes(o.clusterCIDRs)}
+	// A mask size flag per family the cluster has: the controller manager
+	// refuses --node-cidr-mask-size-ipv6 on an IPv4 cluster.
+	for _, p := range o.clusterCIDRs {
+		if p.Addr().Is4() {
+			kcm = append(kcm, fmt.Sprintf("--node-cidr-mask-size-ipv4=%d", nodeCIDRBitsV4))
+		} else {
+			kcm = append(kcm, fmt.Sprintf("--node-cidr-mask-size-ipv6=%d", nodeCIDRBitsV6))
+		}
+	}
+	if err := inNS("kube-controller-manager", append(kcm,
+		"--service-cluster-ip-range="+joinPrefixes(o.serviceCIDRs),
 		"--use-service-account-credentials=true", "--service-account-private-key-file="+saKey,
 		"--root-ca-file="+cp.caFile(),
 		// Otherwise it creates /usr/libexec/kubernetes/... on the machine.
 		"--flex-volume-plugin-dir="+filepath.Join(cp.dir, "volume-plugins"),
 		// A deleted node's pods go quickly; a rebooting one is back well
 		// before this.
-		"--node-monitor-grace-period=40s", "--v=1"); err != nil {
+		"--node-monitor-grace-period=40s", "--v=1")...); err != nil {
 		return nil, err
 	}
 	if err := inNS("kube-scheduler", "--kubeconfig="+admin, "--leader-elect=false", "--bind-address=127.0.0.1", "--v=1"); err != nil {

@@ -52,6 +52,11 @@ type KubeOptions struct {
 	// Image is the nexthop image tarball (`make image-tar`); empty means
 	// nexthop-image.tar in the binaries directory.
 	Image string
+	// Stack is StackIPv4 (the zero value) or StackDual: every node then
+	// has an IPv6 underlay address too (kubelet --node-ip with both), the
+	// control plane hands out a pod CIDR and Service addresses of each
+	// family, and kube-proxy serves both.
+	Stack Stack
 }
 
 // KubeCluster is a running kubelet cluster; Close removes all of it.
@@ -67,6 +72,10 @@ type KubeCluster struct {
 	// ImageRef is the nexthop image the nodes have imported, from
 	// ImageTar.
 	ImageRef, ImageTar string
+	// ClusterCIDRs and ServiceCIDRs are kube-controller-manager's
+	// --cluster-cidr and the API server's --service-cluster-ip-range: one
+	// prefix per family, IPv4 first.
+	ClusterCIDRs, ServiceCIDRs []netip.Prefix
 
 	cp     *controlPlane
 	images []string // tarballs every node imports
@@ -146,6 +155,9 @@ func NewKubeCluster(ctx context.Context, o KubeOptions) (k *KubeCluster, err err
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
+	if o.Stack != StackIPv4 && o.Stack != StackDual {
+		return nil, fmt.Errorf("kubelet cluster: %s is not supported (IPv4 or dual-stack)", o.Stack)
+	}
 	if err := errors.Join(CheckTools(), CheckKubeTools()); err != nil {
 		return nil, err
 	}
@@ -153,11 +165,15 @@ func NewKubeCluster(ctx context.Context, o KubeOptions) (k *KubeCluster, err err
 	if err != nil {
 		return nil, err
 	}
-	c, err := New(Options{Nodes: o.Nodes, ToR: true, NoPods: true, Log: o.Log})
+	c, err := New(Options{Nodes: o.Nodes, ToR: true, NoPods: true, Log: o.Log, Stack: o.Stack})
 	if err != nil {
 		return nil, err
 	}
-	k = &KubeCluster{Cluster: c}
+	k = &KubeCluster{Cluster: c, ClusterCIDRs: []netip.Prefix{ClusterCIDR}, ServiceCIDRs: []netip.Prefix{ServiceCIDR}}
+	if o.Stack == StackDual {
+		k.ClusterCIDRs = append(k.ClusterCIDRs, ClusterCIDRV6)
+		k.ServiceCIDRs = append(k.ServiceCIDRs, ServiceCIDRV6)
+	}
 	defer func() {
 		if err != nil {
 			k.Close()
@@ -174,7 +190,7 @@ func NewKubeCluster(ctx context.Context, o KubeOptions) (k *KubeCluster, err err
 		return k, err
 	}
 	c.log.Logf("kube: control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) in %s", c.Prefix+"cp")
-	if k.cp, err = c.startControlPlane(bin); err != nil {
+	if k.cp, err = c.startControlPlane(cpOptions{bin: bin, clusterCIDRs: k.ClusterCIDRs, serviceCIDRs: k.ServiceCIDRs}); err != nil {
 		return k, err
 	}
 	k.Kubeconfig = filepath.Join(c.Dir, "kubeconfig")
@@ -201,17 +217,16 @@ func NewKubeCluster(ctx context.Context, o KubeOptions) (k *KubeCluster, err err
 		}
 	}
 	err = WaitFor(2*time.Minute, time.Second, func() error {
-		out, err := k.Kubectl(ctx, "get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name}={.spec.podCIDR} {end}")
+		cidrs, err := k.NodePodCIDRs(ctx)
 		if err != nil {
 			return err
 		}
-		got := strings.Fields(out)
-		if len(got) != len(k.KNodes) {
-			return fmt.Errorf("%d of %d nodes registered: %s", len(got), len(k.KNodes), out)
+		if len(cidrs) != len(k.KNodes) {
+			return fmt.Errorf("%d of %d nodes registered: %v", len(cidrs), len(k.KNodes), cidrs)
 		}
-		for _, g := range got {
-			if strings.HasSuffix(g, "=") {
-				return fmt.Errorf("node %s has no pod CIDR yet", strings.TrimSuffix(g, "="))
+		for name, c := range cidrs {
+			if len(c) != len(k.ClusterCIDRs) {
+				return fmt.Errorf("node %s has pod CIDRs %v, want one of each of %v", name, c, k.ClusterCIDRs)
 			}
 		}
 		return nil
@@ -220,6 +235,30 @@ func NewKubeCluster(ctx context.Context, o KubeOptions) (k *KubeCluster, err err
 		return k, fmt.Errorf("nodes registering: %w", err)
 	}
 	return k, nil
+}
+
+// NodePodCIDRs maps each registered Node to its spec.podCIDRs.
+func (k *KubeCluster) NodePodCIDRs(ctx context.Context) (map[string][]netip.Prefix, error) {
+	out, err := k.Kubectl(ctx, "get", "nodes", "-o", `jsonpath={range .items[*]}{.metadata.name}={.spec.podCIDRs[*]}{"\n"}{end}`)
+	if err != nil {
+		return nil, err
+	}
+	cidrs := map[string][]netip.Prefix{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		name, list, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		cidrs[name] = nil
+		for _, f := range strings.Fields(list) {
+			p, err := netip.ParsePrefix(f)
+			if err != nil {
+				return nil, fmt.Errorf("node %s: spec.podCIDRs: %w", name, err)
+			}
+			cidrs[name] = append(cidrs[name], p)
+		}
+	}
+	return cidrs, nil
 }
 
 // imageRef reads the reference an image tarball carries (manifest.json's
@@ -571,6 +610,17 @@ authorization:
   mode: AlwaysAllow
 `
 
+// nodeIPs is the kubelet's --node-ip: the node's underlay address of each
+// family, IPv4 first (the Node's InternalIPs, which nexthop takes as the
+// node's addresses).
+func (n *KubeNode) nodeIPs() string {
+	ips := []string{n.Address.String()}
+	if n.AddressV6.IsValid() {
+		ips = append(ips, n.AddressV6.String())
+	}
+	return strings.Join(ips, ",")
+}
+
 func (n *KubeNode) startKubelet() error {
 	conf, kc := filepath.Join(n.dir, "kubelet.yaml"), filepath.Join(n.dir, "kubelet.kubeconfig")
 	if err := os.WriteFile(conf, []byte(fmt.Sprintf(kubeletConfig, n.cgroupName(), n.Address)), 0o644); err != nil {
@@ -580,7 +630,7 @@ func (n *KubeNode) startKubelet() error {
 		return err
 	}
 	p, err := n.daemon("kubelet", filepath.Join(n.k.cp.bin, "kubelet"), "--config="+conf, "--kubeconfig="+kc,
-		"--hostname-override="+n.Name, "--node-ip="+n.Address.String(), "--v=1")
+		"--hostname-override="+n.Name, "--node-ip="+n.nodeIPs(), "--v=1")
 	if err != nil {
 		return err
 	}
@@ -609,7 +659,7 @@ conntrack:
 // DaemonSet a kubeadm cluster runs it as.
 func (n *KubeNode) startKubeProxy() error {
 	conf, kc := filepath.Join(n.dir, "kube-proxy.yaml"), filepath.Join(n.dir, "kube-proxy.kubeconfig")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(kubeProxyConfig, kc, ClusterCIDR, n.Name)), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(kubeProxyConfig, kc, joinPrefixes(n.k.ClusterCIDRs), n.Name)), 0o644); err != nil {
 		return err
 	}
 	if err := n.k.cp.writeKubeconfig(kc, fmt.Sprintf("https://%s:%d", ControlPlaneAddress, apiServerPort), "system:kube-proxy"); err != nil {
@@ -735,6 +785,9 @@ func (n *KubeNode) Reboot() error {
 	if err := n.k.pinUnderlay(); err != nil {
 		return err
 	}
+	if err := n.k.pinUnderlayV6(); err != nil {
+		return err
+	}
 	return n.start()
 }
 
@@ -753,19 +806,32 @@ func (k *KubeCluster) Close() {
 }
 
 // Install applies manifests/ through an overlay that changes only the
-// image, peers the nodes with the ToR (a BGPPeer), and waits until the
-// DaemonSet has rolled out and every node is Ready.
+// image, peers the nodes with the ToR (a BGPPeer per family), and waits
+// until the DaemonSet has rolled out and every node is Ready. A dual-stack
+// cluster first gets what kubeadm would have left (see kubeadmConfig).
 func (k *KubeCluster) Install(ctx context.Context) error {
 	if err := k.writeOverlay(); err != nil {
 		return err
+	}
+	if k.Stack == StackDual {
+		if err := k.Apply(ctx, k.kubeadmConfig()); err != nil {
+			return fmt.Errorf("kubeadm-config ConfigMap: %w", err)
+		}
 	}
 	k.log.Logf("kube: kubectl apply -k %s (image %s)", k.Overlay(), k.ImageRef)
 	if out, err := k.Kubectl(ctx, "apply", "-k", k.Overlay()); err != nil {
 		return fmt.Errorf("install: %w\n%s", err, out)
 	}
-	peer := fmt.Sprintf(`{"apiVersion":"nexthop.io/v1","kind":"BGPPeer","metadata":{"name":"tor"},"spec":{"peerIP":%q,"asNumber":%d}}`, k.ToR.Address, ToRAS)
-	if err := k.applyJSON(ctx, peer); err != nil {
-		return fmt.Errorf("BGPPeer for the ToR: %w", err)
+	peers := map[string]netip.Addr{"tor": k.ToR.Address}
+	if k.Stack == StackDual {
+		// One session per family: a BGPPeer per address of the ToR.
+		peers["tor-v6"] = k.ToR.AddressV6
+	}
+	for name, addr := range peers {
+		peer := fmt.Sprintf(`{"apiVersion":"nexthop.io/v1","kind":"BGPPeer","metadata":{"name":%q},"spec":{"peerIP":%q,"asNumber":%d}}`, name, addr, ToRAS)
+		if err := k.applyJSON(ctx, peer); err != nil {
+			return fmt.Errorf("BGPPeer %s for the ToR: %w", name, err)
+		}
 	}
 	if out, err := k.Kubectl(ctx, "-n", "nexthop-system", "rollout", "status", "ds/nexthop", "--timeout=5m"); err != nil {
 		return fmt.Errorf("DaemonSet rollout: %w\n%s", err, out)
@@ -774,6 +840,28 @@ func (k *KubeCluster) Install(ctx context.Context) error {
 		return fmt.Errorf("nodes Ready: %w\n%s", err, out)
 	}
 	return nil
+}
+
+// kubeadmConfig is the ConfigMap kube-system/kubeadm-config as kubeadm
+// init writes it for this cluster (networking as kubeadm's
+// --pod-network-cidr and --service-cidr; the rest left out). The daemons
+// read its podSubnet to create the default IPPools: on a dual-stack
+// cluster one per family, which is what a kubeadm user gets.
+func (k *KubeCluster) kubeadmConfig() string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: ConfigMap
+metadata: {name: kubeadm-config, namespace: kube-system}
+data:
+  ClusterConfiguration: |
+    apiVersion: kubeadm.k8s.io/v1beta4
+    kind: ClusterConfiguration
+    kubernetesVersion: v1.34.2
+    controlPlaneEndpoint: %s:%d
+    networking:
+      dnsDomain: cluster.local
+      podSubnet: %s
+      serviceSubnet: %s
+`, ControlPlaneAddress, apiServerPort, joinPrefixes(k.ClusterCIDRs), joinPrefixes(k.ServiceCIDRs))
 }
 
 // Overlay is the kustomize overlay Install applies.
@@ -819,8 +907,10 @@ type PodSandbox struct {
 	Node *KubeNode
 	// Pid is the sandbox's pause process: nsenter -t Pid -n enters the
 	// pod's network namespace.
-	Pid      int
-	IP       netip.Addr
+	Pid int
+	IP  netip.Addr
+	// IPv6 is the pod's global IPv6 address on a dual-stack cluster.
+	IPv6     netip.Addr
 	HostVeth string
 }
 
@@ -844,23 +934,16 @@ func (n *KubeNode) Sandboxes() ([]PodSandbox, error) {
 		if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.TrimRight(string(cmd), "\x00") != "/pause" {
 			continue
 		}
-		out, err := run("nsenter", "-t", strconv.Itoa(pid), "-n", "ip", "-j", "-4", "addr", "show", "dev", "eth0")
+		ip, err := sandboxAddr(pid, "-4")
 		if err != nil {
 			continue // hostNetwork: the node's netns has no eth0
 		}
-		var addrs []struct {
-			AddrInfo []struct {
-				Local string `json:"local"`
-			} `json:"addr_info"`
-		}
-		if json.Unmarshal([]byte(out), &addrs) != nil || len(addrs) != 1 || len(addrs[0].AddrInfo) == 0 {
-			continue
-		}
-		ip, err := netip.ParseAddr(addrs[0].AddrInfo[0].Local)
-		if err != nil {
-			continue
-		}
 		p := PodSandbox{Node: n, Pid: pid, IP: ip}
+		if n.AddressV6.IsValid() {
+			if p.IPv6, err = sandboxAddr(pid, "-6"); err != nil {
+				return nil, fmt.Errorf("%s: pod sandbox %d (%s) has no IPv6 address on a dual-stack node: %w", n.Name, pid, ip, err)
+			}
+		}
 		if r, err := run("ip", "-n", n.NS, "-j", "route", "get", ip.String()); err == nil {
 			var routes []struct {
 				Dev string `json:"dev"`
@@ -874,8 +957,34 @@ func (n *KubeNode) Sandboxes() ([]PodSandbox, error) {
 	return pods, nil
 }
 
+// IPOf is the pod's address of the family (v6: IPv6), zero if none.
+func (p PodSandbox) IPOf(v6 bool) netip.Addr {
+	if v6 {
+		return p.IPv6
+	}
+	return p.IP
+}
+
+// sandboxAddr is the global address of family ("-4" or "-6") on eth0 in
+// the network namespace of process pid.
+func sandboxAddr(pid int, family string) (netip.Addr, error) {
+	out, err := run("nsenter", "-t", strconv.Itoa(pid), "-n", "ip", "-j", family, "addr", "show", "dev", "eth0", "scope", "global")
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	var addrs []struct {
+		AddrInfo []struct {
+			Local string `json:"local"`
+		} `json:"addr_info"`
+	}
+	if err := json.Unmarshal([]byte(out), &addrs); err != nil || len(addrs) != 1 || len(addrs[0].AddrInfo) != 1 {
+		return netip.Addr{}, fmt.Errorf("want one %s address on eth0: %v: %.200s", family, err, out)
+	}
+	return netip.ParseAddr(addrs[0].AddrInfo[0].Local)
+}
+
 // Pin makes the pod's and its node's neighbour entries for each other
-// permanent (the machine's ARP table may be full).
+// permanent (the machine's ARP table may be full), for IPv6 too.
 func (p PodSandbox) Pin() error {
 	if p.HostVeth == "" {
 		return fmt.Errorf("pod %s on %s: no host route", p.IP, p.Node.Name)
@@ -888,10 +997,19 @@ func (p PodSandbox) Pin() error {
 	if err != nil {
 		return err
 	}
-	if _, err := p.Exec("ip", "neigh", "replace", podGateway, "lladdr", vethMAC, "dev", "eth0", "nud", "permanent"); err != nil {
-		return err
+	gateways := map[netip.Addr]string{p.IP: podGateway}
+	if p.IPv6.IsValid() {
+		gateways[p.IPv6] = podGatewayV6
 	}
-	return ipn(p.Node.NS, "pin pod "+p.IP.String(), "neigh", "replace", p.IP.String(), "lladdr", podMAC, "dev", p.HostVeth, "nud", "permanent")
+	for ip, gw := range gateways {
+		if _, err := p.Exec("ip", "neigh", "replace", gw, "lladdr", vethMAC, "dev", "eth0", "nud", "permanent"); err != nil {
+			return fmt.Errorf("pod %s on %s: pin gateway %s: %w", p.IP, p.Node.Name, gw, err)
+		}
+		if err := ipn(p.Node.NS, "pin pod "+ip.String(), "neigh", "replace", ip.String(), "lladdr", podMAC, "dev", p.HostVeth, "nud", "permanent"); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Exec runs a command of the machine's inside the pod's network namespace.

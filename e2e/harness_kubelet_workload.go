@@ -48,7 +48,19 @@ spec:
 // WorkloadPod is one pod of the workload as the API reports it.
 type WorkloadPod struct {
 	Name, Node string
-	IP         netip.Addr
+	// IP is status.podIP (IPv4 on a dual-stack cluster, as the node's
+	// first --node-ip), IPs status.podIPs, IPv6 the IPv6 one of them.
+	IP   netip.Addr
+	IPs  []netip.Addr
+	IPv6 netip.Addr
+}
+
+// IPOf is the pod's address of the family (v6: IPv6), zero if none.
+func (p WorkloadPod) IPOf(v6 bool) netip.Addr {
+	if v6 {
+		return p.IPv6
+	}
+	return p.IP
 }
 
 // DeployWeb creates (or scales) the web Deployment and Service and waits
@@ -94,7 +106,10 @@ func (k *KubeCluster) Pods(ctx context.Context, selector string, readyOnly bool)
 				NodeName string `json:"nodeName"`
 			} `json:"spec"`
 			Status struct {
-				PodIP      string `json:"podIP"`
+				PodIP  string `json:"podIP"`
+				PodIPs []struct {
+					IP string `json:"ip"`
+				} `json:"podIPs"`
 				Conditions []struct {
 					Type, Status string
 				} `json:"conditions"`
@@ -115,6 +130,16 @@ func (k *KubeCluster) Pods(ctx context.Context, selector string, readyOnly bool)
 		}
 		p := WorkloadPod{Name: it.Metadata.Name, Node: it.Spec.NodeName}
 		p.IP, _ = netip.ParseAddr(it.Status.PodIP)
+		for _, a := range it.Status.PodIPs {
+			ip, err := netip.ParseAddr(a.IP)
+			if err != nil {
+				return nil, fmt.Errorf("pod %s: status.podIPs: %w", p.Name, err)
+			}
+			p.IPs = append(p.IPs, ip)
+			if ip.Is6() && !p.IPv6.IsValid() {
+				p.IPv6 = ip
+			}
+		}
 		pods = append(pods, p)
 	}
 	return pods, nil
@@ -133,7 +158,8 @@ func (k *KubeCluster) KubectlPing(ctx context.Context, pod string, to netip.Addr
 }
 
 // CrossNodePings pings, from one pod per node, a pod on every other node,
-// and returns one line per ping.
+// at each of its addresses (IPv4 and, on a dual-stack cluster, IPv6), and
+// returns one line per ping.
 func (k *KubeCluster) CrossNodePings(ctx context.Context, pods []WorkloadPod) ([]string, error) {
 	byNode := map[string]WorkloadPod{}
 	for _, p := range pods {
@@ -150,10 +176,16 @@ func (k *KubeCluster) CrossNodePings(ctx context.Context, pods []WorkloadPod) ([
 			if from.Node == to.Node {
 				continue
 			}
-			if _, err := k.KubectlPing(ctx, from.Name, to.IP, 2); err != nil {
-				return lines, err
+			for _, v6 := range []bool{false, true} {
+				dst := to.IPOf(v6)
+				if !dst.IsValid() {
+					continue
+				}
+				if _, err := k.KubectlPing(ctx, from.Name, dst, 2); err != nil {
+					return lines, err
+				}
+				lines = append(lines, fmt.Sprintf("%s (%s, %s) -> %s (%s, %s): ok", from.Name, from.Node, from.IPOf(v6), to.Name, to.Node, dst))
 			}
-			lines = append(lines, fmt.Sprintf("%s (%s, %s) -> %s (%s, %s): ok", from.Name, from.Node, from.IP, to.Name, to.Node, to.IP))
 		}
 	}
 	return lines, nil

@@ -25,13 +25,34 @@ import (
 // kube-proxy, and an FRR ToR; then runs what a user does to it, one step
 // after another on the same cluster.
 func TestKubeletCluster(t *testing.T) {
+	runKubeletSuite(t, StackIPv4, []kubeletStep{
+		{"Install", (*kubeletSuite).install},
+		{"PodsAcrossNodes", (*kubeletSuite).podsAcrossNodes},
+		{"ServicesFromOutside", (*kubeletSuite).servicesFromOutside},
+		{"RolloutRestartLosesNothing", (*kubeletSuite).rolloutRestart},
+		{"PodDeletedWhileDaemonAway", (*kubeletSuite).podDeletedWhileDaemonAway},
+		{"NodeReboot", (*kubeletSuite).nodeReboot},
+		{"Uninstall", (*kubeletSuite).uninstall},
+	})
+}
+
+// kubeletStep is one step of a kubelet suite; each builds on the ones
+// before, on the same cluster.
+type kubeletStep struct {
+	name string
+	fn   func(s *kubeletSuite, t *testing.T)
+}
+
+// runKubeletSuite builds a kubelet cluster of the given families and runs
+// steps on it in order, stopping at the first that fails.
+func runKubeletSuite(t *testing.T, stack Stack, steps []kubeletStep) {
 	requireHarness(t)
 	if err := CheckKubeTools(); err != nil {
 		t.Fatalf("kubelet cluster: %v (make deps installs them)", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
-	k, err := NewKubeCluster(ctx, KubeOptions{Nodes: 3, Log: t, Progress: testWriter{t}})
+	k, err := NewKubeCluster(ctx, KubeOptions{Nodes: 3, Log: t, Progress: testWriter{t}, Stack: stack})
 	if err != nil {
 		t.Fatalf("kubelet cluster: %v", err)
 	}
@@ -43,19 +64,8 @@ func TestKubeletCluster(t *testing.T) {
 		k.Close()
 	})
 	s := &kubeletSuite{k: k, ctx: ctx}
-	for _, step := range []struct {
-		name string
-		fn   func(t *testing.T)
-	}{
-		{"Install", s.install},
-		{"PodsAcrossNodes", s.podsAcrossNodes},
-		{"ServicesFromOutside", s.servicesFromOutside},
-		{"RolloutRestartLosesNothing", s.rolloutRestart},
-		{"PodDeletedWhileDaemonAway", s.podDeletedWhileDaemonAway},
-		{"NodeReboot", s.nodeReboot},
-		{"Uninstall", s.uninstall},
-	} {
-		if !t.Run(step.name, step.fn) {
+	for _, step := range steps {
+		if !t.Run(step.name, func(t *testing.T) { step.fn(s, t) }) {
 			t.FailNow() // each step builds on the one before
 		}
 	}
@@ -67,6 +77,9 @@ type kubeletSuite struct {
 	// pods is the web Deployment as last seen Ready.
 	pods []WorkloadPod
 }
+
+// families are the cluster's address families, as v6 flags: IPv4 first.
+func (s *kubeletSuite) families() []bool { return s.k.Stack.Families() }
 
 // testWriter sends build progress to the test log.
 type testWriter struct{ t *testing.T }
@@ -120,7 +133,9 @@ func (s *kubeletSuite) install(t *testing.T) {
 	if c := strings.Count(logs, `apiServer=https://10.96.0.1:443`); c != len(k.KNodes) {
 		t.Errorf("%d of %d daemons use the in-cluster API address (the kubernetes Service through kube-proxy)", c, len(k.KNodes))
 	}
-	waitFor(t, time.Minute, "every node's BGPNodeStatus shows its ToR and mesh sessions established", func() error {
+	// The ToR and the other nodes, once per family.
+	sessions := len(k.KNodes) * len(s.families())
+	waitFor(t, time.Minute, fmt.Sprintf("every node's BGPNodeStatus shows its %d ToR and mesh sessions established", sessions), func() error {
 		out, err := k.Kubectl(s.ctx, "get", "bgpnodestatuses", "-o", `jsonpath={range .items[*]}{.metadata.name}={.status.establishedPeers}/{.status.totalPeers} {end}`)
 		if err != nil {
 			return err
@@ -130,12 +145,16 @@ func (s *kubeletSuite) install(t *testing.T) {
 			return fmt.Errorf("statuses: %q", out)
 		}
 		for _, g := range got {
-			if !strings.HasSuffix(g, "=3/3") {
+			if !strings.HasSuffix(g, fmt.Sprintf("=%d/%d", sessions, sessions)) {
 				return fmt.Errorf("statuses: %q", out)
 			}
 		}
 		return nil
 	})
+	if k.Stack == StackDual {
+		s.dualStackStatus(t)
+		return
+	}
 	// A fresh install gets a pool with NAT, as Calico's does.
 	if out := s.kubectl(t, "get", "ippools", "-o", `jsonpath={range .items[*]}{.metadata.name} {.spec.cidr} {.spec.natOutgoing}{"\n"}{end}`); strings.TrimSpace(out) != "default "+ClusterCIDR.String()+" true" {
 		t.Errorf("IPPools after install: %q, want the default pool %s with natOutgoing", out, ClusterCIDR)
@@ -182,61 +201,65 @@ func (s *kubeletSuite) podsAcrossNodes(t *testing.T) {
 	perNode := map[string]int{}
 	for _, p := range pods {
 		perNode[p.Node]++
-		if !cidrs[p.Node].Contains(p.IP) {
-			t.Errorf("pod %s on %s has %s, outside the node's podCIDR %s", p.Name, p.Node, p.IP, cidrs[p.Node])
+		if len(p.IPs) != len(s.families()) {
+			t.Errorf("pod %s on %s has status.podIPs %v, want one address of each of the cluster's families (%v)", p.Name, p.Node, p.IPs, k.ClusterCIDRs)
+		}
+		for i, v6 := range s.families() {
+			ip := p.IPOf(v6)
+			if i >= len(cidrs[p.Node]) || !cidrs[p.Node][i].Contains(ip) {
+				t.Errorf("pod %s on %s has %s address %q, outside the node's podCIDRs %v", p.Name, p.Node, family(v6), ip, cidrs[p.Node])
+			}
 		}
 	}
 	if len(perNode) != len(k.KNodes) {
 		t.Fatalf("web pods on %d of %d nodes: %v", len(perNode), len(k.KNodes), perNode)
 	}
-	if _, err := k.Sandboxes(); err != nil {
+	sandboxes, err := k.Sandboxes()
+	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, time.Minute, "kubectl exec: pods ping pods on every other node", func() error {
-		_, err := k.CrossNodePings(s.ctx, pods)
+	for _, p := range pods {
+		// What the runtime reported is what the pod has.
+		if sb, ok := sandboxes[p.IP]; !ok || sb.IPv6 != p.IPv6 {
+			t.Errorf("pod %s: the API says %v, the pod's eth0 has %s and %s", p.Name, p.IPs, sb.IP, sb.IPv6)
+		}
+	}
+	if k.Stack == StackDual {
+		s.wideShowsIPv4(t, pods)
+	}
+	waitFor(t, time.Minute, "kubectl exec: pods ping pods on every other node, at each of their addresses", func() error {
+		lines, err := k.CrossNodePings(s.ctx, pods)
+		if err == nil {
+			t.Logf("pings:\n%s", strings.Join(lines, "\n"))
+		}
 		return err
 	})
 
-	// Pod to pod is routed, never NATed: node2 sees pod1's own address.
+	// Pod to pod is routed, never NATed: node2 sees pod1's own address,
+	// in each family.
 	from, to := podOn(t, pods, "node1"), podOn(t, pods, "node2")
-	capture, err := k.StartCaptureIn(k.KNodes[1].NS, underlayLink, "pod-to-pod", "icmp and dst host "+to.IP.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, err := k.KubectlPing(s.ctx, from.Name, to.IP, 2); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	lines, err := capture.Stop()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := from.IP.String() + " > " + to.IP.String(); !slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, want) }) {
-		t.Errorf("node2's underlay did not show %s (pod addresses, no NAT):\n%s", want, strings.Join(lines, "\n"))
+	for _, v6 := range s.families() {
+		proto := map[bool]string{false: "icmp", true: "icmp6"}[v6]
+		capture, err := k.StartCaptureIn(k.KNodes[1].NS, underlayLink, "pod-to-pod-"+proto, proto+" and dst host "+to.IPOf(v6).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := k.KubectlPing(s.ctx, from.Name, to.IPOf(v6), 2); err != nil {
+			capture.Stop()
+			t.Fatalf("%v\n%s", err, out)
+		}
+		lines, err := capture.Stop()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := from.IPOf(v6).String() + " > " + to.IPOf(v6).String(); !slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, want) }) {
+			t.Errorf("node2's underlay did not show %s (pod addresses, no NAT, no tunnel):\n%s", want, strings.Join(lines, "\n"))
+		}
 	}
 
 	// A ClusterIP Service answers from a pod on another node.
 	clusterIP := strings.TrimSpace(s.kubectl(t, "get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"))
-	names := map[string]string{}
-	for _, p := range pods {
-		names[p.Name] = p.Node
-	}
-	waitFor(t, time.Minute, "Service web answers from a pod on another node than the client's", func() error {
-		out, err := k.Kubectl(s.ctx, "exec", from.Name, "--", "sh", "-c", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 "+clusterIP+" 80")
-		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		lines := strings.Split(strings.TrimSpace(out), "\n")
-		answerer := strings.TrimSpace(lines[len(lines)-1])
-		node, ok := names[answerer]
-		if !ok {
-			return fmt.Errorf("answer %q is not a web pod's name", answerer)
-		}
-		if node == from.Node {
-			return fmt.Errorf("%s answered, on the client's own node %s", answerer, node)
-		}
-		t.Logf("%s (%s) -> Service %s:80 answered by %s (%s)", from.Name, from.Node, clusterIP, answerer, node)
-		return nil
-	})
+	s.serviceAnswersAcrossNodes(t, from, "web", netip.MustParseAddr(clusterIP))
 
 	// A server outside the cluster sees the node's address: the default
 	// pool's natOutgoing.
@@ -255,6 +278,34 @@ func (s *kubeletSuite) podsAcrossNodes(t *testing.T) {
 	}
 }
 
+// serviceAnswersAcrossNodes waits until Service svc, at clusterIP:80,
+// answers from's request with the name of a web pod on another node than
+// from's.
+func (s *kubeletSuite) serviceAnswersAcrossNodes(t *testing.T, from WorkloadPod, svc string, clusterIP netip.Addr) {
+	t.Helper()
+	names := map[string]string{}
+	for _, p := range s.pods {
+		names[p.Name] = p.Node
+	}
+	waitFor(t, time.Minute, fmt.Sprintf("Service %s answers at %s from a pod on another node than the client's", svc, clusterIP), func() error {
+		out, err := s.k.Kubectl(s.ctx, "exec", from.Name, "--", "sh", "-c", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 "+clusterIP.String()+" 80")
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		answerer := strings.TrimSpace(lines[len(lines)-1])
+		node, ok := names[answerer]
+		if !ok {
+			return fmt.Errorf("answer %q is not a web pod's name", answerer)
+		}
+		if node == from.Node {
+			return fmt.Errorf("%s answered, on the client's own node %s", answerer, node)
+		}
+		t.Logf("%s (%s) -> Service %s %s:80 answered by %s (%s)", from.Name, from.Node, svc, clusterIP, answerer, node)
+		return nil
+	})
+}
+
 func podOn(t *testing.T, pods []WorkloadPod, node string) WorkloadPod {
 	t.Helper()
 	for _, p := range pods {
@@ -266,13 +317,12 @@ func podOn(t *testing.T, pods []WorkloadPod, node string) WorkloadPod {
 	return WorkloadPod{}
 }
 
-func (s *kubeletSuite) nodeCIDRs(t *testing.T) map[string]netip.Prefix {
+// nodeCIDRs maps node name to its spec.podCIDRs (IPv4 first).
+func (s *kubeletSuite) nodeCIDRs(t *testing.T) map[string][]netip.Prefix {
 	t.Helper()
-	out := s.kubectl(t, "get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name}={.spec.podCIDR} {end}")
-	cidrs := map[string]netip.Prefix{}
-	for _, f := range strings.Fields(out) {
-		name, cidr, _ := strings.Cut(f, "=")
-		cidrs[name] = netip.MustParsePrefix(cidr)
+	cidrs, err := s.k.NodePodCIDRs(s.ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return cidrs
 }
@@ -307,38 +357,53 @@ func (s *kubeletSuite) daemonPods(t *testing.T) map[string]string {
 func (s *kubeletSuite) rolloutRestart(t *testing.T) {
 	from, to := s.sandboxOf(t, podOn(t, s.pods, "node1")), s.sandboxOf(t, podOn(t, s.pods, "node2"))
 	before := s.daemonPods(t)
-	// 20 pings a second from one pod to the other, through the whole
-	// rolling restart of every node's daemon.
-	ping := exec.Command("nsenter", "-t", strconv.Itoa(from.Pid), "-n", "ping", "-n", "-i", "0.05", "-W", "1", to.IP.String())
-	var out bytes.Buffer
-	ping.Stdout, ping.Stderr = &out, &out
-	if err := ping.Start(); err != nil {
-		t.Fatal(err)
+	// 20 pings a second from one pod to the other (at each of its
+	// addresses), through the whole rolling restart of every node's daemon.
+	type pinger struct {
+		cmd *exec.Cmd
+		out bytes.Buffer
+		dst netip.Addr
+	}
+	var pings []*pinger
+	for _, dst := range []netip.Addr{to.IP, to.IPv6} {
+		if !dst.IsValid() {
+			continue
+		}
+		p := &pinger{cmd: exec.Command("nsenter", "-t", strconv.Itoa(from.Pid), "-n", "ping", "-n", "-i", "0.05", "-W", "1", dst.String()), dst: dst}
+		p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
+		if err := p.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		pings = append(pings, p)
 	}
 	start := time.Now()
 	s.kubectl(t, "-n", "nexthop-system", "rollout", "restart", "ds/nexthop")
 	s.kubectl(t, "-n", "nexthop-system", "rollout", "status", "ds/nexthop", "--timeout=5m")
 	// Past the last restart: the new daemons' sessions and initial sync.
 	time.Sleep(10 * time.Second)
-	ping.Process.Signal(syscall.SIGINT)
-	ping.Wait()
+	for _, p := range pings {
+		p.cmd.Process.Signal(syscall.SIGINT)
+		p.cmd.Wait()
+	}
 	after := s.daemonPods(t)
 	for node, name := range before {
 		if after[node] == name {
 			t.Errorf("%s: daemon pod %s was not replaced", node, name)
 		}
 	}
-	m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`).FindStringSubmatch(out.String())
-	if m == nil {
-		t.Fatalf("no ping summary:\n%s", out.String())
-	}
-	sent, got := m[1], m[2]
-	t.Logf("rollout restart over %s: %s sent, %s received (%s -> %s)", time.Since(start).Round(time.Second), sent, got, from.IP, to.IP)
-	if n, _ := strconv.Atoi(sent); n < 100 {
-		t.Errorf("only %s pings sent: the restart was not covered", sent)
-	}
-	if sent != got {
-		t.Errorf("pings lost during the rollout restart: %s sent, %s received", sent, got)
+	for _, p := range pings {
+		m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`).FindStringSubmatch(p.out.String())
+		if m == nil {
+			t.Fatalf("no ping summary:\n%s", p.out.String())
+		}
+		sent, got := m[1], m[2]
+		t.Logf("rollout restart over %s: %s sent, %s received (%s -> %s)", time.Since(start).Round(time.Second), sent, got, from.IPOf(p.dst.Is6()), p.dst)
+		if n, _ := strconv.Atoi(sent); n < 100 {
+			t.Errorf("only %s pings to %s sent: the restart was not covered", sent, p.dst)
+		}
+		if sent != got {
+			t.Errorf("pings to %s lost during the rollout restart: %s sent, %s received", p.dst, sent, got)
+		}
 	}
 }
 
@@ -529,8 +594,11 @@ func (s *kubeletSuite) uninstall(t *testing.T) {
 		if out, err := n.RunUninstall(again); err != nil || !strings.Contains(out, "nothing to do") {
 			t.Errorf("%s: a second nexthop uninstall: %v\n%s", n.Name, err, out)
 		}
-		if out, _ := run("ip", "-n", n.NS, "route", "show", "table", "all", "proto", "201"); strings.TrimSpace(out) != "" {
-			t.Errorf("%s: proto 201 routes left:\n%s", n.Name, out)
+		for _, v6 := range s.families() {
+			fam := map[bool]string{false: "-4", true: "-6"}[v6]
+			if out, _ := run("ip", fam, "-n", n.NS, "route", "show", "table", "all", "proto", "201"); strings.TrimSpace(out) != "" {
+				t.Errorf("%s: %s proto 201 routes left:\n%s", n.Name, family(v6), out)
+			}
 		}
 		if out, _ := run("ip", "-n", n.NS, "-o", "link", "show"); strings.Contains(out, ": nh") {
 			t.Errorf("%s: nexthop links left:\n%s", n.Name, out)
