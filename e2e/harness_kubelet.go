@@ -977,10 +977,20 @@ func sandboxAddr(pid int, family string) (netip.Addr, error) {
 			Local string `json:"local"`
 		} `json:"addr_info"`
 	}
-	if err := json.Unmarshal([]byte(out), &addrs); err != nil || len(addrs) != 1 || len(addrs[0].AddrInfo) != 1 {
-		return netip.Addr{}, fmt.Errorf("want one %s address on eth0: %v: %.200s", family, err, out)
+	if err := json.Unmarshal([]byte(out), &addrs); err != nil || len(addrs) != 1 {
+		return netip.Addr{}, fmt.Errorf("parse ip %s addr show dev eth0: %v: %.300s", family, err, out)
 	}
-	return netip.ParseAddr(addrs[0].AddrInfo[0].Local)
+	// The scope filter leaves an empty object where it dropped an address.
+	var local []string
+	for _, a := range addrs[0].AddrInfo {
+		if a.Local != "" {
+			local = append(local, a.Local)
+		}
+	}
+	if len(local) != 1 {
+		return netip.Addr{}, fmt.Errorf("want one global %s address on eth0, have %v", family, local)
+	}
+	return netip.ParseAddr(local[0])
 }
 
 // Pin makes the pod's and its node's neighbour entries for each other
