@@ -126,7 +126,28 @@ var kubeletSysctls = map[string]string{
 var (
 	InternetGateway = netip.MustParseAddr("203.0.113.254")
 	InternetServer  = netip.MustParseAddr("203.0.113.10")
+	// On a cluster with IPv6, the link has these too (unique-local, as the
+	// IPv6 underlay), in fd00:203::/64.
+	InternetGatewayV6 = netip.MustParseAddr("fd00:203::254")
+	InternetServerV6  = netip.MustParseAddr("fd00:203::10")
 )
+
+// InternetServerOf is the server's address of the family (v6: IPv6).
+func InternetServerOf(v6 bool) netip.Addr {
+	if v6 {
+		return InternetServerV6
+	}
+	return InternetServer
+}
+
+// InternetGatewayOf is the ToR's address on the server's link, of the
+// family.
+func InternetGatewayOf(v6 bool) netip.Addr {
+	if v6 {
+		return InternetGatewayV6
+	}
+	return InternetGateway
+}
 
 // CheckKubeTools reports what a kubelet cluster needs beyond CheckTools.
 func CheckKubeTools() error {
@@ -330,7 +351,8 @@ func (k *KubeCluster) hostMountpoints() error {
 // routes for it, and returns its name. The ToR still learns no pod routes
 // (its bgpd runs without zebra), so the server's replies reach a pod only
 // when they are addressed to a node: untranslated pod traffic arrives but
-// is never answered.
+// is never answered. On a cluster with IPv6 the link, and the ToR's
+// forwarding, have IPv6 too (InternetServerV6).
 func (c *Cluster) AddInternet() (string, error) {
 	inet := c.Prefix + "inet"
 	if err := c.addNS(inet); err != nil {
@@ -348,6 +370,38 @@ func (c *Cluster) AddInternet() (string, error) {
 		if _, err := run(s...); err != nil {
 			return "", fmt.Errorf("internet behind the ToR: %w", err)
 		}
+	}
+	if !c.Stack.Has(true) {
+		return inet, nil
+	}
+	for _, s := range [][]string{
+		{"ip", "-n", c.ToR.NS, "addr", "add", InternetGatewayV6.String() + "/64", "dev", "inet0", "nodad"},
+		{"ip", "netns", "exec", c.ToR.NS, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
+		{"ip", "-n", inet, "addr", "add", InternetServerV6.String() + "/64", "dev", "eth0", "nodad"},
+		{"ip", "-n", inet, "-6", "route", "add", "default", "via", InternetGatewayV6.String()},
+		// Flow label 0 on the server's packets: the ToR's IPv6 multipath
+		// hash covers it, and `ip route get` (which cannot set one) then
+		// shows the next hop the ToR really picks.
+		{"ip", "netns", "exec", inet, "sysctl", "-qw", "net.ipv6.auto_flowlabels=0"},
+	} {
+		if _, err := run(s...); err != nil {
+			return "", fmt.Errorf("internet behind the ToR, IPv6: %w", err)
+		}
+	}
+	// The machine's neighbour tables are shared: no discovery on this link.
+	torMAC, err := linkMAC(c.ToR.NS, "inet0")
+	if err != nil {
+		return "", err
+	}
+	inetMAC, err := linkMAC(inet, "eth0")
+	if err != nil {
+		return "", err
+	}
+	if err := ipn(c.ToR.NS, "pin "+InternetServerV6.String(), "neigh", "replace", InternetServerV6.String(), "lladdr", inetMAC, "dev", "inet0", "nud", "permanent"); err != nil {
+		return "", err
+	}
+	if err := ipn(inet, "pin "+InternetGatewayV6.String(), "neigh", "replace", InternetGatewayV6.String(), "lladdr", torMAC, "dev", "eth0", "nud", "permanent"); err != nil {
+		return "", err
 	}
 	return inet, nil
 }

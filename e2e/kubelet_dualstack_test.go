@@ -16,14 +16,16 @@ import (
 // with both node addresses, kube-proxy serving both families, kubeadm's
 // record of the pod subnets (from which the daemons create an IPPool of
 // each family), and the ToR peered over both. The steps are
-// TestKubeletCluster's, which check each family the cluster has, plus a
-// dual-stack Service. What the IPv4 cluster proves about restarts and
+// TestKubeletCluster's, which check each family the cluster has (the
+// client behind the ToR reaches the Services over IPv6 too), plus a
+// dual-stack Service reached from a pod. What the IPv4 cluster proves about restarts and
 // reboots is the same code for both families and is not repeated here.
 func TestKubeletDualStack(t *testing.T) {
 	runKubeletSuite(t, StackDual, []kubeletStep{
 		{"Install", (*kubeletSuite).install},
 		{"PodsAcrossNodes", (*kubeletSuite).podsAcrossNodes},
 		{"DualStackService", (*kubeletSuite).dualStackService},
+		{"ServicesFromOutside", (*kubeletSuite).servicesFromOutside},
 		{"RolloutRestartLosesNothing", (*kubeletSuite).rolloutRestart},
 		{"Uninstall", (*kubeletSuite).uninstall},
 	})

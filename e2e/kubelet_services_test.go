@@ -40,14 +40,27 @@ spec:
 var (
 	outsideLBIP    = netip.MustParseAddr("198.51.100.10")
 	outsideLBRange = netip.MustParsePrefix("198.51.100.0/24")
+	// The IPv6 ones, on a dual-stack cluster (unique-local).
+	outsideLBIPV6    = netip.MustParseAddr("fd00:198:51:100::10")
+	outsideLBRangeV6 = netip.MustParsePrefix("fd00:198:51:100::/64")
 )
+
+// outsideLBOf is the load-balancer address and range of the family.
+func outsideLBOf(v6 bool) (netip.Addr, netip.Prefix) {
+	if v6 {
+		return outsideLBIPV6, outsideLBRangeV6
+	}
+	return outsideLBIP, outsideLBRange
+}
 
 // servicesFromOutside: with BGPConfiguration serviceClusterIPs (the API
 // server's --service-cluster-ip-range) and serviceLoadBalancerIPs, the
 // ToR learns the service range from every node (ECMP) and a Local
 // LoadBalancer address from the endpoints' nodes only, and a client behind
 // the ToR reaches both Services through those routes: kube-proxy on the
-// node the ToR picked answers from a pod.
+// node the ToR picked answers from a pod. On a dual-stack cluster both
+// Services are dual-stack and all of it holds for each family, over the
+// ToR's IPv6 sessions.
 func (s *kubeletSuite) servicesFromOutside(t *testing.T) {
 	k := s.k
 	start := time.Now()
@@ -55,19 +68,37 @@ func (s *kubeletSuite) servicesFromOutside(t *testing.T) {
 	if err := torIsEBGP(k.ToR, k.Nodes); err != nil {
 		t.Fatal(err)
 	}
-	conf := fmt.Sprintf(`{"apiVersion":"nexthop.io/v1","kind":"BGPConfiguration","metadata":{"name":"default"},"spec":{"serviceClusterIPs":[{"cidr":%q}],"serviceLoadBalancerIPs":[{"cidr":%q}]}}`, ServiceCIDR, outsideLBRange)
+	var clusterRanges, lbRanges []string
+	// What the ToR learns, per family: the service range and the
+	// LoadBalancer address.
+	var torRoutes []netip.Prefix
+	var ingress []string
+	for _, v6 := range s.families() {
+		lbIP, lbRange := outsideLBOf(v6)
+		svcRange := k.ServiceCIDRs[slices.IndexFunc(k.ServiceCIDRs, func(p netip.Prefix) bool { return p.Addr().Is6() == v6 })]
+		clusterRanges = append(clusterRanges, fmt.Sprintf(`{"cidr":%q}`, svcRange))
+		lbRanges = append(lbRanges, fmt.Sprintf(`{"cidr":%q}`, lbRange))
+		torRoutes = append(torRoutes, svcRange, netip.PrefixFrom(lbIP, lbIP.BitLen()))
+		ingress = append(ingress, fmt.Sprintf(`{"ip":%q}`, lbIP))
+	}
+	conf := fmt.Sprintf(`{"apiVersion":"nexthop.io/v1","kind":"BGPConfiguration","metadata":{"name":"default"},"spec":{"serviceClusterIPs":[%s],"serviceLoadBalancerIPs":[%s]}}`,
+		strings.Join(clusterRanges, ","), strings.Join(lbRanges, ","))
 	if err := k.Apply(s.ctx, conf); err != nil {
 		t.Fatalf("BGPConfiguration with the service ranges: %v", err)
 	}
 	if err := k.Apply(s.ctx, outsideManifest); err != nil {
 		t.Fatalf("deploy the outside Services: %v", err)
 	}
-	s.kubectl(t, "patch", "svc", "outside-lb", "--subresource=status", "--type=merge",
-		"-p", fmt.Sprintf(`{"status":{"loadBalancer":{"ingress":[{"ip":%q}]}}}`, outsideLBIP))
 	// What the other steps expect again afterwards: no extra pods, no
 	// service routes, a ToR that routes nothing to the cluster.
-	torRoutes := []netip.Prefix{ServiceCIDR, netip.PrefixFrom(outsideLBIP, 32)}
 	defer s.removeOutside(t, torRoutes)
+	if k.Stack == StackDual {
+		for _, svc := range []string{"outside", "outside-lb"} {
+			s.kubectl(t, "patch", "svc", svc, "--type=merge", "-p", `{"spec":{"ipFamilyPolicy":"RequireDualStack","ipFamilies":["IPv4","IPv6"]}}`)
+		}
+	}
+	s.kubectl(t, "patch", "svc", "outside-lb", "--subresource=status", "--type=merge",
+		"-p", fmt.Sprintf(`{"status":{"loadBalancer":{"ingress":[%s]}}}`, strings.Join(ingress, ",")))
 
 	var pods []WorkloadPod
 	waitFor(t, 2*time.Minute, "2 outside pods Ready on 2 nodes", func() error {
@@ -93,20 +124,51 @@ func (s *kubeletSuite) servicesFromOutside(t *testing.T) {
 			}
 		}
 	}
-	waitFor(t, time.Minute, "the ToR has the service range from every node (ECMP), the Local LoadBalancer /32 from the endpoints' nodes", func() error {
-		return errors.Join(frrFrom(k.ToR, ServiceCIDR, k.Nodes, "", ""), frrFrom(k.ToR, torRoutes[1], endpointNodes, "", ""))
+	waitFor(t, time.Minute, "the ToR has each service range from every node (ECMP), each Local LoadBalancer address from the endpoints' nodes", func() error {
+		var errs []error
+		for i := 0; i < len(torRoutes); i += 2 {
+			errs = append(errs, frrFrom(k.ToR, torRoutes[i], k.Nodes, "", ""), frrFrom(k.ToR, torRoutes[i+1], endpointNodes, "", ""))
+		}
+		return errors.Join(errs...)
 	})
-	if out, err := k.ToR.Vtysh("show ip bgp " + ServiceCIDR.String()); err == nil {
-		t.Logf("FRR show ip bgp %s:\n%s", ServiceCIDR, out)
+	for i := 0; i < len(torRoutes); i += 2 {
+		if out, err := k.ToR.Vtysh(frrShowPrefix(torRoutes[i])); err == nil {
+			t.Logf("FRR %s:\n%s", frrShowPrefix(torRoutes[i]), out)
+		}
 	}
 
-	clusterIP, err := netip.ParseAddr(strings.TrimSpace(s.kubectl(t, "get", "svc", "outside", "-o", "jsonpath={.spec.clusterIP}")))
-	if err != nil {
-		t.Fatalf("the outside Service's cluster IP: %v", err)
+	out := s.kubectl(t, "get", "svc", "outside", "-o", "jsonpath={.spec.clusterIPs[*]}")
+	var clusterIPs []netip.Addr
+	for _, f := range strings.Fields(out) {
+		ip, err := netip.ParseAddr(f)
+		if err != nil {
+			t.Fatalf("the outside Service's cluster IPs %q: %v", out, err)
+		}
+		clusterIPs = append(clusterIPs, ip)
 	}
+	if len(clusterIPs) != len(s.families()) {
+		t.Fatalf("the outside Service has cluster IPs %v, want one per family of the cluster", clusterIPs)
+	}
+	for i, v6 := range s.families() {
+		lbIP, _ := outsideLBOf(v6)
+		s.outsideThrough(t, clusterIPs[i], lbIP, torRoutes[2*i:2*i+2], podNode)
+	}
+	t.Logf("step took %s", time.Since(start).Round(100*time.Millisecond))
+}
+
+// outsideThrough checks the client behind the ToR against the outside
+// Services at one family's addresses: the cluster IP answers only once
+// the ToR routes the family's service range (torRoutes[0]) to the nodes,
+// then from both pods through the node the ToR picked, which the pods see
+// the connection from; the Local LoadBalancer address (torRoutes[1])
+// keeps the client's own address.
+func (s *kubeletSuite) outsideThrough(t *testing.T, clusterIP, lbIP netip.Addr, torRoutes []netip.Prefix, podNode map[string]string) {
+	k := s.k
+	v6 := clusterIP.Is6()
+	client, gateway := InternetServerOf(v6), InternetGatewayOf(v6)
 	// The client's only way out is its link to the ToR.
-	if out, err := run("ip", "-n", k.Internet, "route", "get", clusterIP.String()); err != nil || !strings.Contains(out, "via "+InternetGateway.String()+" ") {
-		t.Fatalf("the client's route to %s is not via the ToR (%s): %v %s", clusterIP, InternetGateway, err, out)
+	if out, err := run("ip", "-n", k.Internet, "route", "get", clusterIP.String()); err != nil || !strings.Contains(out, "via "+gateway.String()+" ") {
+		t.Fatalf("the client's route to %s is not via the ToR (%s): %v %s", clusterIP, gateway, err, out)
 	}
 	// Without the ToR's route the Service is out of reach: the answers
 	// below come through it.
@@ -123,8 +185,9 @@ func (s *kubeletSuite) servicesFromOutside(t *testing.T) {
 		}
 	}
 
-	// The node the ToR's ECMP hash picks for this client and address.
-	out, err = run("ip", "-n", k.ToR.NS, "route", "get", clusterIP.String(), "from", InternetServer.String(), "iif", "inet0")
+	// The node the ToR's ECMP hash picks for this client and address (an
+	// IPv6 hash covers the next header too).
+	out, err = run("ip", "-n", k.ToR.NS, "route", "get", clusterIP.String(), "from", client.String(), "iif", "inet0", "ipproto", "tcp")
 	if err != nil {
 		t.Fatalf("the ToR's route for the client's packets to %s: %v", clusterIP, err)
 	}
@@ -140,23 +203,23 @@ func (s *kubeletSuite) servicesFromOutside(t *testing.T) {
 	// outside the cluster CIDR): the pod sees the picked node's address.
 	// Both pods answer in turn.
 	answered := map[string]bool{}
-	waitFor(t, 30*time.Second, "a client behind the ToR gets answers from both pods through "+clusterIP.String()+":80", func() error {
+	waitFor(t, 30*time.Second, "a client behind the ToR gets answers from both pods through "+netip.AddrPortFrom(clusterIP, 80).String(), func() error {
 		out, err := outsideGet(k.Internet, netip.AddrPortFrom(clusterIP, 80))
 		if err != nil {
 			return err
 		}
 		pod, from, _ := strings.Cut(out, " ")
 		if _, ok := podNode[pod]; !ok {
-			return Permanent(fmt.Errorf("answer %q is not from an outside pod (%v)", out, pods))
+			return Permanent(fmt.Errorf("answer %q is not from an outside pod (%v)", out, podNode))
 		}
 		if from != picked {
 			return Permanent(fmt.Errorf("%s saw the connection from %s, want the address of the node the ToR sent it to (%s)", pod, from, picked))
 		}
 		if !answered[pod] {
-			t.Logf("client %s -> %s:80 answered by %s on %s, which saw the connection from %s", InternetServer, clusterIP, pod, podNode[pod], from)
+			t.Logf("client %s -> %s answered by %s on %s, which saw the connection from %s", client, netip.AddrPortFrom(clusterIP, 80), pod, podNode[pod], from)
 		}
 		answered[pod] = true
-		if len(answered) < len(pods) {
+		if len(answered) < len(podNode) {
 			return fmt.Errorf("only %v answered yet", answered)
 		}
 		return nil
@@ -164,19 +227,19 @@ func (s *kubeletSuite) servicesFromOutside(t *testing.T) {
 
 	// externalTrafficPolicy Local: the ToR sends to an endpoint's node,
 	// which keeps the client's address.
-	out, err = outsideGet(k.Internet, netip.AddrPortFrom(outsideLBIP, 80))
+	out, err = outsideGet(k.Internet, netip.AddrPortFrom(lbIP, 80))
 	if err != nil {
-		t.Fatalf("client behind the ToR to the LoadBalancer address %s:80: %v", outsideLBIP, err)
+		t.Fatalf("client behind the ToR to the LoadBalancer address %s: %v", netip.AddrPortFrom(lbIP, 80), err)
 	}
 	pod, from, _ := strings.Cut(out, " ")
 	if _, ok := podNode[pod]; !ok {
-		t.Fatalf("the LoadBalancer address %s answered %q, not an outside pod", outsideLBIP, out)
+		t.Fatalf("the LoadBalancer address %s answered %q, not an outside pod", lbIP, out)
 	}
-	if from != InternetServer.String() {
-		t.Errorf("pod %s saw the connection to %s from %s, want the client's own address %s (externalTrafficPolicy Local)", pod, outsideLBIP, from, InternetServer)
+	if from != client.String() {
+		t.Errorf("pod %s saw the connection to %s from %s, want the client's own address %s (externalTrafficPolicy Local)", pod, lbIP, from, client)
 	}
-	t.Logf("client %s -> %s:80 (LoadBalancer, Local) answered by %s on %s, which saw %s; step took %s",
-		InternetServer, outsideLBIP, pod, podNode[pod], from, time.Since(start).Round(100*time.Millisecond))
+	t.Logf("client %s -> %s (LoadBalancer, Local) answered by %s on %s, which saw %s",
+		client, netip.AddrPortFrom(lbIP, 80), pod, podNode[pod], from)
 }
 
 // removeOutside undoes servicesFromOutside: the ToR's kernel routes, the
@@ -240,7 +303,7 @@ func torIsEBGP(tor *ToR, nodes []*Node) error {
 // FRR's best and multipath paths (zebra's job; the ToR's bgpd runs
 // without it).
 func installFRRRoute(tor *ToR, pfx netip.Prefix) error {
-	out, err := tor.Vtysh("show ip bgp " + pfx.String() + " json")
+	out, err := tor.Vtysh(frrShowPrefix(pfx) + " json")
 	if err != nil {
 		return err
 	}
@@ -256,7 +319,7 @@ func installFRRRoute(tor *ToR, pfx netip.Prefix) error {
 		} `json:"paths"`
 	}
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		return fmt.Errorf("parse FRR show ip bgp %s json: %w: %.300s", pfx, err, out)
+		return fmt.Errorf("parse FRR %s json: %w: %.300s", frrShowPrefix(pfx), err, out)
 	}
 	var hops []string
 	for _, p := range r.Paths {

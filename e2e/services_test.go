@@ -60,9 +60,18 @@ func (p frrPath) String() string {
 	return fmt.Sprintf("from %s best=%v multipath=%v communities=[%s] large=[%s]", p.From, p.Best, p.Multi, p.Communities, p.Large)
 }
 
+// frrShowPrefix is the vtysh command showing FRR's paths for pfx, in the
+// unicast table of its family.
+func frrShowPrefix(pfx netip.Prefix) string {
+	if pfx.Addr().Is6() {
+		return "show bgp ipv6 unicast " + pfx.String()
+	}
+	return "show ip bgp " + pfx.String()
+}
+
 // frrPrefix is what the ToR holds for exactly pfx, as an operator reads it.
 func frrPrefix(t *ToR, pfx netip.Prefix) ([]frrPath, error) {
-	out, err := t.Vtysh("show ip bgp " + pfx.String() + " json")
+	out, err := t.Vtysh(frrShowPrefix(pfx) + " json")
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +94,7 @@ func frrPrefix(t *ToR, pfx netip.Prefix) ([]frrPath, error) {
 		} `json:"paths"`
 	}
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		return nil, fmt.Errorf("parse FRR show ip bgp %s json: %w: %.300s", pfx, err, out)
+		return nil, fmt.Errorf("parse FRR %s json: %w: %.300s", frrShowPrefix(pfx), err, out)
 	}
 	if r.Prefix != "" && r.Prefix != pfx.String() {
 		return nil, nil // FRR answers with the covering route: none for pfx itself
@@ -106,8 +115,8 @@ func frrPrefix(t *ToR, pfx netip.Prefix) ([]frrPath, error) {
 	return paths, nil
 }
 
-// frrFrom checks the ToR has pfx from exactly the nodes in from, each
-// path carrying the communities.
+// frrFrom checks the ToR has pfx from exactly the nodes in from (their
+// sessions of pfx's family), each path carrying the communities.
 func frrFrom(t *ToR, pfx netip.Prefix, from []*Node, communities, large string) error {
 	paths, err := frrPrefix(t, pfx)
 	if err != nil {
@@ -118,7 +127,7 @@ func frrFrom(t *ToR, pfx netip.Prefix, from []*Node, communities, large string) 
 		got = append(got, p.From)
 	}
 	for _, n := range from {
-		want = append(want, n.Address)
+		want = append(want, n.AddressOf(pfx.Addr().Is6()))
 	}
 	slices.SortFunc(want, netip.Addr.Compare)
 	if !slices.Equal(got, want) {
