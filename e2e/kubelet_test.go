@@ -407,7 +407,8 @@ func (s *kubeletSuite) rolloutRestart(t *testing.T) {
 	}
 }
 
-// ipamState is what node n's daemon has allocated, by IP.
+// ipamState is what node n's daemon has allocated, by IP (each of an
+// allocation's addresses: IPv4 and, on a dual-stack node, IPv6).
 func ipamState(t *testing.T, n *KubeNode) map[netip.Addr]ipam.Allocation {
 	t.Helper()
 	c, err := ipam.NewClient(n.HostPath("/run/nexthop/nexthop.sock"))
@@ -423,16 +424,19 @@ func ipamState(t *testing.T, n *KubeNode) map[netip.Addr]ipam.Allocation {
 	}
 	m := map[netip.Addr]ipam.Allocation{}
 	for _, a := range allocs {
-		if prev, dup := m[a.IP]; dup {
-			t.Errorf("%s: %s allocated twice: %s and %s", n.Name, a.IP, prev.ContainerID, a.ContainerID)
+		for _, ip := range a.Addrs() {
+			if prev, dup := m[ip]; dup {
+				t.Errorf("%s: %s allocated twice: %s and %s", n.Name, ip, prev.ContainerID, a.ContainerID)
+			}
+			m[ip] = a
 		}
-		m[a.IP] = a
 	}
 	return m
 }
 
 // ipamMatchesPods waits until node n's allocations are exactly the
-// addresses of its running pod sandboxes: nothing leaked, nothing doubled.
+// addresses of its running pod sandboxes, of every family: nothing
+// leaked, nothing doubled, no family held without the other.
 func (s *kubeletSuite) ipamMatchesPods(t *testing.T, n *KubeNode) {
 	t.Helper()
 	waitFor(t, 2*time.Minute, n.Name+": IPAM holds exactly the addresses of the node's pods", func() error {
@@ -442,7 +446,11 @@ func (s *kubeletSuite) ipamMatchesPods(t *testing.T, n *KubeNode) {
 		}
 		var pods, allocated []string
 		for _, sb := range sbs {
-			pods = append(pods, sb.IP.String())
+			for _, ip := range []netip.Addr{sb.IP, sb.IPv6} {
+				if ip.IsValid() {
+					pods = append(pods, ip.String())
+				}
+			}
 		}
 		for ip := range ipamState(t, n) {
 			allocated = append(allocated, ip.String())
