@@ -126,6 +126,13 @@ func (s *kubeletSuite) install(t *testing.T) {
 		if capEff := procStatus(t, pid, "CapEff"); capEff != "0000000000001400" {
 			t.Errorf("%s: nexthopd runs with CapEff %s, want NET_BIND_SERVICE+NET_ADMIN only (0000000000001400)", n.Name, capEff)
 		}
+		// The daemon cannot write /proc/sys: the init container turned on
+		// IPv6 forwarding for the node's IPv6 block, and left an IPv4-only
+		// node's alone.
+		want := map[bool]string{false: "0", true: "1"}[k.Stack == StackDual]
+		if got, err := Exec(n.NS, "cat", "/proc/sys/net/ipv6/conf/all/forwarding"); err != nil || strings.TrimSpace(got) != want {
+			t.Errorf("%s: net.ipv6.conf.all.forwarding is %q (%v), want %s", n.Name, strings.TrimSpace(got), err, want)
+		}
 	}
 	// The daemons authenticate with their service account (in-cluster
 	// config) and write their node's status through it.
