@@ -20,30 +20,13 @@ var dual = Rules{
 }
 
 func TestSpansIPv6(t *testing.T) {
-	for _, c := range []struct {
-		in   []string
-		want string
-	}{
+	checkSpans(t, ipv6, []spanCase{
 		{[]string{"fd00:10:244::/56", "fd00:10:244:1::/64"}, "fd00:10:244::/56"},
 		{[]string{"fd00:10:245::/48", "fd00:10:244::/48"}, "fd00:10:244::/47"},
 		{[]string{"fd00:96::/108", "fd00:10:244::/56", "2001:db8::7/32"}, "2001:db8::/32 fd00:10:244::/56 fd00:96::/108"},
 		{[]string{"ffff::/16", "fff0::/12"}, "fff0::/12"},
 		{[]string{"::/0", "fd00::/8"}, "::/0"},
-	} {
-		ss, err := spans(ipv6, pfx(c.in...))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := strings.Join(spanStrings(ss), " "); got != c.want {
-			t.Errorf("spans(%v) = %q, want %q", c.in, got, c.want)
-		}
-		es := toElements(ipv6, ss)
-		slices.Reverse(es)
-		back, err := fromElements(ipv6, es)
-		if err != nil || !slices.Equal(back, ss) {
-			t.Errorf("elements of %v read back as %v (%v)", c.in, spanStrings(back), err)
-		}
-	}
+	})
 	if _, err := spans(ipv6, pfx("10.0.0.0/8")); err == nil {
 		t.Error("an IPv4 prefix was accepted in the IPv6 table")
 	}
@@ -143,59 +126,26 @@ func TestNAT66Table(t *testing.T) {
 // TestMasquerades66 sends real IPv6 traffic, as TestMasqueradesOnlyOutside
 // does for IPv4: only pod → outside is translated.
 func TestMasquerades66(t *testing.T) {
-	names := newNS(t, "node", "pod", "srv")
-	node, pod, srv := names[0], names[1], names[2]
-	run(t, "ip", "link", "add", "vp", "netns", node, "type", "veth", "peer", "name", "eth0", "netns", pod)
-	run(t, "ip", "link", "add", "ul0", "netns", node, "type", "veth", "peer", "name", "ul0", "netns", srv)
-	for _, c := range [][]string{
-		{node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
-		{node, "ip", "addr", "add", "fd00:10:244:1::1/64", "dev", "vp", "nodad"},
-		{node, "ip", "addr", "add", "fd00:192::11/64", "dev", "ul0", "nodad"},
-		{node, "ip", "link", "set", "vp", "up"},
-		{node, "ip", "link", "set", "ul0", "up"},
-		{node, "ip", "-6", "route", "add", "default", "via", "fd00:192::99"},
-		{pod, "ip", "addr", "add", "fd00:10:244:1::2/64", "dev", "eth0", "nodad"},
-		{pod, "ip", "link", "set", "eth0", "up"},
-		{pod, "ip", "-6", "route", "add", "default", "via", "fd00:10:244:1::1"},
-		{srv, "ip", "addr", "add", "fd00:192::99/64", "dev", "ul0", "nodad"},
-		{srv, "ip", "addr", "add", "fd00:203::10/128", "dev", "lo"},
-		{srv, "ip", "addr", "add", "fd00:10:244:2::2/128", "dev", "lo"},
-		{srv, "ip", "link", "set", "ul0", "up"},
-		{srv, "ip", "-6", "route", "add", "fd00:10:244:1::/64", "via", "fd00:192::11"},
-	} {
-		run(t, append([]string{"ip", "netns", "exec"}, c...)...)
-	}
-	m := manager(t, node)
-	mustSync(t, m, dual)
-	counter := func() uint64 {
-		st, err := m.read(ipv6)
-		if err != nil || len(st.rules) != 1 {
-			t.Fatalf("ip6 table: %v", err)
-		}
-		for _, e := range st.rules[0].Exprs {
-			if c, ok := e.(*expr.Counter); ok {
-				return c.Packets
+	checkMasquerades(t, masqNet{fam: ipv6, rules: dual,
+		pod: "fd00:10:244:1::2", otherPod: "fd00:10:244:2::2", outside: "fd00:203::10",
+		setup: func(node, pod, srv string) [][]string {
+			return [][]string{
+				{node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
+				{node, "ip", "addr", "add", "fd00:10:244:1::1/64", "dev", "vp", "nodad"},
+				{node, "ip", "addr", "add", "fd00:192::11/64", "dev", "ul0", "nodad"},
+				{node, "ip", "link", "set", "vp", "up"},
+				{node, "ip", "link", "set", "ul0", "up"},
+				{node, "ip", "-6", "route", "add", "default", "via", "fd00:192::99"},
+				{pod, "ip", "addr", "add", "fd00:10:244:1::2/64", "dev", "eth0", "nodad"},
+				{pod, "ip", "link", "set", "eth0", "up"},
+				{pod, "ip", "-6", "route", "add", "default", "via", "fd00:10:244:1::1"},
+				{srv, "ip", "addr", "add", "fd00:192::99/64", "dev", "ul0", "nodad"},
+				{srv, "ip", "addr", "add", "fd00:203::10/128", "dev", "lo"},
+				{srv, "ip", "addr", "add", "fd00:10:244:2::2/128", "dev", "lo"},
+				{srv, "ip", "link", "set", "ul0", "up"},
+				{srv, "ip", "-6", "route", "add", "fd00:10:244:1::/64", "via", "fd00:192::11"},
 			}
-		}
-		t.Fatal("no counter in the ip6 rule")
-		return 0
-	}
-	ping := func(dst string) {
-		t.Helper()
-		run(t, "ip", "netns", "exec", pod, "ping", "-6", "-n", "-c", "2", "-i", "0.2", "-W", "2", dst)
-	}
-	ping("fd00:10:244:2::2") // another node's pod: in the pool, excluded
-	if n := counter(); n != 0 {
-		t.Errorf("pod → pod translated: counter %d, want 0", n)
-	}
-	run(t, "ip", "netns", "exec", srv, "ping", "-6", "-n", "-c", "1", "-W", "2", "fd00:10:244:1::2") // outside → pod
-	if n := counter(); n != 0 {
-		t.Errorf("connection into the pod translated: counter %d, want 0", n)
-	}
-	ping("fd00:203::10") // the outside
-	if n := counter(); n != 1 {
-		t.Errorf("pod → outside: counter %d, want 1 translated flow", n)
-	}
+		}})
 }
 
 func runErr(args ...string) (string, error) {

@@ -31,20 +31,19 @@ var node1 = Rules{
 	Exclude: pfx("10.244.0.0/16", "10.244.1.0/24", "10.96.0.0/12"),
 }
 
-func TestSpans(t *testing.T) {
-	for _, c := range []struct {
-		in   []string
-		want string
-	}{
-		{nil, ""},
-		{[]string{"10.244.0.0/16", "10.244.1.0/24"}, "10.244.0.0/16"},
-		{[]string{"10.245.0.0/16", "10.244.0.0/16"}, "10.244.0.0/15"},
-		{[]string{"10.246.0.0/16", "10.245.0.0/16", "10.244.0.0/16"}, "10.244.0.0-10.246.255.255"},
-		{[]string{"10.96.0.0/12", "10.244.0.0/16", "192.0.2.7/24"}, "10.96.0.0/12 10.244.0.0/16 192.0.2.0/24"},
-		{[]string{"255.255.255.255/32", "128.0.0.0/1"}, "128.0.0.0/1"},
-		{[]string{"0.0.0.0/0", "10.0.0.0/8"}, "0.0.0.0/0"},
-	} {
-		ss, err := spans(ipv4, pfx(c.in...))
+// spanCase is a list of prefixes and the spans they fold into, written
+// out as spanStrings does.
+type spanCase struct {
+	in   []string
+	want string
+}
+
+// checkSpans folds each case's prefixes in family f and checks that what
+// we write reads back the same.
+func checkSpans(t *testing.T, f family, cases []spanCase) {
+	t.Helper()
+	for _, c := range cases {
+		ss, err := spans(f, pfx(c.in...))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -52,13 +51,25 @@ func TestSpans(t *testing.T) {
 			t.Errorf("spans(%v) = %q, want %q", c.in, got, c.want)
 		}
 		// What we write must read back the same, in any order.
-		es := toElements(ipv4, ss)
+		es := toElements(f, ss)
 		slices.Reverse(es)
-		back, err := fromElements(ipv4, es)
+		back, err := fromElements(f, es)
 		if err != nil || !slices.Equal(back, ss) {
 			t.Errorf("elements of %v read back as %v (%v)", c.in, spanStrings(back), err)
 		}
 	}
+}
+
+func TestSpans(t *testing.T) {
+	checkSpans(t, ipv4, []spanCase{
+		{nil, ""},
+		{[]string{"10.244.0.0/16", "10.244.1.0/24"}, "10.244.0.0/16"},
+		{[]string{"10.245.0.0/16", "10.244.0.0/16"}, "10.244.0.0/15"},
+		{[]string{"10.246.0.0/16", "10.245.0.0/16", "10.244.0.0/16"}, "10.244.0.0-10.246.255.255"},
+		{[]string{"10.96.0.0/12", "10.244.0.0/16", "192.0.2.7/24"}, "10.96.0.0/12 10.244.0.0/16 192.0.2.0/24"},
+		{[]string{"255.255.255.255/32", "128.0.0.0/1"}, "128.0.0.0/1"},
+		{[]string{"0.0.0.0/0", "10.0.0.0/8"}, "0.0.0.0/0"},
+	})
 	if _, err := spans(ipv4, pfx("2001:db8::/32")); err == nil {
 		t.Error("an IPv6 prefix was accepted")
 	}
@@ -384,61 +395,91 @@ func TestRemoveLeavesOtherTables(t *testing.T) {
 	}
 }
 
-// TestMasqueradesOnlyOutside sends real traffic: a pod namespace behind a
-// node namespace, and a "server" namespace holding an outside address
-// and a pod address of another node. Only the first packet of a flow
-// passes nat chains, so the rule's counter counts translated flows.
-func TestMasqueradesOnlyOutside(t *testing.T) {
+// masqNet is one family's side of checkMasquerades: a pod namespace
+// behind a node namespace, and a "server" namespace holding an outside
+// address and a pod address of another node.
+type masqNet struct {
+	fam   family
+	rules Rules
+	// setup is run in the namespaces once the veths vp/eth0 (node/pod)
+	// and ul0 (node/srv) exist, one command a line: the namespace, then
+	// the command.
+	setup func(node, pod, srv string) [][]string
+	// pod is the pod's address, otherPod another node's pod (on srv),
+	// outside an address outside the cluster (on srv).
+	pod, otherPod, outside string
+}
+
+// checkMasquerades sends real traffic through n's namespaces. Only the
+// first packet of a flow passes nat chains, so the rule's counter counts
+// translated flows: only pod → outside may be translated.
+func checkMasquerades(t *testing.T, n masqNet) {
+	t.Helper()
 	names := newNS(t, "node", "pod", "srv")
 	node, pod, srv := names[0], names[1], names[2]
 	run(t, "ip", "link", "add", "vp", "netns", node, "type", "veth", "peer", "name", "eth0", "netns", pod)
 	run(t, "ip", "link", "add", "ul0", "netns", node, "type", "veth", "peer", "name", "ul0", "netns", srv)
-	for _, c := range [][]string{
-		{node, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
-		{node, "ip", "addr", "add", "10.244.1.1/24", "dev", "vp"},
-		{node, "ip", "addr", "add", "192.0.2.11/24", "dev", "ul0"},
-		{node, "ip", "link", "set", "vp", "up"},
-		{node, "ip", "link", "set", "ul0", "up"},
-		{node, "ip", "route", "add", "default", "via", "192.0.2.99"},
-		{pod, "ip", "addr", "add", "10.244.1.2/24", "dev", "eth0"},
-		{pod, "ip", "link", "set", "eth0", "up"},
-		{pod, "ip", "route", "add", "default", "via", "10.244.1.1"},
-		{srv, "ip", "addr", "add", "192.0.2.99/24", "dev", "ul0"},
-		{srv, "ip", "addr", "add", "203.0.113.10/32", "dev", "lo"},
-		{srv, "ip", "addr", "add", "10.244.2.2/32", "dev", "lo"},
-		{srv, "ip", "link", "set", "ul0", "up"},
-		// Untranslated replies find their way back too: the counter, not
-		// reachability, tells translated from not.
-		{srv, "ip", "route", "add", "10.244.1.0/24", "via", "192.0.2.11"},
-	} {
+	for _, c := range n.setup(node, pod, srv) {
 		run(t, append([]string{"ip", "netns", "exec"}, c...)...)
 	}
 	m := manager(t, node)
-	mustSync(t, m, node1)
+	mustSync(t, m, n.rules)
 	counter := func() uint64 {
-		st := readState(t, m)
+		st, err := m.read(n.fam)
+		if err != nil || len(st.rules) != 1 {
+			t.Fatalf("%s table: %v", n.fam.name, err)
+		}
 		for _, e := range st.rules[0].Exprs {
 			if c, ok := e.(*expr.Counter); ok {
 				return c.Packets
 			}
 		}
-		t.Fatal("no counter in the rule")
+		t.Fatalf("no counter in the %s rule", n.fam.name)
 		return 0
 	}
-	ping := func(dst string) {
+	ping := func(ns string, args ...string) {
 		t.Helper()
-		run(t, "ip", "netns", "exec", pod, "ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", dst)
+		cmd := []string{"ip", "netns", "exec", ns, "ping"}
+		if n.fam.v6 {
+			cmd = append(cmd, "-6")
+		}
+		run(t, append(cmd, args...)...)
 	}
-	ping("10.244.2.2") // another node's pod: excluded
+	ping(pod, "-n", "-c", "2", "-i", "0.2", "-W", "2", n.otherPod) // another node's pod: excluded
 	if n := counter(); n != 0 {
 		t.Errorf("pod → pod translated: counter %d, want 0", n)
 	}
-	run(t, "ip", "netns", "exec", srv, "ping", "-n", "-c", "1", "-W", "2", "10.244.1.2") // outside → pod
+	ping(srv, "-n", "-c", "1", "-W", "2", n.pod) // outside → pod
 	if n := counter(); n != 0 {
 		t.Errorf("connection into the pod translated: counter %d, want 0", n)
 	}
-	ping("203.0.113.10") // the outside
+	ping(pod, "-n", "-c", "2", "-i", "0.2", "-W", "2", n.outside) // the outside
 	if n := counter(); n != 1 {
 		t.Errorf("pod → outside: counter %d, want 1 translated flow", n)
 	}
+}
+
+func TestMasqueradesOnlyOutside(t *testing.T) {
+	checkMasquerades(t, masqNet{fam: ipv4, rules: node1,
+		pod: "10.244.1.2", otherPod: "10.244.2.2", outside: "203.0.113.10",
+		setup: func(node, pod, srv string) [][]string {
+			return [][]string{
+				{node, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+				{node, "ip", "addr", "add", "10.244.1.1/24", "dev", "vp"},
+				{node, "ip", "addr", "add", "192.0.2.11/24", "dev", "ul0"},
+				{node, "ip", "link", "set", "vp", "up"},
+				{node, "ip", "link", "set", "ul0", "up"},
+				{node, "ip", "route", "add", "default", "via", "192.0.2.99"},
+				{pod, "ip", "addr", "add", "10.244.1.2/24", "dev", "eth0"},
+				{pod, "ip", "link", "set", "eth0", "up"},
+				{pod, "ip", "route", "add", "default", "via", "10.244.1.1"},
+				{srv, "ip", "addr", "add", "192.0.2.99/24", "dev", "ul0"},
+				{srv, "ip", "addr", "add", "203.0.113.10/32", "dev", "lo"},
+				{srv, "ip", "addr", "add", "10.244.2.2/32", "dev", "lo"},
+				{srv, "ip", "link", "set", "ul0", "up"},
+				// Untranslated replies find their way back too: the counter, not
+				// reachability, tells translated from not.
+				{srv, "ip", "route", "add", "10.244.1.0/24", "via", "192.0.2.11"},
+			}
+		}})
 }
