@@ -149,25 +149,8 @@ func TestConformanceLibcni(t *testing.T) {
 	if _, err := cni.ValidateNetworkList(ctx, list); err != nil {
 		t.Fatalf("validate conflist: %v", err)
 	}
-	rt := &libcni.RuntimeConf{
-		ContainerID: "nhc-ctr-" + randSuffix(),
-		NetNS:       pod.Path(),
-		IfName:      "eth0",
-		Args:        [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", "web"}},
-		CapabilityArgs: map[string]any{"portMappings": []map[string]any{
-			{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"},
-		}},
-	}
-
-	// Plugins run with the calling thread's netns: the host namespace.
-	r, err := in(t, host.ns, func() (types.Result, error) { return cni.AddNetworkList(ctx, list, rt) })
-	if err != nil {
-		t.Fatalf("ADD: %v", err)
-	}
-	res, err := current.NewResultFromResult(r)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rt := portmapPod(pod, "web", 18080)
+	res := addList(t, ctx, cni, host, list, rt)
 	if res.CNIVersion != newestVersion || len(res.IPs) != 1 || res.IPs[0].Address.String() != "10.81.0.2/32" {
 		t.Fatalf("ADD result %s %+v", res.CNIVersion, res.IPs)
 	}
@@ -346,6 +329,81 @@ func TestConformanceCnitool(t *testing.T) {
 	}
 }
 
+// portmapPod is the runtime's config for pod default/name in netns pod,
+// with hostPort mapped to the pod's port 80.
+func portmapPod(pod ns.NetNS, name string, hostPort int) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{
+		ContainerID: "nhc-ctr-" + randSuffix(),
+		NetNS:       pod.Path(),
+		IfName:      "eth0",
+		Args:        [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", name}},
+		CapabilityArgs: map[string]any{"portMappings": []map[string]any{
+			{"hostPort": hostPort, "containerPort": 80, "protocol": "tcp"},
+		}},
+	}
+}
+
+// addList runs ADD of list for rt through the binaries and returns the
+// result at the current version.
+func addList(t *testing.T, ctx context.Context, cni *libcni.CNIConfig, host *testHost, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) *current.Result {
+	t.Helper()
+	// Plugins run with the calling thread's netns: the host namespace.
+	r, err := in(t, host.ns, func() (types.Result, error) { return cni.AddNetworkList(ctx, list, rt) })
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	res, err := current.NewResultFromResult(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// addAtVersion runs ADD of a new container's eth0 in pod through the
+// binary, with the plugin config at result version v.
+func addAtVersion(t *testing.T, ctx context.Context, cni *libcni.CNIConfig, host *testHost, pod ns.NetNS, v string) (*libcni.NetworkConfig, *libcni.RuntimeConf, types.Result) {
+	t.Helper()
+	conf, err := libcni.ConfFromBytes(netConf(t, host.sock, map[string]any{"cniVersion": v}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := &libcni.RuntimeConf{ContainerID: "nhc-ver-" + randSuffix(), NetNS: pod.Path(), IfName: "eth0"}
+	r, err := in(t, host.ns, func() (types.Result, error) { return cni.AddNetwork(ctx, conf, rt) })
+	if err != nil {
+		t.Fatalf("ADD at %s: %v", v, err)
+	}
+	return conf, rt, r
+}
+
+// parseAtVersion is r as the runtime reads it back from the plugin's
+// stdout, in version v, and those bytes.
+func parseAtVersion(t *testing.T, v string, r types.Result) (types.Result, []byte) {
+	t.Helper()
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := version.NewResult(v, b)
+	if err != nil {
+		t.Fatalf("%s result does not parse as %s: %v\n%s", v, v, err, b)
+	}
+	return parsed, b
+}
+
+// checkDelAtVersion runs CHECK (from 0.4.0, where it exists) and DEL of rt
+// through the binary at version v.
+func checkDelAtVersion(t *testing.T, ctx context.Context, cni *libcni.CNIConfig, host *testHost, conf *libcni.NetworkConfig, rt *libcni.RuntimeConf, v string) {
+	t.Helper()
+	if ok, _ := version.GreaterThanOrEqualTo(v, "0.4.0"); ok {
+		if _, err := in(t, host.ns, func() (any, error) { return nil, cni.CheckNetwork(ctx, conf, rt) }); err != nil {
+			t.Fatalf("CHECK at %s: %v", v, err)
+		}
+	}
+	if _, err := in(t, host.ns, func() (any, error) { return nil, cni.DelNetwork(ctx, conf, rt) }); err != nil {
+		t.Fatalf("DEL at %s: %v", v, err)
+	}
+}
+
 // TestConformanceResultVersions runs ADD, CHECK (from 0.4.0, where it
 // exists) and DEL through the real binary at every version the plugin
 // claims: a runtime may pin any of them in its conflist (containerd 1.7
@@ -366,28 +424,11 @@ func TestConformanceResultVersions(t *testing.T) {
 	}
 	for _, v := range versions {
 		t.Run(v, func(t *testing.T) {
-			conf, err := libcni.ConfFromBytes(netConf(t, host.sock, map[string]any{"cniVersion": v}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			rt := &libcni.RuntimeConf{ContainerID: "nhc-ver-" + randSuffix(), NetNS: pod.Path(), IfName: "eth0"}
-			r, err := in(t, host.ns, func() (types.Result, error) { return cni.AddNetwork(ctx, conf, rt) })
-			if err != nil {
-				t.Fatalf("ADD at %s: %v", v, err)
-			}
+			conf, rt, r := addAtVersion(t, ctx, cni, host, pod, v)
 			if r.Version() != v {
 				t.Fatalf("ADD at %s returned a %s result", v, r.Version())
 			}
-			// The result as the runtime reads it back from the plugin's
-			// stdout, in the version asked for.
-			b, err := json.Marshal(r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			parsed, err := version.NewResult(v, b)
-			if err != nil {
-				t.Fatalf("%s result does not parse as %s: %v\n%s", v, v, err, b)
-			}
+			parsed, b := parseAtVersion(t, v, r)
 			res, err := current.NewResultFromResult(parsed)
 			if err != nil || len(res.IPs) != 1 || host.alloc.Used() != 1 {
 				t.Fatalf("%s result %s (%v)", v, b, err)
@@ -396,14 +437,7 @@ func TestConformanceResultVersions(t *testing.T) {
 			if !ok || alloc.IP.String() != res.IPs[0].Address.IP.String() {
 				t.Fatalf("%s result names %v, the daemon allocated %+v", v, res.IPs[0].Address, alloc)
 			}
-			if ok, _ := version.GreaterThanOrEqualTo(v, "0.4.0"); ok {
-				if _, err := in(t, host.ns, func() (any, error) { return nil, cni.CheckNetwork(ctx, conf, rt) }); err != nil {
-					t.Fatalf("CHECK at %s: %v", v, err)
-				}
-			}
-			if _, err := in(t, host.ns, func() (any, error) { return nil, cni.DelNetwork(ctx, conf, rt) }); err != nil {
-				t.Fatalf("DEL at %s: %v", v, err)
-			}
+			checkDelAtVersion(t, ctx, cni, host, conf, rt, v)
 			if host.alloc.Used() != 0 {
 				t.Fatalf("DEL at %s left %d allocations", v, host.alloc.Used())
 			}
@@ -433,29 +467,9 @@ func TestConformanceDualStack(t *testing.T) {
 		t.Fatal(err)
 	}
 	cni := libcni.NewCNIConfigWithCacheDir([]string{bin}, t.TempDir(), nil)
-	rt := &libcni.RuntimeConf{
-		ContainerID: "nhc-ctr-" + randSuffix(),
-		NetNS:       pod.Path(),
-		IfName:      "eth0",
-		Args:        [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", "dual"}},
-		CapabilityArgs: map[string]any{"portMappings": []map[string]any{
-			{"hostPort": 18082, "containerPort": 80, "protocol": "tcp"},
-		}},
-	}
-	r, err := in(t, host.ns, func() (types.Result, error) { return cni.AddNetworkList(ctx, list, rt) })
-	if err != nil {
-		t.Fatalf("ADD: %v", err)
-	}
-	res, err := current.NewResultFromResult(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := resultIPs(res), []string{"10.87.0.2/32 gw 169.254.1.1 if 1", "fd00:10:87::2/128 gw fe80::1 if 1"}; !slices.Equal(got, want) {
-		t.Fatalf("ADD result IPs %q, want %q", got, want)
-	}
-	if got, want := resultRoutes(res), []string{"0.0.0.0/0 via 169.254.1.1", "::/0 via fe80::1"}; !slices.Equal(got, want) {
-		t.Fatalf("ADD result routes %q, want %q", got, want)
-	}
+	rt := portmapPod(pod, "dual", 18082)
+	res := addList(t, ctx, cni, host, list, rt)
+	wantResult(t, res, []string{"10.87.0.2/32 gw 169.254.1.1 if 1", "fd00:10:87::2/128 gw fe80::1 if 1"}, []string{"0.0.0.0/0 via 169.254.1.1", "::/0 via fe80::1"})
 	// portmap read both addresses from the result: the mapping answers
 	// over IPv6 as over IPv4.
 	assertTCP6(t, pod, host.ns, "[fd00:10:87::2]:80")
@@ -525,20 +539,8 @@ func TestConformanceDualStack(t *testing.T) {
 
 	for _, v := range version.All.SupportedVersions() {
 		t.Run(v, func(t *testing.T) {
-			conf, err := libcni.ConfFromBytes(netConf(t, host.sock, map[string]any{"cniVersion": v}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			rt := &libcni.RuntimeConf{ContainerID: "nhc-ver-" + randSuffix(), NetNS: pod.Path(), IfName: "eth0"}
-			r, err := in(t, host.ns, func() (types.Result, error) { return cni.AddNetwork(ctx, conf, rt) })
-			if err != nil {
-				t.Fatalf("ADD at %s: %v", v, err)
-			}
-			b, _ := json.Marshal(r)
-			parsed, err := version.NewResult(v, b)
-			if err != nil {
-				t.Fatalf("%s result does not parse: %v\n%s", v, err, b)
-			}
+			conf, rt, r := addAtVersion(t, ctx, cni, host, pod, v)
+			parsed, b := parseAtVersion(t, v, r)
 			res, err := current.NewResultFromResult(parsed)
 			if err != nil {
 				t.Fatal(err)
@@ -551,14 +553,7 @@ func TestConformanceDualStack(t *testing.T) {
 			if want := []string{al.IP.String(), al.IPv6.String()}; !slices.Equal(got, want) {
 				t.Fatalf("%s result names %q, the daemon allocated %q\n%s", v, got, want, b)
 			}
-			if ok, _ := version.GreaterThanOrEqualTo(v, "0.4.0"); ok {
-				if _, err := in(t, host.ns, func() (any, error) { return nil, cni.CheckNetwork(ctx, conf, rt) }); err != nil {
-					t.Fatalf("CHECK at %s: %v", v, err)
-				}
-			}
-			if _, err := in(t, host.ns, func() (any, error) { return nil, cni.DelNetwork(ctx, conf, rt) }); err != nil {
-				t.Fatalf("DEL at %s: %v", v, err)
-			}
+			checkDelAtVersion(t, ctx, cni, host, conf, rt, v)
 			if _, ok := host.alloc.Get(rt.ContainerID, "eth0"); ok {
 				t.Fatalf("DEL at %s left the allocation", v)
 			}

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -62,27 +61,7 @@ func ping(t *testing.T, n ns.NetNS, dst string) {
 // IPv6.
 func assertTCP6(t *testing.T, srvNS, cliNS ns.NetNS, addr string) {
 	t.Helper()
-	l, err := in(t, srvNS, func() (net.Listener, error) { return net.Listen("tcp6", addr) })
-	if err != nil {
-		t.Fatalf("listen %s: %v", addr, err)
-	}
-	defer l.Close()
-	go func() {
-		if c, err := l.Accept(); err == nil {
-			c.Write([]byte("hi"))
-			c.Close()
-		}
-	}()
-	c, err := in(t, cliNS, func() (net.Conn, error) { return net.DialTimeout("tcp6", addr, 5*time.Second) })
-	if err != nil {
-		t.Fatalf("connect to %s: %v", addr, err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	buf := make([]byte, 2)
-	if _, err := c.Read(buf); err != nil || string(buf) != "hi" {
-		t.Fatalf("read from %s: %q %v", addr, buf, err)
-	}
+	assertTCPOver(t, "tcp6", srvNS, cliNS, addr)
 }
 
 // routesOf lists the routes of family through interface name in netns n as
@@ -163,37 +142,52 @@ func withoutLinkLocal(addrs []string) []string {
 	return slices.DeleteFunc(slices.Clone(addrs), func(s string) bool { return strings.HasPrefix(s, "fe80:") && !strings.HasPrefix(s, "fe80::1/") })
 }
 
-// TestAddCheckDelDualStack wires a pod on a dual-stack node: one ADD gives
-// it an IPv4 and an IPv6 address, both reachable from the node, CHECK
-// verifies both families, DEL frees both.
-func TestAddCheckDelDualStack(t *testing.T) {
+// addV6Pod makes a node with IPAM blocks and an IPv6 uplink address, and a
+// pod netns, and runs ADD of the pod's eth0 (CNI_ARGS cniArgs) there.
+func addV6Pod(t *testing.T, blocks, cniArgs string) (*testHost, ns.NetNS, *skel.CmdArgs, *current.Result) {
+	t.Helper()
 	requireRoot(t)
-	host := newTestHost(t, "10.79.0.0/24,fd00:10:79::/64")
+	host := newTestHost(t, blocks)
 	addHostV6(t, host)
 	pod := newNetNS(t, "pod")
-	ctx := context.Background()
 	args := &skel.CmdArgs{
 		ContainerID: "nhc-ctr-" + randSuffix(),
 		Netns:       pod.Path(),
 		IfName:      "eth0",
-		Args:        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=dual-0;K8S_POD_UID=abc",
+		Args:        cniArgs,
 		StdinData:   netConf(t, host.sock, nil),
 	}
 	conf, cerr := parseConfig(args.StdinData)
 	if cerr != nil {
 		t.Fatal(cerr)
 	}
-	res, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, conf, args) })
+	res, err := in(t, host.ns, func() (*current.Result, error) { return add(context.Background(), conf, args) })
 	if err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
+	return host, pod, args, res
+}
+
+// wantResult checks an ADD result's addresses and routes, as resultIPs and
+// resultRoutes write them.
+func wantResult(t *testing.T, res *current.Result, ips, routes []string) {
+	t.Helper()
+	if got := resultIPs(res); !slices.Equal(got, ips) {
+		t.Fatalf("ADD result IPs %q, want %q", got, ips)
+	}
+	if got := resultRoutes(res); !slices.Equal(got, routes) {
+		t.Fatalf("ADD result routes %q, want %q", got, routes)
+	}
+}
+
+// TestAddCheckDelDualStack wires a pod on a dual-stack node: one ADD gives
+// it an IPv4 and an IPv6 address, both reachable from the node, CHECK
+// verifies both families, DEL frees both.
+func TestAddCheckDelDualStack(t *testing.T) {
+	host, pod, args, res := addV6Pod(t, "10.79.0.0/24,fd00:10:79::/64", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=dual-0;K8S_POD_UID=abc")
+	ctx := context.Background()
 	podIP, podIP6 := netip.MustParseAddr("10.79.0.2"), netip.MustParseAddr("fd00:10:79::2")
-	if got, want := resultIPs(res), []string{"10.79.0.2/32 gw 169.254.1.1 if 1", "fd00:10:79::2/128 gw fe80::1 if 1"}; !slices.Equal(got, want) {
-		t.Fatalf("ADD result IPs %q, want %q", got, want)
-	}
-	if got, want := resultRoutes(res), []string{"0.0.0.0/0 via 169.254.1.1", "::/0 via fe80::1"}; !slices.Equal(got, want) {
-		t.Fatalf("ADD result routes %q, want %q", got, want)
-	}
+	wantResult(t, res, []string{"10.79.0.2/32 gw 169.254.1.1 if 1", "fd00:10:79::2/128 gw fe80::1 if 1"}, []string{"0.0.0.0/0 via 169.254.1.1", "::/0 via fe80::1"})
 	if al, ok := host.alloc.Get(args.ContainerID, "eth0"); !ok || al.IP != podIP || al.IPv6 != podIP6 {
 		t.Fatalf("IPAM record %+v %v, want %s and %s", al, ok, podIP, podIP6)
 	}
@@ -247,7 +241,7 @@ func TestAddCheckDelDualStack(t *testing.T) {
 		t.Fatalf("CHECK on a healthy dual-stack pod: %v", err)
 	}
 	// Break each IPv6 piece: CHECK names it.
-	err = pod.Do(func(ns.NetNS) error {
+	err := pod.Do(func(ns.NetNS) error {
 		l, _ := netlink.LinkByName("eth0")
 		return netlink.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: defaultDstV6, Gw: GatewayV6.AsSlice()})
 	})
@@ -300,31 +294,9 @@ func TestAddCheckDelDualStack(t *testing.T) {
 // (no address, no 169.254.1.1, no proxy ARP), the pod reaches the node over
 // IPv6 and back.
 func TestAddCheckDelIPv6Only(t *testing.T) {
-	requireRoot(t)
-	host := newTestHost(t, "fd00:10:80::/64")
-	addHostV6(t, host)
-	pod := newNetNS(t, "pod")
+	host, pod, args, res := addV6Pod(t, "fd00:10:80::/64", "")
 	ctx := context.Background()
-	args := &skel.CmdArgs{
-		ContainerID: "nhc-ctr-" + randSuffix(),
-		Netns:       pod.Path(),
-		IfName:      "eth0",
-		StdinData:   netConf(t, host.sock, nil),
-	}
-	conf, cerr := parseConfig(args.StdinData)
-	if cerr != nil {
-		t.Fatal(cerr)
-	}
-	res, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, conf, args) })
-	if err != nil {
-		t.Fatalf("ADD: %v", err)
-	}
-	if got, want := resultIPs(res), []string{"fd00:10:80::2/128 gw fe80::1 if 1"}; !slices.Equal(got, want) {
-		t.Fatalf("ADD result IPs %q, want %q", got, want)
-	}
-	if got, want := resultRoutes(res), []string{"::/0 via fe80::1"}; !slices.Equal(got, want) {
-		t.Fatalf("ADD result routes %q, want %q", got, want)
-	}
+	wantResult(t, res, []string{"fd00:10:80::2/128 gw fe80::1 if 1"}, []string{"::/0 via fe80::1"})
 	hostVeth := HostVethName(args.ContainerID, "eth0")
 	if got := addrsOf(t, pod, "eth0", netlink.FAMILY_V4); len(got) != 0 {
 		t.Errorf("pod eth0 has IPv4 addresses %q on an IPv6-only node", got)
@@ -389,12 +361,7 @@ func TestSecondInterfaceDualStack(t *testing.T) {
 		t.Fatalf("pod rules %v, want one per family for net1", rules)
 	}
 	ping(t, host.ns, ip6net1)
-	check := func(a *skel.CmdArgs, res *current.Result) error {
-		c := *a
-		c.StdinData = withPrevResult(t, eth0.StdinData, res)
-		_, err := in(t, host.ns, func() (any, error) { return nil, Check(ctx, &c) })
-		return err
-	}
+	check := checker(t, ctx, host, eth0.StdinData)
 	for _, c := range []struct {
 		a   *skel.CmdArgs
 		res *current.Result
@@ -403,16 +370,7 @@ func TestSecondInterfaceDualStack(t *testing.T) {
 			t.Fatalf("CHECK %s: %v", c.a.IfName, err)
 		}
 	}
-	table1 := podTable(linkIndex(t, pod, "net1"))
-	if err := pod.Do(func(ns.NetNS) error { return netlink.RuleDel(sourceRule(netip.MustParseAddr(ip6net1), table1)) }); err != nil {
-		t.Fatalf("delete net1's IPv6 rule: %v", err)
-	}
-	if err := check(net1, res1); err == nil || !strings.Contains(err.Error(), "pod rule from "+ip6net1+" lookup") {
-		t.Fatalf("CHECK net1 without its IPv6 rule: %v", err)
-	}
-	if err := pod.Do(func(ns.NetNS) error { return addSourceRule(netip.MustParseAddr(ip6net1), table1) }); err != nil {
-		t.Fatal(err)
-	}
+	checkSeesRuleGone(t, pod, "IPv6 rule", ip6net1, func() error { return check(net1, res1) })
 	if _, err := in(t, host.ns, func() (any, error) { return nil, Del(ctx, net1) }); err != nil {
 		t.Fatalf("DEL net1: %v", err)
 	}

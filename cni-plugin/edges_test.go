@@ -210,12 +210,7 @@ func TestSecondInterface(t *testing.T) {
 	assertTCP(t, pod, host.ns, net.JoinHostPort(ip1, "7783"))
 	assertTCPFrom(t, host.ns, pod, ip1, net.JoinHostPort(host.addr.String(), "7784"))
 
-	check := func(a *skel.CmdArgs, res *current.Result) error {
-		c := *a
-		c.StdinData = withPrevResult(t, eth0.StdinData, res)
-		_, err := in(t, host.ns, func() (any, error) { return nil, Check(ctx, &c) })
-		return err
-	}
+	check := checker(t, ctx, host, eth0.StdinData)
 	if err := check(eth0, res0); err != nil {
 		t.Fatalf("CHECK eth0: %v", err)
 	}
@@ -223,17 +218,7 @@ func TestSecondInterface(t *testing.T) {
 		t.Fatalf("CHECK net1: %v", err)
 	}
 	// CHECK of net1 notices its rule gone.
-	table1 := podTable(linkIndex(t, pod, "net1"))
-	err = pod.Do(func(ns.NetNS) error { return netlink.RuleDel(sourceRule(netip.MustParseAddr(ip1), table1)) })
-	if err != nil {
-		t.Fatalf("delete net1's rule: %v", err)
-	}
-	if err := check(net1, res1); err == nil || !strings.Contains(err.Error(), "pod rule from "+ip1+" lookup") {
-		t.Fatalf("CHECK net1 without its rule: %v", err)
-	}
-	if err := pod.Do(func(ns.NetNS) error { return addSourceRule(netip.MustParseAddr(ip1), table1) }); err != nil {
-		t.Fatal(err)
-	}
+	checkSeesRuleGone(t, pod, "rule", ip1, func() error { return check(net1, res1) })
 
 	// DEL net1: eth0 untouched and working, net1's rule gone.
 	if _, err := in(t, host.ns, func() (any, error) { return nil, Del(ctx, net1) }); err != nil {
@@ -371,6 +356,34 @@ func podRules(t *testing.T, pod ns.NetNS) []netlink.Rule {
 		t.Fatal(err)
 	}
 	return rules
+}
+
+// checker returns a CHECK of an attachment in host's netns, with conf as
+// its config and res as its prevResult, as a runtime sends it.
+func checker(t *testing.T, ctx context.Context, host *testHost, conf []byte) func(a *skel.CmdArgs, res *current.Result) error {
+	return func(a *skel.CmdArgs, res *current.Result) error {
+		c := *a
+		c.StdinData = withPrevResult(t, conf, res)
+		_, err := in(t, host.ns, func() (any, error) { return nil, Check(ctx, &c) })
+		return err
+	}
+}
+
+// checkSeesRuleGone deletes net1's source rule from ip in pod (what names
+// it in messages): check, a CHECK of net1, must name the rule. Then it puts
+// the rule back.
+func checkSeesRuleGone(t *testing.T, pod ns.NetNS, what, ip string, check func() error) {
+	t.Helper()
+	table1 := podTable(linkIndex(t, pod, "net1"))
+	if err := pod.Do(func(ns.NetNS) error { return netlink.RuleDel(sourceRule(netip.MustParseAddr(ip), table1)) }); err != nil {
+		t.Fatalf("delete net1's %s: %v", what, err)
+	}
+	if err := check(); err == nil || !strings.Contains(err.Error(), "pod rule from "+ip+" lookup") {
+		t.Fatalf("CHECK net1 without its %s: %v", what, err)
+	}
+	if err := pod.Do(func(ns.NetNS) error { return addSourceRule(netip.MustParseAddr(ip), table1) }); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // assertTCPFrom connects from cliNS with source address src to a listener

@@ -203,10 +203,17 @@ func TestAddCheckDelInNetns(t *testing.T) {
 	}
 }
 
-// assertTCP listens in srvNS and connects from cliNS.
+// assertTCP listens in srvNS and connects from cliNS, over IPv4.
 func assertTCP(t *testing.T, srvNS, cliNS ns.NetNS, addr string) {
 	t.Helper()
-	l, err := in(t, srvNS, func() (net.Listener, error) { return net.Listen("tcp4", addr) })
+	assertTCPOver(t, "tcp4", srvNS, cliNS, addr)
+}
+
+// assertTCPOver listens on addr in srvNS and connects to it from cliNS,
+// over network ("tcp4" or "tcp6"): the server's "hi" must come back.
+func assertTCPOver(t *testing.T, network string, srvNS, cliNS ns.NetNS, addr string) {
+	t.Helper()
+	l, err := in(t, srvNS, func() (net.Listener, error) { return net.Listen(network, addr) })
 	if err != nil {
 		t.Fatalf("listen %s: %v", addr, err)
 	}
@@ -218,7 +225,7 @@ func assertTCP(t *testing.T, srvNS, cliNS ns.NetNS, addr string) {
 			c.Close()
 		}
 	}()
-	c, err := in(t, cliNS, func() (net.Conn, error) { return net.DialTimeout("tcp4", addr, 5*time.Second) })
+	c, err := in(t, cliNS, func() (net.Conn, error) { return net.DialTimeout(network, addr, 5*time.Second) })
 	if err != nil {
 		t.Fatalf("connect to %s: %v", addr, err)
 	}
