@@ -38,13 +38,7 @@ func TestDecideIPv6(t *testing.T) {
 	macB, macC := tunnel.VTEPMAC(nodeB6).String(), tunnel.VTEPMAC(nodeC6).String()
 	fdbB := "fd00:10:244:2::/64: fd00:10:244:2::1 lladdr " + macB + " dst fd00:192::12"
 	fdbC := "fd00:10:244:3::/64: fd00:10:244:3::1 lladdr " + macC + " dst fd00:198::13"
-	for _, c := range []struct {
-		kind         tunnel.Kind
-		mode         config.EncapMode
-		sameSubnet   string
-		crossSubnet  string
-		vxlanEntries []string
-	}{
+	for _, c := range []decideCase{
 		{tunnel.KindNone, config.Never, nativeB, nativeC, nil},
 		{tunnel.KindIPIP, config.CrossSubnet, nativeB, nativeC, nil},
 		{tunnel.KindIPIP, config.Always, nativeB, nativeC, nil},
@@ -52,15 +46,10 @@ func TestDecideIPv6(t *testing.T) {
 		{tunnel.KindVXLAN, config.CrossSubnet, nativeB, vxlanC, []string{fdbC}},
 		{tunnel.KindVXLAN, config.Always, vxlanB, vxlanC, []string{fdbB, fdbC}},
 	} {
-		o := options6(c.kind, c.mode)
-		hops, entries := show(o.Decide(map[netip.Prefix][]netip.Addr{blockB6: {nodeB6}, blockC6: {nodeC6}}, connected6))
-		name := kindName(c.kind) + "/" + string(c.mode)
-		if hops[blockB6] != c.sameSubnet || hops[blockC6] != c.crossSubnet {
-			t.Errorf("%s: same subnet via %q, cross subnet via %q; want %q, %q", name, hops[blockB6], hops[blockC6], c.sameSubnet, c.crossSubnet)
-		}
-		if !slices.Equal(entries, c.vxlanEntries) {
-			t.Errorf("%s: VXLAN entries %q, want %q", name, entries, c.vxlanEntries)
-		}
+		t.Run(c.name(), func(t *testing.T) {
+			o := options6(c.kind, c.mode)
+			c.check(t, o.Decide(map[netip.Prefix][]netip.Addr{blockB6: {nodeB6}, blockC6: {nodeC6}}, connected6), blockB6, blockC6)
+		})
 	}
 	// Without an IPv6 block there is no IPv6 device: IPv6 stays native.
 	o := options(tunnel.KindVXLAN, config.Always)

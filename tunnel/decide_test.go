@@ -63,13 +63,7 @@ func TestDecide(t *testing.T) {
 		fdbB    = "10.244.2.0/24: 10.244.2.1 lladdr 0e:68:c0:00:02:0c dst 192.0.2.12"
 		fdbC    = "10.244.3.0/24: 10.244.3.1 lladdr 0e:68:c6:33:64:0d dst 198.51.100.13"
 	)
-	for _, c := range []struct {
-		kind         tunnel.Kind
-		mode         config.EncapMode
-		sameSubnet   string
-		crossSubnet  string
-		vxlanEntries []string
-	}{
+	for _, c := range []decideCase{
 		{tunnel.KindNone, config.Never, nativeB, nativeC, nil},
 		{tunnel.KindIPIP, config.Never, nativeB, nativeC, nil},
 		{tunnel.KindIPIP, config.CrossSubnet, nativeB, ipipC, nil},
@@ -78,22 +72,41 @@ func TestDecide(t *testing.T) {
 		{tunnel.KindVXLAN, config.CrossSubnet, nativeB, vxlanC, []string{fdbC}},
 		{tunnel.KindVXLAN, config.Always, vxlanB, vxlanC, []string{fdbB, fdbC}},
 	} {
-		t.Run(fmt.Sprintf("%s/%s", kindName(c.kind), c.mode), func(t *testing.T) {
+		t.Run(c.name(), func(t *testing.T) {
 			o := options(c.kind, c.mode)
-			hops, entries := show(o.Decide(map[netip.Prefix][]netip.Addr{blockB: {nodeB}, blockC: {nodeC}}, connected))
-			if hops[blockB] != c.sameSubnet {
-				t.Errorf("same subnet: %s via %q, want %q", blockB, hops[blockB], c.sameSubnet)
-			}
-			if hops[blockC] != c.crossSubnet {
-				t.Errorf("cross subnet: %s via %q, want %q", blockC, hops[blockC], c.crossSubnet)
-			}
-			if !slices.Equal(entries, c.vxlanEntries) {
-				t.Errorf("VXLAN entries %q, want %q", entries, c.vxlanEntries)
-			}
+			c.check(t, o.Decide(map[netip.Prefix][]netip.Addr{blockB: {nodeB}, blockC: {nodeC}}, connected), blockB, blockC)
 			if got, want := o.NeedsConnected(), c.mode == config.CrossSubnet; got != want {
 				t.Errorf("NeedsConnected() = %v, want %v", got, want)
 			}
 		})
+	}
+}
+
+// decideCase is what a tunnel kind and encap mode make of a block behind
+// a node on a connected subnet and one behind a router.
+type decideCase struct {
+	kind         tunnel.Kind
+	mode         config.EncapMode
+	sameSubnet   string
+	crossSubnet  string
+	vxlanEntries []string
+}
+
+func (c decideCase) name() string { return fmt.Sprintf("%s/%s", kindName(c.kind), c.mode) }
+
+// check wants d to send same (the block on a connected subnet) and cross
+// (the one behind a router) via c's next hops, with c's VXLAN entries.
+func (c decideCase) check(t *testing.T, d tunnel.Decision, same, cross netip.Prefix) {
+	t.Helper()
+	hops, entries := show(d)
+	if hops[same] != c.sameSubnet {
+		t.Errorf("same subnet: %s via %q, want %q", same, hops[same], c.sameSubnet)
+	}
+	if hops[cross] != c.crossSubnet {
+		t.Errorf("cross subnet: %s via %q, want %q", cross, hops[cross], c.crossSubnet)
+	}
+	if !slices.Equal(entries, c.vxlanEntries) {
+		t.Errorf("VXLAN entries %q, want %q", entries, c.vxlanEntries)
 	}
 }
 
