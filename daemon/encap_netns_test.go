@@ -39,6 +39,31 @@ func inNS(t *testing.T, ns string, f func() error) {
 	}
 }
 
+// tempNS creates a network namespace named prefix and random hex, removed
+// when the test ends, and returns its name.
+func tempNS(t *testing.T, prefix string) string {
+	t.Helper()
+	b := make([]byte, 3)
+	rand.Read(b)
+	ns := prefix + hex.EncodeToString(b)
+	ipOut(t, "netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	return ns
+}
+
+// newEncapIn sets up cfg's tunnel devices in namespace ns, closed when the
+// test ends.
+func newEncapIn(t *testing.T, ns string, cfg *config.Config) *encap {
+	t.Helper()
+	var e *encap
+	inNS(t, ns, func() (err error) {
+		e, err = newEncap(encapOptions(cfg), slog.New(slog.DiscardHandler))
+		return err
+	})
+	t.Cleanup(e.close)
+	return e
+}
+
 func ipOut(t *testing.T, args ...string) string {
 	t.Helper()
 	out, err := exec.Command("ip", args...).CombinedOutput()
@@ -56,11 +81,7 @@ func TestEncapDualStackInNetns(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces")
 	}
-	b := make([]byte, 3)
-	rand.Read(b)
-	ns := "nhe-" + hex.EncodeToString(b)
-	ipOut(t, "netns", "add", ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	ns := tempNS(t, "nhe-")
 	for _, c := range [][]string{
 		{"link", "set", "lo", "up"},
 		{"link", "add", "ul0", "type", "veth", "peer", "name", "ul0p"},
@@ -71,17 +92,9 @@ func TestEncapDualStackInNetns(t *testing.T) {
 	} {
 		ipOut(t, append([]string{"-n", ns}, c...)...)
 	}
-	cfg := testConfig()
-	cfg.AddressV6 = netip.MustParseAddr("fd00:192::11")
-	cfg.PodCIDRs = append(cfg.PodCIDRs, netip.MustParsePrefix("fd00:10:244:1::/64"))
+	cfg := dualConfig()
 	cfg.VXLANMode = config.Always
-	log := slog.New(slog.DiscardHandler)
-	var e *encap
-	inNS(t, ns, func() (err error) {
-		e, err = newEncap(encapOptions(cfg), log)
-		return err
-	})
-	defer e.close()
+	e := newEncapIn(t, ns, cfg)
 	if e.podMTU != 1430 {
 		t.Errorf("pod MTU %d, want 1430 (1500 less VXLAN over IPv6)", e.podMTU)
 	}
@@ -115,12 +128,7 @@ func TestEncapDualStackInNetns(t *testing.T) {
 	v6only := &config.Config{NodeName: "node1", Address: cfg.AddressV6, LocalAS: 64512,
 		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("fd00:10:244:1::/64")}, IPIPMode: config.CrossSubnet}
 	v6only.Normalize()
-	var e2 *encap
-	inNS(t, ns, func() (err error) {
-		e2, err = newEncap(encapOptions(v6only), log)
-		return err
-	})
-	defer e2.close()
+	e2 := newEncapIn(t, ns, v6only)
 	if e2.podMTU != 1500 {
 		t.Errorf("IPv6-only under ipipMode: pod MTU %d, want 1500 (IPv6 stays native)", e2.podMTU)
 	}

@@ -37,9 +37,7 @@ func TestEncapOptions(t *testing.T) {
 // node lacks is zero (an IPv6-only node has no IPv4 address, though its
 // config's address is its IPv6 one).
 func TestEncapOptionsFamilies(t *testing.T) {
-	cfg := testConfig()
-	cfg.AddressV6 = netip.MustParseAddr("fd00:192::11")
-	cfg.PodCIDRs = append(cfg.PodCIDRs, netip.MustParsePrefix("fd00:10:244:1::/64"))
+	cfg := dualConfig()
 	o := encapOptions(cfg)
 	if o.Address.String() != "192.0.2.11" || o.Block.String() != "10.244.1.0/24" ||
 		o.AddressV6.String() != "fd00:192::11" || o.BlockV6.String() != "fd00:10:244:1::/64" || !o.Uses(false) || !o.Uses(true) {

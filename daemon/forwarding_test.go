@@ -1,17 +1,11 @@
 package daemon
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"log/slog"
-	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/nexthop-net/nexthop/config"
 )
@@ -23,9 +17,7 @@ func TestSetupForwardingPerFamily(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces")
 	}
-	dual := testConfig()
-	dual.AddressV6 = netip.MustParseAddr("fd00:192::11")
-	dual.PodCIDRs = append(dual.PodCIDRs, netip.MustParsePrefix("fd00:10:244:1::/64"))
+	dual := dualConfig()
 	for _, c := range []struct {
 		name       string
 		cfg        func() *config.Config
@@ -37,13 +29,7 @@ func TestSetupForwardingPerFamily(t *testing.T) {
 		{"dual-stack", func() *config.Config { return dual }, "1", "1", true},
 	} {
 		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
-			b := make([]byte, 3)
-			rand.Read(b)
-			ns := "nhf-" + hex.EncodeToString(b)
-			if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-				t.Fatalf("ip netns add: %v: %s", err, out)
-			}
-			t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+			ns := tempNS(t, "nhf-")
 			sysctl := func(path string) string {
 				out, err := exec.Command("ip", "netns", "exec", ns, "cat", path).Output()
 				if err != nil {
@@ -56,24 +42,8 @@ func TestSetupForwardingPerFamily(t *testing.T) {
 			}
 			var logBuf strings.Builder
 			log := slog.New(slog.NewTextHandler(&logBuf, nil))
-			errc := make(chan error, 1)
-			go func() {
-				// /proc/sys/net is the namespace of the thread that opens
-				// it: this thread moves and is never given back.
-				runtime.LockOSThread()
-				h, err := netns.GetFromName(ns)
-				if err == nil {
-					defer h.Close()
-					err = netns.Set(h)
-				}
-				if err == nil {
-					err = setupForwarding(c.cfg(), log)
-				}
-				errc <- err
-			}()
-			if err := <-errc; err != nil {
-				t.Fatal(err)
-			}
+			// /proc/sys/net is the namespace of the thread that opens it.
+			inNS(t, ns, func() error { return setupForwarding(c.cfg(), log) })
 			if got4, got6 := sysctl(ipv4Forwarding.path), sysctl(ipv6Forwarding.path); got4 != c.want4 || got6 != c.want6 {
 				t.Errorf("ip_forward %s, ipv6 all.forwarding %s; want %s, %s", got4, got6, c.want4, c.want6)
 			}

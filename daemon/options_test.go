@@ -14,11 +14,9 @@ import (
 // The speaker gets every setting it uses from the config, defaults applied;
 // a field added to bgp.Options and left unset here fails the test.
 func TestSpeakerOptions(t *testing.T) {
-	cfg := testConfig()
-	cfg.RouterID = netip.MustParseAddr("192.0.2.99")
 	// Dual-stack: the speaker gets both addresses and both blocks.
-	cfg.AddressV6 = netip.MustParseAddr("fd00:192::11")
-	cfg.PodCIDRs = append(cfg.PodCIDRs, netip.MustParsePrefix("fd00:10:244:1::/64"))
+	cfg := dualConfig()
+	cfg.RouterID = netip.MustParseAddr("192.0.2.99")
 	cfg.RouteReflectorClusterID = netip.MustParseAddr("224.0.0.1")
 	cfg.Pools = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
 	cfg.AcceptDefaultRoute = true

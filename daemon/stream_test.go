@@ -25,6 +25,14 @@ func testConfig() *config.Config {
 	return c
 }
 
+// dualConfig is testConfig's node with an IPv6 address and block too.
+func dualConfig() *config.Config {
+	c := testConfig()
+	c.AddressV6 = netip.MustParseAddr("fd00:192::11")
+	c.PodCIDRs = append(c.PodCIDRs, netip.MustParsePrefix("fd00:10:244:1::/64"))
+	return c
+}
+
 func TestEnsureForwarding(t *testing.T) {
 	dir := t.TempDir()
 	sysctl := func(file string) forwardingSysctl {
