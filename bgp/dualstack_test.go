@@ -121,20 +121,7 @@ func dualSpeakers(t *testing.T, specs []dsNode, links [][2]int, change ...func(i
 			b.Peers = append(b.Peers, config.Peer{Address: a.AddressOf(v6), AS: a.LocalAS, Port: uint16(a.BGPPort)})
 		}
 	}
-	for i, n := range nodes {
-		for _, f := range change {
-			f(i, n.cfg)
-		}
-		n.cfg.Normalize()
-		if err := n.cfg.Validate(); err != nil {
-			t.Fatal(err)
-		}
-		n.sp = New(optionsOf(n.cfg), nil)
-		if err := n.sp.Start(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(n.sp.Stop)
-	}
+	startNodes(t, nodes, change...)
 	return nodes
 }
 

@@ -144,7 +144,6 @@ func fuzzFamilies(cfg *config.Config, family uint8, v6 []byte) netip.Prefix {
 			cfg.Pools = append(cfg.Pools, p)
 		}
 	}
-	ops := []string{"", config.MatchEqual, config.MatchNotEqual, config.MatchIn, config.MatchNotIn}
 	for i := range cfg.Peers {
 		p := &cfg.Peers[i]
 		if b.u8()&1 == 0 && mode == 1 {
@@ -158,30 +157,15 @@ func fuzzFamilies(cfg *config.Config, family uint8, v6 []byte) netip.Prefix {
 			p.SourceAddress = b.addr6()
 		}
 		counts := b.u8()
-		rule := func() config.FilterRule {
-			rf := b.u8()
-			r := config.FilterRule{Action: config.FilterAccept, MatchOperator: ops[int(rf>>1&7)%len(ops)]}
-			if rf&1 != 0 {
-				r.Action = config.FilterReject
-			}
-			if pfx := b.prefix6(); r.MatchOperator != "" {
-				r.CIDR = pfx.Masked()
-			}
-			lo, hi := b.u8()%130, b.u8()%130
-			if rf&16 != 0 {
-				r.PrefixLength = &config.PrefixLength{Min: lo, Max: hi}
-			}
-			return r
-		}
 		var f config.Filter
 		if len(p.Filters) > 0 {
 			f = p.Filters[0] // its IPv4 rules stay: they must not touch the IPv6 session
 		}
 		for range counts & 3 {
-			f.ImportV6 = append(f.ImportV6, rule())
+			f.ImportV6 = append(f.ImportV6, b.filterRule(b.prefix6, 130))
 		}
 		for range counts >> 4 & 3 {
-			f.ExportV6 = append(f.ExportV6, rule())
+			f.ExportV6 = append(f.ExportV6, b.filterRule(b.prefix6, 130))
 		}
 		if len(f.ImportV4)+len(f.ExportV4)+len(f.ImportV6)+len(f.ExportV6) > 0 {
 			f.Name = fmt.Sprintf("f%d", i)
@@ -207,6 +191,28 @@ func (b *fuzzBytes) prefix6() netip.Prefix {
 	return netip.PrefixFrom(b.addr6(), int(b.u8())%129)
 }
 
+// filterOps are the match operators a fuzzed filter rule picks from.
+var filterOps = []string{"", config.MatchEqual, config.MatchNotEqual, config.MatchIn, config.MatchNotIn}
+
+// filterRule decodes one filter rule: flags (bit 0 Reject, bits 1-3
+// operator, 4 prefixLength); a prefix read by prefix; min and max, each
+// % lenMod (a length or two past the family's, to be refused).
+func (b *fuzzBytes) filterRule(prefix func() netip.Prefix, lenMod uint8) config.FilterRule {
+	rf := b.u8()
+	r := config.FilterRule{Action: config.FilterAccept, MatchOperator: filterOps[int(rf>>1&7)%len(filterOps)]}
+	if rf&1 != 0 {
+		r.Action = config.FilterReject
+	}
+	if pfx := prefix(); r.MatchOperator != "" {
+		r.CIDR = pfx.Masked()
+	}
+	lo, hi := b.u8()%lenMod, b.u8()%lenMod
+	if rf&16 != 0 {
+		r.PrefixLength = &config.PrefixLength{Min: lo, Max: hi}
+	}
+	return r
+}
+
 // fuzzPeerOptions decodes, per peer in order: flags (bit 0 acceptPodBlocks,
 // 1 keepOriginalNextHop, 2 ebgpMultihop, 3 ttlSecurity, 4 sourceAddress);
 // TTL or hops; allowas-in count; prepend count; 4-byte source address;
@@ -215,7 +221,6 @@ func (b *fuzzBytes) prefix6() netip.Prefix {
 // prefix; min; max).
 func fuzzPeerOptions(cfg *config.Config, opts []byte) {
 	b := fuzzBytes(opts)
-	ops := []string{"", config.MatchEqual, config.MatchNotEqual, config.MatchIn, config.MatchNotIn}
 	for i := range cfg.Peers {
 		p := &cfg.Peers[i]
 		fl, hops := b.u8(), b.u8()
@@ -232,27 +237,12 @@ func fuzzPeerOptions(cfg *config.Config, opts []byte) {
 			p.SourceAddress = src
 		}
 		counts := b.u8()
-		rule := func() config.FilterRule {
-			rf := b.u8()
-			r := config.FilterRule{Action: config.FilterAccept, MatchOperator: ops[int(rf>>1&7)%len(ops)]}
-			if rf&1 != 0 {
-				r.Action = config.FilterReject
-			}
-			if pfx := b.prefix(); r.MatchOperator != "" {
-				r.CIDR = pfx.Masked()
-			}
-			lo, hi := b.u8()%34, b.u8()%34
-			if rf&16 != 0 {
-				r.PrefixLength = &config.PrefixLength{Min: lo, Max: hi}
-			}
-			return r
-		}
 		var f config.Filter
 		for range counts & 3 {
-			f.ImportV4 = append(f.ImportV4, rule())
+			f.ImportV4 = append(f.ImportV4, b.filterRule(b.prefix, 34))
 		}
 		for range counts >> 4 & 3 {
-			f.ExportV4 = append(f.ExportV4, rule())
+			f.ExportV4 = append(f.ExportV4, b.filterRule(b.prefix, 34))
 		}
 		if len(f.ImportV4)+len(f.ExportV4) > 0 {
 			f.Name = fmt.Sprintf("f%d", i)

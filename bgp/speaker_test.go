@@ -57,6 +57,14 @@ func speakers(t *testing.T, specs []struct {
 		a.cfg.Peers = append(a.cfg.Peers, config.Peer{Address: b.cfg.Address, AS: b.cfg.LocalAS, Port: uint16(b.cfg.BGPPort)})
 		b.cfg.Peers = append(b.cfg.Peers, config.Peer{Address: a.cfg.Address, AS: a.cfg.LocalAS, Port: uint16(a.cfg.BGPPort)})
 	}
+	startNodes(t, nodes, change...)
+	return nodes
+}
+
+// startNodes applies change to each node's config (i: its index), checks
+// it and starts its speaker until the test ends.
+func startNodes(t *testing.T, nodes []*node, change ...func(i int, c *config.Config)) {
+	t.Helper()
 	for i, n := range nodes {
 		for _, f := range change {
 			f(i, n.cfg)
@@ -71,7 +79,6 @@ func speakers(t *testing.T, specs []struct {
 		}
 		t.Cleanup(n.sp.Stop)
 	}
-	return nodes
 }
 
 func waitFor(t *testing.T, what string, f func() error) {
