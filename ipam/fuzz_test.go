@@ -26,35 +26,58 @@ func FuzzOpenStore(f *testing.F) {
 	f.Add(zeroed)
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		p := filepath.Join(t.TempDir(), "ipam.db")
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
 		live := netip.MustParseAddr("10.9.0.200")
-		k := KernelFunc(func() ([]PodRoute, error) {
-			return []PodRoute{{IP: live, HostVeth: HostVethName("live", "eth0")}}, nil
-		})
-		a, err := Open(context.Background(), p, []netip.Prefix{netip.MustParsePrefix("10.9.0.0/24")}, nil, WithKernel(k))
-		if err != nil {
-			var ce *CorruptError
-			if !errors.As(err, &ce) {
-				t.Logf("not corrupt, still refused: %v", err)
-			}
+		a := openFuzzed(t, data, []netip.Prefix{netip.MustParsePrefix("10.9.0.0/24")}, live)
+		if a == nil {
 			return
 		}
-		defer a.Close()
-		al, err := a.Allocate(context.Background(), Request{ContainerID: "fuzz", IfName: "eth0"})
-		var ex *ExhaustedError
-		if err != nil && !errors.As(err, &ex) {
-			var ob *OutOfBlockError
-			if !errors.As(err, &ob) {
-				t.Fatalf("Allocate on an opened store: %v", err)
-			}
-		}
+		al, err := allocateFuzzed(t, a)
 		if err == nil && al.IP == live {
 			t.Fatalf("handed out %s, which the kernel shows a live pod using", live)
 		}
 	})
+}
+
+// openFuzzed writes data as the store file and opens it for blocks, with a
+// kernel that shows the pod "live" wired to addresses live. It returns nil
+// when Open refused the file (logging a refusal other than as corrupt);
+// the store is closed when the test ends.
+func openFuzzed(t *testing.T, data []byte, blocks []netip.Prefix, live ...netip.Addr) *Allocator {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "ipam.db")
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k := KernelFunc(func() ([]PodRoute, error) {
+		var rs []PodRoute
+		for _, ip := range live {
+			rs = append(rs, PodRoute{IP: ip, HostVeth: HostVethName("live", "eth0")})
+		}
+		return rs, nil
+	})
+	a, err := Open(context.Background(), p, blocks, nil, WithKernel(k))
+	if err != nil {
+		var ce *CorruptError
+		if !errors.As(err, &ce) {
+			t.Logf("not corrupt, still refused: %v", err)
+		}
+		return nil
+	}
+	t.Cleanup(func() { a.Close() })
+	return a
+}
+
+// allocateFuzzed allocates for a new pod in an opened store: it may find
+// the store full or out of its blocks, but fail no other way.
+func allocateFuzzed(t *testing.T, a *Allocator) (Allocation, error) {
+	t.Helper()
+	al, err := a.Allocate(context.Background(), Request{ContainerID: "fuzz", IfName: "eth0"})
+	var ex *ExhaustedError
+	var ob *OutOfBlockError
+	if err != nil && !errors.As(err, &ex) && !errors.As(err, &ob) {
+		t.Fatalf("Allocate on an opened store: %v", err)
+	}
+	return al, err
 }
 
 // FuzzOpenStoreDualStack: the same for a dual-stack node, seeded with a
@@ -88,30 +111,12 @@ func FuzzOpenStoreDualStack(f *testing.F) {
 	f.Add(old)
 	f.Add(dual[:len(dual)/2])
 	f.Fuzz(func(t *testing.T, data []byte) {
-		p := filepath.Join(t.TempDir(), "ipam.db")
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
 		live4, live6 := netip.MustParseAddr("10.9.0.200"), netip.MustParseAddr("fd00:10:9::c8")
-		k := KernelFunc(func() ([]PodRoute, error) {
-			veth := HostVethName("live", "eth0")
-			return []PodRoute{{IP: live4, HostVeth: veth}, {IP: live6, HostVeth: veth}}, nil
-		})
-		a, err := Open(context.Background(), p, blocks, nil, WithKernel(k))
-		if err != nil {
-			var ce *CorruptError
-			if !errors.As(err, &ce) {
-				t.Logf("not corrupt, still refused: %v", err)
-			}
+		a := openFuzzed(t, data, blocks, live4, live6)
+		if a == nil {
 			return
 		}
-		defer a.Close()
-		al, err := a.Allocate(context.Background(), Request{ContainerID: "fuzz", IfName: "eth0"})
-		var ex *ExhaustedError
-		var ob *OutOfBlockError
-		if err != nil && !errors.As(err, &ex) && !errors.As(err, &ob) {
-			t.Fatalf("Allocate on an opened store: %v", err)
-		}
+		al, err := allocateFuzzed(t, a)
 		if err == nil && (al.IP == live4 || al.IPv6 == live6) {
 			t.Fatalf("handed out %s, which the kernel shows a live pod using", al.AddrString())
 		}

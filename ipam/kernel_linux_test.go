@@ -63,6 +63,27 @@ func wirePod(t *testing.T, node, id, ifName, ip string) {
 	ipNS(t, node, "route", "add", ip+"/32", "dev", host, "scope", "link")
 }
 
+// openInNode opens the store at path for blocks in namespace node, as the
+// daemon opens it there: recovering from the node's real pod routes.
+func openInNode(t *testing.T, node, path string, blocks []netip.Prefix) *Allocator {
+	t.Helper()
+	nsh, err := ns.GetNS("/run/netns/" + node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsh.Close()
+	var a *Allocator
+	err = nsh.Do(func(ns.NetNS) error {
+		var err error
+		a, err = Open(context.Background(), path, blocks, nil, WithKernel(KernelPodRoutes))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
 // Item 3 with the kernel's real objects: pods wired in a node namespace,
 // the store removed, then emptied. The allocator opened in that namespace
 // (as the daemon opens it) holds the pods' addresses again, and ADDs over
@@ -86,11 +107,6 @@ func TestStoreRebuiltFromRealPodRoutes(t *testing.T) {
 	ipNS(t, node, "link", "set", "nh0123456789a", "up")
 	ipNS(t, node, "route", "add", "10.77.0.101/32", "dev", "nh0123456789a")
 
-	nsh, err := ns.GetNS("/run/netns/" + node)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nsh.Close()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "ipam.db")
 	for _, how := range []string{"removed", "emptied"} {
@@ -100,15 +116,7 @@ func TestStoreRebuiltFromRealPodRoutes(t *testing.T) {
 			} else {
 				os.WriteFile(path, nil, 0o600)
 			}
-			var a *Allocator
-			err := nsh.Do(func(ns.NetNS) error {
-				var err error
-				a, err = Open(context.Background(), path, []netip.Prefix{netip.MustParsePrefix("10.77.0.0/24")}, nil, WithKernel(KernelPodRoutes))
-				return err
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			a := openInNode(t, node, path, []netip.Prefix{netip.MustParsePrefix("10.77.0.0/24")})
 			got := map[string]string{}
 			for _, al := range a.List() {
 				got[al.IP.String()] = al.HostVeth
@@ -153,20 +161,7 @@ func TestStoreRebuiltFromAliasedPodRoutes(t *testing.T) {
 	ipNS(t, node, "link", "set", host, "alias", alias, "up")
 	ipNS(t, node, "route", "add", "10.78.0.3/32", "dev", host, "scope", "link")
 
-	nsh, err := ns.GetNS("/run/netns/" + node)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nsh.Close()
-	var a *Allocator
-	err = nsh.Do(func(ns.NetNS) error {
-		var err error
-		a, err = Open(context.Background(), filepath.Join(t.TempDir(), "ipam.db"), []netip.Prefix{netip.MustParsePrefix("10.78.0.0/24")}, nil, WithKernel(KernelPodRoutes))
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := openInNode(t, node, filepath.Join(t.TempDir(), "ipam.db"), []netip.Prefix{netip.MustParsePrefix("10.78.0.0/24")})
 	defer a.Close()
 	if al, ok := a.Get("new", "eth0"); !ok || al.IP.String() != "10.78.0.3" || al.HostVeth != "" {
 		t.Fatalf("recovered through the aliased veth: %+v %v, want new/eth0 at 10.78.0.3", al, ok)
@@ -204,21 +199,7 @@ func TestStoreRebuiltFromRealDualStackPodRoutes(t *testing.T) {
 		}
 		ipNS(t, node, "-6", "route", "add", p.v6+"/128", "dev", host)
 	}
-	nsh, err := ns.GetNS("/run/netns/" + node)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nsh.Close()
-	var a *Allocator
-	err = nsh.Do(func(ns.NetNS) error {
-		var err error
-		a, err = Open(context.Background(), filepath.Join(t.TempDir(), "ipam.db"),
-			parseBlocks("10.79.0.0/24,fd00:10:79::/64"), nil, WithKernel(KernelPodRoutes))
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := openInNode(t, node, filepath.Join(t.TempDir(), "ipam.db"), parseBlocks("10.79.0.0/24,fd00:10:79::/64"))
 	defer a.Close()
 	var got []string
 	for _, al := range a.List() {
