@@ -351,39 +351,22 @@ func (c *Cluster) DelNS(ns string) error {
 // IfAddrs lists the IPv4 addresses (with prefix length) of iface in ns, as
 // `ip -n ns addr show dev iface` shows them.
 func IfAddrs(ns, iface string) ([]netip.Prefix, error) {
-	out, err := run("ip", "-n", ns, "-j", "-4", "addr", "show", "dev", iface)
-	if err != nil {
-		return nil, fmt.Errorf("list addresses of %s in %s: %w", iface, ns, err)
-	}
-	var links []struct {
-		AddrInfo []struct {
-			Local     string `json:"local"`
-			PrefixLen int    `json:"prefixlen"`
-		} `json:"addr_info"`
-	}
-	if err := json.Unmarshal([]byte(out), &links); err != nil {
-		return nil, fmt.Errorf("parse addresses of %s in %s: %w: %.200s", iface, ns, err, out)
-	}
-	var addrs []netip.Prefix
-	for _, l := range links {
-		for _, a := range l.AddrInfo {
-			ip, err := netip.ParseAddr(a.Local)
-			if err != nil {
-				return nil, fmt.Errorf("parse address %q of %s in %s: %w", a.Local, iface, ns, err)
-			}
-			addrs = append(addrs, netip.PrefixFrom(ip, a.PrefixLen))
-		}
-	}
-	return addrs, nil
+	return ifAddrs(ns, iface, "addresses", "-4", "addr", "show", "dev", iface)
 }
 
 // IfAddrs6 lists the global IPv6 addresses (with prefix length) of iface
 // in ns, as `ip -n ns -6 addr show dev iface scope global` shows them: not
 // the kernel's own link-local one.
 func IfAddrs6(ns, iface string) ([]netip.Prefix, error) {
-	out, err := run("ip", "-n", ns, "-j", "-6", "addr", "show", "dev", iface, "scope", "global")
+	return ifAddrs(ns, iface, "IPv6 addresses", "-6", "addr", "show", "dev", iface, "scope", "global")
+}
+
+// ifAddrs reads the addresses `ip -n ns -j <args>` lists for iface; what
+// names them in errors.
+func ifAddrs(ns, iface, what string, args ...string) ([]netip.Prefix, error) {
+	out, err := run(append([]string{"ip", "-n", ns, "-j"}, args...)...)
 	if err != nil {
-		return nil, fmt.Errorf("list IPv6 addresses of %s in %s: %w", iface, ns, err)
+		return nil, fmt.Errorf("list %s of %s in %s: %w", what, iface, ns, err)
 	}
 	var links []struct {
 		AddrInfo []struct {
@@ -392,7 +375,7 @@ func IfAddrs6(ns, iface string) ([]netip.Prefix, error) {
 		} `json:"addr_info"`
 	}
 	if err := json.Unmarshal([]byte(out), &links); err != nil {
-		return nil, fmt.Errorf("parse IPv6 addresses of %s in %s: %w: %.200s", iface, ns, err, out)
+		return nil, fmt.Errorf("parse %s of %s in %s: %w: %.200s", what, iface, ns, err, out)
 	}
 	var addrs []netip.Prefix
 	for _, l := range links {
