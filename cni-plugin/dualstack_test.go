@@ -161,11 +161,7 @@ func addV6Pod(t *testing.T, blocks, cniArgs string) (*testHost, ns.NetNS, *skel.
 	if cerr != nil {
 		t.Fatal(cerr)
 	}
-	res, err := in(t, host.ns, func() (*current.Result, error) { return add(context.Background(), conf, args) })
-	if err != nil {
-		t.Fatalf("ADD: %v", err)
-	}
-	return host, pod, args, res
+	return host, pod, args, mustAdd(t, context.Background(), host, conf, args)
 }
 
 // wantResult checks an ADD result's addresses and routes, as resultIPs and
@@ -339,14 +335,7 @@ func TestSecondInterfaceDualStack(t *testing.T) {
 	host, pod, conf, eth0, net1 := twoInterfacePod(t, "10.91.0.0/24,fd00:10:91::/64")
 	addHostV6(t, host)
 	ctx := context.Background()
-	res0, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, conf, eth0) })
-	if err != nil {
-		t.Fatalf("ADD eth0: %v", err)
-	}
-	res1, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, conf, net1) })
-	if err != nil {
-		t.Fatalf("ADD net1: %v", err)
-	}
+	res0, res1 := mustAdd(t, ctx, host, conf, eth0), mustAdd(t, ctx, host, conf, net1)
 	if len(res0.Routes) != 2 || len(res1.Routes) != 0 || len(res1.IPs) != 2 {
 		t.Fatalf("results: eth0 routes %v, net1 routes %v and IPs %v; want both default routes on eth0 only, two net1 addresses", res0.Routes, res1.Routes, resultIPs(res1))
 	}

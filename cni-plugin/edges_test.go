@@ -170,14 +170,7 @@ func TestSecondInterface(t *testing.T) {
 	host, pod, conf, eth0, net1 := twoInterfacePod(t, "10.88.0.0/24")
 	ctx := context.Background()
 	ctr := eth0.ContainerID
-	res0, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, conf, eth0) })
-	if err != nil {
-		t.Fatalf("ADD eth0: %v", err)
-	}
-	res1, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, conf, net1) })
-	if err != nil {
-		t.Fatalf("ADD net1: %v", err)
-	}
+	res0, res1 := mustAdd(t, ctx, host, conf, eth0), mustAdd(t, ctx, host, conf, net1)
 	ip0, ip1 := res0.IPs[0].Address.IP.String(), res1.IPs[0].Address.IP.String()
 	if ip0 == ip1 {
 		t.Fatalf("eth0 and net1 both got %s", ip0)
@@ -242,7 +235,7 @@ func TestSecondInterface(t *testing.T) {
 	}
 
 	// net1 again, then DEL eth0 first: net1 keeps its address and rule.
-	res1, err = in(t, host.ns, func() (*current.Result, error) { return add(ctx, conf, net1) })
+	res1, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, conf, net1) })
 	if err != nil {
 		t.Fatalf("ADD net1 again: %v", err)
 	}
@@ -356,6 +349,17 @@ func podRules(t *testing.T, pod ns.NetNS) []netlink.Rule {
 		t.Fatal(err)
 	}
 	return rules
+}
+
+// mustAdd runs ADD of a in host's netns, as the runtime calls the plugin
+// there, and returns its result.
+func mustAdd(t *testing.T, ctx context.Context, host *testHost, conf *NetConf, a *skel.CmdArgs) *current.Result {
+	t.Helper()
+	res, err := in(t, host.ns, func() (*current.Result, error) { return add(ctx, conf, a) })
+	if err != nil {
+		t.Fatalf("ADD %s: %v", a.IfName, err)
+	}
+	return res
 }
 
 // checker returns a CHECK of an attachment in host's netns, with conf as
