@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -192,19 +191,9 @@ func TestDualStack(t *testing.T) {
 	})
 	n0.sp.TablesIn() // counts and rejected paths are read from then on
 
-	var mu sync.Mutex
-	seen := map[netip.Prefix]bool{}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if err := n0.sp.WatchBest(wctx, func(ps []netip.Prefix) {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, p := range ps {
-			seen[p] = true
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
+	seen := watchSeen(t, wctx, n0.sp)
 
 	// The filter on n0's IPv6 session with the router rejects every IPv4
 	// prefix: IPv4 rules do not touch an IPv6 session.
@@ -306,11 +295,9 @@ func TestDualStack(t *testing.T) {
 	announce(t, ext.sp, append(slices.Collect(maps.Keys(others)), append(martians, "fd00:98::/48")...)...)
 	bestIs(t, "n0's RIB after the router's IPv6 announcements", n0.sp,
 		"map[10.244.2.0/24:[127.0.0.2] 203.0.113.0/24:[127.0.0.3] fd00:10:244:2::/64:[fd00:192::2] fd00:10:244:3::/64:[fd00:192::4] fd00:98::/48:[fd00:192::3] fd00:99::/48:[fd00:192::3]]")
-	mu.Lock()
-	if !seen[netip.MustParsePrefix("fd00:98::/48")] || seen[netip.MustParsePrefix("fd00:97::/48")] {
+	if seen := seen(); !seen[netip.MustParsePrefix("fd00:98::/48")] || seen[netip.MustParsePrefix("fd00:97::/48")] {
 		t.Errorf("WatchBest reported %v: want the learned IPv6 prefix fd00:98::/48, not the refused fd00:97::/48", seen)
 	}
-	mu.Unlock()
 	for _, m := range martians {
 		if got := n0.sp.rejectReason(v6Addr(2), netip.MustParsePrefix(m)); !strings.Contains(got, "martian") {
 			t.Errorf("reason for IPv6 martian %s: %q", m, got)

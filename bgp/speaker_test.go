@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -81,6 +82,28 @@ func startNodes(t *testing.T, nodes []*node, change ...func(i int, c *config.Con
 	}
 }
 
+// watchSeen records every prefix sp's WatchBest reports until ctx ends;
+// the function it returns gives those seen so far.
+func watchSeen(t *testing.T, ctx context.Context, sp *Speaker) func() map[netip.Prefix]bool {
+	t.Helper()
+	var mu sync.Mutex
+	seen := map[netip.Prefix]bool{}
+	if err := sp.WatchBest(ctx, func(ps []netip.Prefix) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, p := range ps {
+			seen[p] = true
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return func() map[netip.Prefix]bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(seen)
+	}
+}
+
 func waitFor(t *testing.T, what string, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -119,19 +142,9 @@ func TestMeshECMPAndExternalExport(t *testing.T) {
 	}, [][2]int{{0, 1}, {1, 2}, {0, 2}, {1, 3}})
 	n1 := nodes[1]
 
-	var mu sync.Mutex
-	seen := map[netip.Prefix]bool{}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if err := n1.sp.WatchBest(wctx, func(ps []netip.Prefix) {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, p := range ps {
-			seen[p] = true
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
+	seen := watchSeen(t, wctx, n1.sp)
 
 	want := map[netip.Prefix][]netip.Addr{
 		netip.MustParsePrefix("10.244.1.0/24"): addrs("127.0.0.1", "127.0.0.4"),
@@ -150,11 +163,9 @@ func TestMeshECMPAndExternalExport(t *testing.T) {
 		}
 		return nil
 	})
-	mu.Lock()
-	if !seen[netip.MustParsePrefix("10.244.1.0/24")] || !seen[netip.MustParsePrefix("10.99.0.0/24")] {
+	if seen := seen(); !seen[netip.MustParsePrefix("10.244.1.0/24")] || !seen[netip.MustParsePrefix("10.99.0.0/24")] {
 		t.Errorf("WatchBest did not report the learned prefixes: %v", seen)
 	}
-	mu.Unlock()
 
 	// The external router hears each node's own block from that node only,
 	// never one node's block passed on by another.
