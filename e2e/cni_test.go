@@ -508,6 +508,33 @@ func stopCapture(t *testing.T, cp *Capture) []string {
 	return lines
 }
 
+// addOneCNIPod adds one new pod (tag) through k, as a runtime does.
+func addOneCNIPod(t *testing.T, ctx context.Context, c *Cluster, k *CNI, tag string) *cniPod {
+	t.Helper()
+	pods, err := newCNIPods(c, k, tag, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pods[0].add(ctx, k, false); err != nil {
+		t.Fatal(err)
+	}
+	return pods[0]
+}
+
+// delTwice runs DEL of p twice, as a runtime may repeat it: both succeed,
+// and n's block is left empty.
+func delTwice(t *testing.T, ctx context.Context, k *CNI, n *Node, p *cniPod) {
+	t.Helper()
+	for i := 1; i <= 2; i++ {
+		if err := k.Del(ctx, p.rt); err != nil {
+			t.Fatalf("DEL #%d: %v", i, err)
+		}
+	}
+	if err := checkBlockEmpty(n); err != nil {
+		t.Error(err)
+	}
+}
+
 // TestCNICheckAndDel: CHECK passes on a freshly added pod and, once the
 // pod's host route is deleted by hand, fails naming that route. DEL then
 // cleans up, and a repeated DEL succeeds too.
@@ -515,18 +542,11 @@ func TestCNICheckAndDel(t *testing.T) {
 	c, n, k := startCNINode(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*CNITimeout)
 	defer cancel()
-	pods, err := newCNIPods(c, k, "chk", 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := pods[0]
-	if err := p.add(ctx, k, false); err != nil {
-		t.Fatal(err)
-	}
+	p := addOneCNIPod(t, ctx, c, k, "chk")
 	if err := k.Check(ctx, p.rt); err != nil {
 		t.Fatalf("CHECK of a good pod: %v", err)
 	}
-	if err := checkPods(n, pods); err != nil {
+	if err := checkPods(n, []*cniPod{p}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -535,7 +555,7 @@ func TestCNICheckAndDel(t *testing.T) {
 	if err := ipn(n.NS, "delete pod route "+route, "route", "del", p.ip.String()+"/32", "dev", p.hostVeth); err != nil {
 		t.Fatal(err)
 	}
-	err = k.Check(ctx, p.rt)
+	err := k.Check(ctx, p.rt)
 	code, _ := CNIErrorCode(err)
 	switch {
 	case err == nil:
@@ -548,14 +568,7 @@ func TestCNICheckAndDel(t *testing.T) {
 		t.Logf("CHECK with the route deleted: %v", err)
 	}
 
-	for i := 1; i <= 2; i++ {
-		if err := k.Del(ctx, p.rt); err != nil {
-			t.Fatalf("DEL #%d: %v", i, err)
-		}
-	}
-	if err := checkBlockEmpty(n); err != nil {
-		t.Error(err)
-	}
+	delTwice(t, ctx, k, n, p)
 	if _, err := run("ip", "-n", n.NS, "link", "show", "dev", p.hostVeth); err == nil {
 		t.Errorf("host veth %s still on %s after DEL", p.hostVeth, n.Name)
 	}
@@ -572,18 +585,11 @@ func TestCNICheckAndDelDualStack(t *testing.T) {
 	c, n, k := startCNINodeWith(t, func(n *Node) { withIPv6(t, n, NodeBlocks(n)[0], blockV6(n)) })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*CNITimeout)
 	defer cancel()
-	pods, err := newCNIPods(c, k, "chk6", 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := pods[0]
-	if err := p.add(ctx, k, false); err != nil {
-		t.Fatal(err)
-	}
+	p := addOneCNIPod(t, ctx, c, k, "chk6")
 	if !p.ip.IsValid() || !p.ip6.IsValid() {
 		t.Fatalf("ADD gave %s, want an address of each family", p.addrs())
 	}
-	if err := checkPods(n, pods); err != nil {
+	if err := checkPods(n, []*cniPod{p}); err != nil {
 		t.Fatal(err)
 	}
 	if err := k.Check(ctx, p.rt); err != nil {
@@ -603,18 +609,11 @@ func TestCNICheckAndDelDualStack(t *testing.T) {
 	if err := ipn(n.NS, "delete pod route "+route, "-6", "route", "del", p.ip6.String()+"/128", "dev", p.hostVeth); err != nil {
 		t.Fatal(err)
 	}
-	err = k.Check(ctx, p.rt)
+	err := k.Check(ctx, p.rt)
 	if code, _ := CNIErrorCode(err); err == nil || code != cniplugin.ErrCheckFailed || !strings.Contains(err.Error(), "host route "+route+" missing") {
 		t.Fatalf("CHECK with the IPv6 host route deleted: %v, want code %d naming %q", err, cniplugin.ErrCheckFailed, route)
 	}
-	for i := 1; i <= 2; i++ {
-		if err := k.Del(ctx, p.rt); err != nil {
-			t.Fatalf("DEL #%d: %v", i, err)
-		}
-	}
-	if err := checkBlockEmpty(n); err != nil {
-		t.Error(err)
-	}
+	delTwice(t, ctx, k, n, p)
 }
 
 // TestCNIConcurrentAddsAndDaemonCrash: a burst of pods on one node (ADDs
