@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -83,13 +82,9 @@ func stackProof(t *testing.T, stack Stack) {
 		want := peerAddrs(c, n)
 		var r status.Report
 		waitFor(t, restartTimeout, "status -o json with every peer established", func() error {
-			js, err := Exec(n.NS, bin, "status", "-o", "json")
-			if err != nil {
+			var err error
+			if r, err = statusJSON(n); err != nil {
 				return err
-			}
-			r = status.Report{}
-			if err := json.Unmarshal([]byte(js), &r); err != nil {
-				return Permanent(fmt.Errorf("status -o json does not parse: %v\n%s", err, js))
 			}
 			var errs []error
 			peers := map[string]status.Peer{}
@@ -257,22 +252,7 @@ func stackProof(t *testing.T, stack Stack) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for i, from := range c.Nodes {
-			to := c.Nodes[(i+1)%len(c.Nodes)]
-			for _, v6 := range stack.Families() {
-				for _, want := range echoLines(from.Pod, to.Pod, v6) {
-					if !containsLine(lines, want) {
-						t.Errorf("underlay capture lacks %q", want)
-					}
-				}
-			}
-		}
-		if err := notTunnelled(lines); err != nil {
-			t.Error(err)
-		}
-		if t.Failed() {
-			t.Logf("capture:\n%s", strings.Join(lines, "\n"))
-		}
+		underlayCarries(t, c, lines, stack.Families())
 	})
 }
 

@@ -124,13 +124,9 @@ func TestMetricsAndStatus(t *testing.T) {
 	}
 	var r status.Report
 	waitFor(t, restartTimeout, "status -o json parses and reports the initial sync done", func() error {
-		js, err := Exec(n.NS, bin, "status", "-o", "json")
-		if err != nil {
+		var err error
+		if r, err = statusJSON(n); err != nil {
 			return err
-		}
-		r = status.Report{}
-		if err := json.Unmarshal([]byte(js), &r); err != nil {
-			return Permanent(fmt.Errorf("status -o json does not parse: %v\n%s", err, js))
 		}
 		if !r.Synced {
 			return fmt.Errorf("not synced yet")
@@ -153,4 +149,18 @@ func TestMetricsAndStatus(t *testing.T) {
 	if out, err := Exec(n.NS, bin, "status"); err == nil || !strings.Contains(out+err.Error(), "not running") {
 		t.Errorf("status with the daemon stopped: err %v, output %q; want a failure saying it is not running", err, out)
 	}
+}
+
+// statusJSON is n's report as `nexthopd status -o json` prints it there;
+// output that does not parse is a Permanent error.
+func statusJSON(n *Node) (status.Report, error) {
+	var r status.Report
+	js, err := Exec(n.NS, filepath.Join(BinDir(), "nexthopd"), "status", "-o", "json")
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal([]byte(js), &r); err != nil {
+		return r, Permanent(fmt.Errorf("status -o json does not parse: %v\n%s", err, js))
+	}
+	return r, nil
 }

@@ -237,11 +237,22 @@ func TestPodToPodNoEncap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	underlayCarries(t, c, lines, []bool{false})
+}
+
+// underlayCarries checks an underlay capture (lines) taken while each
+// node's pod pinged the next node's: it holds the echoes with the pods'
+// own addresses, in each family of families (false: IPv4), and nothing
+// tunnelled. A failing test logs the capture.
+func underlayCarries(t *testing.T, c *Cluster, lines []string, families []bool) {
+	t.Helper()
 	for i, from := range c.Nodes {
 		to := c.Nodes[(i+1)%len(c.Nodes)]
-		for _, want := range echoLines(from.Pod, to.Pod, false) {
-			if !containsLine(lines, want) {
-				t.Errorf("underlay capture lacks %q", want)
+		for _, v6 := range families {
+			for _, want := range echoLines(from.Pod, to.Pod, v6) {
+				if !containsLine(lines, want) {
+					t.Errorf("underlay capture lacks %q", want)
+				}
 			}
 		}
 	}
