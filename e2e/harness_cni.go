@@ -393,18 +393,28 @@ func ifAddrs(ns, iface, what string, args ...string) ([]netip.Prefix, error) {
 	return addrs, nil
 }
 
-// HostRoutes6 maps each /128 route of the main table in ns to the devices
-// it points at: the plugin's `podIP6 dev nhXXXX` routes.
-func HostRoutes6(ns string) (map[netip.Addr][]string, error) {
-	out, err := run("ip", "-n", ns, "-j", "-6", "route", "show", "table", "main")
+// ipRoutes lists the routes `ip -n ns -j <args>` shows; what names them in
+// errors.
+func ipRoutes(ns, what string, args ...string) ([]ipRoute, error) {
+	out, err := run(append([]string{"ip", "-n", ns, "-j"}, args...)...)
 	if err != nil {
-		return nil, fmt.Errorf("list IPv6 routes in %s: %w", ns, err)
+		return nil, fmt.Errorf("list %s in %s: %w", what, ns, err)
 	}
 	var raw []ipRoute
 	if strings.TrimSpace(out) != "" {
 		if err := json.Unmarshal([]byte(out), &raw); err != nil {
-			return nil, fmt.Errorf("parse IPv6 routes of %s: %w: %.200s", ns, err, out)
+			return nil, fmt.Errorf("parse %s of %s: %w: %.200s", what, ns, err, out)
 		}
+	}
+	return raw, nil
+}
+
+// HostRoutes6 maps each /128 route of the main table in ns to the devices
+// it points at: the plugin's `podIP6 dev nhXXXX` routes.
+func HostRoutes6(ns string) (map[netip.Addr][]string, error) {
+	raw, err := ipRoutes(ns, "IPv6 routes", "-6", "route", "show", "table", "main")
+	if err != nil {
+		return nil, err
 	}
 	routes := map[netip.Addr][]string{}
 	for _, r := range raw {
@@ -424,15 +434,9 @@ func HostRoutes6(ns string) (map[netip.Addr][]string, error) {
 // HostRoutes maps each /32 route of the main table in ns to the devices it
 // points at: the plugin's `podIP dev nhXXXX scope link` routes.
 func HostRoutes(ns string) (map[netip.Addr][]string, error) {
-	out, err := run("ip", "-n", ns, "-j", "-4", "route", "show", "table", "main", "scope", "link")
+	raw, err := ipRoutes(ns, "routes", "-4", "route", "show", "table", "main", "scope", "link")
 	if err != nil {
-		return nil, fmt.Errorf("list routes in %s: %w", ns, err)
-	}
-	var raw []ipRoute
-	if strings.TrimSpace(out) != "" {
-		if err := json.Unmarshal([]byte(out), &raw); err != nil {
-			return nil, fmt.Errorf("parse routes of %s: %w: %.200s", ns, err, out)
-		}
+		return nil, err
 	}
 	routes := map[netip.Addr][]string{}
 	for _, r := range raw {
