@@ -409,28 +409,36 @@ func (c *Cluster) AddInternet() (string, error) {
 // pinUnderlay makes every underlay neighbour entry (control plane, nodes,
 // ToR) permanent in every one of them.
 func (k *KubeCluster) pinUnderlay() error {
-	type host struct {
-		ns   string
-		addr netip.Addr
-		mac  string
-	}
-	hosts := []host{{ns: k.cp.ns, addr: ControlPlaneAddress}, {ns: k.ToR.NS, addr: k.ToR.Address}}
+	hosts := []underlayHost{{ns: k.cp.ns, addr: ControlPlaneAddress}, {ns: k.ToR.NS, addr: k.ToR.Address}}
 	for _, n := range k.Nodes {
-		hosts = append(hosts, host{ns: n.NS, addr: n.Address})
+		hosts = append(hosts, underlayHost{ns: n.NS, addr: n.Address})
 	}
-	for i := range hosts {
-		mac, err := linkMAC(hosts[i].ns, underlayLink)
+	return pinNeighbours(hosts)
+}
+
+// underlayHost is a namespace on the underlay and its address there.
+type underlayHost struct {
+	ns   string
+	addr netip.Addr
+}
+
+// pinNeighbours makes each host's underlay address a permanent neighbour
+// entry in every other host (hosts without an address are skipped).
+func pinNeighbours(hosts []underlayHost) error {
+	macs := make([]string, len(hosts))
+	for i, h := range hosts {
+		mac, err := linkMAC(h.ns, underlayLink)
 		if err != nil {
 			return err
 		}
-		hosts[i].mac = mac
+		macs[i] = mac
 	}
 	for _, a := range hosts {
-		for _, b := range hosts {
-			if a.ns == b.ns {
+		for j, b := range hosts {
+			if a.ns == b.ns || !b.addr.IsValid() {
 				continue
 			}
-			if err := ipn(a.ns, "pin neighbour "+b.addr.String(), "neigh", "replace", b.addr.String(), "lladdr", b.mac, "dev", underlayLink, "nud", "permanent"); err != nil {
+			if err := ipn(a.ns, "pin neighbour "+b.addr.String(), "neigh", "replace", b.addr.String(), "lladdr", macs[j], "dev", underlayLink, "nud", "permanent"); err != nil {
 				return err
 			}
 		}

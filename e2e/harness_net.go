@@ -103,36 +103,14 @@ func (c *Cluster) pinUnderlayV6() error {
 	if !c.Stack.Has(true) {
 		return nil
 	}
-	type host struct {
-		ns   string
-		addr netip.Addr
-		mac  string
-	}
-	var hosts []host
+	var hosts []underlayHost
 	for _, n := range c.Nodes {
-		hosts = append(hosts, host{ns: n.NS, addr: n.AddressV6})
+		hosts = append(hosts, underlayHost{ns: n.NS, addr: n.AddressV6})
 	}
 	for _, t := range c.tors {
-		hosts = append(hosts, host{ns: t.NS, addr: t.AddressV6})
+		hosts = append(hosts, underlayHost{ns: t.NS, addr: t.AddressV6})
 	}
-	for i := range hosts {
-		mac, err := linkMAC(hosts[i].ns, underlayLink)
-		if err != nil {
-			return err
-		}
-		hosts[i].mac = mac
-	}
-	for _, a := range hosts {
-		for _, b := range hosts {
-			if a.ns == b.ns || !b.addr.IsValid() {
-				continue
-			}
-			if err := ipn(a.ns, "pin neighbour "+b.addr.String(), "neigh", "replace", b.addr.String(), "lladdr", b.mac, "dev", underlayLink, "nud", "permanent"); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return pinNeighbours(hosts)
 }
 
 // addNode creates node i: namespace, forwarding on, rp_filter off (routes

@@ -24,6 +24,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/nexthop-net/nexthop/internal/ipconv"
 	"github.com/nexthop-net/nexthop/internal/prefixerr"
 )
 
@@ -684,28 +685,16 @@ func entryOf(kr netlink.Route) entry {
 		return entry{blackhole: true}
 	}
 	var e entry
-	if a, ok := addrOf(kr.Gw); ok {
+	if a, ok := ipconv.Addr(kr.Gw); ok {
 		e.hops = append(e.hops, hop{gw: a, dev: kr.LinkIndex, onlink: kr.Flags&unix.RTNH_F_ONLINK != 0})
 	}
 	for _, nh := range kr.MultiPath {
-		if a, ok := addrOf(nh.Gw); ok {
+		if a, ok := ipconv.Addr(nh.Gw); ok {
 			e.hops = append(e.hops, hop{gw: a, dev: nh.LinkIndex, onlink: nh.Flags&unix.RTNH_F_ONLINK != 0})
 		}
 	}
 	sortHops(e.hops)
 	return e
-}
-
-// addrOf converts a netlink address of either family: an IPv4 one may come
-// in 16-byte form, and becomes a 4-byte netip.Addr.
-func addrOf(ip net.IP) (netip.Addr, bool) {
-	if ip4 := ip.To4(); ip4 != nil {
-		return netip.AddrFrom4([4]byte(ip4)), true
-	}
-	if len(ip) == net.IPv6len {
-		return netip.AddrFrom16([16]byte(ip)), true
-	}
-	return netip.Addr{}, false
 }
 
 // prefixOf converts a route's destination or an address with its mask;

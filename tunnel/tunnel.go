@@ -20,6 +20,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/nexthop-net/nexthop/internal/ipconv"
 )
 
 // Encapsulation overheads, as Calico counts them: VXLAN over IPv6 carries
@@ -94,7 +96,7 @@ func (m *Manager) FindUnderlay(addr netip.Addr, name string) (Underlay, error) {
 			return Underlay{}, fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
 		}
 		for _, a := range addrs {
-			ip, ok := addrOf(a.IP)
+			ip, ok := ipconv.Addr(a.IP)
 			if !ok || ip != addr {
 				continue
 			}
@@ -128,7 +130,7 @@ func (m *Manager) ConnectedSubnets(skip ...string) ([]netip.Prefix, error) {
 			return nil, fmt.Errorf("list addresses of %s: %w", name, err)
 		}
 		for _, a := range addrs {
-			ip, ok := addrOf(a.IP)
+			ip, ok := ipconv.Addr(a.IP)
 			ones, _ := a.Mask.Size()
 			if ok && ones < ip.BitLen() && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() {
 				out = append(out, netip.PrefixFrom(ip, ones).Masked())
@@ -223,16 +225,4 @@ func family(addr netip.Addr) int {
 		return netlink.FAMILY_V6
 	}
 	return netlink.FAMILY_V4
-}
-
-// addrOf converts a netlink address of either family; an IPv4 one may come
-// in 16-byte form and becomes a 4-byte netip.Addr.
-func addrOf(ip net.IP) (netip.Addr, bool) {
-	if ip4 := ip.To4(); ip4 != nil {
-		return netip.AddrFrom4([4]byte(ip4)), true
-	}
-	if len(ip) == net.IPv6len {
-		return netip.AddrFrom16([16]byte(ip)), true
-	}
-	return netip.Addr{}, false
 }

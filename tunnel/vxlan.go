@@ -9,6 +9,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/nexthop-net/nexthop/internal/ipconv"
 )
 
 // VXLAN describes one of the node's VXLAN devices: the IPv4 one carries
@@ -58,7 +60,7 @@ func IsOurVXLAN(l netlink.Link) bool {
 	if !ok {
 		return false
 	}
-	local, ok := addrOf(v.SrcAddr)
+	local, ok := ipconv.Addr(v.SrcAddr)
 	return ok && v.HardwareAddr.String() == VTEPMAC(local).String()
 }
 
