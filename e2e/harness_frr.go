@@ -47,25 +47,13 @@ log stdout informational
 router bgp {{.AS}}
  bgp router-id {{.RouterID}}
  no bgp ebgp-requires-policy
-{{- if .Nodes}}
- neighbor NODES peer-group
- neighbor NODES remote-as {{.NodeAS}}
- neighbor NODES timers 1 3
- neighbor NODES timers connect 1
-{{- range .Nodes}}
- neighbor {{.}} peer-group NODES
-{{- if $.BFD}}
- neighbor {{.}} bfd
-{{- end}}
-{{- end}}
-{{- end}}
-{{- if .Nodes6}}
- neighbor NODES6 peer-group
- neighbor NODES6 remote-as {{.NodeAS}}
- neighbor NODES6 timers 1 3
- neighbor NODES6 timers connect 1
-{{- range .Nodes6}}
- neighbor {{.}} peer-group NODES6
+{{- range $g := .Groups}}
+ neighbor {{$g.Name}} peer-group
+ neighbor {{$g.Name}} remote-as {{$.NodeAS}}
+ neighbor {{$g.Name}} timers 1 3
+ neighbor {{$g.Name}} timers connect 1
+{{- range $g.Addrs}}
+ neighbor {{.}} peer-group {{$g.Name}}
 {{- if $.BFD}}
  neighbor {{.}} bfd
 {{- end}}
@@ -165,7 +153,20 @@ func (c *Cluster) torConfigData(t *ToR, name string, bfd bool) map[string]any {
 	if !routerID.IsValid() {
 		routerID = config.HashRouterID(name)
 	}
-	return map[string]any{"Name": name, "AS": ToRAS, "RouterID": routerID, "NodeAS": NodeAS, "Nodes": nodes, "Nodes6": nodes6, "BFD": bfd}
+	// One peer group per family the nodes have: NODES (IPv4), NODES6.
+	var groups []torPeerGroup
+	for _, g := range []torPeerGroup{{"NODES", nodes}, {"NODES6", nodes6}} {
+		if len(g.Addrs) > 0 {
+			groups = append(groups, g)
+		}
+	}
+	return map[string]any{"Name": name, "AS": ToRAS, "RouterID": routerID, "NodeAS": NodeAS, "Nodes": nodes, "Nodes6": nodes6, "Groups": groups, "BFD": bfd}
+}
+
+// torPeerGroup is one of the ToR's peer groups of nodes and its members.
+type torPeerGroup struct {
+	Name  string
+	Addrs []string
 }
 
 // plugToR makes t's directory and namespace, plugs it into the underlay at
