@@ -9,9 +9,11 @@ export NEXTHOP_BIN := $(BIN)
 all: build
 
 # Test timeouts: the kube/ and manifests/ tests start real API servers, and
-# the e2e suite runs every netns cluster one after another.
+# the e2e suite runs every netns cluster one after another (about 17 min
+# with the dual-stack and IPv6 clusters, two real Kubernetes clusters among
+# them: the timeout leaves room for a loaded machine).
 UNIT_TIMEOUT ?= 20m
-E2E_TIMEOUT  ?= 20m
+E2E_TIMEOUT  ?= 35m
 IMAGE        ?= nexthop-net/nexthop:dev
 
 ## build: the node daemon, its installer, the CNI plugin and the stock gobgp CLI into bin/
