@@ -65,15 +65,9 @@ func (o Options) clone() Options {
 }
 
 // addressOf is the node's underlay address of the family (v6 or IPv4), or
-// the zero Addr: as config.Config.AddressOf.
+// the zero Addr.
 func (o Options) addressOf(v6 bool) netip.Addr {
-	switch {
-	case v6 && o.AddressV6.IsValid():
-		return o.AddressV6
-	case o.Address.IsValid() && o.Address.Is6() == v6:
-		return o.Address
-	}
-	return netip.Addr{}
+	return config.AddressOfFamily(o.Address, o.AddressV6, v6)
 }
 
 // podCIDROf is the node's block of the family, or the zero Prefix.

@@ -15,11 +15,19 @@ import (
 // AddressOf is the node's underlay address of the family (v6 or IPv4), or
 // the zero Addr if it has none.
 func (c *Config) AddressOf(v6 bool) netip.Addr {
-	if v6 {
-		return c.AddressV6
-	}
-	if c.Address.Is4() {
-		return c.Address
+	return AddressOfFamily(c.Address, c.AddressV6, v6)
+}
+
+// AddressOfFamily picks, from a host's primary address (IPv4, or IPv6 on
+// an IPv6-only host) and its IPv6 address, the one of the family (v6 or
+// IPv4), or the zero Addr: the one rule every dual-stack pair of
+// addresses here follows (node, speaker, and the tests' hosts and pods).
+func AddressOfFamily(primary, v6addr netip.Addr, v6 bool) netip.Addr {
+	switch {
+	case v6 && v6addr.IsValid():
+		return v6addr
+	case primary.IsValid() && primary.Is6() == v6:
+		return primary
 	}
 	return netip.Addr{}
 }

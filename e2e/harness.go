@@ -248,13 +248,7 @@ func (n *Node) PodCIDRs() []netip.Prefix {
 // AddressOf is the node's underlay address of the family, or the zero
 // Addr.
 func (n *Node) AddressOf(v6 bool) netip.Addr {
-	if v6 {
-		return n.AddressV6
-	}
-	if n.Address.Is4() {
-		return n.Address
-	}
-	return netip.Addr{}
+	return config.AddressOfFamily(n.Address, n.AddressV6, v6)
 }
 
 // Pod is one pod namespace, attached to a node.
@@ -273,13 +267,7 @@ type Pod struct {
 
 // IPOf is the pod's address of the family, or the zero Addr.
 func (p *Pod) IPOf(v6 bool) netip.Addr {
-	if v6 {
-		return p.IPv6
-	}
-	if p.IP.Is4() {
-		return p.IP
-	}
-	return netip.Addr{}
+	return config.AddressOfFamily(p.IP, p.IPv6, v6)
 }
 
 var nsPattern = regexp.MustCompile(`^nh-[0-9a-f]{4}-`)

@@ -111,13 +111,7 @@ func (c *Cluster) AddToR(name string, addr netip.Addr) (*ToR, error) {
 
 // AddressOf is the ToR's underlay address of the family, or the zero Addr.
 func (t *ToR) AddressOf(v6 bool) netip.Addr {
-	if v6 {
-		return t.AddressV6
-	}
-	if t.Address.Is4() {
-		return t.Address
-	}
-	return netip.Addr{}
+	return config.AddressOfFamily(t.Address, t.AddressV6, v6)
 }
 
 func (c *Cluster) startToRAt(name string, addr netip.Addr) (*ToR, error) {
